@@ -1,0 +1,227 @@
+//! Reading: the NEWEST_ONLY and QUEUE acquire paths and the [`ReadGrant`]
+//! typestate (held until released or dropped).
+
+use crate::layout::*;
+use crate::registry::RecordToken;
+use crate::ring::{Ring, RingRef, Wake};
+use crate::sync::Ordering::*;
+
+/// Why no frame was handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// No frame newer than the last one yet: wait on `notify`.
+    WouldBlock,
+    /// The publisher closed the stream and nothing is left to read.
+    Closed,
+    /// This subscriber already holds `max_held` frames.
+    HoldLimit,
+    /// The record no longer belongs to this token (it was reclaimed).
+    Evicted,
+    /// Shared memory contradicts the protocol (hostile or corrupt).
+    Corrupt,
+}
+
+/// A held frame: its slot cannot be rewritten until the grant is released
+/// (by [`release`](Self::release) or by dropping it). Releasing consumes the
+/// grant, so a released frame cannot be used:
+///
+/// ```compile_fail
+/// # use cuframes_core::*;
+/// # let ctl = ControlBlock::new();
+/// # let slots: Vec<SlotHeader> = (0..4).map(|_| SlotHeader::new()).collect();
+/// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+/// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
+/// # let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+/// # let mut writer = Writer::new(&ring);
+/// # let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 1, start_time: 0, name: b"" };
+/// # let sub = Subscription::register(&ring, &req).unwrap();
+/// # writer.try_loan().unwrap().commit(0, 0);
+/// let frame = sub.try_read().unwrap();
+/// frame.release();
+/// let _ = frame.seq(); // error: borrow of moved value
+/// ```
+#[must_use = "a read grant releases its frame when dropped"]
+pub struct ReadGrant<H: RingRef> {
+    ring: H,
+    bit: u64,
+    record: u32,
+    slot: u32,
+    seq: u64,
+    pts_ns: i64,
+    commit_ns: u64,
+}
+
+impl<H: RingRef> ReadGrant<H> {
+    /// Takes the next frame for the subscriber `token` without waiting:
+    /// the newest frame (NEWEST_ONLY) or the next in sequence (QUEUE).
+    /// `ring` is the handle the grant keeps; it must lead to the ring the
+    /// token was registered on.
+    pub fn acquire(ring: H, token: &RecordToken) -> Result<Self, ReadError> {
+        let r = ring.ring();
+        let rec = r.subs.get(token.index as usize).ok_or(ReadError::Corrupt)?;
+        if rec.generation.load(Acquire) != token.generation
+            || rec.state.load(Acquire) != record::ACTIVE
+        {
+            return Err(ReadError::Evicted);
+        }
+        if rec.held.load(Relaxed) >= token.max_held {
+            return Err(ReadError::HoldLimit);
+        }
+        let bit = 1u64 << token.index;
+        let (slot, seq) = match token.mode {
+            Mode::NewestOnly => r.acquire_newest(rec, bit)?,
+            Mode::Queue => r.acquire_queue(rec, bit)?,
+        };
+        rec.held.fetch_add(1, Relaxed);
+        rec.received.fetch_add(1, Relaxed);
+        rec.last_seq.store(seq, Relaxed);
+        let s = &r.slots[slot as usize];
+        let (pts_ns, commit_ns) = (s.pts_ns.load(Relaxed) as i64, s.commit_ns.load(Relaxed));
+        Ok(Self {
+            bit,
+            record: token.index,
+            slot,
+            seq,
+            pts_ns,
+            commit_ns,
+            ring,
+        })
+    }
+
+    /// The frame's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    /// The slot holding it.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+    /// Presentation timestamp given at commit.
+    pub fn pts_ns(&self) -> i64 {
+        self.pts_ns
+    }
+    /// Monotonic commit time given at commit.
+    pub fn commit_ns(&self) -> u64 {
+        self.commit_ns
+    }
+    /// The ring handle.
+    pub fn handle(&self) -> &H {
+        &self.ring
+    }
+
+    /// Releases the frame; its slot may be reused.
+    pub fn release(self) {
+        drop(self)
+    }
+}
+
+impl<H: RingRef> Drop for ReadGrant<H> {
+    fn drop(&mut self) {
+        let ring = self.ring.ring();
+        ring.slots[self.slot as usize]
+            .lease
+            .fetch_and(!self.bit, Release);
+        if let Some(rec) = ring.subs.get(self.record as usize) {
+            // Saturating: a reclaim may have zeroed it already.
+            let _ = rec
+                .held
+                .fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
+        }
+        if ring.bump_space() {
+            self.ring.wake(Wake::Writer);
+        }
+    }
+}
+
+impl<H: RingRef> core::fmt::Debug for ReadGrant<H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReadGrant")
+            .field("seq", &self.seq)
+            .field("slot", &self.slot)
+            .field("pts_ns", &self.pts_ns)
+            .finish()
+    }
+}
+
+/// Bound on retries when the writer keeps overtaking a reader; past it the
+/// reader waits for the next commit like any other.
+const MAX_RETRIES: usize = 64;
+
+impl Ring<'_> {
+    /// Sets `bit` on `slot` and keeps it only if the slot is not being
+    /// written and still holds `seq`.
+    fn try_hold(&self, slot: u32, seq: u64, bit: u64) -> Result<bool, ReadError> {
+        let s = self.slots.get(slot as usize).ok_or(ReadError::Corrupt)?;
+        let prev = s.lease.fetch_or(bit, AcqRel);
+        if prev & bit != 0 {
+            // We never hold a frame twice; someone forged our bit.
+            return Err(ReadError::Corrupt);
+        }
+        if prev & WRITER == 0 && s.seq.load(Acquire) == seq {
+            return Ok(true);
+        }
+        s.lease.fetch_and(!bit, Release);
+        Ok(false)
+    }
+
+    fn acquire_newest(&self, rec: &SubscriberRecord, bit: u64) -> Result<(u32, u64), ReadError> {
+        let last = rec.last_seq.load(Relaxed);
+        for _ in 0..MAX_RETRIES {
+            let closed = self.is_closed();
+            let (seq, slot) = self.head();
+            if seq == 0 || seq <= last {
+                return Err(if closed {
+                    ReadError::Closed
+                } else {
+                    ReadError::WouldBlock
+                });
+            }
+            if self.try_hold(slot, seq, bit)? {
+                if last != 0 {
+                    rec.dropped.fetch_add(seq - last - 1, Relaxed);
+                }
+                return Ok((slot, seq));
+            }
+            crate::sync::spin_hint();
+        }
+        Err(ReadError::WouldBlock)
+    }
+
+    fn acquire_queue(&self, rec: &SubscriberRecord, bit: u64) -> Result<(u32, u64), ReadError> {
+        let mut want = rec.cursor.load(Relaxed);
+        if want == NO_CURSOR || want == 0 {
+            return Err(ReadError::Corrupt);
+        }
+        for _ in 0..MAX_RETRIES {
+            let closed = self.is_closed();
+            let (head, _) = self.head();
+            if want > head {
+                return Err(if closed {
+                    ReadError::Closed
+                } else {
+                    ReadError::WouldBlock
+                });
+            }
+            let entry = self.index[(want as usize) & (self.index.len() - 1)].load(Acquire);
+            let (seq, slot) = unpack(entry);
+            if seq == want && self.try_hold(slot, want, bit)? {
+                rec.cursor.store(want + 1, SeqCst);
+                return Ok((slot, want));
+            }
+            // Frame `want` was overwritten (drop-oldest): skip to the oldest
+            // frame still present, counting what was lost.
+            let oldest = self
+                .slots
+                .iter()
+                .map(|s| s.seq.load(Acquire))
+                .filter(|&s| s > want && s <= head)
+                .min()
+                .unwrap_or(head);
+            rec.dropped.fetch_add(oldest - want, Relaxed);
+            want = oldest;
+            rec.cursor.store(want, SeqCst);
+            crate::sync::spin_hint();
+        }
+        Err(ReadError::WouldBlock)
+    }
+}

@@ -1,0 +1,302 @@
+//! Protocol unit tests over rings in ordinary memory (also run under miri).
+
+use crate::*;
+use std::vec::Vec;
+
+pub(crate) struct Storage {
+    ctl: ControlBlock,
+    slots: Vec<SlotHeader>,
+    index: Vec<IndexEntry>,
+    subs: Vec<SubscriberRecord>,
+}
+
+impl Storage {
+    pub(crate) fn new(slots: usize, subs: usize) -> Self {
+        Self {
+            ctl: ControlBlock::new(),
+            slots: (0..slots).map(|_| SlotHeader::new()).collect(),
+            index: (0..index_len_for(slots as u32))
+                .map(|_| IndexEntry::new(0))
+                .collect(),
+            subs: (0..subs).map(|_| SubscriberRecord::new()).collect(),
+        }
+    }
+    pub(crate) fn ring(&self, policy: LosslessPolicy) -> Ring<'_> {
+        Ring::new(&self.ctl, &self.slots, &self.index, &self.subs, policy).unwrap()
+    }
+}
+
+fn req(mode: Mode, max_held: u32) -> Register<'static> {
+    Register {
+        mode,
+        max_held,
+        pid: 42,
+        start_time: 7,
+        name: b"test-subscriber-with-a-long-name-cut",
+    }
+}
+
+#[test]
+fn newest_reader_gets_latest_and_counts_skips() {
+    let st = Storage::new(4, 2);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    assert_eq!(sub.try_read().unwrap_err(), ReadError::WouldBlock);
+    for _ in 0..3 {
+        w.try_loan().unwrap().commit(5, 6);
+    }
+    let f = sub.try_read().unwrap();
+    assert_eq!((f.seq(), f.pts_ns(), f.commit_ns()), (3, 5, 6));
+    assert_eq!(sub.try_read().unwrap_err(), ReadError::HoldLimit);
+    drop(f);
+    assert_eq!(sub.try_read().unwrap_err(), ReadError::WouldBlock);
+    for _ in 0..4 {
+        w.try_loan().unwrap().commit(0, 0);
+    }
+    assert_eq!(sub.try_read().unwrap().seq(), 7);
+    let s = ring.stats();
+    let me = s.active().next().unwrap();
+    assert_eq!((me.received, me.dropped, me.held), (2, 3, 0));
+    assert_eq!(me.name_str(), "test-subscriber-with-a-long-name");
+}
+
+#[test]
+fn writer_never_touches_held_or_head_slot() {
+    let st = Storage::new(3, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    w.try_loan().unwrap().commit(0, 0);
+    let held = sub.try_read().unwrap();
+    for _ in 0..10 {
+        let g = w.try_loan().unwrap();
+        assert_ne!(g.slot(), held.slot());
+        let c = g.commit(0, 0);
+        let g2 = w.try_loan().unwrap();
+        assert_ne!(g2.slot(), c.slot, "head slot is never loaned");
+        drop(g2);
+    }
+    assert_eq!(
+        st.slots[held.slot() as usize]
+            .seq
+            .load(sync::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn aborted_loan_publishes_nothing_and_hides_old_frame() {
+    let st = Storage::new(3, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    for _ in 0..3 {
+        w.try_loan().unwrap().commit(0, 0);
+    }
+    let g = w.try_loan().unwrap(); // takes the oldest frame's slot
+    assert_eq!(g.seq(), 4);
+    assert_eq!(
+        st.slots[g.slot() as usize]
+            .seq
+            .load(sync::Ordering::Relaxed),
+        0
+    );
+    drop(g);
+    assert_eq!(ring.head().0, 3);
+    assert!(st
+        .slots
+        .iter()
+        .all(|s| s.seq.load(sync::Ordering::Relaxed) != 1));
+    assert!(st
+        .slots
+        .iter()
+        .all(|s| s.lease.load(sync::Ordering::Relaxed) == 0));
+    assert_eq!(sub.try_read().unwrap().seq(), 3);
+    assert_eq!(
+        w.try_loan().unwrap().seq(),
+        4,
+        "an aborted seq is not consumed"
+    );
+}
+
+#[test]
+fn queue_reader_sees_every_frame_under_block() {
+    let st = Storage::new(4, 2);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::Queue, 1)).unwrap();
+    let mut next = 1;
+    for round in 0..50 {
+        // Fill until backpressure.
+        loop {
+            match w.try_loan() {
+                Ok(g) => {
+                    g.commit(0, 0);
+                }
+                Err(e) => {
+                    assert_eq!(e, LoanError::Backpressure, "round {round}");
+                    break;
+                }
+            }
+        }
+        // Read some.
+        for _ in 0..(round % 3 + 1) {
+            match sub.try_read() {
+                Ok(f) => {
+                    assert_eq!(f.seq(), next);
+                    next += 1;
+                }
+                Err(e) => assert_eq!(e, ReadError::WouldBlock),
+            }
+        }
+    }
+    let me = ring.stats().active().next().copied().unwrap();
+    assert_eq!(me.dropped, 0);
+    assert!(next > 50);
+}
+
+#[test]
+fn queue_reader_counts_drops_under_drop_oldest() {
+    let st = Storage::new(4, 1);
+    let ring = st.ring(LosslessPolicy::DropOldest);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::Queue, 1)).unwrap();
+    for _ in 0..20 {
+        w.try_loan().unwrap().commit(0, 0);
+    }
+    let mut seen = Vec::new();
+    while let Ok(f) = sub.try_read() {
+        seen.push(f.seq());
+    }
+    assert_eq!(seen, [17, 18, 19, 20], "the four newest survive");
+    let me = ring.stats().active().next().copied().unwrap();
+    assert_eq!(me.dropped, 16);
+    assert_eq!(me.received, 4);
+}
+
+#[test]
+fn hold_budget_and_record_capacity() {
+    let st = Storage::new(4, 3);
+    let ring = st.ring(LosslessPolicy::Block);
+    let a = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    let b = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    assert_eq!(
+        ring.register(&req(Mode::NewestOnly, 1)),
+        Err(RegisterError::HoldBudget)
+    );
+    assert_eq!(
+        ring.register(&req(Mode::NewestOnly, 0)),
+        Err(RegisterError::InvalidArgument)
+    );
+    ring.deregister(a);
+    let c = ring.register(&req(Mode::Queue, 1)).unwrap();
+    assert_eq!(c.index(), 0, "freed record is reused");
+    ring.deregister(b);
+    ring.deregister(c);
+    let st = Storage::new(8, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let _x = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    assert_eq!(
+        ring.register(&req(Mode::NewestOnly, 1)),
+        Err(RegisterError::NoRecord)
+    );
+}
+
+#[test]
+fn reclaim_frees_dead_holder_slots() {
+    let st = Storage::new(3, 2);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let token = ring.register(&req(Mode::Queue, 1)).unwrap();
+    w.try_loan().unwrap().commit(0, 0);
+    let f = ReadGrant::acquire(&ring, &token).unwrap();
+    let generation = ring.stats().active().next().unwrap().generation;
+    // The holder dies: neither its grant nor its token are ever given back.
+    core::mem::forget(f);
+    let _lost = token;
+    w.try_loan().unwrap().commit(0, 0);
+    w.try_loan().unwrap().commit(0, 0);
+    // Seq 1 is held, seq 3 is the head, seq 2 is unread by the queue reader.
+    assert_eq!(w.try_loan().unwrap_err(), LoanError::Backpressure);
+    assert_eq!(ring.reclaim(0, generation + 1), None, "wrong generation");
+    assert_eq!(ring.reclaim(0, generation), Some(false));
+    assert_eq!(ring.reclaim(0, generation), None, "only once");
+    assert!(st
+        .slots
+        .iter()
+        .all(|s| s.lease.load(sync::Ordering::Relaxed) == 0));
+    assert!(w.try_loan().is_ok());
+    assert_eq!(ring.stats().active().count(), 0);
+}
+
+#[test]
+fn evicted_token_cannot_read() {
+    let st = Storage::new(3, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let token = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    let generation = st.subs[0].generation.load(sync::Ordering::Relaxed);
+    assert!(ring.reclaim(0, generation).is_some());
+    w.try_loan().unwrap().commit(0, 0);
+    assert_eq!(
+        ReadGrant::acquire(&ring, &token).unwrap_err(),
+        ReadError::Evicted
+    );
+}
+
+#[test]
+fn close_drains_queue_then_reports_closed() {
+    let st = Storage::new(4, 2);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let q = Subscription::register(&ring, &req(Mode::Queue, 1)).unwrap();
+    let n = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    w.try_loan().unwrap().commit(0, 0);
+    w.try_loan().unwrap().commit(0, 0);
+    w.close();
+    assert_eq!(w.try_loan().unwrap_err(), LoanError::Closed);
+    assert_eq!(q.try_read().unwrap().seq(), 1);
+    assert_eq!(q.try_read().unwrap().seq(), 2);
+    assert_eq!(q.try_read().unwrap_err(), ReadError::Closed);
+    assert_eq!(n.try_read().unwrap().seq(), 2);
+    assert_eq!(n.try_read().unwrap_err(), ReadError::Closed);
+    assert_eq!(
+        ring.register(&req(Mode::Queue, 1)),
+        Err(RegisterError::Closed)
+    );
+}
+
+#[test]
+fn forged_lease_bit_is_reported_not_trusted() {
+    let st = Storage::new(3, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    let c = w.try_loan().unwrap().commit(0, 0);
+    st.slots[c.slot as usize]
+        .lease
+        .fetch_or(1, sync::Ordering::Relaxed);
+    assert_eq!(sub.try_read().unwrap_err(), ReadError::Corrupt);
+    // A head pointing past the table is caught by the bounds check.
+    st.ctl.head.store(pack(9, 200), sync::Ordering::Relaxed);
+    assert_eq!(sub.try_read().unwrap_err(), ReadError::Corrupt);
+}
+
+#[test]
+fn new_queue_subscriber_starts_at_newest_frame() {
+    let st = Storage::new(4, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    for _ in 0..5 {
+        w.try_loan().unwrap().commit(0, 0);
+    }
+    let q = Subscription::register(&ring, &req(Mode::Queue, 2)).unwrap();
+    let a = q.try_read().unwrap();
+    w.try_loan().unwrap().commit(0, 0);
+    let b = q.try_read().unwrap();
+    assert_eq!((a.seq(), b.seq()), (5, 6));
+    let s = ring.stats();
+    assert_eq!(s.occupancy, 2);
+    assert_eq!(s.active().next().unwrap().held, 2);
+}

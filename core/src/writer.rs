@@ -1,0 +1,251 @@
+//! The writer role and its typestate grant: loan a slot, then commit it or
+//! let it drop (abort).
+
+use crate::layout::*;
+use crate::ring::{RingRef, Wake};
+use crate::sync::Ordering::*;
+
+/// Why no slot could be loaned right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoanError {
+    /// Every slot is held by subscribers or is the newest frame.
+    Full,
+    /// Free slots exist, but each holds a frame a lossless subscriber has not
+    /// read, and the policy is [`LosslessPolicy::Block`]: wait for `space`.
+    Backpressure,
+    /// The sequence space is exhausted (2^56 frames).
+    SeqExhausted,
+    /// The stream is closed.
+    Closed,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The frame's sequence number (1, 2, 3, ...).
+    pub seq: u64,
+    /// The slot it lives in.
+    pub slot: u32,
+}
+
+/// The single writer of a ring. Holds the next sequence number; at most one
+/// [`WriteGrant`] exists at a time because a grant borrows the writer
+/// mutably.
+///
+/// ```
+/// # use cuframes_core::*;
+/// # let ctl = ControlBlock::new();
+/// # let slots: Vec<SlotHeader> = (0..4).map(|_| SlotHeader::new()).collect();
+/// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+/// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
+/// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+/// let mut writer = Writer::new(&ring);
+/// let grant = writer.try_loan().unwrap();
+/// assert_eq!(grant.commit(0, 0).seq, 1);
+/// drop(writer.try_loan().unwrap()); // dropped: aborted, nothing published
+/// assert_eq!(ring.head().0, 1);
+/// ```
+pub struct Writer<H: RingRef> {
+    ring: H,
+    next_seq: u64,
+    head_slot: Option<u32>,
+}
+
+impl<H: RingRef> Writer<H> {
+    /// Takes the writer role over a freshly initialised ring and opens it.
+    pub fn new(ring: H) -> Self {
+        ring.ring().open();
+        Self {
+            ring,
+            next_seq: 1,
+            head_slot: None,
+        }
+    }
+
+    /// The ring handle.
+    pub fn handle(&self) -> &H {
+        &self.ring
+    }
+
+    /// The sequence number the next commit will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Loans a free slot without waiting. The choice: a slot no subscriber
+    /// holds, that is not the newest frame, and (unless the policy is
+    /// drop-oldest and nothing else is left) whose frame no lossless
+    /// subscriber still needs; among those the one with the oldest frame.
+    pub fn try_loan(&mut self) -> Result<WriteGrant<'_, H>, LoanError> {
+        let ring = self.ring.ring();
+        if self.next_seq > MAX_SEQ {
+            return Err(LoanError::SeqExhausted);
+        }
+        if ring.is_closed() {
+            return Err(LoanError::Closed);
+        }
+        // A reader's transient bit (set, then withdrawn on a seq mismatch)
+        // can make a CAS fail; rescan a bounded number of times.
+        for _ in 0..ring.slots.len() * 4 {
+            let min_cursor = min_lossless_cursor(ring.subs);
+            let mut keep_order: Option<(u64, u32)> = None;
+            let mut any_order: Option<(u64, u32)> = None;
+            for (i, s) in ring.slots.iter().enumerate() {
+                let i = i as u32;
+                if Some(i) == self.head_slot || s.lease.load(Relaxed) != 0 {
+                    continue;
+                }
+                let seq = s.seq.load(Relaxed);
+                let better = |best: Option<(u64, u32)>| best.is_none_or(|(b, _)| seq < b);
+                if better(any_order) {
+                    any_order = Some((seq, i));
+                }
+                let needed = seq != 0 && seq >= min_cursor;
+                if !needed && better(keep_order) {
+                    keep_order = Some((seq, i));
+                }
+            }
+            let pick = match (keep_order, any_order, ring.policy) {
+                (Some((_, i)), _, _) => i,
+                (None, Some((_, i)), LosslessPolicy::DropOldest) => i,
+                (None, Some(_), LosslessPolicy::Block) => return Err(LoanError::Backpressure),
+                (None, None, _) => return Err(LoanError::Full),
+            };
+            let slot = &ring.slots[pick as usize];
+            if slot
+                .lease
+                .compare_exchange(0, WRITER, Acquire, Relaxed)
+                .is_ok()
+            {
+                // The old frame is gone from here on: readers that still look
+                // it up by seq find 0 and back off.
+                slot.seq.store(0, Relaxed);
+                return Ok(WriteGrant {
+                    writer: self,
+                    slot: pick,
+                });
+            }
+        }
+        Err(LoanError::Full)
+    }
+
+    /// Closes the stream: no more loans; subscribers get `Closed` once they
+    /// have read what is left.
+    pub fn close(&self) {
+        if self.ring.ring().close() {
+            self.ring.wake(Wake::Readers);
+        }
+    }
+}
+
+impl<H: RingRef> Writer<H> {
+    fn publish(&mut self, slot: u32, pts_ns: i64, now_ns: u64) -> Committed {
+        let seq = self.next_seq;
+        let ring = self.ring.ring();
+        let s = &ring.slots[slot as usize];
+        s.pts_ns.store(pts_ns as u64, Relaxed);
+        s.commit_ns.store(now_ns, Relaxed);
+        s.seq.store(seq, Relaxed);
+        let word = pack(seq, slot);
+        ring.index[(seq as usize) & (ring.index.len() - 1)].store(word, Release);
+        // Release: the frame's bytes and header happen-before any reader
+        // whose acquiring fetch_or sees WRITER clear.
+        s.lease.fetch_and(!WRITER, Release);
+        ring.ctl.head.store(word, SeqCst);
+        ring.ctl.published.fetch_add(1, Relaxed);
+        ring.ctl.last_commit_ns.store(now_ns, Relaxed);
+        self.next_seq += 1;
+        self.head_slot = Some(slot);
+        if ring.bump_notify() {
+            self.ring.wake(Wake::Readers);
+        }
+        Committed { seq, slot }
+    }
+}
+
+fn min_lossless_cursor(subs: &[SubscriberRecord]) -> u64 {
+    subs.iter()
+        .filter(|r| r.state.load(SeqCst) == record::ACTIVE)
+        .map(|r| r.cursor.load(SeqCst))
+        .min()
+        .unwrap_or(NO_CURSOR)
+}
+
+/// A loaned slot: the writer alone may fill it. [`commit`](Self::commit)
+/// publishes it; dropping it aborts (the slot returns empty and nothing is
+/// published). Committing consumes the grant, so committing twice does not
+/// compile:
+///
+/// ```compile_fail
+/// # use cuframes_core::*;
+/// # let ctl = ControlBlock::new();
+/// # let slots: Vec<SlotHeader> = (0..4).map(|_| SlotHeader::new()).collect();
+/// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+/// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
+/// # let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+/// let mut writer = Writer::new(&ring);
+/// let grant = writer.try_loan().unwrap();
+/// grant.commit(0, 0);
+/// grant.commit(0, 0); // error: use of moved value
+/// ```
+///
+/// Nor can a second slot be loaned while one is out:
+///
+/// ```compile_fail
+/// # use cuframes_core::*;
+/// # let ctl = ControlBlock::new();
+/// # let slots: Vec<SlotHeader> = (0..4).map(|_| SlotHeader::new()).collect();
+/// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+/// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
+/// # let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+/// let mut writer = Writer::new(&ring);
+/// let a = writer.try_loan().unwrap();
+/// let b = writer.try_loan().unwrap(); // error: writer already borrowed
+/// a.commit(0, 0);
+/// ```
+#[must_use = "dropping a write grant aborts it; call commit to publish"]
+pub struct WriteGrant<'w, H: RingRef> {
+    writer: &'w mut Writer<H>,
+    slot: u32,
+}
+
+impl<H: RingRef> WriteGrant<'_, H> {
+    /// The slot being written (index into the slot data).
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// The sequence number this frame will get.
+    pub fn seq(&self) -> u64 {
+        self.writer.next_seq
+    }
+
+    /// Publishes the frame with its presentation timestamp and the commit
+    /// time (monotonic nanoseconds, for latency), wakes waiting subscribers,
+    /// and returns its sequence number.
+    pub fn commit(self, pts_ns: i64, now_ns: u64) -> Committed {
+        let committed = self.writer.publish(self.slot, pts_ns, now_ns);
+        // Published: the abort in Drop must not run.
+        core::mem::forget(self);
+        committed
+    }
+}
+
+impl<H: RingRef> core::fmt::Debug for WriteGrant<'_, H> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("WriteGrant")
+            .field("slot", &self.slot)
+            .field("seq", &self.seq())
+            .finish()
+    }
+}
+
+impl<H: RingRef> Drop for WriteGrant<'_, H> {
+    fn drop(&mut self) {
+        // Abort: seq stays 0 (set at loan), so the slot holds no frame.
+        let ring = self.writer.ring.ring();
+        ring.slots[self.slot as usize]
+            .lease
+            .fetch_and(!WRITER, Release);
+    }
+}
