@@ -45,11 +45,13 @@ pub enum ErrorCode {
     WouldBlock = 13,
     /// An internal fault was caught at a language boundary.
     Internal = 14,
+    /// The key is already used by a live publisher.
+    AlreadyExists = 15,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::Timeout,
         Self::NotFound,
         Self::Closed,
@@ -64,6 +66,7 @@ impl ErrorCode {
         Self::Released,
         Self::WouldBlock,
         Self::Internal,
+        Self::AlreadyExists,
     ];
 
     /// The code for a number, if it is one.
@@ -88,6 +91,7 @@ impl ErrorCode {
             Self::Released => "Released",
             Self::WouldBlock => "WouldBlock",
             Self::Internal => "Internal",
+            Self::AlreadyExists => "AlreadyExists",
         }
     }
 
@@ -108,6 +112,7 @@ impl ErrorCode {
             Self::Released => "frame already released",
             Self::WouldBlock => "nothing ready",
             Self::Internal => "internal error",
+            Self::AlreadyExists => "stream already has a live publisher",
         }
     }
 }
