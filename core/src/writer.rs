@@ -77,6 +77,29 @@ impl<H: RingRef> Writer<H> {
     /// drop-oldest and nothing else is left) whose frame no lossless
     /// subscriber still needs; among those the one with the oldest frame.
     pub fn try_loan(&mut self) -> Result<WriteGrant<'_, H>, LoanError> {
+        // A reader's transient bit (set, then withdrawn on a seq mismatch)
+        // can make the CAS fail; rescan a bounded number of times.
+        let ring = self.ring.ring();
+        for _ in 0..ring.slots.len() * 4 {
+            let pick = self.pick()?;
+            let slot = &ring.slots[pick as usize];
+            if slot.lease.compare_exchange(0, WRITER, Acquire, Relaxed).is_ok() {
+                // The old frame is gone from here on: readers that still look
+                // it up by seq find 0 and back off.
+                slot.seq.store(0, Relaxed);
+                return Ok(WriteGrant { writer: self, slot: pick });
+            }
+        }
+        Err(LoanError::Full)
+    }
+
+    /// Whether [`try_loan`](Self::try_loan) would find a slot now, without
+    /// taking it (for waiting loops).
+    pub fn poll_loan(&self) -> Result<(), LoanError> {
+        self.pick().map(drop)
+    }
+
+    fn pick(&self) -> Result<u32, LoanError> {
         let ring = self.ring.ring();
         if self.next_seq > MAX_SEQ {
             return Err(LoanError::SeqExhausted);
@@ -84,49 +107,30 @@ impl<H: RingRef> Writer<H> {
         if ring.is_closed() {
             return Err(LoanError::Closed);
         }
-        // A reader's transient bit (set, then withdrawn on a seq mismatch)
-        // can make a CAS fail; rescan a bounded number of times.
-        for _ in 0..ring.slots.len() * 4 {
-            let min_cursor = min_lossless_cursor(ring.subs);
-            let mut keep_order: Option<(u64, u32)> = None;
-            let mut any_order: Option<(u64, u32)> = None;
-            for (i, s) in ring.slots.iter().enumerate() {
-                let i = i as u32;
-                if Some(i) == self.head_slot || s.lease.load(Relaxed) != 0 {
-                    continue;
-                }
-                let seq = s.seq.load(Relaxed);
-                let better = |best: Option<(u64, u32)>| best.is_none_or(|(b, _)| seq < b);
-                if better(any_order) {
-                    any_order = Some((seq, i));
-                }
-                let needed = seq != 0 && seq >= min_cursor;
-                if !needed && better(keep_order) {
-                    keep_order = Some((seq, i));
-                }
+        let min_cursor = min_lossless_cursor(ring.subs);
+        let mut keep_order: Option<(u64, u32)> = None;
+        let mut any_order: Option<(u64, u32)> = None;
+        for (i, s) in ring.slots.iter().enumerate() {
+            let i = i as u32;
+            if Some(i) == self.head_slot || s.lease.load(Relaxed) != 0 {
+                continue;
             }
-            let pick = match (keep_order, any_order, ring.policy) {
-                (Some((_, i)), _, _) => i,
-                (None, Some((_, i)), LosslessPolicy::DropOldest) => i,
-                (None, Some(_), LosslessPolicy::Block) => return Err(LoanError::Backpressure),
-                (None, None, _) => return Err(LoanError::Full),
-            };
-            let slot = &ring.slots[pick as usize];
-            if slot
-                .lease
-                .compare_exchange(0, WRITER, Acquire, Relaxed)
-                .is_ok()
-            {
-                // The old frame is gone from here on: readers that still look
-                // it up by seq find 0 and back off.
-                slot.seq.store(0, Relaxed);
-                return Ok(WriteGrant {
-                    writer: self,
-                    slot: pick,
-                });
+            let seq = s.seq.load(Relaxed);
+            let better = |best: Option<(u64, u32)>| best.is_none_or(|(b, _)| seq < b);
+            if better(any_order) {
+                any_order = Some((seq, i));
+            }
+            let needed = seq != 0 && seq >= min_cursor;
+            if !needed && better(keep_order) {
+                keep_order = Some((seq, i));
             }
         }
-        Err(LoanError::Full)
+        match (keep_order, any_order, ring.policy) {
+            (Some((_, i)), _, _) => Ok(i),
+            (None, Some((_, i)), LosslessPolicy::DropOldest) => Ok(i),
+            (None, Some(_), LosslessPolicy::Block) => Err(LoanError::Backpressure),
+            (None, None, _) => Err(LoanError::Full),
+        }
     }
 
     /// Closes the stream: no more loans; subscribers get `Closed` once they
