@@ -257,3 +257,6 @@ impl fmt::Display for ValidateError {
         }
     }
 }
+
+impl core::error::Error for LayoutError {}
+impl core::error::Error for ValidateError {}

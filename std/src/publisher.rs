@@ -1,0 +1,362 @@
+//! The publisher: creates a stream, loans slots, commits frames.
+
+use crate::key::{shm_dir, validate_key};
+use crate::mapping::Shared;
+use crate::sys;
+use crate::{Error, ErrorCode, Result};
+use cuframes_core::{
+    Backend, FrameLayout, Identity, LoanError, LosslessPolicy, RingParams, RingRef, SegmentHeader, WriteGrant,
+    Writer,
+};
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Publisher settings.
+///
+/// ```
+/// use cuframes::{LosslessPolicy, PublisherOptions};
+/// let opts = PublisherOptions { slot_count: 6, policy: LosslessPolicy::DropOldest, ..Default::default() };
+/// assert_eq!(opts.subscriber_capacity, 16);
+/// ```
+#[derive(Debug, Clone)]
+pub struct PublisherOptions {
+    /// Slots in the ring (2..=64). Must cover the frames all subscribers may
+    /// hold at once plus two.
+    pub slot_count: u32,
+    /// Subscriber records (1..=63).
+    pub subscriber_capacity: u32,
+    /// What to do when a lossless subscriber lags.
+    pub policy: LosslessPolicy,
+    /// How long [`Publisher::loan`] waits for a slot before `Timeout`.
+    pub block_timeout: Duration,
+    /// File mode of the segment: 0o600 by default; 0o660 shares it with the
+    /// group. World access is refused.
+    pub mode: u32,
+    /// Row alignment of each plane (power of two).
+    pub pitch_align: u32,
+    /// Heartbeat and dead-subscriber sweep period.
+    pub heartbeat: Duration,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        Self {
+            slot_count: 8,
+            subscriber_capacity: 16,
+            policy: LosslessPolicy::Block,
+            block_timeout: Duration::from_secs(1),
+            mode: 0o600,
+            pitch_align: 64,
+            heartbeat: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Writes frames into a stream in host shared memory. One per key: a second
+/// publisher on a live key gets `AlreadyExists`. Dropping it closes the
+/// stream and removes its segment.
+///
+/// ```
+/// use cuframes::{FrameLayout, PixelFormat, Publisher, PublisherOptions};
+/// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+/// let layout = FrameLayout::new(PixelFormat::Gray8, 64, 48, 64).unwrap();
+/// let mut publisher = Publisher::create("doc-publisher", layout, PublisherOptions::default()).unwrap();
+/// let mut lease = publisher.loan().unwrap();
+/// lease.plane_mut(0).fill(128);
+/// let seq = lease.commit(0).unwrap();
+/// assert_eq!(seq, 1);
+/// let seq = publisher.publish_from(&vec![7u8; 64 * 48], 40_000_000).unwrap();
+/// assert_eq!(seq, 2);
+/// ```
+pub struct Publisher {
+    writer: Writer<Arc<Shared>>,
+    key: String,
+    layout: FrameLayout,
+    block_timeout: Duration,
+    stop: Arc<AtomicBool>,
+    keeper: Option<JoinHandle<()>>,
+    _lock: File,
+}
+
+impl Publisher {
+    /// Creates the stream `key` with the given frame layout.
+    pub fn create(key: &str, layout: FrameLayout, options: PublisherOptions) -> Result<Self> {
+        validate_key(key)?;
+        if options.mode & 0o007 != 0 || options.mode & 0o600 != 0o600 {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("mode {:o}: owner must read and write; others get nothing", options.mode),
+            ));
+        }
+        layout.validate().map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        let lock = lock_key(key, options.mode)?;
+        let ring = RingParams {
+            slot_count: options.slot_count,
+            subscriber_capacity: options.subscriber_capacity,
+            policy: options.policy,
+            block_timeout_ns: options.block_timeout.as_nanos().min(u64::MAX as u128) as u64,
+        };
+        let who = Identity {
+            epoch: sys::random_u64(),
+            pid: sys::pid(),
+            start_time: sys::own_start_time(),
+            created_unix_ns: sys::unix_ns(),
+        };
+        let header = SegmentHeader::plan(&layout, &ring, &Backend::HOST, &who)
+            .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        let mut shared = Shared::create(key, &header, options.mode)?;
+        shared.ring().control().heartbeat_ns.store(sys::now_ns(), Ordering::Relaxed);
+        let writer = Writer::new(Arc::new({
+            // Open (state OPEN is set by Writer::new) before it becomes
+            // visible, so no subscriber sees a half-made stream.
+            shared.install(key)?;
+            shared
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let keeper = spawn_keeper(writer.handle().clone(), stop.clone(), options.heartbeat);
+        Ok(Self {
+            writer,
+            key: key.to_owned(),
+            layout,
+            block_timeout: options.block_timeout,
+            stop,
+            keeper: Some(keeper),
+            _lock: lock,
+        })
+    }
+
+    /// The stream key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The frame layout.
+    pub fn layout(&self) -> &FrameLayout {
+        &self.layout
+    }
+
+    /// This instance's epoch (random; changes when a publisher restarts).
+    pub fn epoch(&self) -> u64 {
+        self.writer.handle().info.header.epoch
+    }
+
+    /// Loans a slot, waiting up to the block timeout while every slot is
+    /// held or (policy `Block`) still needed by a lossless subscriber.
+    pub fn loan(&mut self) -> Result<WriteLease<'_>> {
+        let deadline = Instant::now() + self.block_timeout;
+        let shared = self.writer.handle().clone();
+        let ring = shared.ring();
+        loop {
+            match self.writer.poll_loan() {
+                Ok(()) => break,
+                Err(e) => loan_error(e)?,
+            }
+            sweep_dead_subscribers(&shared);
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::new(ErrorCode::Timeout, match self.writer.poll_loan() {
+                    Err(LoanError::Backpressure) => "a lossless subscriber is not keeping up (backpressure)",
+                    _ => "no free slot: subscribers hold them all",
+                }));
+            }
+            let seen = ring.begin_wait_space();
+            if self.writer.poll_loan().is_err() {
+                sys::futex_wait(&ring.control().space, seen, (deadline - now).min(Duration::from_millis(50)));
+            }
+            ring.end_wait_space();
+        }
+        // A slot is free; only a reader's momentary probe of it could make
+        // this fail, and the loan rescans past that.
+        let grant = self.writer.try_loan().or_else(|e| {
+            loan_error(e)?;
+            Err(Error::new(ErrorCode::Timeout, "slot contention"))
+        })?;
+        Ok(WriteLease::new(grant, shared))
+    }
+
+    /// Loans a slot without waiting; `Ok(None)` when none is free now.
+    pub fn try_loan(&mut self) -> Result<Option<WriteLease<'_>>> {
+        let shared = self.writer.handle().clone();
+        match self.writer.try_loan() {
+            Ok(grant) => Ok(Some(WriteLease::new(grant, shared))),
+            Err(e) => loan_error(e).map(|()| None),
+        }
+    }
+
+    /// Copies a tightly packed frame (each plane's rows back to back, no
+    /// pitch padding, planes in order) into a slot and commits it.
+    pub fn publish_from(&mut self, packed: &[u8], pts_ns: i64) -> Result<u64> {
+        let need = self.layout.packed_bytes();
+        if packed.len() as u64 != need {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("frame has {} bytes; the layout needs {need}", packed.len()),
+            ));
+        }
+        let mut lease = self.loan()?;
+        lease.copy_from_packed(packed);
+        lease.commit(pts_ns)
+    }
+
+    /// Ring-wide statistics.
+    pub fn stats(&self) -> cuframes_core::RingStats {
+        self.writer.handle().ring().stats()
+    }
+
+    /// Closes the stream: subscribers drain what is left, then get `Closed`.
+    /// Dropping the publisher does this too.
+    pub fn close(self) {}
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.writer.close();
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(k) = self.keeper.take() {
+            k.thread().unpark();
+            let _ = k.join();
+        }
+        self.writer.handle().unlink_if_current();
+    }
+}
+
+/// `Ok` for the waitable loan errors, the typed error for the others.
+fn loan_error(e: LoanError) -> Result<()> {
+    match e {
+        LoanError::Full | LoanError::Backpressure => Ok(()),
+        LoanError::Closed => Err(Error::new(ErrorCode::Closed, "stream closed")),
+        LoanError::SeqExhausted => Err(Error::new(ErrorCode::Capacity, "sequence numbers exhausted")),
+    }
+}
+
+/// Holds `.cuframes.<key>.lock` with an exclusive `flock` for the
+/// publisher's life: the kernel drops it when the process dies, however it
+/// dies, so a crashed publisher never blocks its successor. The lock file
+/// is never unlinked (unlinking a lock file races with its next locker).
+fn lock_key(key: &str, mode: u32) -> Result<File> {
+    let path = shm_dir().join(format!(".cuframes.{key}.lock"));
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::CLOEXEC.bits() as i32)
+        .open(&path)
+        .map_err(|e| Error::io(format!("lock {}", path.display()), e))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        Error::new(ErrorCode::AlreadyExists, format!("stream {key:?} already has a live publisher"))
+    })?;
+    Ok(file)
+}
+
+/// Frees the records (and lease bits) of subscribers whose process died.
+pub(crate) fn sweep_dead_subscribers(shared: &Shared) -> usize {
+    let ring = shared.ring();
+    let mut freed = 0;
+    for s in ring.stats().active() {
+        if !sys::is_alive(s.pid, s.start_time) {
+            if let Some(writer_waits) = ring.reclaim(s.index, s.generation) {
+                freed += 1;
+                if writer_waits {
+                    shared.wake(cuframes_core::Wake::Writer);
+                }
+            }
+        }
+    }
+    freed
+}
+
+/// The publisher's background thread: heartbeat, publish-rate average, and
+/// the dead-subscriber sweep, so slots held by a killed subscriber come back
+/// even when nobody is waiting for them.
+fn spawn_keeper(shared: Arc<Shared>, stop: Arc<AtomicBool>, period: Duration) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("cuframes-keeper".into())
+        .spawn(move || {
+            let ctl = shared.ring().control();
+            let (mut last_n, mut last_t) = (ctl.published.load(Ordering::Relaxed), sys::now_ns());
+            let mut rate = 0f64;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::park_timeout(period);
+                let now = sys::now_ns();
+                ctl.heartbeat_ns.store(now, Ordering::Relaxed);
+                let n = ctl.published.load(Ordering::Relaxed);
+                let dt = now.saturating_sub(last_t).max(1) as f64 / 1e9;
+                if dt >= 0.5 {
+                    let inst = (n - last_n) as f64 / dt;
+                    rate = if rate == 0.0 { inst } else { 0.5 * rate + 0.5 * inst };
+                    ctl.rate_mfps.store((rate * 1000.0) as u64, Ordering::Relaxed);
+                    (last_n, last_t) = (n, now);
+                }
+                sweep_dead_subscribers(&shared);
+            }
+        })
+        .expect("spawn keeper thread")
+}
+
+/// A loaned slot, writable until committed. Dropping it aborts: nothing is
+/// published and the slot returns to the pool.
+pub struct WriteLease<'p> {
+    grant: WriteGrant<'p, Arc<Shared>>,
+    shared: Arc<Shared>,
+    data: *mut u8,
+}
+
+impl<'p> WriteLease<'p> {
+    fn new(grant: WriteGrant<'p, Arc<Shared>>, shared: Arc<Shared>) -> Self {
+        let data = shared.slot_ptr(grant.slot()).expect("grant slot is within the validated table");
+        Self { grant, shared, data }
+    }
+
+    /// The sequence number the frame will get.
+    pub fn seq(&self) -> u64 {
+        self.grant.seq()
+    }
+
+    /// The frame layout (plane offsets and pitches inside [`data_mut`](Self::data_mut)).
+    pub fn layout(&self) -> &FrameLayout {
+        &self.shared.info.header.layout
+    }
+
+    /// The whole slot: `layout().slot_bytes` bytes.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the WRITER bit of this slot is ours until commit/abort, so
+        // no subscriber reads these bytes; the range was validated to lie in
+        // the mapping, which `shared` keeps alive; `&mut self` makes the
+        // slice unique within this process.
+        unsafe { std::slice::from_raw_parts_mut(self.data, self.layout().slot_bytes as usize) }
+    }
+
+    /// Plane `i` as `pitch * rows` bytes (row `r` starts at `r * pitch`).
+    /// Panics if the format has no plane `i`.
+    pub fn plane_mut(&mut self, i: usize) -> &mut [u8] {
+        let (start, end) = self.layout().plane_range(i).expect("plane index within the format's planes");
+        &mut self.data_mut()[start as usize..end as usize]
+    }
+
+    /// Copies a tightly packed frame in, row by row, honouring pitches.
+    /// `packed` must be `layout().packed_bytes()` long.
+    pub fn copy_from_packed(&mut self, packed: &[u8]) {
+        let layout = *self.layout();
+        let data = self.data_mut();
+        let mut src = 0usize;
+        for p in layout.planes() {
+            let (rb, pitch) = (p.row_bytes as usize, p.pitch as usize);
+            for r in 0..p.rows as usize {
+                let dst = p.offset as usize + r * pitch;
+                data[dst..dst + rb].copy_from_slice(&packed[src..src + rb]);
+                src += rb;
+            }
+        }
+    }
+
+    /// Publishes the frame and returns its sequence number.
+    pub fn commit(self, pts_ns: i64) -> Result<u64> {
+        Ok(self.grant.commit(pts_ns, sys::now_ns()).seq)
+    }
+}

@@ -1,0 +1,441 @@
+//! The subscriber: connects to a stream, waits for frames, reads them in
+//! place.
+
+use crate::key::validate_key;
+use crate::mapping::Shared;
+use crate::publisher::sweep_dead_subscribers;
+use crate::sys;
+use crate::{Error, ErrorCode, Result};
+use cuframes_core::{
+    FrameLayout, Mode, PixelFormat, ReadError, ReadGrant, RecordToken, Register, Ring, RingRef, Wake,
+};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Subscriber settings.
+#[derive(Debug, Clone)]
+pub struct SubscriberOptions {
+    /// How long [`Subscriber::connect`] waits for the stream to appear (or
+    /// for a dead publisher to be replaced).
+    pub connect_timeout: Duration,
+    /// Most frames held at once (each held frame pins a slot).
+    pub max_held: u32,
+    /// Accept a segment owned by another user (shared by group mode).
+    pub allow_other_owner: bool,
+    /// How often, while waiting, to check that the publisher still lives.
+    pub liveness_interval: Duration,
+}
+
+impl Default for SubscriberOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            max_held: 1,
+            allow_other_owner: false,
+            liveness_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters kept by this subscriber (the seed API's health stats, plus the
+/// real drop count and ring occupancy read from shared memory).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriberStats {
+    /// Frames handed out.
+    pub frames_received: u64,
+    /// `next_frame` calls that timed out.
+    pub timeouts: u64,
+    /// Calls that failed otherwise.
+    pub errors: u64,
+    /// Seq of the last frame (0: none yet).
+    pub last_seq: u64,
+    /// Times the seq jumped by more than one.
+    pub gap_count: u64,
+    /// Frames lost (queue mode, drop-oldest) or skipped (newest-only), as
+    /// counted in shared memory.
+    pub dropped: u64,
+    /// PTS of the last frame.
+    pub last_frame_pts_ns: i64,
+    /// Commit-to-handout latency of the last frame, nanoseconds.
+    pub last_latency_ns: u64,
+    /// Slots of the ring held or still needed, now.
+    pub ring_occupancy: u32,
+    /// Slots in the ring.
+    pub slot_count: u32,
+}
+
+/// The subscriber's side of the mapping: keeps the record registered while
+/// the subscriber or any of its frames lives.
+pub(crate) struct SubInner {
+    shared: Shared,
+    token: Option<RecordToken>,
+}
+
+impl SubInner {
+    fn token(&self) -> &RecordToken {
+        self.token.as_ref().expect("token present until drop")
+    }
+}
+
+impl RingRef for SubInner {
+    fn ring(&self) -> &Ring<'_> {
+        self.shared.ring()
+    }
+    fn wake(&self, who: Wake) {
+        self.shared.wake(who)
+    }
+}
+
+impl Drop for SubInner {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            if self.shared.ring().deregister(token) {
+                self.shared.wake(Wake::Writer);
+            }
+        }
+    }
+}
+
+/// Reads frames from a stream. One thread at a time (`&mut self`); frames
+/// are `Send` and may be released on any thread, and they keep the mapping
+/// alive after the subscriber is dropped.
+///
+/// ```
+/// use cuframes::*;
+/// use std::time::Duration;
+/// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+/// let layout = FrameLayout::new(PixelFormat::Gray8, 32, 8, 64).unwrap();
+/// let mut publisher = Publisher::create("doc-subscriber", layout, Default::default()).unwrap();
+/// let mut sub = Subscriber::connect("doc-subscriber", "viewer", Mode::Queue, Default::default()).unwrap();
+/// publisher.publish_from(&[9u8; 32 * 8], 1).unwrap();
+/// let frame = sub.next_frame(Duration::from_secs(1)).unwrap();
+/// assert_eq!((frame.seq(), frame.width(), frame.plane(0)[0]), (1, 32, 9));
+/// frame.release();
+/// assert_eq!(sub.try_next().unwrap().map(|f| f.seq()), None);
+/// ```
+pub struct Subscriber {
+    inner: Arc<SubInner>,
+    key: String,
+    name: String,
+    mode: Mode,
+    options: SubscriberOptions,
+    stats: SubscriberStats,
+    last_liveness: Instant,
+}
+
+impl Subscriber {
+    /// Connects to `key` as `name`, waiting up to the connect timeout for
+    /// the stream to exist and have a live publisher.
+    pub fn connect(key: &str, name: &str, mode: Mode, options: SubscriberOptions) -> Result<Self> {
+        validate_key(key)?;
+        if options.max_held == 0 {
+            return Err(Error::new(ErrorCode::InvalidArgument, "max_held must be at least 1"));
+        }
+        let deadline = Instant::now() + options.connect_timeout;
+        let shared = loop {
+            let attempt = Shared::open(key, true, options.allow_other_owner).and_then(|s| {
+                publisher_status(&s)?;
+                Ok(s)
+            });
+            match attempt {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline && retry_connect(e.code()) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        sweep_dead_subscribers(&shared);
+        let req = Register {
+            mode,
+            max_held: options.max_held,
+            pid: sys::pid(),
+            start_time: sys::own_start_time(),
+            name: name.as_bytes(),
+        };
+        let token = shared.ring().register(&req)?;
+        Ok(Self {
+            inner: Arc::new(SubInner { shared, token: Some(token) }),
+            key: key.to_owned(),
+            name: name.to_owned(),
+            mode,
+            options,
+            stats: SubscriberStats::default(),
+            last_liveness: Instant::now(),
+        })
+    }
+
+    /// The stream key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// This subscriber's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// How it reads.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// The stream's frame layout.
+    pub fn layout(&self) -> &FrameLayout {
+        &self.inner.shared.info.header.layout
+    }
+    /// The publisher instance's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.inner.shared.info.header.epoch
+    }
+    /// The options it was connected with.
+    pub fn options(&self) -> &SubscriberOptions {
+        &self.options
+    }
+
+    /// Waits up to `timeout` for the next frame: the newest (NEWEST_ONLY) or
+    /// the next in order (QUEUE). Errors: `Timeout`, `Closed` (after the
+    /// queue is drained), `PublisherGone`, `Capacity` (holding `max_held`
+    /// frames), `Corrupt`.
+    pub fn next_frame(&mut self, timeout: Duration) -> Result<Frame> {
+        let deadline = Instant::now() + timeout;
+        let ring_handle = self.inner.clone();
+        let ring = ring_handle.ring();
+        loop {
+            if let Some(frame) = self.attempt()? {
+                return Ok(frame);
+            }
+            self.check_publisher(false)?;
+            let now = Instant::now();
+            if now >= deadline {
+                self.stats.timeouts += 1;
+                return Err(Error::new(ErrorCode::Timeout, format!("no frame within {timeout:?}")));
+            }
+            // Announce, re-check, then sleep: a commit after the re-check
+            // changes `notify`, so the futex returns at once.
+            let seen = ring.begin_wait();
+            let got = self.attempt();
+            if matches!(got, Ok(None)) {
+                let nap = (deadline - now).min(self.options.liveness_interval);
+                sys::futex_wait(&ring.control().notify, seen, nap);
+            }
+            ring.end_wait();
+            if let Some(frame) = got? {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// Takes a frame if one is ready, without waiting.
+    pub fn try_next(&mut self) -> Result<Option<Frame>> {
+        match self.attempt()? {
+            Some(f) => Ok(Some(f)),
+            None => {
+                self.check_publisher(false)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Iterates over frames, each waited for up to `timeout`; ends when the
+    /// stream is closed and drained.
+    pub fn frames(&mut self, timeout: Duration) -> Frames<'_> {
+        Frames { sub: self, timeout }
+    }
+
+    /// This subscriber's counters.
+    pub fn stats(&self) -> SubscriberStats {
+        let ring = self.inner.ring();
+        let rec = &ring.subscribers()[self.inner.token().index() as usize];
+        let ring_stats = ring.stats();
+        SubscriberStats {
+            dropped: rec.dropped.load(Ordering::Relaxed),
+            ring_occupancy: ring_stats.occupancy,
+            slot_count: ring_stats.slot_count,
+            ..self.stats
+        }
+    }
+
+    /// Ring-wide statistics of the stream.
+    pub fn ring_stats(&self) -> cuframes_core::RingStats {
+        self.inner.ring().stats()
+    }
+
+    fn attempt(&mut self) -> Result<Option<Frame>> {
+        match ReadGrant::acquire(self.inner.clone(), self.inner.token()) {
+            Ok(grant) => Ok(Some(self.deliver(grant))),
+            Err(ReadError::WouldBlock) => Ok(None),
+            Err(e) => {
+                self.stats.errors += 1;
+                Err(e.into())
+            }
+        }
+    }
+
+    fn deliver(&mut self, grant: ReadGrant<Arc<SubInner>>) -> Frame {
+        let now = sys::now_ns();
+        let s = &mut self.stats;
+        if s.last_seq != 0 && grant.seq() != s.last_seq + 1 {
+            s.gap_count += 1;
+        }
+        s.frames_received += 1;
+        s.last_seq = grant.seq();
+        s.last_frame_pts_ns = grant.pts_ns();
+        s.last_latency_ns = now.saturating_sub(grant.commit_ns());
+        let ring = self.inner.ring();
+        ring.subscribers()[self.inner.token().index() as usize].heartbeat_ns.store(now, Ordering::Relaxed);
+        Frame::new(grant)
+    }
+
+    /// Checks, at most every `liveness_interval` unless `force`, that the
+    /// publisher lives and the segment was not replaced.
+    fn check_publisher(&mut self, force: bool) -> Result<()> {
+        if !force && self.last_liveness.elapsed() < self.options.liveness_interval {
+            return Ok(());
+        }
+        self.last_liveness = Instant::now();
+        let r = publisher_status(&self.inner.shared).and_then(|()| {
+            if self.inner.shared.is_current() {
+                Ok(())
+            } else {
+                Err(Error::new(ErrorCode::PublisherGone, "the stream was replaced by a new publisher"))
+            }
+        });
+        if r.is_err() {
+            self.stats.errors += 1;
+        }
+        r
+    }
+}
+
+/// `Ok` while the segment's publisher lives and the stream is open.
+fn publisher_status(shared: &Shared) -> Result<()> {
+    let h = &shared.info.header;
+    if shared.ring().is_closed() {
+        return Err(Error::new(ErrorCode::Closed, "publisher closed the stream"));
+    }
+    if !sys::is_alive(h.publisher_pid, h.publisher_start_time) {
+        return Err(Error::new(ErrorCode::PublisherGone, format!("publisher pid {} is gone", h.publisher_pid)));
+    }
+    Ok(())
+}
+
+/// Errors worth waiting out while connecting: the stream may appear, or a
+/// dead or closing publisher may be replaced.
+fn retry_connect(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::NotFound | ErrorCode::PublisherGone | ErrorCode::Closed)
+}
+
+/// Iterator from [`Subscriber::frames`].
+pub struct Frames<'s> {
+    sub: &'s mut Subscriber,
+    timeout: Duration,
+}
+
+impl Iterator for Frames<'_> {
+    type Item = Result<Frame>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.sub.next_frame(self.timeout) {
+            Err(e) if e.code() == ErrorCode::Closed => None,
+            r => Some(r),
+        }
+    }
+}
+
+/// A frame held in place in shared memory. Its slot is not reused until it
+/// is released ([`release`](Self::release)) or dropped.
+pub struct Frame {
+    grant: ReadGrant<Arc<SubInner>>,
+    data: *const u8,
+}
+
+// SAFETY: `data` points into the mapping that `grant` keeps alive through
+// its Arc; the bytes are read-only while the lease bit is held, so sharing
+// or sending the frame across threads is sound.
+unsafe impl Send for Frame {}
+// SAFETY: as above; `&Frame` gives only shared, read-only access.
+unsafe impl Sync for Frame {}
+
+impl Frame {
+    fn new(grant: ReadGrant<Arc<SubInner>>) -> Self {
+        let data = grant.handle().shared.slot_ptr(grant.slot()).expect("validated slot") as *const u8;
+        Self { grant, data }
+    }
+
+    /// Sequence number (1, 2, ...).
+    pub fn seq(&self) -> u64 {
+        self.grant.seq()
+    }
+    /// Presentation timestamp given by the publisher.
+    pub fn pts_ns(&self) -> i64 {
+        self.grant.pts_ns()
+    }
+    /// Monotonic commit time.
+    pub fn commit_ns(&self) -> u64 {
+        self.grant.commit_ns()
+    }
+    /// The layout (format, size, planes).
+    pub fn layout(&self) -> &FrameLayout {
+        &self.grant.handle().shared.info.header.layout
+    }
+    /// Pixel format.
+    pub fn format(&self) -> PixelFormat {
+        self.grant.handle().shared.info.format
+    }
+    /// Width in pixels.
+    pub fn width(&self) -> u32 {
+        self.layout().width
+    }
+    /// Height in pixels.
+    pub fn height(&self) -> u32 {
+        self.layout().height
+    }
+    /// Bytes from row to row of plane `i` (0 if there is no such plane).
+    pub fn pitch(&self, i: usize) -> u32 {
+        self.layout().planes().get(i).map_or(0, |p| p.pitch)
+    }
+    /// Number of planes.
+    pub fn plane_count(&self) -> usize {
+        self.layout().planes().len()
+    }
+    /// The whole slot (`layout().slot_bytes`).
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: our lease bit keeps the writer out of this slot while the
+        // frame lives; the range was validated to lie in the mapping, which
+        // the grant's Arc keeps mapped.
+        unsafe { std::slice::from_raw_parts(self.data, self.layout().slot_bytes as usize) }
+    }
+    /// Plane `i` as `pitch * rows` bytes; panics if there is no plane `i`.
+    pub fn plane(&self, i: usize) -> &[u8] {
+        let (start, end) = self.layout().plane_range(i).expect("plane index within the format's planes");
+        &self.data()[start as usize..end as usize]
+    }
+    /// Copies the picture out tightly packed (no pitch padding).
+    pub fn to_packed(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.layout().packed_bytes() as usize);
+        for (i, p) in self.layout().planes().iter().enumerate() {
+            let plane = self.plane(i);
+            for r in 0..p.rows as usize {
+                let row = r * p.pitch as usize;
+                out.extend_from_slice(&plane[row..row + p.row_bytes as usize]);
+            }
+        }
+        out
+    }
+    /// Address of the slot's first byte (host memory).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.data
+    }
+    /// Releases the frame (dropping it does the same).
+    pub fn release(self) {}
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("seq", &self.seq())
+            .field("format", &self.format())
+            .field("width", &self.width())
+            .field("height", &self.height())
+            .field("pts_ns", &self.pts_ns())
+            .finish()
+    }
+}
