@@ -25,7 +25,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), source: None }
+        Self {
+            code,
+            message: message.into(),
+            source: None,
+        }
     }
 
     /// An operating-system error, classified (not found, permission, other).
@@ -37,7 +41,11 @@ impl Error {
             AlreadyExists => ErrorCode::AlreadyExists,
             _ => ErrorCode::Io,
         };
-        Self { code, message: format!("{context}: {err}"), source: Some(err) }
+        Self {
+            code,
+            message: format!("{context}: {err}"),
+            source: Some(err),
+        }
     }
 
     /// The stable code.
@@ -88,12 +96,17 @@ impl From<ReadError> for Error {
         match e {
             ReadError::WouldBlock => Self::new(ErrorCode::WouldBlock, "no new frame yet"),
             ReadError::Closed => Self::new(ErrorCode::Closed, "publisher closed the stream"),
-            ReadError::HoldLimit => Self::new(ErrorCode::Capacity, "already holding max_held frames; release one"),
+            ReadError::HoldLimit => Self::new(
+                ErrorCode::Capacity,
+                "already holding max_held frames; release one",
+            ),
             ReadError::Evicted => Self::new(
                 ErrorCode::PublisherGone,
                 "subscriber record was reclaimed (this process was presumed dead); reconnect",
             ),
-            ReadError::Corrupt => Self::new(ErrorCode::Corrupt, "shared memory contradicts the protocol"),
+            ReadError::Corrupt => {
+                Self::new(ErrorCode::Corrupt, "shared memory contradicts the protocol")
+            }
         }
     }
 }

@@ -21,7 +21,11 @@ pub const PREFIX: &str = "cuframes.";
 /// ```
 pub fn validate_key(key: &str) -> Result<()> {
     let ok_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-');
-    if key.is_empty() || key.len() > MAX_KEY_LEN || key.starts_with('.') || !key.bytes().all(ok_char) {
+    if key.is_empty()
+        || key.len() > MAX_KEY_LEN
+        || key.starts_with('.')
+        || !key.bytes().all(ok_char)
+    {
         return Err(Error::new(
             ErrorCode::InvalidArgument,
             format!("invalid key {key:?}: use 1-{MAX_KEY_LEN} characters from [A-Za-z0-9._-], not starting with '.'"),
@@ -33,7 +37,9 @@ pub fn validate_key(key: &str) -> Result<()> {
 /// The shm directory: `$CUFRAMES_SHM_DIR` if set (tests, containers with a
 /// different tmpfs), else `/dev/shm`.
 pub fn shm_dir() -> PathBuf {
-    std::env::var_os("CUFRAMES_SHM_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/dev/shm"))
+    std::env::var_os("CUFRAMES_SHM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"))
 }
 
 /// Path of a key's segment. The key must be valid.

@@ -35,6 +35,7 @@ mod reconnect;
 mod streams;
 mod subscriber;
 mod sys;
+pub mod testsrc;
 
 pub use cuframes_core as core;
 pub use cuframes_core::{

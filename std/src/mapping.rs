@@ -32,15 +32,30 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn map(file: &File, len: u64, writable: bool) -> Result<Self> {
-        let prot = if writable { ProtFlags::READ | ProtFlags::WRITE } else { ProtFlags::READ };
+        let prot = if writable {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
         // SAFETY: a fresh mapping chosen by the kernel (null hint), of a file
         // we hold open; nothing else aliases it in this process yet.
         let ptr = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), len as usize, prot, MapFlags::SHARED, file, 0)
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                prot,
+                MapFlags::SHARED,
+                file,
+                0,
+            )
         }
         .map_err(|e| Error::io("mmap", e.into()))?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::new(ErrorCode::Io, "mmap returned null"))?;
-        Ok(Self { ptr, len: len as usize })
+        let ptr = NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| Error::new(ErrorCode::Io, "mmap returned null"))?;
+        Ok(Self {
+            ptr,
+            len: len as usize,
+        })
     }
 
     pub(crate) fn base(&self) -> *mut u8 {
@@ -84,7 +99,13 @@ impl Shared {
         // the same struct as the Ring and outlives it (field order); we never
         // form `&mut` or byte slices over the live regions.
         let ring = unsafe { Ring::from_segment(map.base(), &info) };
-        Self { ring, info, map, path, file_id }
+        Self {
+            ring,
+            info,
+            map,
+            path,
+            file_id,
+        }
     }
 
     /// Opens and validates an existing segment.
@@ -93,10 +114,15 @@ impl Shared {
         let file = File::options()
             .read(true)
             .write(writable)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::CLOEXEC.bits() as i32)
+            .custom_flags(
+                rustix::fs::OFlags::NOFOLLOW.bits() as i32
+                    | rustix::fs::OFlags::CLOEXEC.bits() as i32,
+            )
             .open(&path)
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::new(ErrorCode::NotFound, format!("no stream {key:?}")),
+                std::io::ErrorKind::NotFound => {
+                    Error::new(ErrorCode::NotFound, format!("no stream {key:?}"))
+                }
                 _ => Error::io(format!("open {}", path.display()), e),
             })?;
         let meta = file.metadata().map_err(|e| Error::io("fstat", e))?;
@@ -106,7 +132,10 @@ impl Shared {
             return Err(cuframes_core::ValidateError::TooSmall { len }.into());
         }
         if len > MAX_SEGMENT {
-            return Err(Error::new(ErrorCode::Corrupt, format!("segment of {len} bytes is implausibly large")));
+            return Err(Error::new(
+                ErrorCode::Corrupt,
+                format!("segment of {len} bytes is implausibly large"),
+            ));
         }
         let map = Mapping::map(&file, len, writable)?;
         let info = SegmentInfo::check(map.read_header(), len)?;
@@ -120,7 +149,9 @@ impl Shared {
         let path = segment_path(key);
         let tmp = path.with_file_name(format!(
             ".{}.{}.{:x}.tmp",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("cuframes"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("cuframes"),
             sys::pid(),
             sys::random_u64()
         ));
@@ -140,14 +171,21 @@ impl Shared {
         file.set_permissions(std::fs::Permissions::from_mode(mode))
             .and_then(|_| file.set_len(header.segment_len))
             .map_err(|e| cleanup(Error::io("size segment", e)))?;
-        let meta = file.metadata().map_err(|e| cleanup(Error::io("fstat", e)))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| cleanup(Error::io("fstat", e)))?;
         let map = Mapping::map(&file, header.segment_len, true).map_err(cleanup)?;
         // SAFETY: the file is new and private to us until renamed into place;
         // the mapping is at least header-sized; a byte copy of a plain header.
         unsafe {
-            std::ptr::copy_nonoverlapping(header.as_bytes().as_ptr(), map.base(), header.as_bytes().len());
+            std::ptr::copy_nonoverlapping(
+                header.as_bytes().as_ptr(),
+                map.base(),
+                header.as_bytes().len(),
+            );
         }
-        let info = SegmentInfo::check(*header, header.segment_len).map_err(|e| cleanup(e.into()))?;
+        let info =
+            SegmentInfo::check(*header, header.segment_len).map_err(|e| cleanup(e.into()))?;
         Ok(Self::new(map, info, tmp, (meta.dev(), meta.ino())))
     }
 
@@ -182,22 +220,33 @@ impl Shared {
 }
 
 pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
-    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 fn check_file(meta: &std::fs::Metadata, allow_other_owner: bool) -> Result<()> {
     if !meta.file_type().is_file() {
-        return Err(Error::new(ErrorCode::Corrupt, "segment is not a regular file"));
+        return Err(Error::new(
+            ErrorCode::Corrupt,
+            "segment is not a regular file",
+        ));
     }
     let me = rustix::process::geteuid().as_raw();
     if !allow_other_owner && meta.uid() != me && me != 0 {
         return Err(Error::new(
             ErrorCode::Permission,
-            format!("segment owned by uid {} (we are {me}); refusing a foreign segment", meta.uid()),
+            format!(
+                "segment owned by uid {} (we are {me}); refusing a foreign segment",
+                meta.uid()
+            ),
         ));
     }
     if meta.mode() & 0o002 != 0 {
-        return Err(Error::new(ErrorCode::Permission, "segment is world-writable; refusing it"));
+        return Err(Error::new(
+            ErrorCode::Permission,
+            "segment is world-writable; refusing it",
+        ));
     }
     Ok(())
 }

@@ -5,8 +5,8 @@ use crate::mapping::Shared;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
 use cuframes_core::{
-    Backend, FrameLayout, Identity, LoanError, LosslessPolicy, RingParams, RingRef, SegmentHeader, WriteGrant,
-    Writer,
+    Backend, FrameLayout, Identity, LoanError, LosslessPolicy, RingParams, RingRef, SegmentHeader,
+    WriteGrant, Writer,
 };
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
@@ -89,10 +89,15 @@ impl Publisher {
         if options.mode & 0o007 != 0 || options.mode & 0o600 != 0o600 {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
-                format!("mode {:o}: owner must read and write; others get nothing", options.mode),
+                format!(
+                    "mode {:o}: owner must read and write; others get nothing",
+                    options.mode
+                ),
             ));
         }
-        layout.validate().map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        layout
+            .validate()
+            .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
         let lock = lock_key(key, options.mode)?;
         let ring = RingParams {
             slot_count: options.slot_count,
@@ -109,7 +114,11 @@ impl Publisher {
         let header = SegmentHeader::plan(&layout, &ring, &Backend::HOST, &who)
             .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
         let mut shared = Shared::create(key, &header, options.mode)?;
-        shared.ring().control().heartbeat_ns.store(sys::now_ns(), Ordering::Relaxed);
+        shared
+            .ring()
+            .control()
+            .heartbeat_ns
+            .store(sys::now_ns(), Ordering::Relaxed);
         let writer = Writer::new(Arc::new({
             // Open (state OPEN is set by Writer::new) before it becomes
             // visible, so no subscriber sees a half-made stream.
@@ -158,14 +167,23 @@ impl Publisher {
             sweep_dead_subscribers(&shared);
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::new(ErrorCode::Timeout, match self.writer.poll_loan() {
-                    Err(LoanError::Backpressure) => "a lossless subscriber is not keeping up (backpressure)",
-                    _ => "no free slot: subscribers hold them all",
-                }));
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    match self.writer.poll_loan() {
+                        Err(LoanError::Backpressure) => {
+                            "a lossless subscriber is not keeping up (backpressure)"
+                        }
+                        _ => "no free slot: subscribers hold them all",
+                    },
+                ));
             }
             let seen = ring.begin_wait_space();
             if self.writer.poll_loan().is_err() {
-                sys::futex_wait(&ring.control().space, seen, (deadline - now).min(Duration::from_millis(50)));
+                sys::futex_wait(
+                    &ring.control().space,
+                    seen,
+                    (deadline - now).min(Duration::from_millis(50)),
+                );
             }
             ring.end_wait_space();
         }
@@ -229,7 +247,10 @@ fn loan_error(e: LoanError) -> Result<()> {
     match e {
         LoanError::Full | LoanError::Backpressure => Ok(()),
         LoanError::Closed => Err(Error::new(ErrorCode::Closed, "stream closed")),
-        LoanError::SeqExhausted => Err(Error::new(ErrorCode::Capacity, "sequence numbers exhausted")),
+        LoanError::SeqExhausted => Err(Error::new(
+            ErrorCode::Capacity,
+            "sequence numbers exhausted",
+        )),
     }
 }
 
@@ -245,12 +266,19 @@ fn lock_key(key: &str, mode: u32) -> Result<File> {
         .create(true)
         .truncate(false)
         .mode(mode)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::CLOEXEC.bits() as i32)
+        .custom_flags(
+            rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::CLOEXEC.bits() as i32,
+        )
         .open(&path)
         .map_err(|e| Error::io(format!("lock {}", path.display()), e))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        Error::new(ErrorCode::AlreadyExists, format!("stream {key:?} already has a live publisher"))
-    })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            Error::new(
+                ErrorCode::AlreadyExists,
+                format!("stream {key:?} already has a live publisher"),
+            )
+        },
+    )?;
     Ok(file)
 }
 
@@ -289,8 +317,13 @@ fn spawn_keeper(shared: Arc<Shared>, stop: Arc<AtomicBool>, period: Duration) ->
                 let dt = now.saturating_sub(last_t).max(1) as f64 / 1e9;
                 if dt >= 0.5 {
                     let inst = (n - last_n) as f64 / dt;
-                    rate = if rate == 0.0 { inst } else { 0.5 * rate + 0.5 * inst };
-                    ctl.rate_mfps.store((rate * 1000.0) as u64, Ordering::Relaxed);
+                    rate = if rate == 0.0 {
+                        inst
+                    } else {
+                        0.5 * rate + 0.5 * inst
+                    };
+                    ctl.rate_mfps
+                        .store((rate * 1000.0) as u64, Ordering::Relaxed);
                     (last_n, last_t) = (n, now);
                 }
                 sweep_dead_subscribers(&shared);
@@ -309,8 +342,14 @@ pub struct WriteLease<'p> {
 
 impl<'p> WriteLease<'p> {
     fn new(grant: WriteGrant<'p, Arc<Shared>>, shared: Arc<Shared>) -> Self {
-        let data = shared.slot_ptr(grant.slot()).expect("grant slot is within the validated table");
-        Self { grant, shared, data }
+        let data = shared
+            .slot_ptr(grant.slot())
+            .expect("grant slot is within the validated table");
+        Self {
+            grant,
+            shared,
+            data,
+        }
     }
 
     /// The sequence number the frame will get.
@@ -335,7 +374,10 @@ impl<'p> WriteLease<'p> {
     /// Plane `i` as `pitch * rows` bytes (row `r` starts at `r * pitch`).
     /// Panics if the format has no plane `i`.
     pub fn plane_mut(&mut self, i: usize) -> &mut [u8] {
-        let (start, end) = self.layout().plane_range(i).expect("plane index within the format's planes");
+        let (start, end) = self
+            .layout()
+            .plane_range(i)
+            .expect("plane index within the format's planes");
         &mut self.data_mut()[start as usize..end as usize]
     }
 

@@ -34,7 +34,14 @@ pub struct ReconnectingSubscriber {
 impl ReconnectingSubscriber {
     /// Does not connect yet; the first [`next_frame`](Self::next_frame) does.
     pub fn new(key: &str, name: &str, mode: Mode, options: SubscriberOptions) -> Self {
-        Self { key: key.into(), name: name.into(), mode, options, current: None, connects: 0 }
+        Self {
+            key: key.into(),
+            name: name.into(),
+            mode,
+            options,
+            current: None,
+            connects: 0,
+        }
     }
 
     /// Reconnections after the first connection.
@@ -50,8 +57,13 @@ impl ReconnectingSubscriber {
     /// Connects if not connected, waiting up to `timeout`.
     pub fn ensure_connected(&mut self, timeout: Duration) -> Result<&mut Subscriber> {
         if self.current.is_none() {
-            let options = SubscriberOptions { connect_timeout: timeout, ..self.options.clone() };
-            self.current = Some(Subscriber::connect(&self.key, &self.name, self.mode, options)?);
+            let options = SubscriberOptions {
+                connect_timeout: timeout,
+                ..self.options.clone()
+            };
+            self.current = Some(Subscriber::connect(
+                &self.key, &self.name, self.mode, options,
+            )?);
             self.connects += 1;
         }
         Ok(self.current.as_mut().expect("just connected"))
@@ -78,5 +90,8 @@ impl ReconnectingSubscriber {
 }
 
 fn is_gone(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::PublisherGone | ErrorCode::Closed | ErrorCode::NotFound)
+    matches!(
+        code,
+        ErrorCode::PublisherGone | ErrorCode::Closed | ErrorCode::NotFound
+    )
 }

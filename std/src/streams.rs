@@ -61,7 +61,12 @@ pub fn list_streams() -> Vec<(String, Result<StreamStatus>)> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix(PREFIX).map(str::to_owned))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix(PREFIX)
+                .map(str::to_owned)
+        })
         .filter(|k| validate_key(k).is_ok())
         .map(|k| {
             let s = stream_status(&k);

@@ -7,7 +7,8 @@ use crate::publisher::sweep_dead_subscribers;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
 use cuframes_core::{
-    FrameLayout, Mode, PixelFormat, ReadError, ReadGrant, RecordToken, Register, Ring, RingRef, Wake,
+    FrameLayout, Mode, PixelFormat, ReadError, ReadGrant, RecordToken, Register, Ring, RingRef,
+    Wake,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -130,7 +131,10 @@ impl Subscriber {
     pub fn connect(key: &str, name: &str, mode: Mode, options: SubscriberOptions) -> Result<Self> {
         validate_key(key)?;
         if options.max_held == 0 {
-            return Err(Error::new(ErrorCode::InvalidArgument, "max_held must be at least 1"));
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "max_held must be at least 1",
+            ));
         }
         let deadline = Instant::now() + options.connect_timeout;
         let shared = loop {
@@ -156,7 +160,10 @@ impl Subscriber {
         };
         let token = shared.ring().register(&req)?;
         Ok(Self {
-            inner: Arc::new(SubInner { shared, token: Some(token) }),
+            inner: Arc::new(SubInner {
+                shared,
+                token: Some(token),
+            }),
             key: key.to_owned(),
             name: name.to_owned(),
             mode,
@@ -207,7 +214,10 @@ impl Subscriber {
             let now = Instant::now();
             if now >= deadline {
                 self.stats.timeouts += 1;
-                return Err(Error::new(ErrorCode::Timeout, format!("no frame within {timeout:?}")));
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("no frame within {timeout:?}"),
+                ));
             }
             // Announce, re-check, then sleep: a commit after the re-check
             // changes `notify`, so the futex returns at once.
@@ -281,7 +291,9 @@ impl Subscriber {
         s.last_frame_pts_ns = grant.pts_ns();
         s.last_latency_ns = now.saturating_sub(grant.commit_ns());
         let ring = self.inner.ring();
-        ring.subscribers()[self.inner.token().index() as usize].heartbeat_ns.store(now, Ordering::Relaxed);
+        ring.subscribers()[self.inner.token().index() as usize]
+            .heartbeat_ns
+            .store(now, Ordering::Relaxed);
         Frame::new(grant)
     }
 
@@ -296,7 +308,10 @@ impl Subscriber {
             if self.inner.shared.is_current() {
                 Ok(())
             } else {
-                Err(Error::new(ErrorCode::PublisherGone, "the stream was replaced by a new publisher"))
+                Err(Error::new(
+                    ErrorCode::PublisherGone,
+                    "the stream was replaced by a new publisher",
+                ))
             }
         });
         if r.is_err() {
@@ -313,7 +328,10 @@ fn publisher_status(shared: &Shared) -> Result<()> {
         return Err(Error::new(ErrorCode::Closed, "publisher closed the stream"));
     }
     if !sys::is_alive(h.publisher_pid, h.publisher_start_time) {
-        return Err(Error::new(ErrorCode::PublisherGone, format!("publisher pid {} is gone", h.publisher_pid)));
+        return Err(Error::new(
+            ErrorCode::PublisherGone,
+            format!("publisher pid {} is gone", h.publisher_pid),
+        ));
     }
     Ok(())
 }
@@ -321,7 +339,10 @@ fn publisher_status(shared: &Shared) -> Result<()> {
 /// Errors worth waiting out while connecting: the stream may appear, or a
 /// dead or closing publisher may be replaced.
 fn retry_connect(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::NotFound | ErrorCode::PublisherGone | ErrorCode::Closed)
+    matches!(
+        code,
+        ErrorCode::NotFound | ErrorCode::PublisherGone | ErrorCode::Closed
+    )
 }
 
 /// Iterator from [`Subscriber::frames`].
@@ -356,7 +377,11 @@ unsafe impl Sync for Frame {}
 
 impl Frame {
     fn new(grant: ReadGrant<Arc<SubInner>>) -> Self {
-        let data = grant.handle().shared.slot_ptr(grant.slot()).expect("validated slot") as *const u8;
+        let data = grant
+            .handle()
+            .shared
+            .slot_ptr(grant.slot())
+            .expect("validated slot") as *const u8;
         Self { grant, data }
     }
 
@@ -405,7 +430,10 @@ impl Frame {
     }
     /// Plane `i` as `pitch * rows` bytes; panics if there is no plane `i`.
     pub fn plane(&self, i: usize) -> &[u8] {
-        let (start, end) = self.layout().plane_range(i).expect("plane index within the format's planes");
+        let (start, end) = self
+            .layout()
+            .plane_range(i)
+            .expect("plane index within the format's planes");
         &self.data()[start as usize..end as usize]
     }
     /// Copies the picture out tightly packed (no pitch padding).

@@ -1,0 +1,354 @@
+//! `cuframes publish`: a test pattern, or a video file decoded by ffmpeg.
+
+use crate::{invalid, parse_format, parse_size, stdout_is_tty};
+use cuframes::{
+    testsrc, Error, ErrorCode, FrameLayout, LosslessPolicy, PixelFormat, Publisher,
+    PublisherOptions, Result,
+};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["testsrc", "input"])))]
+pub struct Args {
+    /// Stream key.
+    #[arg(long)]
+    pub key: String,
+    /// Test pattern `WxH@FPS` (FPS 0: as fast as the ring allows).
+    #[arg(long, value_name = "WxH@FPS")]
+    pub testsrc: Option<String>,
+    /// Video file to decode with ffmpeg.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Pixel format: nv12, p010, gray8, rgb24, rgba8, bgr24.
+    #[arg(long, default_value = "nv12", value_parser = parse_format)]
+    pub format: PixelFormat,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Stop after this many frames.
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Slots in the ring.
+    #[arg(long, default_value_t = 8)]
+    pub slots: u32,
+    /// Policy for lagging lossless subscribers: block or drop-oldest.
+    #[arg(long, default_value = "block", value_parser = parse_policy)]
+    pub policy: LosslessPolicy,
+    /// How long a loan waits for a free slot.
+    #[arg(long, default_value_t = 1000)]
+    pub block_timeout_ms: u64,
+    /// Segment file mode (octal): 600 or 660.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    pub mode: u32,
+    /// Loop the input file forever.
+    #[arg(long = "loop")]
+    pub loop_input: bool,
+    /// Decode as fast as possible instead of at the file's frame rate.
+    #[arg(long)]
+    pub fast: bool,
+    /// Put frames in GPU memory.
+    #[arg(long)]
+    pub cuda: bool,
+    /// CUDA device index (with --cuda).
+    #[arg(long, default_value_t = 0, requires = "cuda")]
+    pub device: u32,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_policy(s: &str) -> Result<LosslessPolicy, String> {
+    match s {
+        "block" => Ok(LosslessPolicy::Block),
+        "drop-oldest" => Ok(LosslessPolicy::DropOldest),
+        _ => Err(format!("{s:?}: block or drop-oldest")),
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|e| format!("mode {s:?}: {e}"))
+}
+
+/// Parses `WxH@FPS`.
+pub fn parse_testsrc(s: &str) -> Result<(u32, u32, f64)> {
+    let (size, fps) = s.split_once('@').unwrap_or((s, "30"));
+    let (w, h) = parse_size(size).map_err(invalid)?;
+    let fps: f64 = fps
+        .parse()
+        .map_err(|e| invalid(format!("fps {fps:?}: {e}")))?;
+    if !(0.0..=100_000.0).contains(&fps) {
+        return Err(invalid(format!("fps {fps} out of range")));
+    }
+    Ok((w, h, fps))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.cuda {
+        return Err(Error::new(
+            ErrorCode::Cuda,
+            format!(
+                "device {}: this build publishes host memory only (no CUDA backend compiled in)",
+                args.device
+            ),
+        ));
+    }
+    let stop = crate::stop_flag()?;
+    let options = PublisherOptions {
+        slot_count: args.slots,
+        policy: args.policy,
+        block_timeout: Duration::from_millis(args.block_timeout_ms),
+        mode: args.mode,
+        ..Default::default()
+    };
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let done = |n: u64| {
+        stop.load(Ordering::Relaxed)
+            || deadline.is_some_and(|d| Instant::now() >= d)
+            || args.frames.is_some_and(|f| n >= f)
+    };
+    let mut meter = Meter::new(args.quiet);
+    if let Some(spec) = &args.testsrc {
+        let (w, h, fps) = parse_testsrc(spec)?;
+        let layout = FrameLayout::new(args.format, w, h, 64)?;
+        let mut publisher = Publisher::create(&args.key, layout, options)?;
+        if !args.quiet {
+            println!(
+                "publishing {}x{} {} test pattern at {} fps on {:?} ({} slots)",
+                w,
+                h,
+                args.format.name(),
+                if fps > 0.0 {
+                    fps.to_string()
+                } else {
+                    "max".into()
+                },
+                args.key,
+                args.slots
+            );
+        }
+        let interval = if fps > 0.0 {
+            Duration::from_secs_f64(1.0 / fps)
+        } else {
+            Duration::ZERO
+        };
+        let start = Instant::now();
+        let mut n = 0u64;
+        while !done(n) {
+            match publish_pattern(&mut publisher, n, interval) {
+                Ok(()) => n += 1,
+                Err(e) if e.code() == ErrorCode::Timeout => meter.stall(),
+                Err(e) => return Err(e),
+            }
+            meter.tick(&publisher, n);
+            if !interval.is_zero() {
+                let next = start + interval * n as u32;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        meter.finish(n);
+        return Ok(());
+    }
+    let input = args.input.clone().expect("clap requires a source");
+    publish_file(&args, &input, options, &done, &mut meter)
+}
+
+fn publish_pattern(publisher: &mut Publisher, n: u64, interval: Duration) -> Result<()> {
+    let layout = *publisher.layout();
+    let mut lease = publisher.loan()?;
+    let seq = lease.seq();
+    testsrc::fill(&layout, lease.data_mut(), seq);
+    lease.commit((interval.as_nanos() as u64 * n) as i64)?;
+    Ok(())
+}
+
+/// The ffmpeg pixel format name for ours.
+fn ffmpeg_pix_fmt(f: PixelFormat) -> &'static str {
+    match f {
+        PixelFormat::Nv12 => "nv12",
+        PixelFormat::P010 => "p010le",
+        PixelFormat::Gray8 => "gray",
+        PixelFormat::Rgb24 => "rgb24",
+        PixelFormat::Rgba8 => "rgba",
+        PixelFormat::Bgr24 => "bgr24",
+    }
+}
+
+fn tool_missing(tool: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::new(
+            ErrorCode::NotFound,
+            format!("{tool} not found on PATH: install ffmpeg (e.g. `apt-get install ffmpeg`) to publish video files"),
+        )
+    } else {
+        Error::io(format!("run {tool}"), e)
+    }
+}
+
+/// Width, height and frame rate of the first video stream.
+fn probe(input: &std::path::Path) -> Result<(u32, u32, f64)> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height,r_frame_rate",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(input)
+        .output()
+        .map_err(|e| tool_missing("ffprobe", e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.trim().split(',').collect();
+    if !out.status.success() || fields.len() < 3 {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "{}: no video stream ({})",
+                input.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let num = |s: &str| {
+        s.parse::<u32>()
+            .map_err(|e| invalid(format!("ffprobe said {s:?}: {e}")))
+    };
+    let fps = match fields[2].split_once('/') {
+        Some((a, b)) => a.parse::<f64>().unwrap_or(0.0) / b.parse::<f64>().unwrap_or(1.0).max(1.0),
+        None => fields[2].parse().unwrap_or(0.0),
+    };
+    Ok((num(fields[0])?, num(fields[1])?, fps))
+}
+
+fn publish_file(
+    args: &Args,
+    input: &std::path::Path,
+    options: PublisherOptions,
+    done: &dyn Fn(u64) -> bool,
+    meter: &mut Meter,
+) -> Result<()> {
+    let (w, h, fps) = probe(input)?;
+    let layout = FrameLayout::new(args.format, w, h, 64)?;
+    let mut publisher = Publisher::create(&args.key, layout, options)?;
+    if !args.quiet {
+        println!(
+            "publishing {} ({}x{} @ {:.2} fps, {}) on {:?}",
+            input.display(),
+            w,
+            h,
+            fps,
+            args.format.name(),
+            args.key
+        );
+    }
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin"]);
+    if !args.fast {
+        cmd.arg("-re");
+    }
+    if args.loop_input {
+        cmd.args(["-stream_loop", "-1"]);
+    }
+    cmd.arg("-i").arg(input);
+    cmd.args([
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        ffmpeg_pix_fmt(args.format),
+        "-",
+    ]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| tool_missing("ffmpeg", e))?;
+    let mut pipe = child.stdout.take().expect("piped stdout");
+    let mut buf = vec![0u8; layout.packed_bytes() as usize];
+    let start = Instant::now();
+    let mut n = 0u64;
+    let result = loop {
+        if done(n) {
+            break Ok(());
+        }
+        match pipe.read_exact(&mut buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
+            Err(e) => break Err(Error::io("read from ffmpeg", e)),
+        }
+        let pts = start.elapsed().as_nanos() as i64;
+        match publisher.publish_from(&buf, pts) {
+            Ok(_) => n += 1,
+            Err(e) if e.code() == ErrorCode::Timeout => meter.stall(),
+            Err(e) => break Err(e),
+        }
+        meter.tick(&publisher, n);
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    meter.finish(n);
+    result
+}
+
+/// Per-second progress output.
+struct Meter {
+    quiet: bool,
+    tty: bool,
+    last: Instant,
+    last_n: u64,
+    stalls: u64,
+}
+
+impl Meter {
+    fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            tty: stdout_is_tty(),
+            last: Instant::now(),
+            last_n: 0,
+            stalls: 0,
+        }
+    }
+    fn stall(&mut self) {
+        self.stalls += 1;
+    }
+    fn tick(&mut self, publisher: &Publisher, n: u64) {
+        let dt = self.last.elapsed();
+        if self.quiet || dt < Duration::from_secs(1) {
+            return;
+        }
+        let stats = publisher.stats();
+        let line = format!(
+            "published {n} frames, {:.1} fps, {} subscribers, occupancy {}/{}, stalls {}",
+            (n - self.last_n) as f64 / dt.as_secs_f64(),
+            stats.active().count(),
+            stats.occupancy,
+            stats.slot_count,
+            self.stalls
+        );
+        if self.tty {
+            print!("\r{line}\x1b[K");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        } else {
+            println!("{line}");
+        }
+        (self.last, self.last_n) = (Instant::now(), n);
+    }
+    fn finish(&self, n: u64) {
+        if !self.quiet {
+            if self.tty {
+                println!();
+            }
+            println!("published {n} frames; stream closed");
+        }
+    }
+}
