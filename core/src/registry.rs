@@ -128,8 +128,11 @@ impl Ring<'_> {
     /// is re-read after the cursor store: once it is unchanged, the writer's
     /// every later slot choice sees the cursor (SeqCst), and the newest
     /// frame's slot is never taken while it is the head.
+    /// The loop is bounded: only a writer committing faster than two head
+    /// loads (or hostile memory) could exhaust it, and then the cursor
+    /// simply starts at a frame the reader may find already overwritten.
     fn pin_cursor(&self, r: &SubscriberRecord) {
-        loop {
+        for _ in 0..1024 {
             let (seq, _) = self.head();
             r.cursor.store(seq.max(1), SeqCst);
             if self.head().0 == seq {

@@ -83,11 +83,18 @@ impl<H: RingRef> Writer<H> {
         for _ in 0..ring.slots.len() * 4 {
             let pick = self.pick()?;
             let slot = &ring.slots[pick as usize];
-            if slot.lease.compare_exchange(0, WRITER, Acquire, Relaxed).is_ok() {
+            if slot
+                .lease
+                .compare_exchange(0, WRITER, Acquire, Relaxed)
+                .is_ok()
+            {
                 // The old frame is gone from here on: readers that still look
                 // it up by seq find 0 and back off.
                 slot.seq.store(0, Relaxed);
-                return Ok(WriteGrant { writer: self, slot: pick });
+                return Ok(WriteGrant {
+                    writer: self,
+                    slot: pick,
+                });
             }
         }
         Err(LoanError::Full)

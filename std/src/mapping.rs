@@ -233,7 +233,7 @@ fn check_file(meta: &std::fs::Metadata, allow_other_owner: bool) -> Result<()> {
         ));
     }
     let me = rustix::process::geteuid().as_raw();
-    if !allow_other_owner && meta.uid() != me && me != 0 {
+    if !allow_other_owner && meta.uid() != me {
         return Err(Error::new(
             ErrorCode::Permission,
             format!(

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project. Installs what it needs.
+# Bounded for CI: loom preemptions, proptest cases and chaos rounds are
+# capped here (raise them through the environment for longer runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
+export PROPTEST_CASES="${PROPTEST_CASES:-256}"
+export CUFRAMES_CHAOS_ROUNDS="${CUFRAMES_CHAOS_ROUNDS:-200}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "no_std build of the core (x86_64-unknown-none)"
+rustup target list --installed | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
+cargo build -p cuframes-core --target x86_64-unknown-none
+
+step "unit, doc, property and process tests"
+cargo build --release -p cuframes-cli
+cargo test --workspace
+
+step "loom models (LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS)"
+RUSTFLAGS="--cfg loom" cargo test -p cuframes-verification --test loom --release --target-dir target/loom
+
+step "miri over the core's unit tests"
+if cargo +nightly miri --version >/dev/null 2>&1 \
+   || rustup +nightly component add miri rust-src >/dev/null 2>&1; then
+  MIRIFLAGS="${MIRIFLAGS:-}" cargo +nightly miri test -p cuframes-core --lib
+else
+  echo "miri skipped: no nightly toolchain with miri can be installed here"
+fi
+
+step "all checks passed"
