@@ -316,7 +316,8 @@ fn spawn_keeper(shared: Arc<Shared>, stop: Arc<AtomicBool>, period: Duration) ->
                 let n = ctl.published.load(Ordering::Relaxed);
                 let dt = now.saturating_sub(last_t).max(1) as f64 / 1e9;
                 if dt >= 0.5 {
-                    let inst = (n - last_n) as f64 / dt;
+                    // Shared memory may be scribbled on: never trust it to be monotonic.
+                    let inst = n.wrapping_sub(last_n) as f64 / dt;
                     rate = if rate == 0.0 {
                         inst
                     } else {

@@ -72,7 +72,11 @@ pub fn fill(layout: &FrameLayout, slot: &mut [u8], seq: u64) {
 
 /// Checks a slot filled by [`fill`] for `seq`.
 pub fn verify(layout: &FrameLayout, slot: &[u8], seq: u64) -> Result<(), Damage> {
-    if layout.planes().first().is_none_or(|p| (p.row_bytes as usize) < STAMP_LEN) {
+    if layout
+        .planes()
+        .first()
+        .is_none_or(|p| (p.row_bytes as usize) < STAMP_LEN)
+    {
         return Err(Damage::TooSmall);
     }
     let at = layout.planes[0].offset as usize;

@@ -60,6 +60,7 @@ pub fn publisher(key: &str, spec: &str, extra: &[&str]) -> Child {
         .args(["publish", "--key", key, "--testsrc", spec, "--quiet"])
         .args(extra)
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_for(Duration::from_secs(10), || {
@@ -67,6 +68,15 @@ pub fn publisher(key: &str, spec: &str, extra: &[&str]) -> Child {
             .is_ok_and(|s| s.publisher_alive && s.info.header.publisher_pid == child.id())
     });
     child
+}
+
+/// What a publisher started by [`publisher`] wrote to stderr (after exit).
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(e) = child.stderr.as_mut() {
+        std::io::Read::read_to_string(e, &mut s).unwrap();
+    }
+    s
 }
 
 /// Polls `cond` until it holds; panics after `limit`.
