@@ -141,7 +141,8 @@ fn forged(key: &str, f: impl FnOnce(&mut Vec<u8>)) -> std::path::PathBuf {
 
 #[test]
 fn malformed_segments_are_refused_with_their_code() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<u8>)>, i32)> = vec![
+    type Case = (&'static str, Box<dyn FnOnce(&mut Vec<u8>)>, i32);
+    let cases: Vec<Case> = vec![
         ("magic", Box::new(|b| b[0] = b'X'), 11),
         (
             "version",
