@@ -17,6 +17,8 @@ pub enum LoanError {
     SeqExhausted,
     /// The stream is closed.
     Closed,
+    /// A slot is already loaned ([`Writer::begin`] without commit or abort).
+    Pending,
 }
 
 /// What a commit did.
@@ -49,6 +51,7 @@ pub struct Writer<H: RingRef> {
     ring: H,
     next_seq: u64,
     head_slot: Option<u32>,
+    pending: Option<u32>,
 }
 
 impl<H: RingRef> Writer<H> {
@@ -59,6 +62,7 @@ impl<H: RingRef> Writer<H> {
             ring,
             next_seq: 1,
             head_slot: None,
+            pending: None,
         }
     }
 
@@ -77,6 +81,33 @@ impl<H: RingRef> Writer<H> {
     /// drop-oldest and nothing else is left) whose frame no lossless
     /// subscriber still needs; among those the one with the oldest frame.
     pub fn try_loan(&mut self) -> Result<WriteGrant<'_, H>, LoanError> {
+        let slot = self.begin()?;
+        Ok(WriteGrant { writer: self, slot })
+    }
+
+    /// The runtime-checked form of [`try_loan`](Self::try_loan), for
+    /// language bindings that cannot hold a borrow: takes a slot and
+    /// remembers it until [`commit_pending`](Self::commit_pending) or
+    /// [`abort_pending`](Self::abort_pending). A second `begin` before
+    /// either fails with [`LoanError::Pending`].
+    ///
+    /// ```
+    /// # use cuframes_core::*;
+    /// # let ctl = ControlBlock::new();
+    /// # let slots: Vec<SlotHeader> = (0..4).map(|_| SlotHeader::new()).collect();
+    /// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+    /// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
+    /// # let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+    /// let mut writer = Writer::new(&ring);
+    /// let slot = writer.begin().unwrap();
+    /// assert_eq!(writer.begin(), Err(LoanError::Pending));
+    /// assert_eq!(writer.commit_pending(0, 0).map(|c| (c.seq, c.slot)), Some((1, slot)));
+    /// assert_eq!(writer.commit_pending(0, 0), None);
+    /// ```
+    pub fn begin(&mut self) -> Result<u32, LoanError> {
+        if self.pending.is_some() {
+            return Err(LoanError::Pending);
+        }
         // A reader's transient bit (set, then withdrawn on a seq mismatch)
         // can make the CAS fail; rescan a bounded number of times.
         let ring = self.ring.ring();
@@ -91,13 +122,35 @@ impl<H: RingRef> Writer<H> {
                 // The old frame is gone from here on: readers that still look
                 // it up by seq find 0 and back off.
                 slot.seq.store(0, Relaxed);
-                return Ok(WriteGrant {
-                    writer: self,
-                    slot: pick,
-                });
+                self.pending = Some(pick);
+                return Ok(pick);
             }
         }
         Err(LoanError::Full)
+    }
+
+    /// The slot loaned by [`begin`](Self::begin), if any.
+    pub fn pending(&self) -> Option<u32> {
+        self.pending
+    }
+
+    /// Publishes the slot loaned by [`begin`](Self::begin); `None` if none is.
+    pub fn commit_pending(&mut self, pts_ns: i64, now_ns: u64) -> Option<Committed> {
+        let slot = self.pending.take()?;
+        Some(self.publish(slot, pts_ns, now_ns))
+    }
+
+    /// Gives back the slot loaned by [`begin`](Self::begin) unpublished;
+    /// false if none is.
+    pub fn abort_pending(&mut self) -> bool {
+        let Some(slot) = self.pending.take() else {
+            return false;
+        };
+        // Abort: seq stays 0 (set at loan), so the slot holds no frame.
+        self.ring.ring().slots[slot as usize]
+            .lease
+            .fetch_and(!WRITER, Release);
+        true
     }
 
     /// Whether [`try_loan`](Self::try_loan) would find a slot now, without
@@ -235,10 +288,10 @@ impl<H: RingRef> WriteGrant<'_, H> {
     /// time (monotonic nanoseconds, for latency), wakes waiting subscribers,
     /// and returns its sequence number.
     pub fn commit(self, pts_ns: i64, now_ns: u64) -> Committed {
-        let committed = self.writer.publish(self.slot, pts_ns, now_ns);
+        let committed = self.writer.commit_pending(pts_ns, now_ns);
         // Published: the abort in Drop must not run.
         core::mem::forget(self);
-        committed
+        committed.expect("a live grant is the pending loan")
     }
 }
 
@@ -253,10 +306,6 @@ impl<H: RingRef> core::fmt::Debug for WriteGrant<'_, H> {
 
 impl<H: RingRef> Drop for WriteGrant<'_, H> {
     fn drop(&mut self) {
-        // Abort: seq stays 0 (set at loan), so the slot holds no frame.
-        let ring = self.writer.ring.ring();
-        ring.slots[self.slot as usize]
-            .lease
-            .fetch_and(!WRITER, Release);
+        self.writer.abort_pending();
     }
 }

@@ -44,7 +44,7 @@ pub use cuframes_core::{
 };
 pub use error::{Error, Result};
 pub use key::{shm_dir, validate_key, MAX_KEY_LEN};
-pub use publisher::{Publisher, PublisherOptions, WriteLease};
+pub use publisher::{DetachedLease, Publisher, PublisherOptions, WriteLease};
 pub use reconnect::ReconnectingSubscriber;
 pub use streams::{list_streams, stream_status, StreamStatus};
 pub use subscriber::{Frame, Frames, Subscriber, SubscriberOptions, SubscriberStats};

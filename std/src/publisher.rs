@@ -156,12 +156,78 @@ impl Publisher {
     /// Loans a slot, waiting up to the block timeout while every slot is
     /// held or (policy `Block`) still needed by a lossless subscriber.
     pub fn loan(&mut self) -> Result<WriteLease<'_>> {
+        self.wait_for_slot()?;
+        let shared = self.writer.handle().clone();
+        // A slot is free; only a reader's momentary probe of it could make
+        // this fail, and the loan rescans past that.
+        let grant = self.writer.try_loan().or_else(|e| {
+            loan_error(e)?;
+            Err(Error::new(ErrorCode::Timeout, "slot contention"))
+        })?;
+        Ok(WriteLease::new(grant, shared))
+    }
+
+    /// Loans a slot like [`loan`](Self::loan) but without borrowing the
+    /// publisher, for language bindings: finish it with
+    /// [`commit_detached`](Self::commit_detached) or
+    /// [`abort_detached`](Self::abort_detached). The returned pointer is
+    /// valid for writing until then; a second detached loan before that
+    /// fails with `InvalidArgument`.
+    ///
+    /// ```
+    /// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+    /// use cuframes::*;
+    /// let layout = FrameLayout::new(PixelFormat::Gray8, 16, 16, 64).unwrap();
+    /// let mut p = Publisher::create("doc-detached", layout, Default::default()).unwrap();
+    /// let lease = p.loan_detached().unwrap();
+    /// assert!(p.loan_detached().is_err());
+    /// // SAFETY: the pointer covers `lease.len` bytes until commit.
+    /// unsafe { lease.data.write_bytes(1, lease.len) };
+    /// assert_eq!(p.commit_detached(0).unwrap(), 1);
+    /// assert!(p.commit_detached(0).is_err());
+    /// ```
+    pub fn loan_detached(&mut self) -> Result<DetachedLease> {
+        if self.writer.pending().is_some() {
+            loan_error(LoanError::Pending)?;
+        }
+        self.wait_for_slot()?;
+        let slot = self.writer.begin().or_else(|e| {
+            loan_error(e)?;
+            Err(Error::new(ErrorCode::Timeout, "slot contention"))
+        })?;
+        let shared = self.writer.handle();
+        Ok(DetachedLease {
+            seq: self.writer.next_seq(),
+            slot,
+            data: shared
+                .slot_ptr(slot)
+                .expect("loaned slot is within the validated table"),
+            len: self.layout.slot_bytes as usize,
+        })
+    }
+
+    /// Publishes the detached loan; returns its seq.
+    pub fn commit_detached(&mut self, pts_ns: i64) -> Result<u64> {
+        self.writer
+            .commit_pending(pts_ns, sys::now_ns())
+            .map(|c| c.seq)
+            .ok_or_else(|| Error::new(ErrorCode::InvalidArgument, "no slot is loaned"))
+    }
+
+    /// Gives the detached loan back unpublished; false if there was none.
+    pub fn abort_detached(&mut self) -> bool {
+        self.writer.abort_pending()
+    }
+
+    /// Waits until a loan would succeed, sweeping dead subscribers while it
+    /// waits; `Timeout` after the block timeout.
+    fn wait_for_slot(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.block_timeout;
         let shared = self.writer.handle().clone();
         let ring = shared.ring();
         loop {
             match self.writer.poll_loan() {
-                Ok(()) => break,
+                Ok(()) => return Ok(()),
                 Err(e) => loan_error(e)?,
             }
             sweep_dead_subscribers(&shared);
@@ -179,21 +245,11 @@ impl Publisher {
             }
             let seen = ring.begin_wait_space();
             if self.writer.poll_loan().is_err() {
-                sys::futex_wait(
-                    &ring.control().space,
-                    seen,
-                    (deadline - now).min(Duration::from_millis(50)),
-                );
+                let nap = (deadline - now).min(Duration::from_millis(50));
+                sys::futex_wait(&ring.control().space, seen, nap);
             }
             ring.end_wait_space();
         }
-        // A slot is free; only a reader's momentary probe of it could make
-        // this fail, and the loan rescans past that.
-        let grant = self.writer.try_loan().or_else(|e| {
-            loan_error(e)?;
-            Err(Error::new(ErrorCode::Timeout, "slot contention"))
-        })?;
-        Ok(WriteLease::new(grant, shared))
     }
 
     /// Loans a slot without waiting; `Ok(None)` when none is free now.
@@ -247,6 +303,10 @@ fn loan_error(e: LoanError) -> Result<()> {
     match e {
         LoanError::Full | LoanError::Backpressure => Ok(()),
         LoanError::Closed => Err(Error::new(ErrorCode::Closed, "stream closed")),
+        LoanError::Pending => Err(Error::new(
+            ErrorCode::InvalidArgument,
+            "a slot is already loaned",
+        )),
         LoanError::SeqExhausted => Err(Error::new(
             ErrorCode::Capacity,
             "sequence numbers exhausted",
@@ -331,6 +391,19 @@ fn spawn_keeper(shared: Arc<Shared>, stop: Arc<AtomicBool>, period: Duration) ->
             }
         })
         .expect("spawn keeper thread")
+}
+
+/// A slot loaned by [`Publisher::loan_detached`].
+#[derive(Debug, Clone, Copy)]
+pub struct DetachedLease {
+    /// The seq the frame will get.
+    pub seq: u64,
+    /// The slot index.
+    pub slot: u32,
+    /// The slot's first byte.
+    pub data: *mut u8,
+    /// Bytes of the slot (`layout().slot_bytes`).
+    pub len: usize,
 }
 
 /// A loaned slot, writable until committed. Dropping it aborts: nothing is
