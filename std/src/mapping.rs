@@ -211,6 +211,29 @@ impl Shared {
         }
     }
 
+    /// Runs `init` over the backend area of a segment that is not yet
+    /// installed (only this process can see it).
+    pub(crate) fn with_private_backend(
+        &mut self,
+        init: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let (ptr, len) = self.backend_area();
+        // SAFETY: the segment file is still under its private temporary
+        // name, so no other process maps it; `&mut self` excludes other users
+        // in this process; validation proved the area lies in the mapping.
+        init(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+    }
+
+    /// Start and length of the backend area.
+    pub(crate) fn backend_area(&self) -> (*mut u8, usize) {
+        let h = &self.info.header;
+        // SAFETY: validation proved [backend_offset, +backend_len) lies in the mapping.
+        (
+            unsafe { self.map.base().add(h.backend_offset as usize) },
+            h.backend_len as usize,
+        )
+    }
+
     /// Start of slot `slot`'s data (host memory).
     pub(crate) fn slot_ptr(&self, slot: u32) -> Option<*mut u8> {
         let (start, _) = self.info.host_slot_range(slot)?;

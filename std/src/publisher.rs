@@ -85,6 +85,21 @@ pub struct Publisher {
 impl Publisher {
     /// Creates the stream `key` with the given frame layout.
     pub fn create(key: &str, layout: FrameLayout, options: PublisherOptions) -> Result<Self> {
+        Self::create_with_backend(key, layout, options, Backend::HOST, |_| Ok(()))
+    }
+
+    /// Creates a stream whose slot data lives elsewhere (GPU memory): the
+    /// segment carries `backend.memory` and a backend area of
+    /// `backend.len` bytes that `init` fills (device handles, say) before
+    /// the stream becomes visible. Used by the CUDA layer; host streams use
+    /// [`create`](Self::create).
+    pub fn create_with_backend(
+        key: &str,
+        layout: FrameLayout,
+        options: PublisherOptions,
+        backend: Backend,
+        init: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<Self> {
         validate_key(key)?;
         if options.mode & 0o007 != 0 || options.mode & 0o600 != 0o600 {
             return Err(Error::new(
@@ -111,20 +126,20 @@ impl Publisher {
             start_time: sys::own_start_time(),
             created_unix_ns: sys::unix_ns(),
         };
-        let header = SegmentHeader::plan(&layout, &ring, &Backend::HOST, &who)
+        let header = SegmentHeader::plan(&layout, &ring, &backend, &who)
             .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
         let mut shared = Shared::create(key, &header, options.mode)?;
+        // Everything is in place before the rename makes it visible: no
+        // subscriber ever sees a half-made stream.
+        shared.with_private_backend(init)?;
         shared
             .ring()
             .control()
             .heartbeat_ns
             .store(sys::now_ns(), Ordering::Relaxed);
-        let writer = Writer::new(Arc::new({
-            // Open (state OPEN is set by Writer::new) before it becomes
-            // visible, so no subscriber sees a half-made stream.
-            shared.install(key)?;
-            shared
-        }));
+        shared.ring().open();
+        shared.install(key)?;
+        let writer = Writer::new(Arc::new(shared));
         let stop = Arc::new(AtomicBool::new(false));
         let keeper = spawn_keeper(writer.handle().clone(), stop.clone(), options.heartbeat);
         Ok(Self {
@@ -143,6 +158,30 @@ impl Publisher {
         &self.key
     }
 
+    /// The validated segment header.
+    pub fn segment_info(&self) -> &cuframes_core::SegmentInfo {
+        &self.writer.handle().info
+    }
+
+    /// Start and length of the backend area (slot data for host memory,
+    /// device handles for GPU memory).
+    pub fn backend_area(&self) -> (*mut u8, usize) {
+        self.writer.handle().backend_area()
+    }
+
+    fn require_host(&self) -> Result<()> {
+        match self.segment_info().memory {
+            cuframes_core::MemoryKind::Host => Ok(()),
+            m => Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "this stream keeps frames in {} memory: write them through the CUDA publisher",
+                    m.name()
+                ),
+            )),
+        }
+    }
+
     /// The frame layout.
     pub fn layout(&self) -> &FrameLayout {
         &self.layout
@@ -156,6 +195,7 @@ impl Publisher {
     /// Loans a slot, waiting up to the block timeout while every slot is
     /// held or (policy `Block`) still needed by a lossless subscriber.
     pub fn loan(&mut self) -> Result<WriteLease<'_>> {
+        self.require_host()?;
         self.wait_for_slot()?;
         let shared = self.writer.handle().clone();
         // A slot is free; only a reader's momentary probe of it could make
@@ -199,9 +239,7 @@ impl Publisher {
         Ok(DetachedLease {
             seq: self.writer.next_seq(),
             slot,
-            data: shared
-                .slot_ptr(slot)
-                .expect("loaned slot is within the validated table"),
+            data: shared.slot_ptr(slot).unwrap_or(std::ptr::null_mut()),
             len: self.layout.slot_bytes as usize,
         })
     }
@@ -254,6 +292,7 @@ impl Publisher {
 
     /// Loans a slot without waiting; `Ok(None)` when none is free now.
     pub fn try_loan(&mut self) -> Result<Option<WriteLease<'_>>> {
+        self.require_host()?;
         let shared = self.writer.handle().clone();
         match self.writer.try_loan() {
             Ok(grant) => Ok(Some(WriteLease::new(grant, shared))),
@@ -264,6 +303,7 @@ impl Publisher {
     /// Copies a tightly packed frame (each plane's rows back to back, no
     /// pitch padding, planes in order) into a slot and commits it.
     pub fn publish_from(&mut self, packed: &[u8], pts_ns: i64) -> Result<u64> {
+        self.require_host()?;
         let need = self.layout.packed_bytes();
         if packed.len() as u64 != need {
             return Err(Error::new(
@@ -400,7 +440,8 @@ pub struct DetachedLease {
     pub seq: u64,
     /// The slot index.
     pub slot: u32,
-    /// The slot's first byte.
+    /// The slot's first byte (null for GPU-memory streams: the CUDA layer
+    /// computes device addresses from `slot`).
     pub data: *mut u8,
     /// Bytes of the slot (`layout().slot_bytes`).
     pub len: usize,
@@ -474,5 +515,15 @@ impl<'p> WriteLease<'p> {
     /// Publishes the frame and returns its sequence number.
     pub fn commit(self, pts_ns: i64) -> Result<u64> {
         Ok(self.grant.commit(pts_ns, sys::now_ns()).seq)
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("key", &self.key)
+            .field("epoch", &self.epoch())
+            .field("next_seq", &self.writer.next_seq())
+            .finish_non_exhaustive()
     }
 }

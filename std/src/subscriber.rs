@@ -7,8 +7,8 @@ use crate::publisher::sweep_dead_subscribers;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
 use cuframes_core::{
-    FrameLayout, Mode, PixelFormat, ReadError, ReadGrant, RecordToken, Register, Ring, RingRef,
-    Wake,
+    FrameLayout, MemoryKind, Mode, PixelFormat, ReadError, ReadGrant, RecordToken, Register, Ring,
+    RingRef, Wake,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,6 +26,9 @@ pub struct SubscriberOptions {
     pub allow_other_owner: bool,
     /// How often, while waiting, to check that the publisher still lives.
     pub liveness_interval: Duration,
+    /// Accept streams whose frames live in GPU memory. Only the CUDA layer
+    /// sets this: such frames have no host bytes ([`Frame::data`] panics).
+    pub accept_device_memory: bool,
 }
 
 impl Default for SubscriberOptions {
@@ -35,6 +38,7 @@ impl Default for SubscriberOptions {
             max_held: 1,
             allow_other_owner: false,
             liveness_interval: Duration::from_millis(100),
+            accept_device_memory: false,
         }
     }
 }
@@ -150,6 +154,15 @@ impl Subscriber {
                 Err(e) => return Err(e),
             }
         };
+        if shared.info.memory != MemoryKind::Host && !options.accept_device_memory {
+            return Err(Error::new(
+                ErrorCode::Incompatible,
+                format!(
+                    "stream {key:?} keeps frames in {} memory; connect with the CUDA subscriber",
+                    shared.info.memory.name()
+                ),
+            ));
+        }
         sweep_dead_subscribers(&shared);
         let req = Register {
             mode,
@@ -192,6 +205,19 @@ impl Subscriber {
     /// The publisher instance's epoch.
     pub fn epoch(&self) -> u64 {
         self.inner.shared.info.header.epoch
+    }
+    /// The validated segment header.
+    pub fn segment_info(&self) -> &cuframes_core::SegmentInfo {
+        &self.inner.shared.info
+    }
+    /// Start and length of the backend area (for the CUDA layer: device
+    /// handles written by the publisher before the stream became visible).
+    pub fn backend_area(&self) -> (*mut u8, usize) {
+        self.inner.shared.backend_area()
+    }
+    /// This subscriber's record index (its lease bit).
+    pub fn record_index(&self) -> u32 {
+        self.inner.token().index()
     }
     /// The options it was connected with.
     pub fn options(&self) -> &SubscriberOptions {
@@ -377,12 +403,20 @@ unsafe impl Sync for Frame {}
 
 impl Frame {
     fn new(grant: ReadGrant<Arc<SubInner>>) -> Self {
-        let data = grant
-            .handle()
-            .shared
+        let shared = &grant.handle().shared;
+        let data = shared
             .slot_ptr(grant.slot())
-            .expect("validated slot") as *const u8;
+            .unwrap_or(std::ptr::null_mut());
         Self { grant, data }
+    }
+
+    /// The slot holding it.
+    pub fn slot(&self) -> u32 {
+        self.grant.slot()
+    }
+    /// Where its bytes live.
+    pub fn memory(&self) -> MemoryKind {
+        self.grant.handle().shared.info.memory
     }
 
     /// Sequence number (1, 2, ...).
@@ -422,7 +456,16 @@ impl Frame {
         self.layout().planes().len()
     }
     /// The whole slot (`layout().slot_bytes`).
+    ///
+    /// # Panics
+    /// For a frame in GPU memory, which has no host bytes (only the CUDA
+    /// layer receives such frames).
     pub fn data(&self) -> &[u8] {
+        assert!(
+            !self.data.is_null(),
+            "frame lives in {} memory: no host bytes",
+            self.memory().name()
+        );
         // SAFETY: our lease bit keeps the writer out of this slot while the
         // frame lives; the range was validated to lie in the mapping, which
         // the grant's Arc keeps mapped.
@@ -465,5 +508,16 @@ impl std::fmt::Debug for Frame {
             .field("height", &self.height())
             .field("pts_ns", &self.pts_ns())
             .finish()
+    }
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("key", &self.key)
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("record", &self.record_index())
+            .finish_non_exhaustive()
     }
 }
