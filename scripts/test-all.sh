@@ -12,6 +12,15 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "tools"
+# ffmpeg lets the process tests decode a real video file; without it they
+# check the clear error instead and say the decode case was skipped.
+if ! command -v ffmpeg >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
+    || echo "ffmpeg could not be installed; the video-file test will be skipped"
+fi
+command -v ffmpeg >/dev/null 2>&1 && ffmpeg -version | head -1 || echo "ffmpeg: not available"
+
 step "format"
 cargo fmt --all --check
 

@@ -140,3 +140,71 @@ fn publish_input_without_ffmpeg_or_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn publish_input_decodes_a_video_file_with_ffmpeg() {
+    shm();
+    if std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: ffmpeg is not installed");
+        return;
+    }
+    let video = shm().join("clip.mkv");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=160x120:rate=25:duration=2",
+        ])
+        .args(["-c:v", "ffv1"])
+        .arg(&video)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let key = key("video");
+    let mut publisher = cuframes()
+        .args(["publish", "--key", &key, "--input"])
+        .arg(&video)
+        .args(["--loop", "--quiet"])
+        .spawn()
+        .unwrap();
+    let out = cuframes()
+        .args([
+            "subscribe",
+            "--key",
+            &key,
+            "--mode",
+            "queue",
+            "--frames",
+            "10",
+            "--report",
+            "--dump",
+        ])
+        .arg(shm().join(format!("dump-{key}")))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(final_report(&text)["frames"], "10");
+    let status = cuframes::stream_status(&key).unwrap();
+    assert_eq!(
+        (
+            status.info.header.layout.width,
+            status.info.header.layout.height
+        ),
+        (160, 120)
+    );
+    signal(&publisher, libc::SIGTERM);
+    assert!(wait_timeout(&mut publisher, Duration::from_secs(5)).success());
+}
