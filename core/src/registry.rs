@@ -135,6 +135,12 @@ impl Ring<'_> {
         for _ in 0..1024 {
             let (seq, _) = self.head();
             r.cursor.store(seq.max(1), SeqCst);
+            // Store-load order between our cursor store and the head
+            // re-read, paired with the fence the writer issues after its
+            // head store (in `bump_notify`): the same Dekker argument as the
+            // futex wait, and one loom can check (it models SeqCst fences
+            // but treats SeqCst loads and stores as acquire/release).
+            crate::sync::fence(SeqCst);
             if self.head().0 == seq {
                 return;
             }
