@@ -92,7 +92,7 @@ pub fn stat(key: &str) -> Result<()> {
             r.index,
             r.name_str(),
             r.pid,
-            if cuframes::is_alive(r.pid, r.start_time) {
+            if cuframes::holder_alive(r.pid, r.start_time, r.pid_ns, r.heartbeat_ns) {
                 "alive"
             } else {
                 "dead"

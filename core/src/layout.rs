@@ -121,7 +121,9 @@ pub mod state {
     pub const CLOSED: u32 = 2;
 }
 
-/// Subscriber record states.
+/// Subscriber record states. The state and the record's generation share
+/// one word (`generation << 32 | state`), so every transition is a single
+/// CAS that also checks whose record it is.
 pub mod record {
     /// Unused.
     pub const FREE: u32 = 0;
@@ -131,6 +133,22 @@ pub mod record {
     pub const ACTIVE: u32 = 2;
     /// Its holder was found dead; its leases are being cleared.
     pub const RECLAIMING: u32 = 3;
+
+    /// The state word for a generation and a state.
+    #[inline]
+    pub const fn word(generation: u32, state: u32) -> u64 {
+        (generation as u64) << 32 | state as u64
+    }
+    /// The state part of a state word.
+    #[inline]
+    pub const fn state_of(word: u64) -> u32 {
+        word as u32
+    }
+    /// The generation part of a state word.
+    #[inline]
+    pub const fn generation_of(word: u64) -> u32 {
+        (word >> 32) as u32
+    }
 }
 
 /// Cursor value of a subscriber that needs no frame kept.
@@ -192,8 +210,12 @@ pub struct SegmentHeader {
     pub flags: u32,
     /// Frame geometry.
     pub layout: FrameLayout,
+    /// Publisher's pid namespace (inode of `/proc/self/ns/pid`; 0 unknown).
+    /// Pids are compared only within one namespace; across namespaces
+    /// (containers) liveness falls back to the heartbeat.
+    pub publisher_pid_ns: u64,
     /// Zero; room for minor-version additions.
-    pub reserved: [u8; 104],
+    pub reserved: [u8; 96],
 }
 
 /// The live control block (two cache lines: writer-written, reader-written).
@@ -251,10 +273,9 @@ pub struct SlotHeader {
 #[repr(C, align(64))]
 #[cfg_attr(not(loom), derive(FromBytes, IntoBytes, KnownLayout))]
 pub struct SubscriberRecord {
-    /// Record state (see [`record`]).
-    pub state: AtomicU32,
-    /// Bumped each time the record is claimed.
-    pub generation: AtomicU32,
+    /// `generation << 32 | state` (see [`record`]); the generation is
+    /// bumped each time the record is claimed.
+    pub state: AtomicU64,
     /// [`Mode`] number.
     pub mode: AtomicU32,
     /// Most frames it may hold at once.
@@ -277,8 +298,10 @@ pub struct SubscriberRecord {
     pub dropped: AtomicU64,
     /// UTF-8 name, NUL padded.
     pub name: [AtomicU64; NAME_LEN / 8],
+    /// Holder's pid namespace (see [`SegmentHeader::publisher_pid_ns`]).
+    pub pid_ns: AtomicU64,
     /// Zero.
-    pub reserved: [AtomicU64; 3],
+    pub reserved: [AtomicU64; 2],
 }
 
 /// An index-ring entry: `seq << 8 | slot` of the frame with that seq.
@@ -286,7 +309,8 @@ pub type IndexEntry = AtomicU64;
 
 const _: () = assert!(core::mem::size_of::<SegmentHeader>() == 384);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, layout) == 160);
-const _: () = assert!(core::mem::offset_of!(SegmentHeader, reserved) == 280);
+const _: () = assert!(core::mem::offset_of!(SegmentHeader, publisher_pid_ns) == 280);
+const _: () = assert!(core::mem::offset_of!(SegmentHeader, reserved) == 288);
 #[cfg(not(loom))]
 const _: () = {
     assert!(core::mem::size_of::<ControlBlock>() == 128);
@@ -294,6 +318,7 @@ const _: () = {
     assert!(core::mem::size_of::<SlotHeader>() == 64);
     assert!(core::mem::size_of::<SubscriberRecord>() == 128);
     assert!(core::mem::offset_of!(SubscriberRecord, name) == 72);
+    assert!(core::mem::offset_of!(SubscriberRecord, pid_ns) == 104);
     assert!(core::mem::size_of::<IndexEntry>() == 8);
 };
 
@@ -334,8 +359,8 @@ zeroed_atomics!(ControlBlock {
 });
 zeroed_atomics!(SlotHeader { lease, seq, pts_ns, commit_ns, flags; reserved });
 zeroed_atomics!(SubscriberRecord {
-    state, generation, mode, max_held, pid, held, start_time, heartbeat_ns, cursor,
-    last_seq, received, dropped; name, reserved
+    state, mode, max_held, pid, held, start_time, heartbeat_ns, cursor,
+    last_seq, received, dropped, pid_ns; name, reserved
 });
 
 impl core::fmt::Debug for SlotHeader {

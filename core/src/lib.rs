@@ -27,7 +27,7 @@
 //! let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
 //!
 //! let mut writer = Writer::new(&ring);
-//! let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 1, start_time: 0, name: b"viewer" };
+//! let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 1, start_time: 0, pid_ns: 0, heartbeat_ns: 0, name: b"viewer" };
 //! let sub = Subscription::register(&ring, &req).unwrap();
 //!
 //! let grant = writer.try_loan().unwrap();

@@ -33,7 +33,7 @@ pub enum ReadError {
 /// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
 /// # let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
 /// # let mut writer = Writer::new(&ring);
-/// # let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 1, start_time: 0, name: b"" };
+/// # let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 1, start_time: 0, pid_ns: 0, heartbeat_ns: 0, name: b"" };
 /// # let sub = Subscription::register(&ring, &req).unwrap();
 /// # writer.try_loan().unwrap().commit(0, 0);
 /// let frame = sub.try_read().unwrap();
@@ -59,9 +59,7 @@ impl<H: RingRef> ReadGrant<H> {
     pub fn acquire(ring: H, token: &RecordToken) -> Result<Self, ReadError> {
         let r = ring.ring();
         let rec = r.subs.get(token.index as usize).ok_or(ReadError::Corrupt)?;
-        if rec.generation.load(Acquire) != token.generation
-            || rec.state.load(Acquire) != record::ACTIVE
-        {
+        if rec.state.load(Acquire) != record::word(token.generation, record::ACTIVE) {
             return Err(ReadError::Evicted);
         }
         if rec.held.load(Relaxed) >= token.max_held {

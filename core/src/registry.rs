@@ -15,6 +15,12 @@ pub struct Register<'n> {
     pub pid: u32,
     /// Its process start time.
     pub start_time: u64,
+    /// Its pid namespace (0: unknown).
+    pub pid_ns: u64,
+    /// Its first heartbeat (monotonic ns): set before the record is
+    /// visible, so a sweeper in another pid namespace never sees a new
+    /// record as silent.
+    pub heartbeat_ns: u64,
     /// A name for listings (up to 32 bytes are kept).
     pub name: &'n [u8],
 }
@@ -69,27 +75,34 @@ impl Ring<'_> {
         if self.is_closed() {
             return Err(RegisterError::Closed);
         }
-        let (index, r) = self
+        // A lost CAS (another claimer, or a FREE record read stale) just
+        // moves on to the next record.
+        let (index, r, generation) = self
             .subs
             .iter()
             .enumerate()
-            .find(|(_, r)| {
-                r.state
-                    .compare_exchange(record::FREE, record::CLAIMING, Acquire, Relaxed)
-                    .is_ok()
+            .find_map(|(i, r)| {
+                let w = r.state.load(Relaxed);
+                let next = record::generation_of(w).wrapping_add(1);
+                let claiming = record::word(next, record::CLAIMING);
+                let claimed = record::state_of(w) == record::FREE
+                    && r.state
+                        .compare_exchange(w, claiming, Acquire, Relaxed)
+                        .is_ok();
+                claimed.then_some((i, r, next))
             })
             .ok_or(RegisterError::NoRecord)?;
-        let generation = r.generation.fetch_add(1, Relaxed).wrapping_add(1);
         r.mode.store(req.mode as u32, Relaxed);
         r.max_held.store(req.max_held, Relaxed);
         r.pid.store(req.pid, Relaxed);
         r.start_time.store(req.start_time, Relaxed);
+        r.pid_ns.store(req.pid_ns, Relaxed);
         r.held.store(0, Relaxed);
         r.cursor.store(NO_CURSOR, Relaxed);
         r.last_seq.store(0, Relaxed);
         r.received.store(0, Relaxed);
         r.dropped.store(0, Relaxed);
-        r.heartbeat_ns.store(0, Relaxed);
+        r.heartbeat_ns.store(req.heartbeat_ns, Relaxed);
         let mut name = [0u8; NAME_LEN];
         let n = req.name.len().min(NAME_LEN);
         name[..n].copy_from_slice(&req.name[..n]);
@@ -98,7 +111,8 @@ impl Ring<'_> {
             b.copy_from_slice(chunk);
             word.store(u64::from_le_bytes(b), Relaxed);
         }
-        r.state.store(record::ACTIVE, SeqCst);
+        r.state
+            .store(record::word(generation, record::ACTIVE), SeqCst);
         let token = RecordToken {
             index: index as u32,
             generation,
@@ -111,7 +125,7 @@ impl Ring<'_> {
         let held: u64 = self
             .subs
             .iter()
-            .filter(|r| r.state.load(SeqCst) == record::ACTIVE)
+            .filter(|r| record::state_of(r.state.load(SeqCst)) == record::ACTIVE)
             .map(|r| u64::from(r.max_held.load(Relaxed)))
             .sum();
         if held + 2 > self.slots.len() as u64 {
@@ -162,7 +176,7 @@ impl Ring<'_> {
     /// Returns `None` if this call did not free it, otherwise whether the
     /// writer is waiting for the space it freed.
     pub fn reclaim(&self, index: u32, generation: u32) -> Option<bool> {
-        let state = self.subs.get(index as usize)?.state.load(Acquire);
+        let state = record::state_of(self.subs.get(index as usize)?.state.load(Acquire));
         if state != record::ACTIVE && state != record::CLAIMING {
             return None;
         }
@@ -171,21 +185,20 @@ impl Ring<'_> {
 
     fn free_record(&self, index: u32, generation: u32, from: u32) -> Option<bool> {
         let r = self.subs.get(index as usize)?;
-        // Only one party frees a record: whoever moves it to RECLAIMING.
+        // Only one party frees a record: whoever moves it to RECLAIMING,
+        // and only in the generation it was asked to free.
+        let reclaiming = record::word(generation, record::RECLAIMING);
         r.state
-            .compare_exchange(from, record::RECLAIMING, AcqRel, Relaxed)
+            .compare_exchange(record::word(generation, from), reclaiming, AcqRel, Relaxed)
             .ok()?;
-        if r.generation.load(Acquire) != generation {
-            r.state.store(from, Release);
-            return None;
-        }
         r.cursor.store(NO_CURSOR, SeqCst);
         let bit = 1u64 << index;
         for s in self.slots {
             s.lease.fetch_and(!bit, Release);
         }
         r.held.store(0, Relaxed);
-        r.state.store(record::FREE, Release);
+        r.state
+            .store(record::word(generation, record::FREE), Release);
         Some(self.bump_space())
     }
 
@@ -212,7 +225,7 @@ impl Ring<'_> {
 /// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
 /// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
 /// let mut writer = Writer::new(&ring);
-/// let req = Register { mode: Mode::Queue, max_held: 1, pid: 1, start_time: 0, name: b"rec" };
+/// let req = Register { mode: Mode::Queue, max_held: 1, pid: 1, start_time: 0, pid_ns: 0, heartbeat_ns: 0, name: b"rec" };
 /// let sub = Subscription::register(&ring, &req).unwrap();
 /// writer.try_loan().unwrap().commit(0, 0);
 /// let frame = sub.try_read().unwrap();

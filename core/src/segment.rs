@@ -41,6 +41,8 @@ pub struct Identity {
     pub start_time: u64,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created_unix_ns: u64,
+    /// Pid namespace inode (0: unknown).
+    pub pid_ns: u64,
 }
 
 /// Backend placement requested by the publisher.
@@ -156,7 +158,8 @@ impl SegmentHeader {
             device_ordinal: backend.device_ordinal,
             flags: 0,
             layout: *layout,
-            reserved: [0; 104],
+            publisher_pid_ns: who.pid_ns,
+            reserved: [0; 96],
         };
         // The planner and the validator must agree: one definition of "well formed".
         SegmentInfo::check(header, segment_len)?;

@@ -17,6 +17,8 @@ pub struct SubscriberStats {
     pub pid: u32,
     /// Holder's process start time.
     pub start_time: u64,
+    /// Holder's pid namespace.
+    pub pid_ns: u64,
     /// Name bytes (NUL padded).
     pub name: [u8; NAME_LEN],
     /// Frames held now.
@@ -85,7 +87,7 @@ impl Ring<'_> {
     /// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
     /// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
     /// let mut writer = Writer::new(&ring);
-    /// let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 7, start_time: 0, name: b"viewer" };
+    /// let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 7, start_time: 0, pid_ns: 0, heartbeat_ns: 0, name: b"viewer" };
     /// let sub = Subscription::register(&ring, &req).unwrap();
     /// writer.try_loan().unwrap().commit(0, 0);
     /// writer.try_loan().unwrap().commit(0, 0);
@@ -100,7 +102,8 @@ impl Ring<'_> {
         let mut subscribers = [None; MAX_SUBSCRIBERS as usize];
         let mut min_cursor = NO_CURSOR;
         for (i, r) in self.subs.iter().enumerate() {
-            if r.state.load(Acquire) != record::ACTIVE {
+            let word = r.state.load(Acquire);
+            if record::state_of(word) != record::ACTIVE {
                 continue;
             }
             let mode = Mode::from_u32(r.mode.load(Relaxed));
@@ -115,10 +118,11 @@ impl Ring<'_> {
             };
             subscribers[i] = Some(SubscriberStats {
                 index: i as u32,
-                generation: r.generation.load(Relaxed),
+                generation: record::generation_of(word),
                 mode,
                 pid: r.pid.load(Relaxed),
                 start_time: r.start_time.load(Relaxed),
+                pid_ns: r.pid_ns.load(Relaxed),
                 name: self.record_name(i as u32),
                 held: r.held.load(Relaxed),
                 received: r.received.load(Relaxed),

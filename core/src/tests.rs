@@ -32,6 +32,8 @@ fn req(mode: Mode, max_held: u32) -> Register<'static> {
         max_held,
         pid: 42,
         start_time: 7,
+        pid_ns: 0,
+        heartbeat_ns: 0,
         name: b"test-subscriber-with-a-long-name-cut",
     }
 }
@@ -236,7 +238,7 @@ fn evicted_token_cannot_read() {
     let ring = st.ring(LosslessPolicy::Block);
     let mut w = Writer::new(&ring);
     let token = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
-    let generation = st.subs[0].generation.load(sync::Ordering::Relaxed);
+    let generation = record::generation_of(st.subs[0].state.load(sync::Ordering::Relaxed));
     assert!(ring.reclaim(0, generation).is_some());
     w.try_loan().unwrap().commit(0, 0);
     assert_eq!(

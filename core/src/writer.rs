@@ -229,7 +229,7 @@ impl<H: RingRef> Writer<H> {
 
 fn min_lossless_cursor(subs: &[SubscriberRecord]) -> u64 {
     subs.iter()
-        .filter(|r| r.state.load(SeqCst) == record::ACTIVE)
+        .filter(|r| record::state_of(r.state.load(SeqCst)) == record::ACTIVE)
         .map(|r| r.cursor.load(SeqCst))
         .min()
         .unwrap_or(NO_CURSOR)

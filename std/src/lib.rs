@@ -48,7 +48,7 @@ pub use publisher::{DetachedLease, Publisher, PublisherOptions, WriteLease};
 pub use reconnect::ReconnectingSubscriber;
 pub use streams::{list_streams, stream_status, StreamStatus};
 pub use subscriber::{Frame, Frames, Subscriber, SubscriberOptions, SubscriberStats};
-pub use sys::{is_alive, now_ns, process_start_time};
+pub use sys::{holder_alive, is_alive, now_ns, own_pid_ns, process_start_time, HEARTBEAT_TIMEOUT};
 
 impl From<cuframes_core::LayoutError> for Error {
     fn from(e: cuframes_core::LayoutError) -> Self {

@@ -199,6 +199,23 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether the publisher that made this segment still lives (pid and
+    /// start time, or its heartbeat across pid namespaces).
+    pub(crate) fn publisher_alive(&self) -> bool {
+        let h = &self.info.header;
+        let beat = self
+            .ring
+            .control()
+            .heartbeat_ns
+            .load(std::sync::atomic::Ordering::Relaxed);
+        sys::holder_alive(
+            h.publisher_pid,
+            h.publisher_start_time,
+            h.publisher_pid_ns,
+            beat,
+        )
+    }
+
     /// Whether `path` still names this segment's file.
     pub(crate) fn is_current(&self) -> bool {
         file_id(&self.path) == Some(self.file_id)

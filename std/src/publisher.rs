@@ -125,6 +125,7 @@ impl Publisher {
             pid: sys::pid(),
             start_time: sys::own_start_time(),
             created_unix_ns: sys::unix_ns(),
+            pid_ns: sys::own_pid_ns(),
         };
         let header = SegmentHeader::plan(&layout, &ring, &backend, &who)
             .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
@@ -387,7 +388,7 @@ pub(crate) fn sweep_dead_subscribers(shared: &Shared) -> usize {
     let ring = shared.ring();
     let mut freed = 0;
     for s in ring.stats().active() {
-        if !sys::is_alive(s.pid, s.start_time) {
+        if !sys::holder_alive(s.pid, s.start_time, s.pid_ns, s.heartbeat_ns) {
             if let Some(writer_waits) = ring.reclaim(s.index, s.generation) {
                 freed += 1;
                 if writer_waits {

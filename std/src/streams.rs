@@ -3,7 +3,7 @@
 
 use crate::key::{shm_dir, validate_key, PREFIX};
 use crate::mapping::Shared;
-use crate::{sys, Result};
+use crate::Result;
 use cuframes_core::{RingRef, RingStats, SegmentInfo};
 
 /// A stream as seen from outside.
@@ -45,12 +45,11 @@ impl StreamStatus {
 pub fn stream_status(key: &str) -> Result<StreamStatus> {
     validate_key(key)?;
     let shared = Shared::open(key, false, true)?;
-    let h = &shared.info.header;
     Ok(StreamStatus {
         key: key.to_owned(),
         info: shared.info,
         stats: shared.ring().stats(),
-        publisher_alive: sys::is_alive(h.publisher_pid, h.publisher_start_time),
+        publisher_alive: shared.publisher_alive(),
     })
 }
 

@@ -169,6 +169,8 @@ impl Subscriber {
             max_held: options.max_held,
             pid: sys::pid(),
             start_time: sys::own_start_time(),
+            pid_ns: sys::own_pid_ns(),
+            heartbeat_ns: sys::now_ns(),
             name: name.as_bytes(),
         };
         let token = shared.ring().register(&req)?;
@@ -330,6 +332,9 @@ impl Subscriber {
             return Ok(());
         }
         self.last_liveness = Instant::now();
+        // Our own heartbeat, for sweepers in another pid namespace.
+        let rec = &self.inner.ring().subscribers()[self.inner.token().index() as usize];
+        rec.heartbeat_ns.store(sys::now_ns(), Ordering::Relaxed);
         let r = publisher_status(&self.inner.shared).and_then(|()| {
             if self.inner.shared.is_current() {
                 Ok(())
@@ -353,7 +358,7 @@ fn publisher_status(shared: &Shared) -> Result<()> {
     if shared.ring().is_closed() {
         return Err(Error::new(ErrorCode::Closed, "publisher closed the stream"));
     }
-    if !sys::is_alive(h.publisher_pid, h.publisher_start_time) {
+    if !shared.publisher_alive() {
         return Err(Error::new(
             ErrorCode::PublisherGone,
             format!("publisher pid {} is gone", h.publisher_pid),
