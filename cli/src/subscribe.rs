@@ -87,12 +87,7 @@ pub fn run(args: Args) -> Result<()> {
         if stop.load(Ordering::Relaxed) || args.frames.is_some_and(|n| t.frames >= n) {
             break Ok(());
         }
-        let got = if args.reconnect {
-            sub.next_frame(timeout)
-        } else {
-            sub.ensure_connected(timeout)
-                .and_then(|s| s.next_frame(timeout))
-        };
+        let got = next_frame(&mut sub, &args, timeout, &stop);
         match got {
             Ok(frame) => {
                 let latency = cuframes::now_ns().saturating_sub(frame.commit_ns());
@@ -129,6 +124,8 @@ pub fn run(args: Args) -> Result<()> {
                 t.all.push(latency);
             }
             Err(e) if e.code() == ErrorCode::Closed && args.frames.is_none() => break Ok(()),
+            // Interrupted by SIGINT/SIGTERM while waiting: a clean stop.
+            Err(_) if stop.load(Ordering::Relaxed) => break Ok(()),
             Err(e) => break Err(e),
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
@@ -170,6 +167,48 @@ pub fn run(args: Args) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Waits for the next frame in short slices, so SIGINT/SIGTERM end a long
+/// wait promptly; with `--reconnect`, a vanished publisher is waited out
+/// within the same timeout.
+fn next_frame(
+    sub: &mut ReconnectingSubscriber,
+    args: &Args,
+    timeout: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Frame> {
+    let started = Instant::now();
+    loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        let slice = left.min(Duration::from_millis(100));
+        let got = if args.reconnect {
+            sub.next_frame(slice)
+        } else {
+            sub.ensure_connected(slice)
+                .and_then(|s| s.next_frame(slice))
+        };
+        let waitable = |code| {
+            code == ErrorCode::Timeout
+                || (args.reconnect
+                    && matches!(
+                        code,
+                        ErrorCode::NotFound | ErrorCode::Closed | ErrorCode::PublisherGone
+                    ))
+        };
+        match got {
+            Err(e) if waitable(e.code()) && !stop.load(Ordering::Relaxed) && !left.is_zero() => {
+                continue
+            }
+            Err(e) if e.code() == ErrorCode::Timeout => {
+                return Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("no frame within {timeout:?}"),
+                ))
+            }
+            r => return r,
+        }
+    }
 }
 
 fn print_line(

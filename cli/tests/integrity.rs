@@ -170,3 +170,69 @@ fn demo_runs_with_subscriber_processes() {
         "{text}"
     );
 }
+
+#[test]
+fn killed_publisher_is_reported_as_gone_and_a_new_one_is_picked_up() {
+    let key = key("gone");
+    let mut publisher = publisher(&key, "64x64@200", &["--seconds", "60"]);
+    let mut plain = cuframes()
+        .args([
+            "subscribe",
+            "--key",
+            &key,
+            "--verify",
+            "--timeout-ms",
+            "5000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reconnecting = cuframes()
+        .args([
+            "subscribe",
+            "--key",
+            &key,
+            "--name",
+            "phoenix",
+            "--verify",
+            "--reconnect",
+            "--report",
+        ])
+        .args(["--timeout-ms", "5000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(5), || {
+        cuframes::stream_status(&key)
+            .is_ok_and(|s| s.stats.active().filter(|r| r.received > 0).count() == 2)
+    });
+    publisher.kill().unwrap();
+    publisher.wait().unwrap();
+    // Without --reconnect: the typed PublisherGone (exit status 4).
+    let status = wait_timeout(&mut plain, Duration::from_secs(5));
+    let err = stderr_of(&mut plain);
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.contains("PublisherGone"), "{err}");
+    // With --reconnect: picks up the next publisher instance (new epoch).
+    let old_epoch = cuframes::stream_status(&key).unwrap().info.header.epoch;
+    let mut second = common::publisher(&key, "64x64@200", &["--seconds", "60"]);
+    let new_epoch = cuframes::stream_status(&key).unwrap().info.header.epoch;
+    assert_ne!(old_epoch, new_epoch);
+    wait_for(Duration::from_secs(10), || {
+        cuframes::stream_status(&key).is_ok_and(|s| {
+            s.stats
+                .active()
+                .any(|r| r.name_str() == "phoenix" && r.received > 5)
+        })
+    });
+    signal(&second, libc::SIGTERM);
+    assert!(wait_timeout(&mut second, Duration::from_secs(5)).success());
+    // The clean close ends the reconnecting subscriber's wait with Closed,
+    // which it waits out; stop it and check it never saw a damaged frame.
+    signal(&reconnecting, libc::SIGTERM);
+    let out = reconnecting.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(final_report(&text)["bad"], "0");
+}
