@@ -188,7 +188,7 @@ fn killed_publisher_is_reported_as_gone_and_a_new_one_is_picked_up() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut reconnecting = cuframes()
+    let reconnecting = cuframes()
         .args([
             "subscribe",
             "--key",
