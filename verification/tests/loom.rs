@@ -1,0 +1,441 @@
+//! loom models of the ring protocol: every interleaving (up to the
+//! preemption bound) of the real core code, with loom's atomics swapped in
+//! through `cuframes_core::sync`.
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 \
+//!     cargo test -p cuframes-verification --test loom --release --target-dir target/loom
+//! ```
+//!
+//! Slot payloads are `loom::cell::UnsafeCell<u64>`s: the writer stores the
+//! seq it is about to commit, a reader checks it sees exactly the seq it was
+//! promised. loom fails the model if a reader's access is not ordered after
+//! the writer's (a torn or reused slot) or the writer's after a reader's
+//! (a slot rewritten while held). Waiting goes through a futex emulated with
+//! a loom mutex and condition variable, so a lost wake-up is a deadlock loom
+//! reports.
+#![cfg(loom)]
+
+use cuframes_core::sync::{AtomicU32, Ordering::*};
+use cuframes_core::*;
+use cuframes_verification::{active_generation, request, Storage};
+use loom::cell::UnsafeCell;
+use loom::sync::{Arc, Condvar, Mutex};
+use loom::thread;
+
+/// `loom::model`, counting the executions it explored (printed with
+/// `--nocapture`, to see that a model explores what it should).
+fn model<F: Fn() + Send + Sync + 'static>(name: &'static str, f: F) {
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
+    loom::model(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f()
+    });
+    eprintln!(
+        "{name}: {} executions",
+        runs.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// A futex: `wait` sleeps only while the word still holds `expected`;
+/// `wake` wakes every sleeper. Checked under the lock, so a wake that
+/// follows a change of the word is never lost.
+struct Futex {
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Futex {
+    fn new() -> Self {
+        Self {
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32) {
+        let guard = self.lock.lock().unwrap();
+        if word.load(SeqCst) == expected {
+            drop(self.cv.wait(guard).unwrap());
+        }
+    }
+
+    fn wake(&self) {
+        let _guard = self.lock.lock().unwrap();
+        self.cv.notify_all();
+    }
+}
+
+/// One ring plus what the processes share besides it: slot payloads and
+/// the two futexes.
+struct Shared {
+    st: Storage,
+    payload: Vec<UnsafeCell<u64>>,
+    readers: Futex,
+    writer: Futex,
+    policy: LosslessPolicy,
+}
+
+impl Shared {
+    fn new(slots: u32, subscribers: u32, policy: LosslessPolicy) -> Arc<Self> {
+        Arc::new(Self {
+            st: Storage::new(slots, subscribers),
+            payload: (0..slots).map(|_| UnsafeCell::new(0)).collect(),
+            readers: Futex::new(),
+            writer: Futex::new(),
+            policy,
+        })
+    }
+
+    /// A process's view: its own `Ring` over the shared structures.
+    fn handle(&self) -> Handle<'_> {
+        Handle {
+            ring: self.st.ring(self.policy),
+            sh: self,
+        }
+    }
+}
+
+struct Handle<'a> {
+    ring: Ring<'a>,
+    sh: &'a Shared,
+}
+
+impl RingRef for Handle<'_> {
+    fn ring(&self) -> &Ring<'_> {
+        &self.ring
+    }
+    fn wake(&self, who: Wake) {
+        match who {
+            Wake::Readers => self.sh.readers.wake(),
+            Wake::Writer => self.sh.writer.wake(),
+        }
+    }
+}
+
+fn register(h: &Handle<'_>, mode: Mode) -> RecordToken {
+    h.ring.register(&request(mode, 1, b"m")).expect("register")
+}
+
+/// Fills the loaned slot with the seq it will carry, then commits.
+fn fill_and_commit(h: &Handle<'_>, g: WriteGrant<'_, &Handle<'_>>) -> u64 {
+    let seq = g.seq();
+    // SAFETY: loom checks the claim: the write grant makes the writer the
+    // only party touching this slot's payload (a racing read or write
+    // fails the model).
+    h.sh.payload[g.slot() as usize].with_mut(|p| unsafe { *p = seq });
+    let done = g.commit(0, 0);
+    assert_eq!(done.seq, seq);
+    seq
+}
+
+/// Publishes one frame, waiting on `space` under backpressure with the
+/// announce / re-check / sleep sequence the std layer uses.
+fn publish(h: &Handle<'_>, w: &mut Writer<&Handle<'_>>) -> u64 {
+    loop {
+        let err = match w.try_loan() {
+            Ok(g) => return fill_and_commit(h, g),
+            Err(e) => e,
+        };
+        match err {
+            LoanError::Full => thread::yield_now(),
+            LoanError::Backpressure => {
+                let v = h.ring.begin_wait_space();
+                let again = match w.try_loan() {
+                    Ok(g) => {
+                        h.ring.end_wait_space();
+                        return fill_and_commit(h, g);
+                    }
+                    Err(e) => e,
+                };
+                match again {
+                    LoanError::Backpressure => h.sh.writer.wait(&h.sh.st.ctl.space, v),
+                    LoanError::Full => thread::yield_now(),
+                    e => panic!("loan: {e:?}"),
+                }
+                h.ring.end_wait_space();
+            }
+            e => panic!("loan: {e:?}"),
+        }
+    }
+}
+
+/// Loans a slot, scribbles on it, and drops the grant (abort): no reader
+/// may ever see the scribble, and the seq is not consumed.
+fn abort_one(h: &Handle<'_>, w: &mut Writer<&Handle<'_>>) {
+    let next = w.next_seq();
+    if let Ok(g) = w.try_loan() {
+        // SAFETY: as in `fill_and_commit`; loom checks it.
+        h.sh.payload[g.slot() as usize].with_mut(|p| unsafe { *p = u64::MAX });
+        drop(g);
+    }
+    assert_eq!(w.next_seq(), next);
+}
+
+/// Takes the next frame, waiting on `notify`; `None` once closed and
+/// drained. Checks the payload is exactly the promised seq.
+fn next_frame<'h>(h: &'h Handle<'h>, token: &RecordToken) -> Option<ReadGrant<&'h Handle<'h>>> {
+    let got = loop {
+        match ReadGrant::acquire(h, token) {
+            Err(ReadError::WouldBlock) => {}
+            other => break other,
+        }
+        let v = h.ring.begin_wait();
+        match ReadGrant::acquire(h, token) {
+            Err(ReadError::WouldBlock) => {
+                h.sh.readers.wait(&h.sh.st.ctl.notify, v);
+                h.ring.end_wait();
+            }
+            other => {
+                h.ring.end_wait();
+                break other;
+            }
+        }
+    };
+    match got {
+        Ok(f) => {
+            // SAFETY: loom checks the claim: a held frame's slot is not
+            // written until it is released.
+            let seen = h.sh.payload[f.slot() as usize].with(|p| unsafe { *p });
+            assert_eq!(seen, f.seq(), "payload of slot {} torn or reused", f.slot());
+            Some(f)
+        }
+        Err(ReadError::Closed) => None,
+        Err(e) => panic!("read: {e:?}"),
+    }
+}
+
+/// After every thread joined and every grant is gone: no lease bit is left
+/// and no subscriber counts a held frame.
+fn assert_nothing_held(sh: &Shared) {
+    for (i, s) in sh.st.slots.iter().enumerate() {
+        assert_eq!(s.lease.load(SeqCst), 0, "slot {i} leaked");
+    }
+    for r in &sh.st.subs {
+        assert_eq!(r.held.load(SeqCst), 0);
+    }
+}
+
+fn record<'s>(sh: &'s Shared, token: &RecordToken) -> &'s SubscriberRecord {
+    &sh.st.subs[token.index() as usize]
+}
+
+/// (i) One writer, two NEWEST_ONLY readers. Each reader sees strictly
+/// increasing seqs, ends on the last frame, and accounts for every frame
+/// as received or skipped. The first `WARMUP` frames are published before
+/// the readers start, so that the concurrent frames reuse slots the
+/// readers held; aborted loans in between must stay invisible.
+#[test]
+fn writer_and_two_newest_only_readers() {
+    const WARMUP: u64 = 3;
+    const FRAMES: u64 = WARMUP + 4;
+    model("writer_and_two_newest_only_readers", || {
+        // Budget: 1 + 1 held, plus the head and the writer's slot.
+        let sh = Shared::new(4, 2, LosslessPolicy::Block);
+        let main = sh.handle();
+        let tokens = [
+            register(&main, Mode::NewestOnly),
+            register(&main, Mode::NewestOnly),
+        ];
+        let mut w = Writer::new(&main);
+        for seq in 1..=WARMUP {
+            assert_eq!(publish(&main, &mut w), seq);
+        }
+
+        let readers: Vec<_> = tokens
+            .into_iter()
+            .map(|token| {
+                let sh = sh.clone();
+                thread::spawn(move || {
+                    let h = sh.handle();
+                    let (mut first, mut last) = (0, 0);
+                    while let Some(f) = next_frame(&h, &token) {
+                        assert!(
+                            f.seq() > last,
+                            "newest-only went back: {} after {last}",
+                            f.seq()
+                        );
+                        if first == 0 {
+                            first = f.seq();
+                        }
+                        last = f.seq();
+                    }
+                    assert_eq!(last, FRAMES, "a newest-only reader gets the last frame");
+                    // Skips are counted between frames received.
+                    let r = record(&sh, &token);
+                    let (rx, skipped) = (r.received.load(SeqCst), r.dropped.load(SeqCst));
+                    assert_eq!(rx + skipped, last - first + 1);
+                    h.ring.deregister(token);
+                })
+            })
+            .collect();
+
+        for seq in WARMUP + 1..=FRAMES {
+            if seq % 2 == 0 {
+                abort_one(&main, &mut w);
+            }
+            assert_eq!(publish(&main, &mut w), seq);
+        }
+        w.close();
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_nothing_held(&sh);
+        assert_eq!(sh.handle().ring.stats().active().count(), 0);
+    });
+}
+
+/// A lossless reader against a writer that publishes `frames` (aborting
+/// one loan before the last) then closes; returns the seqs it received.
+fn lossless_run(policy: LosslessPolicy, frames: u64) -> (Arc<Shared>, Vec<u64>, RecordToken) {
+    let sh = Shared::new(3, 1, policy);
+    let token = register(&sh.handle(), Mode::Queue);
+    let writer = {
+        let sh = sh.clone();
+        thread::spawn(move || {
+            let h = sh.handle();
+            let mut w = Writer::new(&h);
+            for seq in 1..=frames {
+                if seq == frames {
+                    // Under drop-oldest this loans the slot of the oldest
+                    // unread frame, the one the reader may be reaching for.
+                    abort_one(&h, &mut w);
+                }
+                assert_eq!(publish(&h, &mut w), seq);
+            }
+            w.close();
+        })
+    };
+    let h = sh.handle();
+    let mut seen = Vec::new();
+    while let Some(f) = next_frame(&h, &token) {
+        seen.push(f.seq());
+    }
+    writer.join().unwrap();
+    (sh, seen, token)
+}
+
+/// (ii) Lossless reader, `Block`: every seq, in order, nothing dropped.
+/// Four frames through three slots, so the writer must block at least
+/// once unless the reader keeps up.
+#[test]
+fn lossless_reader_under_block_sees_every_frame() {
+    model("lossless_reader_under_block_sees_every_frame", || {
+        let (sh, seen, token) = lossless_run(LosslessPolicy::Block, 4);
+        assert_eq!(seen, [1, 2, 3, 4]);
+        let r = record(&sh, &token);
+        assert_eq!(r.dropped.load(SeqCst), 0);
+        assert_eq!(r.received.load(SeqCst), 4);
+        assert_nothing_held(&sh);
+        assert!(!sh.handle().ring.deregister(token));
+    });
+}
+
+/// (iii) Lossless reader, `DropOldest`: seqs strictly increase, and
+/// received + dropped accounts for every frame published.
+#[test]
+fn lossless_reader_under_drop_oldest_counts_drops() {
+    model("lossless_reader_under_drop_oldest_counts_drops", || {
+        let (sh, seen, token) = lossless_run(LosslessPolicy::DropOldest, 4);
+        assert!(seen.windows(2).all(|p| p[0] < p[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&4), "the newest frame is never dropped");
+        let r = record(&sh, &token);
+        let (rx, dropped) = (r.received.load(SeqCst), r.dropped.load(SeqCst));
+        assert_eq!(rx, seen.len() as u64);
+        assert_eq!(rx + dropped, 4, "seen {seen:?}, dropped {dropped}");
+        assert_eq!(r.cursor.load(SeqCst), 5);
+        assert_nothing_held(&sh);
+        sh.handle().ring.deregister(token);
+    });
+}
+
+/// (iv) A lossless reader dies holding frame 1 (its grant and token are
+/// forgotten); the monitor then reclaims its record while the writer,
+/// blocked by the dead reader's cursor and lease, keeps publishing. The
+/// reclaim must wake the writer, clear every lease bit of the dead reader
+/// and free the record.
+#[test]
+fn reclaim_of_dead_reader_races_writer() {
+    const FRAMES: u64 = 4;
+    model("reclaim_of_dead_reader_races_writer", || {
+        let sh = Shared::new(3, 1, LosslessPolicy::Block);
+        let main = sh.handle();
+        let token = register(&main, Mode::Queue);
+        let generation = active_generation(&main.ring, token.index()).expect("active");
+        let index = token.index();
+
+        let writer = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.handle();
+                let mut w = Writer::new(&h);
+                for seq in 1..=FRAMES {
+                    assert_eq!(publish(&h, &mut w), seq);
+                }
+            })
+        };
+
+        // The reader takes frame 1 and dies: nothing it holds is ever
+        // given back by it.
+        let f = next_frame(&main, &token).expect("frame 1");
+        assert_eq!(f.seq(), 1);
+        core::mem::forget(f);
+        let _never_deregistered = token;
+
+        // The monitor (here the same thread: its liveness check happens
+        // after the death) reclaims the record.
+        match main.ring.reclaim(index, generation) {
+            Some(true) => main.wake(Wake::Writer),
+            Some(false) => {}
+            None => panic!("the record was live and ours to reclaim"),
+        }
+        writer.join().unwrap();
+        assert_nothing_held(&sh);
+        assert_eq!(active_generation(&main.ring, index), None, "record freed");
+        assert_eq!(sh.st.subs[index as usize].cursor.load(SeqCst), NO_CURSOR);
+    });
+}
+
+/// (v) A lossless reader registers while the writer publishes (`Block`).
+/// Registration pins its cursor to the newest frame; from there it must
+/// see every frame in order, with nothing dropped: the writer may not
+/// recycle the pinned frame's slot after the cursor is set.
+#[test]
+fn lossless_registration_races_writer() {
+    const FRAMES: u64 = 4;
+    model("lossless_registration_races_writer", || {
+        let sh = Shared::new(3, 1, LosslessPolicy::Block);
+        let writer = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.handle();
+                let mut w = Writer::new(&h);
+                for seq in 1..=FRAMES {
+                    assert_eq!(publish(&h, &mut w), seq);
+                }
+                w.close();
+            })
+        };
+        let h = sh.handle();
+        let token = match h.ring.register(&request(Mode::Queue, 1, b"late")) {
+            Ok(token) => token,
+            // Registered after the close: nothing to check.
+            Err(RegisterError::Closed) => {
+                writer.join().unwrap();
+                return;
+            }
+            Err(e) => panic!("register: {e:?}"),
+        };
+        let mut seen = Vec::new();
+        while let Some(f) = next_frame(&h, &token) {
+            seen.push(f.seq());
+        }
+        writer.join().unwrap();
+        let first = seen.first().copied().unwrap_or(FRAMES + 1);
+        assert_eq!(seen, (first..=FRAMES).collect::<Vec<_>>());
+        assert_eq!(record(&sh, &token).dropped.load(SeqCst), 0);
+        h.ring.deregister(token);
+        assert_nothing_held(&sh);
+    });
+}
