@@ -45,6 +45,7 @@ pub struct ReadGrant<H: RingRef> {
     ring: H,
     bit: u64,
     record: u32,
+    generation: u32,
     slot: u32,
     seq: u64,
     pts_ns: i64,
@@ -78,6 +79,7 @@ impl<H: RingRef> ReadGrant<H> {
         Ok(Self {
             bit,
             record: token.index,
+            generation: token.generation,
             slot,
             seq,
             pts_ns,
@@ -116,15 +118,23 @@ impl<H: RingRef> ReadGrant<H> {
 impl<H: RingRef> Drop for ReadGrant<H> {
     fn drop(&mut self) {
         let ring = self.ring.ring();
+        let Some(rec) = ring.subs.get(self.record as usize) else {
+            return;
+        };
+        // Only while the record is still the one that took the frame. Once
+        // it was deregistered or reclaimed its bits were cleared already,
+        // and after a re-claim the bit (and `held`) belong to the new
+        // owner, who may hold this very slot.
+        if rec.state.load(Acquire) != record::word(self.generation, record::ACTIVE) {
+            return;
+        }
         ring.slots[self.slot as usize]
             .lease
             .fetch_and(!self.bit, Release);
-        if let Some(rec) = ring.subs.get(self.record as usize) {
-            // Saturating: a reclaim may have zeroed it already.
-            let _ = rec
-                .held
-                .fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
-        }
+        // Saturating: hostile memory may have zeroed it.
+        let _ = rec
+            .held
+            .fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
         if ring.bump_space() {
             self.ring.wake(Wake::Writer);
         }

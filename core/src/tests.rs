@@ -302,3 +302,33 @@ fn new_queue_subscriber_starts_at_newest_frame() {
     assert_eq!(s.occupancy, 2);
     assert_eq!(s.active().next().unwrap().held, 2);
 }
+
+#[test]
+fn grant_outliving_its_registration_leaves_the_next_owner_alone() {
+    // Found by the verification state machine: a frame still held when its
+    // subscriber deregistered, released after the record was claimed again
+    // and the new owner took the same slot, cleared the new owner's lease
+    // bit, letting the writer rewrite a frame being read.
+    let st = Storage::new(5, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    w.try_loan().unwrap().commit(0, 0);
+    let old = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    let orphan = ReadGrant::acquire(&ring, &old).unwrap();
+    ring.deregister(old);
+    let new = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    assert_eq!(new.index(), 0, "same record, next generation");
+    let held = ReadGrant::acquire(&ring, &new).unwrap();
+    assert_eq!((held.seq(), held.slot()), (orphan.seq(), orphan.slot()));
+    drop(orphan);
+    let lease = st.slots[held.slot() as usize]
+        .lease
+        .load(sync::Ordering::Relaxed);
+    assert_eq!(lease, 1, "still held by the new owner");
+    assert_eq!(ring.stats().active().next().unwrap().held, 1);
+    for _ in 0..8 {
+        let g = w.try_loan().unwrap();
+        assert_ne!(g.slot(), held.slot());
+        g.commit(0, 0);
+    }
+}
