@@ -266,12 +266,13 @@ impl FrameLayout {
     }
 
     /// Tightly packed size of the picture (rows of `row_bytes`, no pitch
-    /// padding): what `publish_from` expects.
+    /// padding): what `publish_from` expects. Saturates on a layout that
+    /// did not validate (read from hostile bytes) instead of overflowing.
     pub fn packed_bytes(&self) -> u64 {
-        self.planes()
-            .iter()
-            .map(|p| u64::from(p.row_bytes) * u64::from(p.rows))
-            .sum()
+        self.planes().iter().fold(0u64, |sum, p| {
+            // u32 * u32 always fits in u64; only the sum can overflow.
+            sum.saturating_add(u64::from(p.row_bytes) * u64::from(p.rows))
+        })
     }
 }
 

@@ -332,3 +332,17 @@ fn grant_outliving_its_registration_leaves_the_next_owner_alone() {
         g.commit(0, 0);
     }
 }
+
+#[test]
+fn packed_bytes_of_a_hostile_layout_saturates() {
+    // Found by the layout fuzz target: summing four planes of
+    // u32::MAX x u32::MAX overflowed (a panic in debug builds).
+    let mut l = FrameLayout::new(PixelFormat::Nv12, 64, 64, 64).unwrap();
+    l.plane_count = 4;
+    for p in &mut l.planes {
+        p.row_bytes = u32::MAX;
+        p.rows = u32::MAX;
+    }
+    assert!(l.validate().is_err());
+    assert_eq!(l.packed_bytes(), u64::MAX);
+}
