@@ -2,10 +2,9 @@
 //! with a live line of rates, handoff latency and drops.
 
 use crate::latency::human_ns;
+use crate::live::{publish_pattern, status_line, Pacer};
 use crate::{invalid, parse_size, stdout_is_tty};
-use cuframes::{
-    testsrc, Error, ErrorCode, FrameLayout, PixelFormat, Publisher, PublisherOptions, Result,
-};
+use cuframes::{Error, ErrorCode, FrameLayout, PixelFormat, Publisher, PublisherOptions, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -184,47 +183,26 @@ pub fn run(args: Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let tty = stdout_is_tty();
-    let interval = if args.fps > 0.0 {
-        Duration::from_secs_f64(1.0 / args.fps)
-    } else {
-        Duration::ZERO
-    };
+    let pacer = Pacer::new(args.fps);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(args.seconds);
     let (mut n, mut stalls, mut last_print, mut last_n) = (0u64, 0u64, Instant::now(), 0u64);
     while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-        match publisher.loan() {
-            Ok(mut lease) => {
-                let seq = lease.seq();
-                testsrc::fill(&layout, lease.data_mut(), seq);
-                lease.commit((interval.as_nanos() as u64 * n) as i64)?;
-                n += 1;
-            }
+        match publish_pattern(&mut publisher, &pacer, n) {
+            Ok(_) => n += 1,
             Err(e) if e.code() == ErrorCode::Timeout => stalls += 1,
             Err(e) => return Err(e),
         }
         if last_print.elapsed() >= Duration::from_secs(1) && !args.quiet {
             let fps = (n - last_n) as f64 / last_print.elapsed().as_secs_f64();
-            let line = live_line(
-                start.elapsed(),
-                fps,
-                &fleet.reports.lock().expect("reports"),
-                publisher.stats(),
+            let reports = fleet.reports.lock().expect("reports");
+            status_line(
+                tty,
+                &live_line(start.elapsed(), fps, &reports, publisher.stats()),
             );
-            if tty {
-                print!("\r{line}\x1b[K");
-                let _ = std::io::Write::flush(&mut std::io::stdout());
-            } else {
-                println!("{line}");
-            }
             (last_print, last_n) = (Instant::now(), n);
         }
-        if !interval.is_zero() {
-            if let Some(wait) = (start + interval * n as u32).checked_duration_since(Instant::now())
-            {
-                std::thread::sleep(wait);
-            }
-        }
+        pacer.wait(n);
     }
     let elapsed = start.elapsed();
     drop(publisher); // closes the stream: subscribers drain, report, exit

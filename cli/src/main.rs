@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod inspect;
 mod latency;
+mod live;
 mod publish;
 mod subscribe;
 

@@ -1,9 +1,9 @@
 //! `cuframes publish`: a test pattern, or a video file decoded by ffmpeg.
 
+use crate::live::{publish_pattern, status_line, Pacer};
 use crate::{invalid, parse_format, parse_size, stdout_is_tty};
 use cuframes::{
-    testsrc, Error, ErrorCode, FrameLayout, LosslessPolicy, PixelFormat, Publisher,
-    PublisherOptions, Result,
+    Error, ErrorCode, FrameLayout, LosslessPolicy, PixelFormat, Publisher, PublisherOptions, Result,
 };
 use std::io::Read;
 use std::path::PathBuf;
@@ -132,41 +132,22 @@ pub fn run(args: Args) -> Result<()> {
                 args.slots
             );
         }
-        let interval = if fps > 0.0 {
-            Duration::from_secs_f64(1.0 / fps)
-        } else {
-            Duration::ZERO
-        };
-        let start = Instant::now();
+        let pacer = Pacer::new(fps);
         let mut n = 0u64;
         while !done(n) {
-            match publish_pattern(&mut publisher, n, interval) {
-                Ok(()) => n += 1,
+            match publish_pattern(&mut publisher, &pacer, n) {
+                Ok(_) => n += 1,
                 Err(e) if e.code() == ErrorCode::Timeout => meter.stall(),
                 Err(e) => return Err(e),
             }
             meter.tick(&publisher, n);
-            if !interval.is_zero() {
-                let next = start + interval * n as u32;
-                if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
+            pacer.wait(n);
         }
         meter.finish(n);
         return Ok(());
     }
     let input = args.input.clone().expect("clap requires a source");
     publish_file(&args, &input, options, &done, &mut meter)
-}
-
-fn publish_pattern(publisher: &mut Publisher, n: u64, interval: Duration) -> Result<()> {
-    let layout = *publisher.layout();
-    let mut lease = publisher.loan()?;
-    let seq = lease.seq();
-    testsrc::fill(&layout, lease.data_mut(), seq);
-    lease.commit((interval.as_nanos() as u64 * n) as i64)?;
-    Ok(())
 }
 
 /// The ffmpeg pixel format name for ours.
@@ -335,12 +316,7 @@ impl Meter {
             stats.slot_count,
             self.stalls
         );
-        if self.tty {
-            print!("\r{line}\x1b[K");
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-        } else {
-            println!("{line}");
-        }
+        status_line(self.tty, &line);
         (self.last, self.last_n) = (Instant::now(), n);
     }
     fn finish(&self, n: u64) {

@@ -246,12 +246,7 @@ fn print_line(
         stats.dropped,
         t.bad
     );
-    if tty {
-        print!("\r{line}\x1b[K");
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-    } else {
-        println!("{line}");
-    }
+    crate::live::status_line(tty, &line);
 }
 
 /// Writes a frame as an 8-bit PNG (RGB, or grey for GRAY8).
