@@ -397,6 +397,70 @@ fn reclaim_of_dead_reader_races_writer() {
     });
 }
 
+/// (iv, continued) The same with a live NEWEST_ONLY reader polling once
+/// meanwhile: the reclaim must clear only the dead record's bits, never
+/// the live reader's hold.
+#[test]
+fn reclaim_races_writer_and_live_reader() {
+    const FRAMES: u64 = 3;
+    model("reclaim_races_writer_and_live_reader", || {
+        // Budget: 1 (dead) + 1 (live) + 2.
+        let sh = Shared::new(4, 2, LosslessPolicy::Block);
+        let main = sh.handle();
+        let dead = register(&main, Mode::Queue);
+        let live = register(&main, Mode::NewestOnly);
+        let generation = active_generation(&main.ring, dead.index()).expect("active");
+        let index = dead.index();
+
+        let writer = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.handle();
+                let mut w = Writer::new(&h);
+                for seq in 1..=FRAMES {
+                    assert_eq!(publish(&h, &mut w), seq);
+                }
+                w.close();
+            })
+        };
+        let reader = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.handle();
+                let mut last = 0;
+                for _ in 0..1 {
+                    match ReadGrant::acquire(&h, &live) {
+                        Ok(f) => {
+                            // SAFETY: as in `next_frame`; loom checks it.
+                            let seen = h.sh.payload[f.slot() as usize].with(|p| unsafe { *p });
+                            assert_eq!(seen, f.seq());
+                            assert!(f.seq() > last);
+                            last = f.seq();
+                        }
+                        Err(ReadError::WouldBlock | ReadError::Closed) => thread::yield_now(),
+                        Err(e) => panic!("read: {e:?}"),
+                    }
+                }
+                h.ring.deregister(live);
+            })
+        };
+
+        let f = next_frame(&main, &dead).expect("frame 1");
+        assert_eq!(f.seq(), 1);
+        core::mem::forget(f);
+        let _never_deregistered = dead;
+        match main.ring.reclaim(index, generation) {
+            Some(true) => main.wake(Wake::Writer),
+            Some(false) => {}
+            None => panic!("the record was live and ours to reclaim"),
+        }
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert_nothing_held(&sh);
+        assert_eq!(main.ring.stats().active().count(), 0);
+    });
+}
+
 /// (v) A lossless reader registers while the writer publishes (`Block`).
 /// Registration pins its cursor to the newest frame; from there it must
 /// see every frame in order, with nothing dropped: the writer may not
