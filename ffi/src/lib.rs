@@ -151,8 +151,11 @@ pub(crate) fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
                 format!("panic in the C ABI: {}", panic_text(&*payload)),
             );
             record(&e);
-            // Dropping the payload could panic in turn; leak it instead.
-            std::mem::forget(payload);
+            // Dropping the payload could panic in turn: contain that too
+            // (and leak only such a second payload).
+            if let Err(nested) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(nested);
+            }
             fallback
         }
     }
