@@ -265,6 +265,29 @@ impl FrameLayout {
         Some((p.offset, p.offset.checked_add(len)?))
     }
 
+    /// Each row of the picture as `(slot_offset, packed_offset, len)`: where
+    /// it lies in a slot (pitched) and in a tightly packed copy. The one walk
+    /// behind every packed <-> pitched copy.
+    ///
+    /// ```
+    /// use cuframes_core::{FrameLayout, PixelFormat};
+    /// let l = FrameLayout::new(PixelFormat::Gray8, 3, 2, 64).unwrap();
+    /// let rows: Vec<_> = l.packed_rows().collect();
+    /// assert_eq!(rows, [(0, 0, 3), (64, 3, 3)]);
+    /// ```
+    pub fn packed_rows(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let mut packed = 0u64;
+        self.planes().iter().flat_map(move |p| {
+            let start = packed;
+            let rb = u64::from(p.row_bytes);
+            packed = packed.saturating_add(rb.saturating_mul(u64::from(p.rows)));
+            (0..u64::from(p.rows)).map(move |r| {
+                let slot = p.offset.saturating_add(r * u64::from(p.pitch));
+                (slot, start.saturating_add(r * rb), rb)
+            })
+        })
+    }
+
     /// Tightly packed size of the picture (rows of `row_bytes`, no pitch
     /// padding): what `publish_from` expects. Saturates on a layout that
     /// did not validate (read from hostile bytes) instead of overflowing.

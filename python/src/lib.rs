@@ -1,1 +1,36 @@
-//! Python bindings for cuframes.
+//! The `cuframes._native` extension module behind the `cuframes` Python
+//! package. See `docs/python.md`.
+
+mod dlpack;
+mod enums;
+mod errors;
+mod frame;
+mod planes;
+mod publisher;
+mod streams;
+mod subscriber;
+
+use pyo3::prelude::*;
+
+/// Message of an error code (the same text as in Rust and C).
+#[pyfunction]
+fn strerror(code: i32) -> &'static str {
+    cuframes::ErrorCode::from_i32(code).map_or("unknown error code", |c| c.description())
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<enums::PyPixelFormat>()?;
+    m.add_class::<enums::PySubscriberMode>()?;
+    m.add_class::<enums::PyLosslessPolicy>()?;
+    m.add_class::<frame::PyFrame>()?;
+    m.add_class::<subscriber::PySubscriber>()?;
+    m.add_class::<publisher::PyPublisher>()?;
+    m.add_class::<publisher::PyLease>()?;
+    m.add_class::<dlpack::DLPackView>()?;
+    m.add_function(wrap_pyfunction!(streams::stream_status, m)?)?;
+    m.add_function(wrap_pyfunction!(streams::list_streams, m)?)?;
+    m.add_function(wrap_pyfunction!(strerror, m)?)?;
+    Ok(())
+}

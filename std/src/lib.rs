@@ -44,10 +44,10 @@ pub use cuframes_core::{
 };
 pub use error::{Error, Result};
 pub use key::{shm_dir, validate_key, MAX_KEY_LEN};
-pub use publisher::{DetachedLease, Publisher, PublisherOptions, WriteLease};
+pub use publisher::{DetachedLease, MappingGuard, Publisher, PublisherOptions, WriteLease};
 pub use reconnect::ReconnectingSubscriber;
 pub use streams::{list_streams, stream_status, StreamStatus};
-pub use subscriber::{Frame, Frames, Subscriber, SubscriberOptions, SubscriberStats};
+pub use subscriber::{Frame, Frames, Monitor, Subscriber, SubscriberOptions, SubscriberStats};
 pub use sys::{holder_alive, is_alive, now_ns, own_pid_ns, process_start_time, HEARTBEAT_TIMEOUT};
 
 impl From<cuframes_core::LayoutError> for Error {

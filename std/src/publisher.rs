@@ -317,6 +317,14 @@ impl Publisher {
         lease.commit(pts_ns)
     }
 
+    /// A handle that keeps this stream's memory mapped, not the stream
+    /// itself: after the publisher is dropped (stream closed, segment
+    /// removed) the loaned slot's bytes stay addressable until the guard
+    /// goes. For bindings whose views of a loan may outlive the publisher.
+    pub fn mapping_guard(&self) -> MappingGuard {
+        MappingGuard(self.writer.handle().clone())
+    }
+
     /// Ring-wide statistics.
     pub fn stats(&self) -> cuframes_core::RingStats {
         self.writer.handle().ring().stats()
@@ -434,6 +442,16 @@ fn spawn_keeper(shared: Arc<Shared>, stop: Arc<AtomicBool>, period: Duration) ->
         .expect("spawn keeper thread")
 }
 
+/// Keeps a publisher's mapping alive; see [`Publisher::mapping_guard`].
+#[derive(Clone)]
+pub struct MappingGuard(#[allow(dead_code)] Arc<Shared>);
+
+impl std::fmt::Debug for MappingGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MappingGuard")
+    }
+}
+
 /// A slot loaned by [`Publisher::loan_detached`].
 #[derive(Debug, Clone, Copy)]
 pub struct DetachedLease {
@@ -447,6 +465,11 @@ pub struct DetachedLease {
     /// Bytes of the slot (`layout().slot_bytes`).
     pub len: usize,
 }
+
+// SAFETY: the lease is an address and a length; who may write through it
+// is governed by the publisher's pending loan, not by the thread holding
+// the value.
+unsafe impl Send for DetachedLease {}
 
 /// A loaned slot, writable until committed. Dropping it aborts: nothing is
 /// published and the slot returns to the pool.
@@ -502,14 +525,9 @@ impl<'p> WriteLease<'p> {
     pub fn copy_from_packed(&mut self, packed: &[u8]) {
         let layout = *self.layout();
         let data = self.data_mut();
-        let mut src = 0usize;
-        for p in layout.planes() {
-            let (rb, pitch) = (p.row_bytes as usize, p.pitch as usize);
-            for r in 0..p.rows as usize {
-                let dst = p.offset as usize + r * pitch;
-                data[dst..dst + rb].copy_from_slice(&packed[src..src + rb]);
-                src += rb;
-            }
+        for (dst, src, len) in layout.packed_rows() {
+            let (dst, src, len) = (dst as usize, src as usize, len as usize);
+            data[dst..dst + len].copy_from_slice(&packed[src..src + len]);
         }
     }
 

@@ -231,6 +231,29 @@ impl Subscriber {
     /// queue is drained), `PublisherGone`, `Capacity` (holding `max_held`
     /// frames), `Corrupt`.
     pub fn next_frame(&mut self, timeout: Duration) -> Result<Frame> {
+        self.next_frame_unless(timeout, || false)
+    }
+
+    /// [`next_frame`](Self::next_frame) that gives up with `Closed` when
+    /// `stop()` turns true (polled between waits, at least every
+    /// `liveness_interval`): lets a binding close a subscriber that another
+    /// thread is waiting on.
+    ///
+    /// ```
+    /// # use cuframes::*;
+    /// # use std::time::Duration;
+    /// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+    /// # let layout = FrameLayout::new(PixelFormat::Gray8, 16, 16, 64).unwrap();
+    /// # let _p = Publisher::create("doc-unless", layout, Default::default()).unwrap();
+    /// let mut sub = Subscriber::connect("doc-unless", "s", Mode::Queue, Default::default()).unwrap();
+    /// let e = sub.next_frame_unless(Duration::from_secs(60), || true).unwrap_err();
+    /// assert_eq!(e.code(), ErrorCode::Closed);
+    /// ```
+    pub fn next_frame_unless(
+        &mut self,
+        timeout: Duration,
+        stop: impl Fn() -> bool,
+    ) -> Result<Frame> {
         let deadline = Instant::now() + timeout;
         let ring_handle = self.inner.clone();
         let ring = ring_handle.ring();
@@ -239,6 +262,9 @@ impl Subscriber {
                 return Ok(frame);
             }
             self.check_publisher(false)?;
+            if stop() {
+                return Err(Error::new(ErrorCode::Closed, "the subscriber was closed"));
+            }
             let now = Instant::now();
             if now >= deadline {
                 self.stats.timeouts += 1;
@@ -281,15 +307,13 @@ impl Subscriber {
 
     /// This subscriber's counters.
     pub fn stats(&self) -> SubscriberStats {
-        let ring = self.inner.ring();
-        let rec = &ring.subscribers()[self.inner.token().index() as usize];
-        let ring_stats = ring.stats();
-        SubscriberStats {
-            dropped: rec.dropped.load(Ordering::Relaxed),
-            ring_occupancy: ring_stats.occupancy,
-            slot_count: ring_stats.slot_count,
-            ..self.stats
-        }
+        self.monitor().complete(self.stats)
+    }
+
+    /// A handle that reads this subscriber's shared-memory counters from
+    /// any thread, while another one waits in [`next_frame`](Self::next_frame).
+    pub fn monitor(&self) -> Monitor {
+        Monitor(self.inner.clone())
     }
 
     /// Ring-wide statistics of the stream.
@@ -349,6 +373,40 @@ impl Subscriber {
             self.stats.errors += 1;
         }
         r
+    }
+}
+
+/// Reads a subscriber's counters kept in shared memory; see
+/// [`Subscriber::monitor`]. Keeps the record registered while it lives.
+#[derive(Clone)]
+pub struct Monitor(Arc<SubInner>);
+
+impl Monitor {
+    /// `local` (the counters a subscriber keeps itself) completed with the
+    /// shared ones: drops, ring occupancy, slot count.
+    pub fn complete(&self, local: SubscriberStats) -> SubscriberStats {
+        let ring = self.0.ring();
+        let rec = &ring.subscribers()[self.0.token().index() as usize];
+        let ring_stats = ring.stats();
+        SubscriberStats {
+            dropped: rec.dropped.load(Ordering::Relaxed),
+            ring_occupancy: ring_stats.occupancy,
+            slot_count: ring_stats.slot_count,
+            ..local
+        }
+    }
+
+    /// Ring-wide statistics of the stream.
+    pub fn ring_stats(&self) -> cuframes_core::RingStats {
+        self.0.ring().stats()
+    }
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("record", &self.0.token().index())
+            .finish()
     }
 }
 
@@ -486,13 +544,11 @@ impl Frame {
     }
     /// Copies the picture out tightly packed (no pitch padding).
     pub fn to_packed(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.layout().packed_bytes() as usize);
-        for (i, p) in self.layout().planes().iter().enumerate() {
-            let plane = self.plane(i);
-            for r in 0..p.rows as usize {
-                let row = r * p.pitch as usize;
-                out.extend_from_slice(&plane[row..row + p.row_bytes as usize]);
-            }
+        let data = self.data();
+        let mut out = vec![0; self.layout().packed_bytes() as usize];
+        for (src, dst, len) in self.layout().packed_rows() {
+            let (src, dst, len) = (src as usize, dst as usize, len as usize);
+            out[dst..dst + len].copy_from_slice(&data[src..src + len]);
         }
         out
     }

@@ -1,0 +1,331 @@
+//! `CuframesFrame`: a frame held in place, released explicitly, by a
+//! `with` block, or when the last view of it goes.
+
+use crate::dlpack::{self, DLPackView, DlDevice, Owner, Request, TensorSpec, DEVICE_CPU};
+use crate::enums::PyPixelFormat;
+use crate::errors::raise;
+use crate::planes::Slot;
+use cuframes::{ErrorCode, Frame};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::sync::{Arc, Mutex};
+
+/// What stays readable about a frame without touching its memory.
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    seq: u64,
+    pts_ns: i64,
+    commit_ns: u64,
+    latency_ns: u64,
+    slot: Slot,
+}
+
+/// A frame from [`CuframesSubscriber.next_frame`]. Its slot stays held —
+/// the publisher cannot overwrite it — until `release()`, the end of a
+/// `with` block, or garbage collection; array views (`y`, `uv`, DLPack
+/// capsules) keep it held until they are gone too, so a view never shows a
+/// torn frame. After `release()` every property raises `CuframesReleasedError`.
+#[pyclass(name = "CuframesFrame", module = "cuframes._native", frozen)]
+pub struct PyFrame {
+    held: Mutex<Option<Arc<Frame>>>,
+    meta: Meta,
+}
+
+impl PyFrame {
+    pub fn new(frame: Frame, latency_ns: u64) -> Self {
+        let slot = Slot {
+            layout: *frame.layout(),
+            format: frame.format(),
+            base: frame.as_ptr() as usize,
+            device: DlDevice {
+                device_type: DEVICE_CPU,
+                device_id: 0,
+            },
+            read_only: true,
+        };
+        let meta = Meta {
+            seq: frame.seq(),
+            pts_ns: frame.pts_ns(),
+            commit_ns: frame.commit_ns(),
+            latency_ns,
+            slot,
+        };
+        Self {
+            held: Mutex::new(Some(Arc::new(frame))),
+            meta,
+        }
+    }
+
+    /// The held frame, or `CuframesReleasedError`.
+    fn held(&self) -> PyResult<Arc<Frame>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| raise(ErrorCode::Released, "the frame was released"))
+    }
+
+    fn meta(&self) -> PyResult<&Meta> {
+        self.held().map(|_| &self.meta)
+    }
+
+    fn view(&self, spec: Option<TensorSpec>, what: &str) -> PyResult<DLPackView> {
+        let owner: Owner = self.held()?;
+        let spec = spec.ok_or_else(|| {
+            raise(
+                ErrorCode::InvalidArgument,
+                &format!(
+                    "{} frames have no {what}",
+                    self.meta.slot.format.name().to_uppercase()
+                ),
+            )
+        })?;
+        Ok(DLPackView::new(spec, owner))
+    }
+
+    fn plane_view(&self, i: usize) -> PyResult<DLPackView> {
+        self.view(self.meta.slot.plane(i), &format!("plane {i}"))
+    }
+}
+
+#[pymethods]
+impl PyFrame {
+    /// Sequence number: 1 for the stream's first frame, then +1 per frame.
+    #[getter]
+    fn seq(&self) -> PyResult<u64> {
+        Ok(self.meta()?.seq)
+    }
+    /// Presentation timestamp the publisher gave, nanoseconds.
+    #[getter]
+    fn pts_ns(&self) -> PyResult<i64> {
+        Ok(self.meta()?.pts_ns)
+    }
+    /// Monotonic clock reading at commit, nanoseconds.
+    #[getter]
+    fn commit_ns(&self) -> PyResult<u64> {
+        Ok(self.meta()?.commit_ns)
+    }
+    /// Commit-to-handout latency of this frame, nanoseconds.
+    #[getter]
+    fn latency_ns(&self) -> PyResult<u64> {
+        Ok(self.meta()?.latency_ns)
+    }
+    #[getter]
+    fn format(&self) -> PyResult<PyPixelFormat> {
+        Ok(self.meta()?.slot.format.into())
+    }
+    #[getter]
+    fn width(&self) -> PyResult<u32> {
+        Ok(self.meta()?.slot.layout.width)
+    }
+    #[getter]
+    fn height(&self) -> PyResult<u32> {
+        Ok(self.meta()?.slot.layout.height)
+    }
+    /// Bytes from row to row of the first plane.
+    #[getter]
+    fn pitch_y(&self) -> PyResult<u32> {
+        Ok(self.pitches()?.first().copied().unwrap_or(0))
+    }
+    /// Bytes from row to row of the chroma plane (0 for one-plane formats).
+    #[getter]
+    fn pitch_uv(&self) -> PyResult<u32> {
+        Ok(self.pitches()?.get(1).copied().unwrap_or(0))
+    }
+    /// Row pitch of every plane.
+    #[getter]
+    fn pitches(&self) -> PyResult<Vec<u32>> {
+        let l = &self.meta()?.slot.layout;
+        Ok(l.planes().iter().map(|p| p.pitch).collect())
+    }
+    #[getter]
+    fn plane_count(&self) -> PyResult<usize> {
+        Ok(self.meta()?.slot.layout.planes().len())
+    }
+    /// Address of the first plane in GPU memory; 0 for host-memory frames
+    /// (see `data_ptr`).
+    #[getter]
+    fn cuda_ptr(&self) -> PyResult<usize> {
+        let m = self.meta()?;
+        Ok(if m.slot.device.device_type == DEVICE_CPU {
+            0
+        } else {
+            m.slot.base + m.slot.layout.planes()[0].offset as usize
+        })
+    }
+    /// Address of the first plane, in whichever memory the frame lives.
+    #[getter]
+    fn data_ptr(&self) -> PyResult<usize> {
+        let m = self.meta()?;
+        Ok(m.slot.base + m.slot.layout.planes()[0].offset as usize)
+    }
+    /// `"host"` or `"cuda"`.
+    #[getter]
+    fn memory(&self) -> PyResult<&'static str> {
+        let m = self.meta()?;
+        Ok(if m.slot.device.device_type == DEVICE_CPU {
+            "host"
+        } else {
+            "cuda"
+        })
+    }
+    /// Bytes of the picture without pitch padding.
+    #[getter]
+    fn nbytes(&self) -> PyResult<u64> {
+        Ok(self.meta()?.slot.layout.packed_bytes())
+    }
+    /// Whether `release()` was called.
+    #[getter]
+    fn released(&self) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// Gives the slot back to the publisher (once no view of it remains).
+    /// Idempotent.
+    fn release(&self) {
+        let taken = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(taken);
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.release();
+        false
+    }
+
+    /// The luma (or only) plane as a DLPack capsule.
+    #[pyo3(signature = (*, max_version=None))]
+    fn dlpack_y<'py>(
+        &self,
+        py: Python<'py>,
+        max_version: Option<(u32, u32)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.capsule(py, 0, max_version)
+    }
+
+    /// The interleaved chroma plane of NV12/P010 as a DLPack capsule of
+    /// shape `(height/2, width/2, 2)`.
+    #[pyo3(signature = (*, max_version=None))]
+    fn dlpack_uv<'py>(
+        &self,
+        py: Python<'py>,
+        max_version: Option<(u32, u32)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.capsule(py, 1, max_version)
+    }
+
+    /// The DLPack protocol over the whole picture (one plane; for
+    /// NV12/P010 the `(height*3/2, width)` array).
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<&Bound<'py, PyAny>>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(i32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.view(self.meta.slot.whole(), "single-array view")?
+            .answer(
+                py,
+                Request {
+                    max_version,
+                    dl_device,
+                    copy,
+                    stream,
+                },
+            )
+    }
+
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        let d = self.meta.slot.device;
+        (d.device_type, d.device_id)
+    }
+
+    /// Plane `i` as an object with the DLPack protocol (for
+    /// `torch.from_dlpack`, `cupy.from_dlpack`, `numpy.from_dlpack`).
+    fn plane(&self, i: usize) -> PyResult<DLPackView> {
+        self.plane_view(i)
+    }
+
+    /// The luma (or only) plane as a read-only numpy array, no copy.
+    #[getter]
+    fn y<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        dlpack::to_numpy(py, self.plane_view(0)?)
+    }
+
+    /// The chroma plane of NV12/P010 as a read-only numpy array of shape
+    /// `(height/2, width/2, 2)`, no copy.
+    #[getter]
+    fn uv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        dlpack::to_numpy(py, self.plane_view(1)?)
+    }
+
+    /// Every plane as a read-only numpy array.
+    #[getter]
+    fn planes<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let n = self.meta()?.slot.layout.planes().len();
+        (0..n)
+            .map(|i| dlpack::to_numpy(py, self.plane_view(i)?))
+            .collect()
+    }
+
+    /// The whole picture as one read-only numpy array (see `__dlpack__`).
+    fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        dlpack::to_numpy(py, self.view(self.meta.slot.whole(), "single-array view")?)
+    }
+
+    /// A tightly packed copy of the picture (planes in order, no padding).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let f = self.held()?;
+        let packed = py.detach(|| f.to_packed());
+        Ok(pyo3::types::PyBytes::new(py, &packed))
+    }
+
+    /// The frame's properties as a dict.
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let m = self.meta()?;
+        let d = PyDict::new(py);
+        d.set_item("seq", m.seq)?;
+        d.set_item("pts_ns", m.pts_ns)?;
+        d.set_item("commit_ns", m.commit_ns)?;
+        d.set_item("latency_ns", m.latency_ns)?;
+        d.set_item("format", m.slot.format.name())?;
+        d.set_item("width", m.slot.layout.width)?;
+        d.set_item("height", m.slot.layout.height)?;
+        d.set_item("pitches", self.pitches()?)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        let m = &self.meta;
+        let state = if self.released() { ", released" } else { "" };
+        format!(
+            "CuframesFrame(seq={}, format={}, {}x{}, pts_ns={}{state})",
+            m.seq,
+            m.slot.format.name().to_uppercase(),
+            m.slot.layout.width,
+            m.slot.layout.height,
+            m.pts_ns
+        )
+    }
+}
+
+impl PyFrame {
+    fn capsule<'py>(
+        &self,
+        py: Python<'py>,
+        plane: usize,
+        max_version: Option<(u32, u32)>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let versioned = max_version.is_some_and(|(major, _)| major >= 1);
+        self.plane_view(plane)?.export(py, versioned)
+    }
+}

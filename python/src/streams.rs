@@ -1,0 +1,77 @@
+//! Stream discovery and ring statistics as plain dicts.
+
+use crate::errors::IntoPy;
+use cuframes::{RingStats, StreamStatus};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+/// Ring counters, with one dict per active subscriber.
+pub fn ring_stats_dict<'py>(py: Python<'py>, s: &RingStats) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("head_seq", s.head_seq)?;
+    d.set_item("published", s.published)?;
+    d.set_item("occupancy", s.occupancy)?;
+    d.set_item("slot_count", s.slot_count)?;
+    d.set_item("fps", s.rate_mfps as f64 / 1000.0)?;
+    d.set_item("last_commit_ns", s.last_commit_ns)?;
+    let subs = PyList::empty(py);
+    for r in s.active() {
+        let e = PyDict::new(py);
+        e.set_item("name", r.name_str())?;
+        e.set_item("pid", r.pid)?;
+        e.set_item(
+            "mode",
+            match r.mode {
+                Some(cuframes::Mode::NewestOnly) => "newest",
+                Some(cuframes::Mode::Queue) => "queue",
+                None => "?",
+            },
+        )?;
+        e.set_item("held", r.held)?;
+        e.set_item("received", r.received)?;
+        e.set_item("dropped", r.dropped)?;
+        e.set_item("last_seq", r.last_seq)?;
+        e.set_item("lag", r.lag)?;
+        subs.append(e)?;
+    }
+    d.set_item("subscribers", subs)?;
+    Ok(d)
+}
+
+fn status_dict<'py>(py: Python<'py>, s: &StreamStatus) -> PyResult<Bound<'py, PyDict>> {
+    let d = ring_stats_dict(py, &s.stats)?;
+    let h = &s.info.header;
+    d.set_item("key", &s.key)?;
+    d.set_item("publisher_pid", h.publisher_pid)?;
+    d.set_item("publisher_alive", s.publisher_alive)?;
+    d.set_item("format", s.info.format.name())?;
+    d.set_item("width", h.layout.width)?;
+    d.set_item("height", h.layout.height)?;
+    d.set_item("memory", s.info.memory.name())?;
+    d.set_item(
+        "policy",
+        match s.info.policy {
+            cuframes::LosslessPolicy::Block => "block",
+            cuframes::LosslessPolicy::DropOldest => "drop-oldest",
+        },
+    )?;
+    d.set_item("dropped", s.dropped())?;
+    Ok(d)
+}
+
+/// Status of stream `key` (any process may call it; nothing is changed).
+#[pyfunction]
+pub fn stream_status<'py>(py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyDict>> {
+    let s = py.detach(|| cuframes::stream_status(key)).py()?;
+    status_dict(py, &s)
+}
+
+/// Status of every live stream; unreadable segments are skipped.
+#[pyfunction]
+pub fn list_streams<'py>(py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let all = py.detach(cuframes::list_streams);
+    all.iter()
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .map(|s| status_dict(py, s))
+        .collect()
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the Python wheel and runs the pytest suite and mypy --strict over
+# it, in a virtual environment under target/ (created on first use).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${CUFRAMES_VENV:-target/pyenv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+"$VENV/bin/python" -m pip install -q "maturin>=1.5,<2" "pytest>=7" "numpy>=1.22" "mypy>=1.8"
+
+rm -rf target/wheels
+"$VENV/bin/maturin" build --release -m python/Cargo.toml -o target/wheels -i "$VENV/bin/python" -q
+"$VENV/bin/python" -m pip install -q --force-reinstall --no-deps target/wheels/cuframes-*.whl
+
+# The tests spawn `cuframes` (the CLI) for cross-language checks.
+export CUFRAMES_BIN="${CUFRAMES_BIN:-$PWD/target/release/cuframes}"
+[ -x "$CUFRAMES_BIN" ] || cargo build --release -p cuframes-cli
+
+cd python
+"../$VENV/bin/python" -m pytest -q tests "$@"
+"../$VENV/bin/python" -m mypy --strict tests
