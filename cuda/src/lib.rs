@@ -1,1 +1,77 @@
-//! CUDA backend for cuframes.
+//! # cuframes-cuda
+//!
+//! The CUDA backend of cuframes: a publisher keeps its ring of frames in
+//! one GPU allocation and subscribers in other processes read them in
+//! place, as device pointers, with ordering done on the GPU by
+//! interprocess events (no CPU synchronisation per frame).
+//!
+//! - [`CudaPublisher`]: allocates every slot at once (planes pitched for
+//!   NVDEC/NPP), exports the memory either as a legacy IPC handle in the
+//!   segment or as a VMM allocation whose file descriptor is passed over a
+//!   unix socket (see [`fdpass`]), and writes frames from host memory
+//!   ([`CudaPublisher::publish_from_host`]) or in place
+//!   ([`CudaPublisher::loan`]).
+//! - [`CudaSubscriber`]: opens the memory and the events once, then
+//!   [`next_frame`](CudaSubscriber::next_frame) returns a [`CudaFrame`]
+//!   and makes the consumer stream wait for the frame's writes.
+//!
+//! The driver is loaded at run time: this crate builds and its host-side
+//! tests pass on machines without CUDA, where every entry point returns an
+//! [`ErrorCode::Cuda`](cuframes::ErrorCode::Cuda) error naming the cause.
+//!
+//! ```
+//! use cuframes::PixelFormat;
+//! use cuframes_cuda::{CudaPublisher, CudaPublisherOptions};
+//! match CudaPublisher::create("doc-gpu", PixelFormat::Nv12, 64, 48, CudaPublisherOptions::default()) {
+//!     Ok(p) => println!("publishing on GPU {} ({})", p.device(), p.export_mode()),
+//!     Err(e) => assert_eq!(e.code(), cuframes::ErrorCode::Cuda), // no GPU here
+//! }
+//! ```
+//!
+//! Byte layout of the backend area and the ordering protocol:
+//! `docs/cuda.md`.
+#![deny(missing_docs)]
+
+mod area;
+mod driver;
+pub mod fdpass;
+mod memory;
+mod publisher;
+mod subscriber;
+
+pub use area::{
+    parse_area, AreaHeader, AreaInfo, ExportMode, AREA_MAGIC, AREA_VERSION, HANDLE_LEN,
+    RELEASE_ROW_HEADER,
+};
+pub use driver::{device_count, driver_version, is_available, DevicePtr, RawStream};
+pub use publisher::{
+    CudaDetachedLease, CudaPublisher, CudaPublisherOptions, CudaWriteLease, DevicePlane,
+    ExportRequest,
+};
+pub use subscriber::{CudaFrame, CudaSubscriber, CudaSubscriberOptions};
+
+/// The export mode of a CUDA stream, from its segment's memory kind and
+/// backend area (validated): what `cuframes ls` shows. `Ok(None)` for a
+/// host-memory stream.
+///
+/// ```
+/// use cuframes::MemoryKind;
+/// assert_eq!(cuframes_cuda::export_mode(MemoryKind::Host, &[]).unwrap(), None);
+/// assert!(cuframes_cuda::export_mode(MemoryKind::CudaIpc, &[0u8; 512]).is_err());
+/// ```
+pub fn export_mode(
+    memory: cuframes::MemoryKind,
+    backend_area: &[u8],
+) -> cuframes::Result<Option<ExportMode>> {
+    if memory == cuframes::MemoryKind::Host {
+        return Ok(None);
+    }
+    let info = parse_area(backend_area)?;
+    if info.mode.memory_kind() != memory {
+        return Err(cuframes::Error::new(
+            cuframes::ErrorCode::Corrupt,
+            "CUDA backend area: export mode differs from the segment's memory kind",
+        ));
+    }
+    Ok(Some(info.mode))
+}

@@ -1,0 +1,672 @@
+//! The CUDA publisher: frames in one device allocation, handed out by the
+//! host ring.
+
+use crate::area::{AreaHeader, ExportMode, ReleaseRow};
+use crate::driver::{self, call, Device, DevicePtr, Event, RawStream, Stream};
+use crate::fdpass::{self, FdServer, PeerPolicy};
+use crate::memory::{vmm_granularity, Legacy, Vmm};
+use cudarc::driver::sys;
+use cuframes::core::{Backend, PixelFormat};
+use cuframes::{Error, ErrorCode, FrameLayout, Publisher, PublisherOptions, Result};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zerocopy::IntoBytes;
+
+/// Which export the publisher uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportRequest {
+    /// VMM + file descriptor where the device supports it, else legacy IPC.
+    #[default]
+    Auto,
+    /// Legacy `cuIpcGetMemHandle` (needs subscribers in the same IPC and
+    /// pid namespaces, as CUDA IPC always does).
+    Ipc,
+    /// `cuMemCreate` exported as a file descriptor over a unix socket.
+    VmmFd,
+}
+
+/// CUDA publisher settings.
+///
+/// ```
+/// use cuframes_cuda::{CudaPublisherOptions, ExportRequest};
+/// let o = CudaPublisherOptions { device: 0, export: ExportRequest::Ipc, ..Default::default() };
+/// assert_eq!(o.pitch_align, 512);
+/// ```
+#[derive(Debug, Clone)]
+pub struct CudaPublisherOptions {
+    /// The host ring's settings (slots, subscribers, policy, timeouts,
+    /// file mode). Its `pitch_align` is ignored: see
+    /// [`pitch_align`](Self::pitch_align).
+    pub ring: PublisherOptions,
+    /// CUDA device ordinal.
+    pub device: u32,
+    /// Export mode.
+    pub export: ExportRequest,
+    /// Row (and plane) alignment in device memory: a power of two, at
+    /// least 256 (NVDEC and NPP want 256 or 512).
+    pub pitch_align: u32,
+    /// In IPC mode, how long dropping the publisher waits for subscribers
+    /// to release their frames before freeing the memory.
+    pub close_grace: Duration,
+}
+
+impl Default for CudaPublisherOptions {
+    fn default() -> Self {
+        Self {
+            ring: PublisherOptions::default(),
+            device: 0,
+            export: ExportRequest::Auto,
+            pitch_align: 512,
+            close_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+enum Memory {
+    Legacy(Legacy),
+    Vmm(Vmm),
+}
+
+impl Memory {
+    fn ptr(&self) -> DevicePtr {
+        match self {
+            Memory::Legacy(m) => m.ptr,
+            Memory::Vmm(m) => m.ptr,
+        }
+    }
+}
+
+/// A subscriber's release events, opened lazily per slot.
+struct Peer {
+    tag: u64,
+    owner: u64,
+    events: Vec<Option<Event>>,
+    failed: Vec<bool>,
+}
+
+/// Device addresses and pitch of each plane of a loaned slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DevicePlane {
+    /// Address of the plane's first row.
+    pub ptr: DevicePtr,
+    /// Bytes from one row to the next.
+    pub pitch: u32,
+    /// Meaningful bytes per row.
+    pub row_bytes: u32,
+    /// Rows.
+    pub rows: u32,
+}
+
+/// A slot loaned by [`CudaPublisher::loan_detached`], for bindings.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaDetachedLease {
+    /// The seq the frame will get.
+    pub seq: u64,
+    /// The slot index.
+    pub slot: u32,
+    /// Planes (the first `plane_count` are meaningful).
+    pub planes: [DevicePlane; 4],
+    /// Number of planes.
+    pub plane_count: usize,
+    /// The stream writes must be ordered on (see [`CudaPublisher::stream`]).
+    pub stream: RawStream,
+}
+
+/// Publishes frames that live in GPU memory. All slots are one device
+/// allocation, exported once; subscribers ([`crate::CudaSubscriber`]) open
+/// it once and read every frame in place.
+///
+/// Ordering is on the GPU, never the CPU: before a slot is handed out for
+/// writing, the publisher's stream waits on every current subscriber's
+/// release event for that slot; committing records the slot's publish
+/// event on the stream, which subscribers' consumer streams wait on.
+///
+/// ```no_run
+/// use cuframes_cuda::{CudaPublisher, CudaPublisherOptions};
+/// use cuframes::PixelFormat;
+/// let mut p = CudaPublisher::create("cam0", PixelFormat::Nv12, 1920, 1080, CudaPublisherOptions::default())?;
+/// // A decoder writes in place on the publisher's stream...
+/// let lease = p.loan()?;
+/// let (y, uv) = (lease.plane(0), lease.plane(1));
+/// // ... enqueue NVDEC/NPP work writing y.ptr / uv.ptr on lease.stream() ...
+/// lease.commit(0)?;
+/// // ... or copy tightly packed host bytes in.
+/// p.publish_from_host(&vec![0u8; 1920 * 1080 * 3 / 2], 40_000_000)?;
+/// # Ok::<(), cuframes::Error>(())
+/// ```
+pub struct CudaPublisher {
+    // Field order is drop order: the ring closes and the socket goes
+    // before any device resource is freed.
+    inner: Option<Publisher>,
+    server: Option<FdServer>,
+    peers: HashMap<u32, Peer>,
+    pending: Option<u32>,
+    publish_events: Vec<Event>,
+    own_stream: Option<Stream>,
+    stream: RawStream,
+    memory: Memory,
+    area: AreaHeader,
+    mode: ExportMode,
+    layout: FrameLayout,
+    close_grace: Duration,
+    dev: Arc<Device>,
+}
+
+// SAFETY: the raw stream is a driver handle usable from any thread with
+// the context current (every use enters it); everything else is Send.
+unsafe impl Send for CudaPublisher {}
+
+fn invalid(m: impl Into<String>) -> Error {
+    Error::new(ErrorCode::InvalidArgument, m)
+}
+
+impl CudaPublisher {
+    /// Creates stream `key` for frames of `format` and size on a GPU,
+    /// planes pitched to `options.pitch_align`. Errors: `Cuda` (no driver,
+    /// no such device, out of memory: the driver's message),
+    /// `InvalidArgument`, `AlreadyExists`, `Io`.
+    pub fn create(
+        key: &str,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        options: CudaPublisherOptions,
+    ) -> Result<Self> {
+        let a = options.pitch_align;
+        if !a.is_power_of_two() || !(256..=1 << 20).contains(&a) {
+            return Err(invalid(format!(
+                "pitch_align {a}: must be a power of two from 256 to 1 MiB"
+            )));
+        }
+        let layout = FrameLayout::new(format, width, height, a)?;
+        Self::create_with_layout(key, layout, options)
+    }
+
+    /// Creates a stream with an explicit layout, whose plane offsets and
+    /// pitches must be multiples of `options.pitch_align`.
+    pub fn create_with_layout(
+        key: &str,
+        layout: FrameLayout,
+        options: CudaPublisherOptions,
+    ) -> Result<Self> {
+        cuframes::validate_key(key)?;
+        layout.validate()?;
+        let align = options.pitch_align;
+        if !align.is_power_of_two() || !(256..=1 << 20).contains(&align) {
+            return Err(invalid(format!("pitch_align {align}")));
+        }
+        if layout
+            .planes()
+            .iter()
+            .any(|p| p.offset % u64::from(align) != 0 || p.pitch % align != 0)
+        {
+            return Err(invalid(format!(
+                "every plane offset and pitch must be a multiple of {align} bytes"
+            )));
+        }
+        let ring = &options.ring;
+        if !(2..=cuframes::core::MAX_SLOTS).contains(&ring.slot_count) {
+            return Err(invalid(format!("slot_count {}", ring.slot_count)));
+        }
+        if !(1..=cuframes::core::MAX_SUBSCRIBERS).contains(&ring.subscriber_capacity) {
+            return Err(invalid(format!(
+                "subscriber_capacity {}",
+                ring.subscriber_capacity
+            )));
+        }
+        let dev = Device::open(options.device)?;
+        let _g = dev.enter()?;
+        let mode = match options.export {
+            ExportRequest::Ipc => ExportMode::Ipc,
+            ExportRequest::VmmFd => ExportMode::VmmFd,
+            ExportRequest::Auto => {
+                let vmm = dev.attribute(
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_ADDRESS_MANAGEMENT_SUPPORTED,
+                )?;
+                let fd = dev.attribute(
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED,
+                )?;
+                if vmm != 0 && fd != 0 && fdpass::socket_path(key).is_ok() {
+                    ExportMode::VmmFd
+                } else {
+                    ExportMode::Ipc
+                }
+            }
+        };
+        let socket = match mode {
+            ExportMode::VmmFd => Some(fdpass::socket_path(key)?),
+            ExportMode::Ipc => None,
+        };
+        let slot_align = u64::from(align).max(4096);
+        let slot_stride = layout
+            .slot_bytes
+            .checked_add(slot_align - 1)
+            .map(|v| v & !(slot_align - 1))
+            .ok_or_else(|| invalid("frame too large"))?;
+        let needed = slot_stride
+            .checked_mul(u64::from(ring.slot_count))
+            .ok_or_else(|| invalid("ring too large"))?;
+        let mut area = AreaHeader::plan(
+            mode,
+            ring.slot_count,
+            ring.subscriber_capacity,
+            slot_stride,
+            align,
+            dev.ordinal,
+            dev.uuid,
+        );
+        let (memory, export_fd) = match mode {
+            ExportMode::Ipc => {
+                let (m, h) = Legacy::alloc(&dev, needed)?;
+                area.mem_handle = h;
+                area.alloc_bytes = m.bytes;
+                (Memory::Legacy(m), None)
+            }
+            ExportMode::VmmFd => {
+                let g = vmm_granularity(&dev)?;
+                let bytes = needed
+                    .checked_add(g - 1)
+                    .map(|v| v & !(g - 1))
+                    .ok_or_else(|| invalid("ring too large"))?;
+                let (m, fd) = Vmm::create(&dev, bytes)?;
+                area.alloc_bytes = m.bytes;
+                (Memory::Vmm(m), Some(fd))
+            }
+        };
+        let stream = Stream::new(&dev)?;
+        // Subscribers never see bytes of an earlier owner of this memory.
+        // SAFETY: the range is our allocation; the stream is ours.
+        call("cuMemsetD8Async", || unsafe {
+            sys::cuMemsetD8Async(memory.ptr(), 0, area.alloc_bytes as usize, stream.raw)
+        })?;
+        driver::synchronize(stream.raw)?;
+        let mut publish_events = Vec::with_capacity(ring.slot_count as usize);
+        let mut bytes = vec![0u8; area.area_len as usize];
+        for slot in 0..ring.slot_count as usize {
+            let (ev, h) = Event::interprocess(&dev)?;
+            let off = area.publish_events_offset as usize + slot * 64;
+            bytes[off..off + 64].copy_from_slice(&h);
+            publish_events.push(ev);
+        }
+        bytes[..256].copy_from_slice(area.as_bytes());
+        let backend = Backend {
+            memory: mode.memory_kind(),
+            len: Some(area.area_len),
+            slot_stride,
+            device_uuid: dev.uuid,
+            device_ordinal: dev.ordinal,
+        };
+        let file_mode = ring.mode;
+        let inner = Publisher::create_with_backend(key, layout, ring.clone(), backend, |dst| {
+            if dst.len() < bytes.len() {
+                return Err(Error::new(ErrorCode::Internal, "backend area too small"));
+            }
+            dst[..bytes.len()].copy_from_slice(&bytes);
+            Ok(())
+        })?;
+        let server = match (socket, export_fd) {
+            (Some(path), Some(fd)) => Some(FdServer::start(
+                &path,
+                file_mode,
+                fd,
+                inner.epoch(),
+                area.alloc_bytes,
+                PeerPolicy::current(file_mode & 0o060 != 0),
+            )?),
+            _ => None,
+        };
+        drop(_g);
+        Ok(Self {
+            inner: Some(inner),
+            server,
+            peers: HashMap::new(),
+            pending: None,
+            publish_events,
+            stream: stream.raw,
+            own_stream: Some(stream),
+            memory,
+            area,
+            mode,
+            layout,
+            close_grace: options.close_grace,
+            dev,
+        })
+    }
+
+    fn ring(&self) -> &Publisher {
+        self.inner.as_ref().expect("publisher lives until drop")
+    }
+
+    fn ring_mut(&mut self) -> &mut Publisher {
+        self.inner.as_mut().expect("publisher lives until drop")
+    }
+
+    /// The host-side publisher (key, epoch, stats, segment info).
+    pub fn host(&self) -> &Publisher {
+        self.ring()
+    }
+
+    /// The export mode in use.
+    pub fn export_mode(&self) -> ExportMode {
+        self.mode
+    }
+
+    /// The frame layout (plane offsets and pitches within a slot).
+    pub fn layout(&self) -> &FrameLayout {
+        &self.layout
+    }
+
+    /// The CUDA device ordinal.
+    pub fn device(&self) -> u32 {
+        self.dev.ordinal
+    }
+
+    /// Base address of the allocation holding every slot.
+    pub fn device_base(&self) -> DevicePtr {
+        self.memory.ptr()
+    }
+
+    /// Bytes from one slot to the next in device memory.
+    pub fn slot_stride(&self) -> u64 {
+        self.area.slot_stride
+    }
+
+    /// Device address of `slot`'s first byte (`None` past the ring).
+    pub fn slot_ptr(&self, slot: u32) -> Option<DevicePtr> {
+        (slot < self.area.slot_count)
+            .then(|| self.memory.ptr() + u64::from(slot) * self.area.slot_stride)
+    }
+
+    /// The stream all writes are ordered on: the publisher's own
+    /// (non-blocking) stream unless [`set_stream`](Self::set_stream) chose
+    /// another.
+    pub fn stream(&self) -> RawStream {
+        self.stream
+    }
+
+    /// Orders writes on `stream` instead (a decoder's stream, say): loans
+    /// make it wait on release events; commits record publish events on it.
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of this device's primary context (or
+    /// null for the legacy default stream) and outlive its use here.
+    pub unsafe fn set_stream(&mut self, stream: RawStream) {
+        self.stream = stream;
+    }
+
+    fn planes_of(&self, slot: u32) -> ([DevicePlane; 4], usize) {
+        let base = self.slot_ptr(slot).unwrap_or(0);
+        let mut out = [DevicePlane::default(); 4];
+        let planes = self.layout.planes();
+        for (o, p) in out.iter_mut().zip(planes) {
+            *o = DevicePlane {
+                ptr: base + p.offset,
+                pitch: p.pitch,
+                row_bytes: p.row_bytes,
+                rows: p.rows,
+            };
+        }
+        (out, planes.len())
+    }
+
+    /// Loans a slot for in-place writes (waiting up to the ring's block
+    /// timeout for one). Writes must be enqueued on
+    /// [`stream`](CudaWriteLease::stream) (or ordered after it): it already
+    /// waits for subscribers to be done with the slot. Dropping the lease
+    /// aborts it.
+    pub fn loan(&mut self) -> Result<CudaWriteLease<'_>> {
+        let d = self.loan_detached()?;
+        Ok(CudaWriteLease {
+            publisher: self,
+            lease: d,
+            done: false,
+        })
+    }
+
+    /// [`loan`](Self::loan) without borrowing the publisher (for bindings):
+    /// finish with [`commit_detached`](Self::commit_detached) or
+    /// [`abort_detached`](Self::abort_detached).
+    pub fn loan_detached(&mut self) -> Result<CudaDetachedLease> {
+        let d = self.ring_mut().loan_detached()?;
+        if let Err(e) = self.wait_release(d.slot) {
+            self.ring_mut().abort_detached();
+            return Err(e);
+        }
+        self.pending = Some(d.slot);
+        let (planes, plane_count) = self.planes_of(d.slot);
+        Ok(CudaDetachedLease {
+            seq: d.seq,
+            slot: d.slot,
+            planes,
+            plane_count,
+            stream: self.stream,
+        })
+    }
+
+    /// Records the loaned slot's publish event on the stream, then
+    /// publishes the frame; returns its seq.
+    pub fn commit_detached(&mut self, pts_ns: i64) -> Result<u64> {
+        let slot = self.pending_slot()?;
+        let recorded = self
+            .dev
+            .enter()
+            .and_then(|_g| driver::record(&self.publish_events[slot as usize], self.stream));
+        if let Err(e) = recorded {
+            self.ring_mut().abort_detached();
+            return Err(e);
+        }
+        self.ring_mut().commit_detached(pts_ns)
+    }
+
+    fn pending_slot(&mut self) -> Result<u32> {
+        self.pending
+            .take()
+            .ok_or_else(|| invalid("no slot is loaned"))
+    }
+
+    /// Gives the detached loan back unpublished; false if there was none.
+    pub fn abort_detached(&mut self) -> bool {
+        self.pending = None;
+        self.ring_mut().abort_detached()
+    }
+
+    /// Copies a tightly packed host frame (planes in order, rows of
+    /// `row_bytes`) into a slot on the stream and publishes it. Returns
+    /// after the copy has read `packed` (at once for pageable memory,
+    /// which the driver stages; after a stream sync for page-locked memory).
+    pub fn publish_from_host(&mut self, packed: &[u8], pts_ns: i64) -> Result<u64> {
+        let need = self.layout.packed_bytes();
+        if packed.len() as u64 != need {
+            return Err(invalid(format!(
+                "frame has {} bytes; the layout needs {need}",
+                packed.len()
+            )));
+        }
+        let lease = self.loan()?;
+        lease.copy_from_host(packed)?;
+        lease.commit(pts_ns)
+    }
+
+    /// Makes the stream wait on every live subscriber's release event for
+    /// `slot`.
+    fn wait_release(&mut self, slot: u32) -> Result<()> {
+        let _g = self.dev.enter()?;
+        let stats = self.ring().stats();
+        let (area_ptr, _) = self.ring().backend_area();
+        let live: Vec<_> = stats
+            .active()
+            .filter(|s| s.index < self.area.subscriber_capacity)
+            .map(|s| {
+                (
+                    s.index,
+                    (u64::from(s.pid) << 32) | u64::from(s.generation),
+                    *s,
+                )
+            })
+            .collect();
+        self.peers
+            .retain(|idx, p| live.iter().any(|(i, o, _)| i == idx && *o == p.owner));
+        for (index, owner, s) in live {
+            // A dead subscriber's events are gone with it: waiting on them
+            // is undefined, so skip it (the sweep frees its record).
+            if !cuframes::holder_alive(s.pid, s.start_time, s.pid_ns, s.heartbeat_ns) {
+                self.peers.remove(&index);
+                continue;
+            }
+            // SAFETY: the area is our segment's backend area, 64-aligned and
+            // laid out by `self.area`; the host publisher keeps it mapped;
+            // `index` is below the capacity (filtered above).
+            let row = unsafe { ReleaseRow::at(area_ptr, &self.area, index) };
+            let (tag, row_owner) = row.tag_owner();
+            if tag == 0 || row_owner != owner {
+                continue;
+            }
+            let n = self.area.slot_count as usize;
+            let peer = self.peers.entry(index).or_insert_with(|| Peer {
+                tag,
+                owner,
+                events: (0..n).map(|_| None).collect(),
+                failed: vec![false; n],
+            });
+            if peer.tag != tag {
+                *peer = Peer {
+                    tag,
+                    owner,
+                    events: (0..n).map(|_| None).collect(),
+                    failed: vec![false; n],
+                };
+            }
+            let s = slot as usize;
+            if peer.events[s].is_none() && !peer.failed[s] {
+                match row.handle(slot, tag).map(|h| Event::open_ipc(&self.dev, h)) {
+                    Some(Ok(ev)) => peer.events[s] = Some(ev),
+                    Some(Err(_)) => peer.failed[s] = true,
+                    None => continue,
+                }
+            }
+            if let Some(ev) = &peer.events[s] {
+                driver::stream_wait(self.stream, ev)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A slot loaned by [`CudaPublisher::loan`]: device pointers per plane,
+/// writable on [`stream`](Self::stream) until committed. Dropping it
+/// aborts (nothing is published).
+pub struct CudaWriteLease<'p> {
+    publisher: &'p mut CudaPublisher,
+    lease: CudaDetachedLease,
+    done: bool,
+}
+
+impl CudaWriteLease<'_> {
+    /// The seq the frame will get.
+    pub fn seq(&self) -> u64 {
+        self.lease.seq
+    }
+    /// The slot index.
+    pub fn slot(&self) -> u32 {
+        self.lease.slot
+    }
+    /// Plane `i` (zeroed past the format's planes).
+    pub fn plane(&self, i: usize) -> DevicePlane {
+        self.planes().get(i).copied().unwrap_or_default()
+    }
+    /// The format's planes.
+    pub fn planes(&self) -> &[DevicePlane] {
+        &self.lease.planes[..self.lease.plane_count]
+    }
+    /// The stream writes must be ordered on.
+    pub fn stream(&self) -> RawStream {
+        self.lease.stream
+    }
+    /// The frame layout.
+    pub fn layout(&self) -> &FrameLayout {
+        &self.publisher.layout
+    }
+
+    /// Enqueues copies of a tightly packed host frame into the slot.
+    pub fn copy_from_host(&self, packed: &[u8]) -> Result<()> {
+        let need = self.layout().packed_bytes();
+        if packed.len() as u64 != need {
+            return Err(invalid(format!(
+                "frame has {} bytes; the layout needs {need}",
+                packed.len()
+            )));
+        }
+        let _g = self.publisher.dev.enter()?;
+        let mut src = 0usize;
+        for p in self.planes() {
+            let (rb, rows) = (p.row_bytes as usize, p.rows as usize);
+            let c = driver::Copy2d {
+                host: packed[src..].as_ptr().cast_mut(),
+                host_pitch: rb,
+                device: p.ptr,
+                device_pitch: p.pitch as usize,
+                width: rb,
+                height: rows,
+            };
+            // SAFETY: host range: `rb * rows` bytes from `src`, inside
+            // `packed` (its length equals the sum over planes); device
+            // range: the plane inside the loaned slot of our allocation;
+            // the driver reads (never writes) the host side here.
+            unsafe { driver::copy_2d(&c, true, self.lease.stream) }?;
+            src += rb * rows;
+        }
+        if driver::is_page_locked(packed.as_ptr()) {
+            // Async copies from page-locked memory read it later.
+            driver::synchronize(self.lease.stream)?;
+        }
+        Ok(())
+    }
+
+    /// Records the slot's publish event on the stream and publishes the
+    /// frame; returns its seq.
+    pub fn commit(mut self, pts_ns: i64) -> Result<u64> {
+        self.done = true;
+        self.publisher.commit_detached(pts_ns)
+    }
+}
+
+impl Drop for CudaWriteLease<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.publisher.abort_detached();
+        }
+    }
+}
+
+impl Drop for CudaPublisher {
+    fn drop(&mut self) {
+        if self.mode == ExportMode::Ipc {
+            // Legacy IPC memory must not be freed under an importer's feet:
+            // give subscribers a moment to let go of what they hold.
+            let deadline = Instant::now() + self.close_grace;
+            while Instant::now() < deadline && self.ring().stats().active().any(|s| s.held > 0) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        // Close and unlink the stream, stop serving the descriptor.
+        self.inner.take();
+        self.server.take();
+        if let Ok(_g) = self.dev.enter() {
+            let _ = driver::synchronize(self.stream);
+        }
+        self.peers.clear();
+        // Events, the stream and the memory drop with the fields.
+        self.own_stream.take();
+    }
+}
+
+impl std::fmt::Debug for CudaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaPublisher")
+            .field("key", &self.inner.as_ref().map(|p| p.key().to_owned()))
+            .field("device", &self.dev.ordinal)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
