@@ -133,9 +133,10 @@ fn corrupt(what: impl Into<String>) -> Error {
 }
 
 impl AreaHeader {
-    /// Plans an area for a ring; `alloc_bytes`, `mem_handle` are filled by
-    /// the caller.
-    pub(crate) fn plan(
+    /// Plans an area for a ring (offsets of the tables, `area_len`);
+    /// `alloc_bytes` and `mem_handle` are left for the caller to fill.
+    /// Public for tools and tests that build areas.
+    pub fn plan(
         mode: ExportMode,
         slot_count: u32,
         subscriber_capacity: u32,
