@@ -20,6 +20,7 @@ rm -rf target/wheels
 export CUFRAMES_BIN="${CUFRAMES_BIN:-$PWD/target/release/cuframes}"
 [ -x "$CUFRAMES_BIN" ] || cargo build --release -p cuframes-cli
 
-cd python
-"../$VENV/bin/python" -m pytest -q tests "$@"
-"../$VENV/bin/python" -m mypy --strict tests
+# From the repository root, so the installed wheel (not python/cuframes
+# sources) is what the tests import.
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"
+"$VENV/bin/python" -m mypy --strict --cache-dir target/mypy python/tests

@@ -21,6 +21,21 @@ macro_rules! mirror {
             }
         }
 
+        #[pymethods]
+        impl $py {
+            /// Pickles by name, so enums cross `multiprocessing`.
+            fn __reduce__<'py>(
+                &self,
+                py: Python<'py>,
+            ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, pyo3::types::PyType>, &'static str))> {
+                let name = match self {
+                    $(Self::$variant => stringify!($variant)),+
+                };
+                let getattr = py.import("builtins")?.getattr("getattr")?;
+                Ok((getattr, (py.get_type::<Self>(), name)))
+            }
+        }
+
         impl From<$py> for $rust {
             fn from(v: $py) -> Self {
                 match v {

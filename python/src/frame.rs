@@ -289,6 +289,21 @@ impl PyFrame {
         Ok(pyo3::types::PyBytes::new(py, &packed))
     }
 
+    /// Checks a frame of the test pattern (`cuframes publish --testsrc`,
+    /// `WriteLease.fill_test_pattern`): its stamp names this seq and its
+    /// pixels match the stamp's checksum. Raises `CuframesCorruptError`
+    /// for a torn, reused or foreign frame.
+    fn verify_test_pattern(&self, py: Python<'_>) -> PyResult<()> {
+        let f = self.held()?;
+        py.detach(|| cuframes::testsrc::verify(f.layout(), f.data(), f.seq()))
+            .map_err(|d| {
+                raise(
+                    ErrorCode::Corrupt,
+                    &format!("frame {} fails the test pattern: {d:?}", f.seq()),
+                )
+            })
+    }
+
     /// The frame's properties as a dict.
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let m = self.meta()?;

@@ -341,6 +341,25 @@ impl PyLease {
     fn plane(&self, i: usize) -> PyResult<DLPackView> {
         self.view(i)
     }
+    /// Fills the slot with the test pattern for this seq (every frame
+    /// carries its seq and a checksum; subscribers check it with
+    /// `CuframesFrame.verify_test_pattern`).
+    fn fill_test_pattern(&self) -> PyResult<()> {
+        // Held across the fill: a commit from another thread waits for it.
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if !*open {
+            return Err(raise(
+                ErrorCode::Released,
+                "the lease was committed or aborted",
+            ));
+        }
+        let len = self.slot.layout.slot_bytes as usize;
+        // SAFETY: the lease is open (and stays so while we hold `open`), so the slot's `len` bytes at `base` are
+        // ours to write and mapped (the publisher holds the mapping).
+        let slot = unsafe { std::slice::from_raw_parts_mut(self.slot.base as *mut u8, len) };
+        cuframes::testsrc::fill(&self.slot.layout, slot, self.seq);
+        Ok(())
+    }
     /// Publishes the frame; returns its seq.
     #[pyo3(signature = (pts_ns=0))]
     fn commit(&self, pts_ns: i64) -> PyResult<u64> {
