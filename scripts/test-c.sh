@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Tests of the C ABI (ffi/): builds libcuframes (release), installs it into
+# a temporary prefix, compiles the examples and the C test program against
+# it through pkg-config (shared and static), and runs:
+#   - the C test (publisher and subscribers in separate processes, error
+#     paths, panic guard), plain, with AddressSanitizer + UBSan, and under
+#     valgrind (memcheck, definite leaks are errors);
+#   - the example publisher and subscriber as two processes;
+#   - the per-frame cost of the C API next to the Rust API.
+# Installs cc, pkg-config and valgrind with apt-get when root and missing.
+# Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}" RUST_BACKTRACE=0
+target="${CARGO_TARGET_DIR:-$root/target}"
+work="$target/ctest"
+rm -rf "$work" && mkdir -p "$work"
+# Segments of this run go to a private directory, removed at the end.
+export CUFRAMES_SHM_DIR="$(mktemp -d /dev/shm/cuframes-ctest.XXXXXX 2>/dev/null || mktemp -d)"
+trap 'rm -rf "$CUFRAMES_SHM_DIR"' EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools"
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing ${missing[*]}"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+    || echo "apt-get could not install ${missing[*]}"
+fi
+command -v cc >/dev/null 2>&1 || { echo "no C compiler (cc): cannot test the C ABI" >&2; exit 1; }
+cc --version | head -1
+have_pkgconfig=1; command -v pkg-config >/dev/null 2>&1 || have_pkgconfig=0
+have_valgrind=1; command -v valgrind >/dev/null 2>&1 || have_valgrind=0
+[ $have_valgrind = 1 ] && valgrind --version
+
+step "build libcuframes (release) and install it into a temporary prefix"
+cargo build --release -p cuframes-ffi
+CUFRAMES_NO_BUILD=1 ffi/install.sh "$work/prefix"
+prefix="$work/prefix"
+if [ $have_pkgconfig = 1 ]; then
+  export PKG_CONFIG_PATH="$prefix/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  cflags="$(pkg-config --cflags cuframes)"
+  libs="$(pkg-config --libs cuframes)"
+  static_libs="$(pkg-config --static --libs cuframes | sed 's/-lcuframes//')"
+  echo "pkg-config cuframes: $(pkg-config --modversion cuframes): $cflags $libs"
+else
+  echo "pkg-config missing: using the flags it would give"
+  cflags="-I$prefix/include" libs="-L$prefix/lib -lcuframes"
+  static_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
+fi
+rpath="-Wl,-rpath,$prefix/lib"
+
+step "compile the header (C99, C11 pedantic, C++) and the programs"
+warn=(-Wall -Wextra -Werror)
+echo '#include <cuframes.h>' > "$work/header.c"
+cc -std=c99 -pedantic "${warn[@]}" $cflags -fsyntax-only "$work/header.c"
+cc -std=c11 -pedantic "${warn[@]}" $cflags -fsyntax-only "$work/header.c"
+if command -v c++ >/dev/null 2>&1; then
+  c++ -x c++ -std=c++11 "${warn[@]}" $cflags -fsyntax-only "$work/header.c"
+fi
+build() { # name source extra-flags...
+  local name="$1" src="$2"; shift 2
+  cc -std=c11 "${warn[@]}" -O2 -g $cflags "$src" "$@" -o "$work/$name"
+}
+build test_ffi ffi/tests/c/test_ffi.c $libs $rpath
+build test_ffi_static ffi/tests/c/test_ffi.c "$prefix/lib/libcuframes.a" $static_libs
+build test_ffi_asan ffi/tests/c/test_ffi.c -fsanitize=address,undefined -fno-omit-frame-pointer \
+  -fno-sanitize-recover=all $libs $rpath
+build publisher ffi/examples/publisher.c $libs $rpath
+build subscriber ffi/examples/subscriber.c $libs $rpath
+build bench_next ffi/examples/bench_next.c $libs $rpath
+if ldd "$work/test_ffi_static" | grep -q libcuframes; then
+  echo "test_ffi_static links libcuframes dynamically" >&2; exit 1
+fi
+
+step "C test (shared library)"
+"$work/test_ffi"
+
+step "C test (static library)"
+"$work/test_ffi_static"
+
+step "C test with AddressSanitizer and UBSan"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 "$work/test_ffi_asan"
+
+step "C test under valgrind"
+if [ $have_valgrind = 1 ]; then
+  # rustix reads the vDSO directly, which valgrind does not map
+  # (bytecodealliance/rustix#1559): build the library with rustix's libc
+  # backend for this run, in its own target directory.
+  RUSTFLAGS="${RUSTFLAGS:-} --cfg rustix_use_libc" \
+    cargo build --release -p cuframes-ffi --target-dir "$target/ffi-valgrind"
+  cc -std=c11 "${warn[@]}" -O1 -g $cflags ffi/tests/c/test_ffi.c -L"$target/ffi-valgrind/release" -lcuframes \
+    -Wl,-rpath,"$target/ffi-valgrind/release" -o "$work/test_ffi_vg"
+  valgrind -q --trace-children=yes --error-exitcode=99 --leak-check=full \
+    --errors-for-leak-kinds=definite --show-leak-kinds=definite "$work/test_ffi_vg"
+else
+  echo "valgrind skipped: not installed and it could not be installed here (not root or no apt-get)"
+fi
+
+step "examples: publisher and subscriber processes"
+key="c-example-$$"
+"$work/publisher" "$key" 60 200 640 360 > "$work/publisher.log" &
+pub=$!
+"$work/subscriber" "$key" 0 queue | tee "$work/subscriber.log" | tail -3
+wait $pub
+cat "$work/publisher.log"
+# A queue subscriber starts at the newest frame when it connects: it may
+# miss the first few, never one after that.
+seqs="$(awk '/^seq /{print $2}' "$work/subscriber.log")"
+first="$(echo "$seqs" | head -1)" last="$(echo "$seqs" | tail -1)" count="$(echo "$seqs" | wc -l)"
+if [ "$last" != 60 ] || [ "$count" != $((last - first + 1)) ] || [ "$count" -lt 50 ]; then
+  echo "the example subscriber saw $count frames, seq $first..$last of 1..60" >&2; exit 1
+fi
+
+step "per-frame cost: C API and Rust API, 1080p NV12, one thread"
+cargo build --release -p cuframes-ffi --example bench_rust
+"$work/bench_next" 100000
+"$target/release/examples/bench_rust" 100000
+
+step "C ABI checks passed"
