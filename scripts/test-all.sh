@@ -35,6 +35,9 @@ step "unit, doc, property and process tests"
 cargo build --release -p cuframes-cli
 cargo test --workspace
 
+step "Python package: wheel, pytest, mypy --strict"
+./scripts/test-python.sh
+
 step "loom models (LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS)"
 RUSTFLAGS="--cfg loom" cargo test -p cuframes-verification --test loom --release --target-dir target/loom
 

@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 VENV="${CUFRAMES_VENV:-target/pyenv}"
 PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PY" -m venv "$VENV"
+  # Some distributions ship python without ensurepip; virtualenv from pip
+  # stands in.
+  "$PY" -m venv "$VENV" 2>/dev/null || {
+    rm -rf "$VENV"
+    "$PY" -m pip install -q --user virtualenv && "$PY" -m virtualenv -q "$VENV"
+  }
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 "$VENV/bin/python" -m pip install -q "maturin>=1.5,<2" "pytest>=7" "numpy>=1.22" "mypy>=1.8"
