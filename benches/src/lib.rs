@@ -1,0 +1,486 @@
+//! # cuframes-bench
+//!
+//! The end-to-end harness behind `cuframes bench`: the same workload moved
+//! from one publisher process to N subscriber processes through cuframes,
+//! iceoryx2, a unix socket, Python shared memory and Python cuframes, with
+//! handoff latency, frames/s, CPU per frame and resident memory measured
+//! in every process. The criterion micro-benchmarks are in `benches/`.
+//!
+//! Children are the calling binary re-executed with the spec of their
+//! role ([`Options::child_prefix`] + spec), or `python3 -c` scripts.
+#![deny(missing_docs)]
+
+pub mod output;
+pub mod peers;
+pub mod proto;
+pub mod python;
+pub mod reference;
+pub mod spec;
+
+pub use output::{Figures, Row};
+pub use peers::child_main;
+pub use spec::{Case, ChildSpec, Mode, Peer, Phases, Wake, Workload};
+
+use proto::parse_kv;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How big a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// Smallest: 1 subscriber, 4 KiB, short phases (tests).
+    Smoke,
+    /// 1 subscriber, 1080p and 4 KiB, every peer (about a minute).
+    Quick,
+    /// Every workload, 1/4/8 subscribers.
+    Full,
+}
+
+/// What to run and where to write.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How big a run.
+    pub size: Size,
+    /// Where the CSV and SVG go.
+    pub out: PathBuf,
+    /// The program to re-execute for Rust children.
+    pub exe: PathBuf,
+    /// Arguments before the child spec (`["bench", "--child"]`).
+    pub child_prefix: Vec<String>,
+}
+
+/// Where the results went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Every row, reference rows first.
+    pub rows: Vec<Row>,
+    /// The CSV file.
+    pub csv: PathBuf,
+    /// The SVG file.
+    pub svg: PathBuf,
+    /// The table as printed.
+    pub table: String,
+}
+
+fn phases(size: Size, w: Workload) -> Phases {
+    let (latency_frames, latency_interval_us, throughput_ms) = match (size, w.name) {
+        (Size::Smoke, _) => (200, 500, 250),
+        (Size::Quick, "4KiB") => (1000, 200, 700),
+        (Size::Quick, _) => (150, 4000, 700),
+        (Size::Full, "4KiB") => (2000, 200, 2000),
+        (Size::Full, "1080p") => (300, 4000, 2000),
+        (Size::Full, _) => (150, 12000, 2000),
+    };
+    Phases {
+        latency_frames,
+        latency_interval_us,
+        throughput_ms,
+    }
+}
+
+/// Cores this process may run on.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The machine in one line: cores and CPU model.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{} cores, {model}", cores())
+}
+
+/// The cases of a run, in table order, each either to run or skipped
+/// with a reason.
+pub fn plan(size: Size) -> Vec<(Case, Option<String>)> {
+    let (workloads, subs): (&[Workload], &[usize]) = match size {
+        Size::Smoke => (&[Workload::SMALL], &[1]),
+        Size::Quick => (&[Workload::HD, Workload::SMALL], &[1]),
+        Size::Full => (&[Workload::SMALL, Workload::HD, Workload::UHD], &[1, 4, 8]),
+    };
+    let cores = cores();
+    let mut out = Vec::new();
+    for &workload in workloads {
+        for &n in subs {
+            for peer in [
+                Peer::Cuframes,
+                Peer::Iceoryx2,
+                Peer::UnixSocket,
+                Peer::PythonShm,
+                Peer::PythonCuframes,
+            ] {
+                for &mode in peer.modes() {
+                    for &wake in peer.wakes() {
+                        let case = Case {
+                            peer,
+                            wake,
+                            mode,
+                            workload,
+                            subscribers: n,
+                            phases: phases(size, workload),
+                        };
+                        let skip = (wake == Wake::Spin && n + 1 > cores).then(|| {
+                            format!(
+                                "busy-poll needs a core for the publisher and each subscriber ({} processes, {cores} cores)",
+                                n + 1
+                            )
+                        });
+                        out.push((case, skip));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why a peer cannot run here, if it cannot.
+fn unavailable(peer: Peer) -> Option<String> {
+    match peer {
+        Peer::PythonShm => python::probe("import multiprocessing.shared_memory").err(),
+        Peer::PythonCuframes => python::probe("import cuframes").err(),
+        Peer::CuframesCuda | Peer::TorchMp => {
+            Some(if std::env::var("CUFRAMES_GPU").as_deref() == Ok("1") {
+                "GPU peers are not part of this harness yet (CUFRAMES_GPU=1 set)".into()
+            } else {
+                "no CUDA device (set CUFRAMES_GPU=1 on a machine with one)".into()
+            })
+        }
+        _ => None,
+    }
+}
+
+fn skipped_row(case: &Case, reason: &str) -> Row {
+    Row {
+        peer: case.peer.name().into(),
+        wake: case.wake.name().into(),
+        mode: case.mode.name().into(),
+        payload: case.workload.name.into(),
+        bytes: case.workload.bytes(),
+        subscribers: case.subscribers,
+        status: "skipped".into(),
+        reason: reason.into(),
+        figures: Figures::default(),
+    }
+}
+
+/// Runs the benchmark: reference points, every case, then the table, CSV
+/// and SVG. `progress` gets a line per case as it finishes.
+pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Outcome, String> {
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| format!("create {}: {e}", opts.out.display()))?;
+    let mut rows = Vec::new();
+    let (copies, pings) = match opts.size {
+        Size::Smoke => (10, 2_000),
+        Size::Quick => (50, 10_000),
+        Size::Full => (200, 50_000),
+    };
+    for r in [
+        reference::memcpy(Workload::HD.bytes(), copies, "1080p NV12 frame"),
+        reference::memcpy(Workload::SMALL.bytes(), copies * 20, "4 KiB"),
+        reference::futex_ping_pong(pings),
+    ] {
+        progress(&format!(
+            "reference: {} p50 {} ({})",
+            r.name,
+            output::human_ns(r.p50_ns),
+            r.note
+        ));
+        rows.push(Row::reference(&r));
+    }
+    let mut missing: Vec<(Peer, Option<String>)> = Vec::new();
+    let mut why_not = |peer: Peer| -> Option<String> {
+        if let Some((_, r)) = missing.iter().find(|(p, _)| *p == peer) {
+            return r.clone();
+        }
+        let r = unavailable(peer);
+        missing.push((peer, r.clone()));
+        r
+    };
+    for (i, (case, skip)) in plan(opts.size).into_iter().enumerate() {
+        let row = match skip.or_else(|| why_not(case.peer)) {
+            Some(reason) => skipped_row(&case, &reason),
+            None => run_case(opts, &case, i),
+        };
+        progress(&format!(
+            "{} {} {} {} x{}: {}",
+            row.peer,
+            row.wake,
+            row.mode,
+            row.payload,
+            row.subscribers,
+            match row.status.as_str() {
+                "ok" => format!(
+                    "p50 {} p99 {} {:.0} fps",
+                    output::human_ns(row.figures.p50_ns),
+                    output::human_ns(row.figures.p99_ns),
+                    row.figures.sub_fps
+                ),
+                s => format!("{s}: {}", row.reason),
+            }
+        ));
+        rows.push(row);
+    }
+    for peer in [Peer::CuframesCuda, Peer::TorchMp] {
+        let case = Case {
+            peer,
+            wake: Wake::Block,
+            mode: Mode::Newest,
+            workload: Workload::HD,
+            subscribers: 1,
+            phases: phases(opts.size, Workload::HD),
+        };
+        let reason = why_not(peer).unwrap_or_default();
+        rows.push(skipped_row(&case, &reason));
+    }
+    let table = format!("{}\n{}", machine(), output::table(&rows));
+    let csv = opts.out.join("bench.csv");
+    let svg = opts.out.join("bench.svg");
+    std::fs::write(&csv, output::csv(&rows))
+        .map_err(|e| format!("write {}: {e}", csv.display()))?;
+    output::svg(
+        &rows,
+        &svg,
+        &format!("cuframes bench: latency vs frames/s ({})", machine()),
+    )?;
+    Ok(Outcome {
+        rows,
+        csv,
+        svg,
+        table,
+    })
+}
+
+enum Msg {
+    Line(String),
+}
+
+/// The children of one case and their output.
+struct Run {
+    children: Vec<(String, Child)>,
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Run {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel();
+        Self {
+            children: Vec::new(),
+            tx,
+            rx,
+            stderr: Default::default(),
+        }
+    }
+
+    fn spawn(&mut self, label: &str, mut cmd: Command) -> Result<(), String> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn {label}: {e}"))?;
+        let out = child.stdout.take().expect("piped stdout");
+        let tx = self.tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(|l| l.ok()) {
+                if tx.send(Msg::Line(line)).is_err() {
+                    return;
+                }
+            }
+        });
+        let err = child.stderr.take().expect("piped stderr");
+        let store = self.stderr.clone();
+        let who = label.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+                let mut s = store.lock().expect("stderr lines");
+                s.push(format!("{who}: {line}"));
+                if s.len() > 20 {
+                    s.remove(0);
+                }
+            }
+        });
+        self.children.push((label.to_owned(), child));
+        Ok(())
+    }
+
+    /// Why the run failed: a child that exited badly and what it said.
+    fn failure(&mut self) -> Option<String> {
+        for (label, c) in &mut self.children {
+            if let Ok(Some(st)) = c.try_wait() {
+                if !st.success() {
+                    std::thread::sleep(Duration::from_millis(50));
+                    let said = self.stderr.lock().expect("stderr lines");
+                    let last = said
+                        .iter()
+                        .rev()
+                        .find(|l| l.starts_with(label.as_str()))
+                        .cloned()
+                        .unwrap_or_else(|| format!("{label} exited with {st}"));
+                    return Some(last);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits for a line that `want` accepts, failing early if a child dies.
+    fn wait_line(
+        &mut self,
+        deadline: Instant,
+        mut want: impl FnMut(&str) -> bool,
+    ) -> Result<(), String> {
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Msg::Line(l)) => {
+                    if want(&l) {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if let Some(f) = self.failure() {
+                return Err(f);
+            }
+            if Instant::now() > deadline {
+                return Err("timed out waiting for the processes".into());
+            }
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs one case; a failure becomes a `failed` row with the reason.
+pub fn run_case(opts: &Options, case: &Case, index: usize) -> Row {
+    let mut row = skipped_row(case, "");
+    match measure(opts, case, index) {
+        Ok(f) => {
+            row.status = "ok".into();
+            row.figures = f;
+        }
+        Err(e) => {
+            row.status = "failed".into();
+            row.reason = e;
+        }
+    }
+    row
+}
+
+fn measure(opts: &Options, case: &Case, index: usize) -> Result<Figures, String> {
+    let key = format!("bench-{}-{index}", std::process::id());
+    let rust_child = |role: &str, idx: usize| {
+        let spec = ChildSpec {
+            case: *case,
+            key: key.clone(),
+            role: role.into(),
+            idx,
+        };
+        let mut c = Command::new(&opts.exe);
+        c.args(&opts.child_prefix).arg(spec.encode());
+        c
+    };
+    let p = &case.phases;
+    let budget = Duration::from_secs(30)
+        + Duration::from_micros(p.latency_frames * p.latency_interval_us)
+        + Duration::from_millis(p.throughput_ms) * 2;
+    let deadline = Instant::now() + budget;
+    let mut run = Run::new();
+    let n = case.subscribers;
+    if case.peer == Peer::PythonShm {
+        let args = [
+            format!("bytes={}", case.workload.bytes()),
+            format!("subs={n}"),
+            format!("slots={}", spec::RING_SLOTS),
+            format!("lat_frames={}", p.latency_frames),
+            format!("lat_interval_us={}", p.latency_interval_us),
+            format!("tput_ms={}", p.throughput_ms),
+        ];
+        run.spawn("python-shm", python::shm_command(&args))?;
+    } else {
+        run.spawn("publisher", rust_child("pub", 0))?;
+        run.wait_line(deadline, |l| l == "ready")?;
+        for i in 0..n {
+            let cmd = if case.peer == Peer::PythonCuframes {
+                python::cuframes_command(&[
+                    format!("key={key}"),
+                    format!("idx={i}"),
+                    format!("mode={}", case.mode.name()),
+                ])
+            } else {
+                rust_child("sub", i)
+            };
+            run.spawn(&format!("subscriber {i}"), cmd)?;
+        }
+    }
+    let mut publisher = None;
+    let mut subs = Vec::new();
+    run.wait_line(deadline, |l| {
+        if let Some(rest) = l.strip_prefix("result ") {
+            let kv = parse_kv(rest);
+            match kv.get("role").map(String::as_str) {
+                Some("pub") => publisher = Some(kv),
+                Some("sub") => subs.push(kv),
+                _ => {}
+            }
+        }
+        publisher.is_some() && subs.len() == n
+    })?;
+    let publisher = publisher.expect("publisher result");
+    let num = |kv: &std::collections::BTreeMap<String, String>, k: &str| -> f64 {
+        kv.get(k).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    };
+    let max = |k: &str| subs.iter().map(|s| num(s, k)).fold(0.0, f64::max) as u64;
+    let mean = |k: &str| subs.iter().map(|s| num(s, k)).sum::<f64>() / n.max(1) as f64;
+    let figures = Figures {
+        p50_ns: max("p50"),
+        p99_ns: max("p99"),
+        p999_ns: max("p999"),
+        samples: subs
+            .iter()
+            .map(|s| num(s, "samples") as u64)
+            .min()
+            .unwrap_or(0),
+        pub_fps: num(&publisher, "fps"),
+        sub_fps: mean("fps"),
+        pub_cpu_ns: num(&publisher, "cpu_ns") as u64,
+        sub_cpu_ns: mean("cpu_ns") as u64,
+        sub_rss_kib: mean("rss_kib") as u64,
+        sub_shmem_kib: mean("shmem_kib") as u64,
+        lost: if case.mode == Mode::Queue {
+            subs.iter().map(|s| num(s, "lost") as u64).sum()
+        } else {
+            0
+        },
+    };
+    if figures.samples == 0 || figures.sub_fps <= 0.0 {
+        return Err(format!(
+            "no frames measured ({} latency samples, {:.0} frames/s)",
+            figures.samples, figures.sub_fps
+        ));
+    }
+    Ok(figures)
+}

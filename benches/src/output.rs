@@ -1,0 +1,324 @@
+//! Rows and their three renderings: the table, the CSV, the SVG plot.
+
+use crate::reference::Reference;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Measured figures of one case.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    /// Handoff latency quantiles (worst subscriber), nanoseconds.
+    pub p50_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// 99.9th percentile.
+    pub p999_ns: u64,
+    /// Latency samples per subscriber (fewest).
+    pub samples: u64,
+    /// Frames/s the publisher sustained in the throughput phase.
+    pub pub_fps: f64,
+    /// Frames/s each subscriber received (mean).
+    pub sub_fps: f64,
+    /// Publisher CPU per published frame, nanoseconds.
+    pub pub_cpu_ns: u64,
+    /// Subscriber CPU per received frame (mean), nanoseconds.
+    pub sub_cpu_ns: u64,
+    /// Subscriber VmRSS (mean), KiB.
+    pub sub_rss_kib: u64,
+    /// Subscriber RssShmem (mean), KiB.
+    pub sub_shmem_kib: u64,
+    /// Frames a queue subscriber missed (sum).
+    pub lost: u64,
+}
+
+/// One line of the results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Peer name.
+    pub peer: String,
+    /// Wake-up mode name.
+    pub wake: String,
+    /// Delivery mode name.
+    pub mode: String,
+    /// Workload name.
+    pub payload: String,
+    /// Payload bytes (0 for "all").
+    pub bytes: usize,
+    /// Subscriber processes (0 for "all").
+    pub subscribers: usize,
+    /// `ok`, `skipped`, `failed` or `reference`.
+    pub status: String,
+    /// Why skipped or failed; a note for references.
+    pub reason: String,
+    /// The figures (zero unless `ok` / `reference`).
+    pub figures: Figures,
+}
+
+impl Row {
+    /// A reference measurement as a row.
+    pub fn reference(r: &Reference) -> Self {
+        Row {
+            peer: format!("ref: {}", r.name),
+            wake: "-".into(),
+            mode: "-".into(),
+            payload: "-".into(),
+            bytes: 0,
+            subscribers: 0,
+            status: "reference".into(),
+            reason: r.note.clone(),
+            figures: Figures {
+                p50_ns: r.p50_ns,
+                p99_ns: r.p99_ns,
+                p999_ns: r.p999_ns,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// Nanoseconds as a short duration.
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns} ns"),
+        10_000..=9_999_999 => format!("{:.1} us", ns as f64 / 1e3),
+        _ => format!("{:.2} ms", ns as f64 / 1e6),
+    }
+}
+
+fn subs(n: usize) -> String {
+    if n == 0 {
+        "all".into()
+    } else {
+        n.to_string()
+    }
+}
+
+/// The table printed on stdout.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<15} {:<9} {:<6} {:<6} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}  note",
+        "peer", "wake", "mode", "size", "subs", "p50", "p99", "p99.9", "pub fps", "sub fps",
+        "pub cpu/f", "sub cpu/f", "sub RSS", "sub shm"
+    );
+    for r in rows {
+        let f = &r.figures;
+        match r.status.as_str() {
+            "ok" => {
+                let _ = writeln!(
+                    s,
+                    "{:<15} {:<9} {:<6} {:<6} {:>4} {:>9} {:>9} {:>9} {:>10.0} {:>10.0} {:>10} {:>10} {:>7}Mi {:>7}Mi  {}",
+                    r.peer,
+                    r.wake,
+                    r.mode,
+                    r.payload,
+                    r.subscribers,
+                    human_ns(f.p50_ns),
+                    human_ns(f.p99_ns),
+                    human_ns(f.p999_ns),
+                    f.pub_fps,
+                    f.sub_fps,
+                    human_ns(f.pub_cpu_ns),
+                    human_ns(f.sub_cpu_ns),
+                    f.sub_rss_kib / 1024,
+                    f.sub_shmem_kib / 1024,
+                    if f.lost > 0 {
+                        format!("{} lost", f.lost)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            "reference" => {
+                let _ = writeln!(
+                    s,
+                    "{:<48} {:>9} {:>9} {:>9}  {}",
+                    r.peer,
+                    human_ns(f.p50_ns),
+                    human_ns(f.p99_ns),
+                    human_ns(f.p999_ns),
+                    r.reason
+                );
+            }
+            status => {
+                let _ = writeln!(
+                    s,
+                    "{:<15} {:<9} {:<6} {:<6} {:>4} {status}: {}",
+                    r.peer,
+                    r.wake,
+                    r.mode,
+                    r.payload,
+                    subs(r.subscribers),
+                    r.reason
+                );
+            }
+        }
+    }
+    s
+}
+
+/// CSV header.
+pub const CSV_HEADER: &str = "peer,wake,mode,payload,payload_bytes,subscribers,status,reason,p50_ns,p99_ns,p999_ns,latency_samples,pub_fps,sub_fps,pub_cpu_ns_per_frame,sub_cpu_ns_per_frame,sub_rss_kib,sub_rss_shmem_kib,lost";
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// The rows as CSV.
+pub fn csv(rows: &[Row]) -> String {
+    let mut s = String::from(CSV_HEADER);
+    s.push('\n');
+    for r in rows {
+        let f = &r.figures;
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{},{}",
+            csv_field(&r.peer),
+            r.wake,
+            r.mode,
+            r.payload,
+            r.bytes,
+            r.subscribers,
+            r.status,
+            csv_field(&r.reason),
+            f.p50_ns,
+            f.p99_ns,
+            f.p999_ns,
+            f.samples,
+            f.pub_fps,
+            f.sub_fps,
+            f.pub_cpu_ns,
+            f.sub_cpu_ns,
+            f.sub_rss_kib,
+            f.sub_shmem_kib,
+            f.lost
+        );
+    }
+    s
+}
+
+/// Plots handoff latency p50 (x) against received frames/s (y), both
+/// log scale, one colour per peer and wake-up mode, a marker per payload.
+pub fn svg(rows: &[Row], path: &Path, title: &str) -> Result<(), String> {
+    use plotters::prelude::*;
+    let ok: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.status == "ok" && r.figures.p50_ns > 0 && r.figures.sub_fps > 0.0)
+        .collect();
+    let e = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
+    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let (mut x0, mut x1, mut y0, mut y1) = (1.0f64, 1e3f64, 1.0f64, 1e4f64);
+    for r in &ok {
+        let (x, y) = (r.figures.p50_ns as f64 / 1e3, r.figures.sub_fps);
+        (x0, x1) = (x0.min(x / 2.0), x1.max(x * 2.0));
+        (y0, y1) = (y0.min(y / 2.0), y1.max(y * 2.0));
+    }
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc("handoff latency p50 (us, log)")
+        .y_desc("frames/s per subscriber (log)")
+        .draw()
+        .map_err(|x| e(&x))?;
+    let mut series: Vec<(String, Vec<&Row>)> = Vec::new();
+    for r in &ok {
+        let key = format!("{} {}", r.peer, r.wake);
+        match series.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(r),
+            None => series.push((key, vec![r])),
+        }
+    }
+    for (i, (key, rs)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64, &str)> = rs
+            .iter()
+            .map(|r| {
+                (
+                    r.figures.p50_ns as f64 / 1e3,
+                    r.figures.sub_fps,
+                    r.payload.as_str(),
+                )
+            })
+            .collect();
+        chart
+            .draw_series(pts.iter().map(|&(x, y, payload)| {
+                let size = match payload {
+                    "4KiB" => 4,
+                    "1080p" => 7,
+                    _ => 10,
+                };
+                Circle::new((x, y), size, color.filled())
+            }))
+            .map_err(|x| e(&x))?
+            .label(key.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(peer: &str, status: &str) -> Row {
+        Row {
+            peer: peer.into(),
+            wake: "blocking".into(),
+            mode: "queue".into(),
+            payload: "1080p".into(),
+            bytes: 3_110_400,
+            subscribers: 1,
+            status: status.into(),
+            reason: if status == "ok" {
+                String::new()
+            } else {
+                "no CUDA device, nothing to see".into()
+            },
+            figures: Figures {
+                p50_ns: 12_000,
+                sub_fps: 900.0,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn csv_quotes_reasons_and_has_every_row() {
+        let rows = [row("cuframes", "ok"), row("torch-mp", "skipped")];
+        let text = csv(&rows);
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.contains("\"no CUDA device, nothing to see\""));
+        let t = table(&rows);
+        assert!(t.contains("skipped: no CUDA device"));
+    }
+
+    #[test]
+    fn svg_is_written() {
+        let dir = std::env::temp_dir().join(format!("cuframes-bench-svg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.svg");
+        svg(&[row("cuframes", "ok"), row("x", "skipped")], &path, "t").unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("<svg"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,439 @@
+//! The child processes: a publisher or a subscriber of one peer. Each
+//! prints `ready` (publishers, once subscribers may connect) and one
+//! `result ...` line on stdout.
+
+use crate::proto::{
+    get_header, now_ns, put_header, PubMeter, Recorder, HEADER, PHASE_END, PHASE_LATENCY,
+    PHASE_THROUGHPUT, PHASE_WARMUP,
+};
+use crate::spec::{Case, ChildSpec, Mode, Peer, Wake, RING_SLOTS};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// Errors of a child: a message for the parent's table.
+pub type Res<T> = Result<T, String>;
+
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Runs one child process described by `spec`.
+pub fn child_main(spec: &str) -> Res<()> {
+    let spec = ChildSpec::decode(spec)?;
+    let line = match (spec.case.peer, spec.role.as_str()) {
+        (Peer::Cuframes | Peer::PythonCuframes, "pub") => publish(&spec, CuframesPub::new(&spec)?)?,
+        (Peer::Cuframes, "sub") => cuframes_sub(&spec)?,
+        (Peer::Iceoryx2, "pub") => iox::publisher(&spec)?,
+        (Peer::Iceoryx2, "sub") => iox::subscriber(&spec)?,
+        (Peer::UnixSocket, "pub") => publish(&spec, SocketPub::new(&spec)?)?,
+        (Peer::UnixSocket, "sub") => socket_sub(&spec)?,
+        (p, r) => return Err(format!("no {r} child for {p}")),
+    };
+    println!("{line}");
+    std::io::stdout().flush().map_err(err("stdout"))
+}
+
+/// A publisher of one peer.
+pub(crate) trait Sink {
+    /// Blocks until `n` subscribers are there.
+    fn wait_subscribers(&mut self, n: usize) -> Res<()>;
+    /// Publishes frame `seq` of `phase`: the header is written into the
+    /// frame, the rest of the payload is whatever the slot holds.
+    fn publish(&mut self, seq: u64, phase: u64) -> Res<()>;
+    /// After the end marker: lets subscribers drain and leave.
+    fn finish(&mut self) {}
+}
+
+fn ready() {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+}
+
+/// The publisher's run, the same for every peer: warm-up, paced latency
+/// frames, unpaced throughput frames, end marker.
+pub(crate) fn publish(spec: &ChildSpec, mut sink: impl Sink) -> Res<String> {
+    let c = &spec.case;
+    sink.wait_subscribers(c.subscribers)?;
+    let mut seq = 0u64;
+    let mut paced = |sink: &mut dyn Sink, frames: u64, interval: Duration, phase: u64| {
+        let start = Instant::now();
+        for i in 0..frames {
+            let due = start + interval.mul_f64(i as f64);
+            if let Some(d) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            seq += 1;
+            sink.publish(seq, phase)?;
+        }
+        Ok::<_, String>(())
+    };
+    paced(
+        &mut sink,
+        2 * RING_SLOTS as u64,
+        Duration::from_millis(1),
+        PHASE_WARMUP,
+    )?;
+    // Let the warm-up frames drain before the first timed frame.
+    std::thread::sleep(Duration::from_millis(20));
+    paced(
+        &mut sink,
+        c.phases.latency_frames,
+        Duration::from_micros(c.phases.latency_interval_us),
+        PHASE_LATENCY,
+    )?;
+    std::thread::sleep(Duration::from_millis(20));
+    let meter = PubMeter::start();
+    let end = Instant::now() + Duration::from_millis(c.phases.throughput_ms);
+    let mut frames = 0;
+    while Instant::now() < end {
+        seq += 1;
+        sink.publish(seq, PHASE_THROUGHPUT)?;
+        frames += 1;
+    }
+    let line = meter.report(frames);
+    sink.publish(seq + 1, PHASE_END)?;
+    sink.finish();
+    Ok(line)
+}
+
+// ---------------------------------------------------------------- cuframes
+
+pub(crate) struct CuframesPub {
+    publisher: cuframes::Publisher,
+}
+
+impl CuframesPub {
+    pub(crate) fn new(spec: &ChildSpec) -> Res<Self> {
+        let c = &spec.case;
+        let layout = c.workload.layout().map_err(err("layout"))?;
+        let options = cuframes::PublisherOptions {
+            slot_count: RING_SLOTS,
+            subscriber_capacity: (c.subscribers as u32 + 1).max(16),
+            block_timeout: Duration::from_secs(20),
+            ..Default::default()
+        };
+        let publisher =
+            cuframes::Publisher::create(&spec.key, layout, options).map_err(err("create"))?;
+        ready();
+        Ok(Self { publisher })
+    }
+}
+
+impl Sink for CuframesPub {
+    fn wait_subscribers(&mut self, n: usize) -> Res<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.publisher.stats().active().count() < n {
+            if Instant::now() > deadline {
+                return Err("subscribers did not connect".into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
+        let mut lease = self.publisher.loan().map_err(err("loan"))?;
+        put_header(&mut lease.data_mut()[..HEADER], seq, phase);
+        lease.commit(phase as i64).map_err(err("commit"))?;
+        Ok(())
+    }
+}
+
+fn cuframes_sub(spec: &ChildSpec) -> Res<String> {
+    let c = &spec.case;
+    let options = cuframes::SubscriberOptions {
+        connect_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let name = format!("bench{}", spec.idx);
+    let mut sub = cuframes::Subscriber::connect(&spec.key, &name, c.mode.cuframes(), options)
+        .map_err(err("connect"))?;
+    let mut rec = Recorder::default();
+    let closed = |e: &cuframes::Error| e.code() == cuframes::ErrorCode::Closed;
+    loop {
+        let frame = match c.wake {
+            Wake::Spin => loop {
+                match sub.try_next() {
+                    Ok(Some(f)) => break Some(f),
+                    Ok(None) => std::hint::spin_loop(),
+                    Err(e) if closed(&e) => break None,
+                    Err(e) => return Err(format!("try_next: {e}")),
+                }
+            },
+            Wake::Block => match sub.next_frame(Duration::from_secs(20)) {
+                Ok(f) => Some(f),
+                Err(e) if closed(&e) => None,
+                Err(e) => return Err(format!("next_frame: {e}")),
+            },
+        };
+        let Some(frame) = frame else { break };
+        let now = now_ns();
+        let (seq, _, phase) = get_header(frame.data());
+        let latency = now.saturating_sub(frame.commit_ns());
+        frame.release();
+        if rec.observe(seq, phase, latency, now) {
+            break;
+        }
+    }
+    Ok(rec.report(spec.idx))
+}
+
+// ------------------------------------------------------------- unix socket
+
+fn socket_path(key: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{key}.sock"))
+}
+
+pub(crate) struct SocketPub {
+    listener: std::os::unix::net::UnixListener,
+    streams: Vec<std::os::unix::net::UnixStream>,
+    frame: Vec<u8>,
+    path: std::path::PathBuf,
+}
+
+impl SocketPub {
+    pub(crate) fn new(spec: &ChildSpec) -> Res<Self> {
+        let path = socket_path(&spec.key);
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).map_err(err("bind"))?;
+        ready();
+        Ok(Self {
+            listener,
+            streams: Vec::new(),
+            // The frame the publisher has made; each send copies it.
+            frame: vec![16u8; spec.case.workload.bytes()],
+            path,
+        })
+    }
+}
+
+impl Sink for SocketPub {
+    fn wait_subscribers(&mut self, n: usize) -> Res<()> {
+        while self.streams.len() < n {
+            let (s, _) = self.listener.accept().map_err(err("accept"))?;
+            self.streams.push(s);
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
+        put_header(&mut self.frame[..HEADER], seq, phase);
+        for s in &mut self.streams {
+            s.write_all(&self.frame).map_err(err("write"))?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.streams.clear();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn socket_sub(spec: &ChildSpec) -> Res<String> {
+    let path = socket_path(&spec.key);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("connect {}: {e}", path.display())),
+        }
+    };
+    let mut buf = vec![0u8; spec.case.workload.bytes()];
+    let mut rec = Recorder::default();
+    loop {
+        stream.read_exact(&mut buf).map_err(err("read"))?;
+        let now = now_ns();
+        let (seq, sent, phase) = get_header(&buf);
+        if rec.observe(seq, phase, now.saturating_sub(sent), now) {
+            break;
+        }
+    }
+    Ok(rec.report(spec.idx))
+}
+
+// ---------------------------------------------------------------- iceoryx2
+
+mod iox {
+    use super::*;
+    use iceoryx2::prelude::*;
+
+    /// Subscriber buffer in queue mode: the ring depth less the two slots
+    /// cuframes keeps for the writer and the newest frame.
+    const QUEUE_DEPTH: usize = RING_SLOTS as usize - 2;
+
+    fn node() -> Res<Node<ipc::Service>> {
+        NodeBuilder::new()
+            .signal_handling_mode(SignalHandlingMode::Disabled)
+            .create::<ipc::Service>()
+            .map_err(err("iceoryx2 node"))
+    }
+
+    fn service_name(s: &str) -> Res<ServiceName> {
+        s.try_into().map_err(err("iceoryx2 service name"))
+    }
+
+    fn buffer(c: &Case) -> usize {
+        match c.mode {
+            Mode::Newest => 1,
+            Mode::Queue => QUEUE_DEPTH,
+        }
+    }
+
+    macro_rules! pubsub {
+        ($node:expr, $spec:expr) => {{
+            let c = &$spec.case;
+            $node
+                .service_builder(&service_name(&$spec.key)?)
+                .publish_subscribe::<[u8]>()
+                .max_publishers(1)
+                .max_subscribers(c.subscribers.max(1))
+                .history_size(0)
+                .subscriber_max_buffer_size(buffer(c))
+                .subscriber_max_borrowed_samples(1)
+                .enable_safe_overflow(c.mode == Mode::Newest)
+                .open_or_create()
+                .map_err(err("iceoryx2 publish-subscribe service"))?
+        }};
+    }
+
+    macro_rules! events {
+        ($node:expr, $spec:expr) => {{
+            $node
+                .service_builder(&service_name(&format!("{}.event", $spec.key))?)
+                .event()
+                .max_notifiers(1)
+                .max_listeners($spec.case.subscribers.max(1))
+                .open_or_create()
+                .map_err(err("iceoryx2 event service"))?
+        }};
+    }
+
+    pub(super) fn publisher(spec: &ChildSpec) -> Res<String> {
+        let c = &spec.case;
+        let node = node()?;
+        let service = pubsub!(node, spec);
+        let events = events!(node, spec);
+        let publisher = service
+            .publisher_builder()
+            .initial_max_slice_len(c.workload.bytes())
+            .max_loaned_samples(1)
+            .backpressure_strategy(match c.mode {
+                Mode::Newest => BackpressureStrategy::DiscardData,
+                Mode::Queue => BackpressureStrategy::RetryUntilDelivered,
+            })
+            .create()
+            .map_err(err("iceoryx2 publisher"))?;
+        let notifier = events
+            .notifier_builder()
+            .create()
+            .map_err(err("iceoryx2 notifier"))?;
+        ready();
+        let bytes = c.workload.bytes();
+        let block = c.wake == Wake::Block;
+        let sink = IoxPub {
+            count: Box::new(|| service.dynamic_config().number_of_subscribers()),
+            send: Box::new(|seq, phase| {
+                let mut sample = publisher
+                    .loan_slice_uninit(bytes)
+                    .map_err(err("iceoryx2 loan"))?;
+                let head = &mut sample.payload_mut()[..HEADER];
+                let mut h = [0u8; HEADER];
+                put_header(&mut h, seq, phase);
+                for (d, s) in head.iter_mut().zip(h) {
+                    d.write(s);
+                }
+                // SAFETY: the sample lies in a shared-memory segment whose
+                // bytes are always initialized: zero-filled by the kernel
+                // when mapped, an earlier frame after that. The header was
+                // just written; like a zero-copy producer, the rest of the
+                // frame is left in place (cuframes' publisher does the same).
+                let sample = unsafe { sample.assume_init() };
+                sample.send().map_err(err("iceoryx2 send"))?;
+                if block {
+                    notifier.notify().map_err(err("iceoryx2 notify"))?;
+                }
+                Ok(())
+            }),
+        };
+        publish(spec, sink)
+    }
+
+    type SendFn<'a> = Box<dyn FnMut(u64, u64) -> Res<()> + 'a>;
+
+    struct IoxPub<'a> {
+        count: Box<dyn Fn() -> usize + 'a>,
+        send: SendFn<'a>,
+    }
+
+    impl Sink for IoxPub<'_> {
+        fn wait_subscribers(&mut self, n: usize) -> Res<()> {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while (self.count)() < n {
+                if Instant::now() > deadline {
+                    return Err("subscribers did not connect".into());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(())
+        }
+        fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
+            (self.send)(seq, phase)
+        }
+        fn finish(&mut self) {
+            // Keep the samples alive until every subscriber has left.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while (self.count)() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    pub(super) fn subscriber(spec: &ChildSpec) -> Res<String> {
+        let c = &spec.case;
+        let node = node()?;
+        // The publisher made the services; wait for them.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (service, events) = loop {
+            let attempt = (|| -> Res<_> { Ok((pubsub!(node, spec), events!(node, spec))) })();
+            match attempt {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(e),
+            }
+        };
+        let subscriber = service
+            .subscriber_builder()
+            .buffer_size(buffer(c))
+            .create()
+            .map_err(err("iceoryx2 subscriber"))?;
+        let listener = events
+            .listener_builder()
+            .create()
+            .map_err(err("iceoryx2 listener"))?;
+        let mut rec = Recorder::default();
+        loop {
+            match subscriber.receive().map_err(err("iceoryx2 receive"))? {
+                Some(sample) => {
+                    let now = now_ns();
+                    let (seq, sent, phase) = get_header(sample.payload());
+                    drop(sample);
+                    if rec.observe(seq, phase, now.saturating_sub(sent), now) {
+                        break;
+                    }
+                }
+                None => match c.wake {
+                    Wake::Spin => std::hint::spin_loop(),
+                    Wake::Block => {
+                        listener
+                            .timed_wait(|_| {}, Duration::from_millis(100))
+                            .map_err(err("iceoryx2 wait"))?;
+                    }
+                },
+            }
+        }
+        drop(subscriber);
+        Ok(rec.report(spec.idx))
+    }
+}

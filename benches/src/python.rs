@@ -1,0 +1,197 @@
+//! The Python peers: scripts run with `python3 -c`, printing the same
+//! `result` lines as the Rust children.
+
+use std::process::Command;
+
+/// Counting and reporting, as `proto::Recorder` does.
+const PRELUDE: &str = r#"
+import sys, time, struct, resource
+ARGS = dict(a.split('=', 1) for a in sys.argv[1:])
+HDR = struct.Struct('<QQQ')
+
+def cpu_ns():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return int((r.ru_utime + r.ru_stime) * 1e9)
+
+def rss_kib():
+    d = {}
+    with open('/proc/self/status') as f:
+        for line in f:
+            k, _, v = line.partition(':')
+            if k in ('VmRSS', 'RssShmem'):
+                d[k] = int(v.split()[0])
+    return d.get('VmRSS', 0), d.get('RssShmem', 0)
+
+def q(xs, p):
+    return xs[round((len(xs) - 1) * p)] if xs else 0
+
+class Recorder:
+    def __init__(self):
+        self.lat = []; self.n = 0; self.t1 = 0; self.t2 = 0; self.c1 = 0; self.last = 0; self.lost = 0
+    def observe(self, seq, phase, lat, now):
+        if self.last and seq > self.last + 1:
+            self.lost += seq - self.last - 1
+        self.last = seq
+        if phase == 1:
+            self.lat.append(lat)
+        elif phase == 2:
+            if self.n == 0:
+                self.t1 = now; self.c1 = cpu_ns()
+            self.n += 1; self.t2 = now
+        elif phase == 3:
+            return True
+        return False
+    def report(self, idx):
+        cpu = cpu_ns() - self.c1
+        lat = sorted(self.lat)
+        fps = (self.n - 1) * 1e9 / (self.t2 - self.t1) if self.n > 1 and self.t2 > self.t1 else 0.0
+        rss, shm = rss_kib()
+        print(f"result role=sub idx={idx} p50={q(lat, .5)} p99={q(lat, .99)} p999={q(lat, .999)} "
+              f"samples={len(lat)} frames={self.n} fps={fps:.3f} cpu_ns={cpu // max(self.n, 1)} "
+              f"rss_kib={rss} shmem_kib={shm} lost={self.lost}", flush=True)
+"#;
+
+/// Publisher and subscribers in Python: `multiprocessing.shared_memory`
+/// ring, the frame copied in by the publisher and out by each subscriber,
+/// slot numbers sent through a pipe per subscriber (blocking wake-up),
+/// per-subscriber done counters in the segment (lossless).
+const SHM_BODY: &str = r#"
+from multiprocessing import shared_memory, Process, Pipe
+SIZE = int(ARGS['bytes']); N = int(ARGS['subs']); SLOTS = int(ARGS['slots'])
+CTRL = 64 * (N + 1)
+
+def sub(idx, name, conn):
+    shm = shared_memory.SharedMemory(name=name)
+    buf = shm.buf
+    out = bytearray(SIZE)
+    rec = Recorder()
+    while True:
+        seq, slot = struct.unpack('<QQ', conn.recv_bytes())
+        off = CTRL + slot * SIZE
+        out[:] = buf[off:off + SIZE]
+        now = time.monotonic_ns()
+        s, sent, phase = HDR.unpack_from(out, 0)
+        struct.pack_into('<Q', buf, 64 * (idx + 1), seq)
+        if rec.observe(s, phase, now - sent, now):
+            break
+    rec.report(idx)
+    del buf
+    shm.close()
+
+def main():
+    shm = shared_memory.SharedMemory(create=True, size=CTRL + SLOTS * SIZE)
+    buf = shm.buf
+    src = bytearray(b'\x10' * SIZE)
+    pipes, procs = [], []
+    for i in range(N):
+        r, w = Pipe(duplex=False)
+        p = Process(target=sub, args=(i, shm.name, r))
+        p.start()
+        procs.append(p); pipes.append(w)
+    seq = 0
+    def publish(phase):
+        nonlocal seq
+        seq += 1
+        slot = seq % SLOTS
+        need = seq - SLOTS
+        while need > 0 and any(struct.unpack_from('<Q', buf, 64 * (i + 1))[0] < need for i in range(N)):
+            time.sleep(0)
+        off = CTRL + slot * SIZE
+        buf[off:off + SIZE] = src
+        HDR.pack_into(buf, off, seq, time.monotonic_ns(), phase)
+        msg = struct.pack('<QQ', seq, slot)
+        for w in pipes:
+            w.send_bytes(msg)
+    def paced(frames, interval_ns, phase):
+        t0 = time.monotonic_ns()
+        for i in range(frames):
+            d = t0 + i * interval_ns - time.monotonic_ns()
+            if d > 0:
+                time.sleep(d / 1e9)
+            publish(phase)
+    paced(2 * SLOTS, 1_000_000, 0)
+    time.sleep(0.02)
+    paced(int(ARGS['lat_frames']), int(ARGS['lat_interval_us']) * 1000, 1)
+    time.sleep(0.02)
+    t0 = time.monotonic_ns(); c0 = cpu_ns(); end = t0 + int(ARGS['tput_ms']) * 1_000_000; n = 0
+    while time.monotonic_ns() < end:
+        publish(2); n += 1
+    dt = time.monotonic_ns() - t0; cpu = cpu_ns() - c0
+    rss, shmk = rss_kib()
+    line = (f"result role=pub frames={n} fps={n * 1e9 / dt:.3f} cpu_ns={cpu // max(n, 1)} "
+            f"rss_kib={rss} shmem_kib={shmk}")
+    publish(3)
+    for p in procs:
+        p.join()
+    print(line, flush=True)
+    del buf
+    shm.close(); shm.unlink()
+
+if __name__ == '__main__':
+    main()
+"#;
+
+/// A subscriber in Python through the `cuframes` package.
+const CUFRAMES_BODY: &str = r#"
+import cuframes
+mode = cuframes.SubscriberMode.NEWEST_ONLY if ARGS['mode'] == 'newest' else cuframes.SubscriberMode.QUEUE
+sub = None
+deadline = time.monotonic() + 30
+while sub is None:
+    try:
+        sub = cuframes.subscribe(ARGS['key'], 'py' + ARGS['idx'], mode=mode)
+    except Exception:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.01)
+rec = Recorder()
+while True:
+    try:
+        f = sub.next_frame(20000)
+    except Exception as e:
+        if 'closed' in (type(e).__name__ + str(e)).lower():
+            break
+        raise
+    now = time.monotonic_ns()
+    y = f.y
+    row = y[0] if getattr(y, 'ndim', 1) > 1 else y
+    s, sent, phase = HDR.unpack(row[:24].tobytes())
+    sent = getattr(f, 'commit_ns', sent)
+    f.release()
+    if rec.observe(s, phase, now - sent, now):
+        break
+rec.report(int(ARGS['idx']))
+sub.close()
+"#;
+
+/// The `python3 -c` command for the shared-memory peer.
+pub fn shm_command(args: &[String]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(format!("{PRELUDE}{SHM_BODY}")).args(args);
+    c
+}
+
+/// The `python3 -c` command for a Python cuframes subscriber.
+pub fn cuframes_command(args: &[String]) -> Command {
+    let mut c = Command::new("python3");
+    c.arg("-c")
+        .arg(format!("{PRELUDE}{CUFRAMES_BODY}"))
+        .args(args);
+    c
+}
+
+/// `Ok` if `python3 -c code` runs; otherwise why not (its last line of
+/// error output, or that python3 is missing).
+pub fn probe(code: &str) -> Result<(), String> {
+    match Command::new("python3").args(["-c", code]).output() {
+        Err(e) => Err(format!("python3 not runnable: {e}")),
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("python3 failed")
+            .trim()
+            .to_owned()),
+    }
+}

@@ -1,0 +1,329 @@
+//! Workloads, peers and the spec a child process is started with.
+
+use crate::proto::parse_kv;
+use cuframes::{FrameLayout, PixelFormat};
+use std::fmt;
+
+/// A payload shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workload {
+    /// Short name (`4KiB`, `1080p`, `4K`).
+    pub name: &'static str,
+    /// Width in pixels (NV12) or bytes per row (GRAY8).
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// NV12 (video frame) or GRAY8 (an opaque small payload).
+    pub nv12: bool,
+}
+
+impl Workload {
+    /// A small message: 4096 bytes (64x64 GRAY8 in cuframes).
+    pub const SMALL: Workload = Workload {
+        name: "4KiB",
+        width: 64,
+        height: 64,
+        nv12: false,
+    };
+    /// 1080p NV12: 3,110,400 bytes.
+    pub const HD: Workload = Workload {
+        name: "1080p",
+        width: 1920,
+        height: 1080,
+        nv12: true,
+    };
+    /// 4K NV12: 12,441,600 bytes.
+    pub const UHD: Workload = Workload {
+        name: "4K",
+        width: 3840,
+        height: 2160,
+        nv12: true,
+    };
+
+    /// Looks a workload up by name.
+    pub fn by_name(name: &str) -> Option<Self> {
+        [Self::SMALL, Self::HD, Self::UHD]
+            .into_iter()
+            .find(|w| w.name == name)
+    }
+
+    /// Payload bytes (the packed frame).
+    pub fn bytes(&self) -> usize {
+        let px = self.width as usize * self.height as usize;
+        if self.nv12 {
+            px * 3 / 2
+        } else {
+            px
+        }
+    }
+
+    /// The cuframes layout: rows are multiples of 64 bytes, so the slot is
+    /// exactly [`bytes`](Self::bytes) long.
+    pub fn layout(&self) -> cuframes::Result<FrameLayout> {
+        let format = if self.nv12 {
+            PixelFormat::Nv12
+        } else {
+            PixelFormat::Gray8
+        };
+        Ok(FrameLayout::new(format, self.width, self.height, 64)?)
+    }
+}
+
+/// Who moves the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Peer {
+    /// cuframes, Rust subscribers, host memory, zero-copy loans.
+    Cuframes,
+    /// iceoryx2 publish-subscribe, zero-copy loans.
+    Iceoryx2,
+    /// A copy of the frame over a SOCK_STREAM unix socket to each subscriber.
+    UnixSocket,
+    /// Python `multiprocessing.shared_memory`, copied in and out.
+    PythonShm,
+    /// A cuframes publisher, Python `cuframes` subscribers.
+    PythonCuframes,
+    /// cuframes with frames in CUDA device memory.
+    CuframesCuda,
+    /// `torch.multiprocessing` sharing CUDA tensors.
+    TorchMp,
+}
+
+impl Peer {
+    /// Every peer, in table order.
+    pub const ALL: [Peer; 7] = [
+        Peer::Cuframes,
+        Peer::Iceoryx2,
+        Peer::UnixSocket,
+        Peer::PythonShm,
+        Peer::PythonCuframes,
+        Peer::CuframesCuda,
+        Peer::TorchMp,
+    ];
+
+    /// The name in the table and CSV.
+    pub fn name(self) -> &'static str {
+        match self {
+            Peer::Cuframes => "cuframes",
+            Peer::Iceoryx2 => "iceoryx2",
+            Peer::UnixSocket => "unix-socket",
+            Peer::PythonShm => "python-shm",
+            Peer::PythonCuframes => "python-cuframes",
+            Peer::CuframesCuda => "cuframes-cuda",
+            Peer::TorchMp => "torch-mp",
+        }
+    }
+
+    /// Looks a peer up by name.
+    pub fn by_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// The wake-up modes it has: busy-poll and/or blocking.
+    pub fn wakes(self) -> &'static [Wake] {
+        match self {
+            Peer::Cuframes | Peer::Iceoryx2 => &[Wake::Spin, Wake::Block],
+            _ => &[Wake::Block],
+        }
+    }
+
+    /// The delivery modes it has.
+    pub fn modes(self) -> &'static [Mode] {
+        match self {
+            Peer::Cuframes | Peer::Iceoryx2 | Peer::PythonCuframes => &[Mode::Newest, Mode::Queue],
+            _ => &[Mode::Queue],
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a subscriber waits for the next frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Spins on a non-blocking take (`try_next`, iceoryx2 `receive`).
+    Spin,
+    /// Sleeps in the kernel until woken (futex for cuframes, iceoryx2's
+    /// event service, a blocking `read` for sockets and pipes).
+    Block,
+}
+
+impl Wake {
+    /// Name in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wake::Spin => "busy-poll",
+            Wake::Block => "blocking",
+        }
+    }
+    fn by_name(s: &str) -> Option<Self> {
+        [Wake::Spin, Wake::Block]
+            .into_iter()
+            .find(|w| w.name() == s)
+    }
+}
+
+/// Which frames a subscriber gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Only the newest frame (NEWEST_ONLY; iceoryx2: buffer 1 with safe
+    /// overflow).
+    Newest,
+    /// Every frame in order; the publisher waits for the slowest reader
+    /// (QUEUE with policy Block; iceoryx2: RetryUntilDelivered).
+    Queue,
+}
+
+impl Mode {
+    /// Name in the table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Newest => "newest",
+            Mode::Queue => "queue",
+        }
+    }
+    fn by_name(s: &str) -> Option<Self> {
+        [Mode::Newest, Mode::Queue]
+            .into_iter()
+            .find(|m| m.name() == s)
+    }
+    /// The cuframes mode.
+    pub fn cuframes(self) -> cuframes::Mode {
+        match self {
+            Mode::Newest => cuframes::Mode::NewestOnly,
+            Mode::Queue => cuframes::Mode::Queue,
+        }
+    }
+}
+
+/// Phase lengths of one run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Phases {
+    /// Paced frames whose latency is measured.
+    pub latency_frames: u64,
+    /// Interval between them, microseconds.
+    pub latency_interval_us: u64,
+    /// Length of the unpaced throughput phase, milliseconds.
+    pub throughput_ms: u64,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Case {
+    /// Who moves the frames.
+    pub peer: Peer,
+    /// How subscribers wait.
+    pub wake: Wake,
+    /// Which frames they get.
+    pub mode: Mode,
+    /// Payload.
+    pub workload: Workload,
+    /// Subscriber processes.
+    pub subscribers: usize,
+    /// Phase lengths.
+    pub phases: Phases,
+}
+
+/// Slots in the cuframes ring; iceoryx2 gets the same depth.
+pub const RING_SLOTS: u32 = 8;
+
+/// What a child process is told: the case, the stream key, its role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildSpec {
+    /// The case.
+    pub case: Case,
+    /// Stream key / service name / socket path stem.
+    pub key: String,
+    /// `pub` or `sub`.
+    pub role: String,
+    /// Subscriber index.
+    pub idx: usize,
+}
+
+impl ChildSpec {
+    /// The spec as one argument.
+    pub fn encode(&self) -> String {
+        let c = &self.case;
+        format!(
+            "peer={} wake={} mode={} workload={} subs={} lat_frames={} lat_interval_us={} tput_ms={} key={} role={} idx={}",
+            c.peer.name(),
+            c.wake.name(),
+            c.mode.name(),
+            c.workload.name,
+            c.subscribers,
+            c.phases.latency_frames,
+            c.phases.latency_interval_us,
+            c.phases.throughput_ms,
+            self.key,
+            self.role,
+            self.idx
+        )
+    }
+
+    /// Parses [`encode`](Self::encode)'s output.
+    pub fn decode(s: &str) -> Result<Self, String> {
+        let kv = parse_kv(s);
+        let get = |k: &str| kv.get(k).ok_or_else(|| format!("child spec lacks {k}"));
+        let num = |k: &str| -> Result<u64, String> {
+            get(k)?.parse().map_err(|e| format!("child spec {k}: {e}"))
+        };
+        let case = Case {
+            peer: Peer::by_name(get("peer")?).ok_or("child spec: unknown peer")?,
+            wake: Wake::by_name(get("wake")?).ok_or("child spec: unknown wake")?,
+            mode: Mode::by_name(get("mode")?).ok_or("child spec: unknown mode")?,
+            workload: Workload::by_name(get("workload")?).ok_or("child spec: unknown workload")?,
+            subscribers: num("subs")? as usize,
+            phases: Phases {
+                latency_frames: num("lat_frames")?,
+                latency_interval_us: num("lat_interval_us")?,
+                throughput_ms: num("tput_ms")?,
+            },
+        };
+        Ok(Self {
+            case,
+            key: get("key")?.clone(),
+            role: get("role")?.clone(),
+            idx: num("idx")? as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_sizes() {
+        assert_eq!(Workload::HD.bytes(), 3_110_400);
+        assert_eq!(Workload::UHD.bytes(), 12_441_600);
+        assert_eq!(Workload::SMALL.bytes(), 4096);
+        for w in [Workload::SMALL, Workload::HD, Workload::UHD] {
+            assert_eq!(w.layout().unwrap().slot_bytes as usize, w.bytes());
+        }
+    }
+
+    #[test]
+    fn spec_round_trip() {
+        let spec = ChildSpec {
+            case: Case {
+                peer: Peer::Iceoryx2,
+                wake: Wake::Spin,
+                mode: Mode::Newest,
+                workload: Workload::HD,
+                subscribers: 4,
+                phases: Phases {
+                    latency_frames: 10,
+                    latency_interval_us: 200,
+                    throughput_ms: 300,
+                },
+            },
+            key: "bench-1-2".into(),
+            role: "sub".into(),
+            idx: 3,
+        };
+        assert_eq!(ChildSpec::decode(&spec.encode()).unwrap(), spec);
+    }
+}
