@@ -336,6 +336,16 @@ pub extern "C" fn cuframes_testing_panic(code: c_int) -> c_int {
     })
 }
 
+// C may hand a publisher or subscriber to another thread between calls and
+// read or release frames anywhere: the wrapped types must allow it.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<cuframes::Publisher>();
+    send::<cuframes::Subscriber>();
+    send_sync::<cuframes::Frame>();
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +371,69 @@ mod tests {
     #[test]
     fn version_is_the_crate_version() {
         assert_eq!(text(cuframes_version()), env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn round_trip_through_the_c_entry_points() {
+        use std::ptr::{null, null_mut};
+        std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+        let key = CString::new(format!("ffi-unit-{}", std::process::id())).unwrap();
+        let mut publisher = null_mut();
+        let mut subscriber = null_mut();
+        let mut frame = null_mut();
+        // SAFETY: every pointer passed is valid or deliberately NULL, and
+        // each handle is destroyed once, after its last use.
+        unsafe {
+            let rc = cuframes_publisher_create(key.as_ptr(), 1, 64, 32, null(), &mut publisher);
+            assert_eq!(rc, CUFRAMES_OK, "{}", text(cuframes_last_error_message()));
+            let rc = cuframes_subscriber_create(
+                key.as_ptr(),
+                c"unit".as_ptr(),
+                2,
+                null(),
+                &mut subscriber,
+            );
+            assert_eq!(rc, CUFRAMES_OK);
+            let mut lease = std::mem::MaybeUninit::<cuframes_lease_t>::uninit();
+            assert_eq!(
+                cuframes_publisher_loan(publisher, lease.as_mut_ptr()),
+                CUFRAMES_OK
+            );
+            let lease = lease.assume_init();
+            assert_eq!((lease.seq, lease.plane_count, lease.pitch[0]), (1, 2, 64));
+            lease.planes[1].write(77);
+            let mut seq = 0;
+            assert_eq!(
+                cuframes_publisher_commit(publisher, 5, &mut seq),
+                CUFRAMES_OK
+            );
+            assert_eq!(seq, 1);
+            assert_eq!(
+                cuframes_subscriber_next(subscriber, 1000, &mut frame),
+                CUFRAMES_OK
+            );
+            assert_eq!(cuframes_frame_seq(frame), 1);
+            assert_eq!(cuframes_frame_pts_ns(frame), 5);
+            assert_eq!(*cuframes_frame_plane_data(frame, 1), 77);
+            assert!(cuframes_frame_plane_data(frame, 2).is_null());
+            assert_eq!(
+                text(cuframes_last_error_message()),
+                "invalid argument: plane 2: the frame has 2 plane(s)"
+            );
+            cuframes_frame_release(frame);
+            let rc = cuframes_subscriber_next(subscriber, 1, &mut frame);
+            assert_eq!((rc, frame), (CUFRAMES_ERR_TIMEOUT, null_mut()));
+            assert_eq!(
+                cuframes_subscriber_next(subscriber, 1, null_mut()),
+                CUFRAMES_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                text(cuframes_last_error_message()),
+                "invalid argument: frame_out is NULL"
+            );
+            cuframes_subscriber_destroy(subscriber);
+            cuframes_publisher_destroy(publisher);
+        }
     }
 
     #[test]
