@@ -204,16 +204,18 @@ fn round_trip() -> std::result::Result<String, String> {
     ))
 }
 
-/// Whether the CUDA driver library can be loaded.
+/// The CUDA driver: version and devices, or why it is unusable.
 fn cuda_driver() -> std::result::Result<String, String> {
-    for name in [c"libcuda.so.1", c"libcuda.so"] {
-        // SAFETY: dlopen with a valid C string; the handle is closed below.
-        let h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if !h.is_null() {
-            // SAFETY: `h` came from dlopen.
-            unsafe { libc::dlclose(h) };
-            return Ok(format!("{} loads", name.to_string_lossy()));
-        }
-    }
-    Err("libcuda.so.1 not found: GPU streams unavailable (host-memory streams work)".into())
+    let version = cuframes_cuda::driver_version().map_err(|e| {
+        format!(
+            "{}: GPU streams unavailable (host-memory streams work)",
+            e.message()
+        )
+    })?;
+    let devices = cuframes_cuda::device_count().map_err(|e| e.message().to_owned())?;
+    Ok(format!(
+        "driver {}.{}, {devices} device(s)",
+        version / 1000,
+        version % 1000 / 10
+    ))
 }

@@ -3,8 +3,10 @@
 use crate::live::{publish_pattern, status_line, Pacer};
 use crate::{invalid, parse_format, parse_size, stdout_is_tty};
 use cuframes::{
-    Error, ErrorCode, FrameLayout, LosslessPolicy, PixelFormat, Publisher, PublisherOptions, Result,
+    testsrc, Error, ErrorCode, FrameLayout, LosslessPolicy, PixelFormat, Publisher,
+    PublisherOptions, Result,
 };
+use cuframes_cuda::{CudaPublisher, CudaPublisherOptions};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -87,15 +89,6 @@ pub fn parse_testsrc(s: &str) -> Result<(u32, u32, f64)> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.cuda {
-        return Err(Error::new(
-            ErrorCode::Cuda,
-            format!(
-                "device {}: this build publishes host memory only (no CUDA backend compiled in)",
-                args.device
-            ),
-        ));
-    }
     let stop = crate::stop_flag()?;
     let options = PublisherOptions {
         slot_count: args.slots,
@@ -115,11 +108,10 @@ pub fn run(args: Args) -> Result<()> {
     let mut meter = Meter::new(args.quiet);
     if let Some(spec) = &args.testsrc {
         let (w, h, fps) = parse_testsrc(spec)?;
-        let layout = FrameLayout::new(args.format, w, h, 64)?;
-        let mut publisher = Publisher::create(&args.key, layout, options)?;
+        let mut sink = Sink::create(&args, w, h, options)?;
         if !args.quiet {
             println!(
-                "publishing {}x{} {} test pattern at {} fps on {:?} ({} slots)",
+                "publishing {}x{} {} test pattern at {} fps on {:?} ({} slots, {})",
                 w,
                 h,
                 args.format.name(),
@@ -129,18 +121,19 @@ pub fn run(args: Args) -> Result<()> {
                     "max".into()
                 },
                 args.key,
-                args.slots
+                args.slots,
+                sink.memory()
             );
         }
         let pacer = Pacer::new(fps);
         let mut n = 0u64;
         while !done(n) {
-            match publish_pattern(&mut publisher, &pacer, n) {
+            match sink.publish_pattern(&pacer, n) {
                 Ok(_) => n += 1,
                 Err(e) if e.code() == ErrorCode::Timeout => meter.stall(),
                 Err(e) => return Err(e),
             }
-            meter.tick(&publisher, n);
+            meter.tick(sink.host(), n);
             pacer.wait(n);
         }
         meter.finish(n);
@@ -148,6 +141,95 @@ pub fn run(args: Args) -> Result<()> {
     }
     let input = args.input.clone().expect("clap requires a source");
     publish_file(&args, &input, options, &done, &mut meter)
+}
+
+/// Where frames go: host shared memory, or GPU memory with `--cuda`.
+enum Sink {
+    Host(Publisher),
+    Cuda {
+        publisher: Box<CudaPublisher>,
+        /// A slot-shaped host image for the test pattern, then packed.
+        image: Vec<u8>,
+        packed: Vec<u8>,
+    },
+}
+
+impl Sink {
+    fn create(args: &Args, w: u32, h: u32, options: PublisherOptions) -> Result<Self> {
+        if !args.cuda {
+            let layout = FrameLayout::new(args.format, w, h, 64)?;
+            return Publisher::create(&args.key, layout, options).map(Sink::Host);
+        }
+        let publisher = CudaPublisher::create(
+            &args.key,
+            args.format,
+            w,
+            h,
+            CudaPublisherOptions {
+                ring: options,
+                device: args.device,
+                ..Default::default()
+            },
+        )?;
+        let layout = *publisher.layout();
+        Ok(Sink::Cuda {
+            image: vec![0; layout.slot_bytes as usize],
+            packed: vec![0; layout.packed_bytes() as usize],
+            publisher: Box::new(publisher),
+        })
+    }
+
+    fn host(&self) -> &Publisher {
+        match self {
+            Sink::Host(p) => p,
+            Sink::Cuda { publisher, .. } => publisher.host(),
+        }
+    }
+
+    fn layout(&self) -> FrameLayout {
+        *self.host().layout()
+    }
+
+    fn memory(&self) -> String {
+        match self {
+            Sink::Host(_) => "host memory".into(),
+            Sink::Cuda { publisher, .. } => format!(
+                "GPU {} memory, {} export",
+                publisher.device(),
+                publisher.export_mode().name()
+            ),
+        }
+    }
+
+    /// Copies a tightly packed frame in and publishes it.
+    fn publish_packed(&mut self, packed: &[u8], pts_ns: i64) -> Result<u64> {
+        match self {
+            Sink::Host(p) => p.publish_from(packed, pts_ns),
+            Sink::Cuda { publisher, .. } => publisher.publish_from_host(packed, pts_ns),
+        }
+    }
+
+    /// Publishes test-pattern frame `n`: written in place on the host, or
+    /// drawn in host memory and uploaded.
+    fn publish_pattern(&mut self, pacer: &Pacer, n: u64) -> Result<u64> {
+        let layout = self.layout();
+        match self {
+            Sink::Host(p) => publish_pattern(p, pacer, n),
+            Sink::Cuda {
+                publisher,
+                image,
+                packed,
+            } => {
+                let seq = publisher.host().stats().head_seq + 1;
+                testsrc::fill(&layout, image, seq);
+                for (src, dst, len) in layout.packed_rows() {
+                    let (src, dst, len) = (src as usize, dst as usize, len as usize);
+                    packed[dst..dst + len].copy_from_slice(&image[src..src + len]);
+                }
+                publisher.publish_from_host(packed, pacer.pts_ns(n))
+            }
+        }
+    }
 }
 
 /// The ffmpeg pixel format name for ours.
@@ -219,17 +301,18 @@ fn publish_file(
     meter: &mut Meter,
 ) -> Result<()> {
     let (w, h, fps) = probe(input)?;
-    let layout = FrameLayout::new(args.format, w, h, 64)?;
-    let mut publisher = Publisher::create(&args.key, layout, options)?;
+    let mut sink = Sink::create(args, w, h, options)?;
+    let layout = sink.layout();
     if !args.quiet {
         println!(
-            "publishing {} ({}x{} @ {:.2} fps, {}) on {:?}",
+            "publishing {} ({}x{} @ {:.2} fps, {}) on {:?} ({})",
             input.display(),
             w,
             h,
             fps,
             args.format.name(),
-            args.key
+            args.key,
+            sink.memory()
         );
     }
     let mut cmd = Command::new("ffmpeg");
@@ -267,12 +350,12 @@ fn publish_file(
             Err(e) => break Err(Error::io("read from ffmpeg", e)),
         }
         let pts = start.elapsed().as_nanos() as i64;
-        match publisher.publish_from(&buf, pts) {
+        match sink.publish_packed(&buf, pts) {
             Ok(_) => n += 1,
             Err(e) if e.code() == ErrorCode::Timeout => meter.stall(),
             Err(e) => break Err(e),
         }
-        meter.tick(&publisher, n);
+        meter.tick(sink.host(), n);
     };
     let _ = child.kill();
     let _ = child.wait();

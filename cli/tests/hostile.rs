@@ -249,18 +249,23 @@ fn second_publisher_on_a_live_key_is_refused() {
 }
 
 #[test]
-fn cuda_publish_without_backend_is_a_cuda_error() {
-    shm();
+fn cuda_publish_without_driver_is_a_cuda_error() {
+    if cuframes_cuda::is_available() {
+        eprintln!("skipped: a CUDA driver is present (the GPU tests cover --cuda)");
+        return;
+    }
+    let dir = shm();
+    let k = key("gpu");
     let out = cuframes()
-        .args([
-            "publish",
-            "--key",
-            &key("gpu"),
-            "--testsrc",
-            "64x64@1",
-            "--cuda",
-        ])
+        .args(["publish", "--key", &k, "--testsrc", "64x64@1", "--cuda"])
+        .args(["--device", "3"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(9));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(stderr.contains("libcuda"), "the driver's message: {stderr}");
+    assert!(
+        !dir.join(format!("cuframes.{k}")).exists(),
+        "a failed CUDA publisher leaves no segment"
+    );
 }
