@@ -268,6 +268,22 @@ impl Event {
         Ok((ev, h.reserved.map(|b| b as u8)))
     }
 
+    /// A new event local to this process, for ordering one stream after
+    /// another.
+    pub fn local(dev: &Arc<Device>) -> Result<Event> {
+        let _g = dev.enter()?;
+        let mut raw: sys::CUevent = std::ptr::null_mut();
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        // SAFETY: writes one event handle; the context is current.
+        call("cuEventCreate", || unsafe {
+            sys::cuEventCreate(&mut raw, flags)
+        })?;
+        Ok(Event {
+            raw,
+            dev: dev.clone(),
+        })
+    }
+
     /// Opens an event exported by another process.
     pub fn open_ipc(dev: &Arc<Device>, handle: [u8; 64]) -> Result<Event> {
         let _g = dev.enter()?;
@@ -348,6 +364,15 @@ pub(crate) fn synchronize(stream: RawStream) -> Result<()> {
     call("cuStreamSynchronize", || unsafe {
         sys::cuStreamSynchronize(stream)
     })
+}
+
+/// Makes `later` wait (on the GPU) for the work enqueued on `earlier` so
+/// far, through a fresh local event.
+pub(crate) fn order_after(dev: &Arc<Device>, earlier: RawStream, later: RawStream) -> Result<()> {
+    let ev = Event::local(dev)?;
+    let _g = dev.enter()?;
+    record(&ev, earlier)?;
+    stream_wait(later, &ev)
 }
 
 /// Makes `stream` wait for the last record of `event`.

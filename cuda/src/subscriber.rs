@@ -195,7 +195,17 @@ impl CudaSubscriber {
     /// Waits up to `timeout` for the next frame and makes the consumer
     /// stream wait (on the GPU) until the publisher's writes to it are done.
     pub fn next_frame(&mut self, timeout: Duration) -> Result<CudaFrame> {
-        let frame = self.sub.next_frame(timeout)?;
+        self.next_frame_unless(timeout, || false)
+    }
+
+    /// [`next_frame`](Self::next_frame) that gives up with `Closed` when
+    /// `stop()` turns true; see [`Subscriber::next_frame_unless`].
+    pub fn next_frame_unless(
+        &mut self,
+        timeout: Duration,
+        stop: impl Fn() -> bool,
+    ) -> Result<CudaFrame> {
+        let frame = self.sub.next_frame_unless(timeout, stop)?;
         self.wrap(frame)
     }
 
@@ -223,6 +233,7 @@ impl CudaSubscriber {
             frame: Some(frame),
             shared: self.shared.clone(),
             stream: self.stream,
+            readers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -324,6 +335,9 @@ pub struct CudaFrame {
     frame: Option<Frame>,
     shared: Arc<Shared>,
     stream: RawStream,
+    /// Other streams made to read the frame ([`CudaFrame::use_on`]); the
+    /// release waits for them too.
+    readers: std::sync::Mutex<Vec<usize>>,
 }
 
 // SAFETY: device addresses and stream handles are plain values usable from
@@ -421,6 +435,22 @@ impl CudaFrame {
         Ok(out)
     }
 
+    /// Lets `stream` read the frame too: it waits (on the GPU) for the
+    /// frame to be ready on the consumer stream, and the release will wait
+    /// for the work it has enqueued by then. What DLPack's `stream`
+    /// argument asks of a producer.
+    pub fn use_on(&self, stream: RawStream) -> Result<()> {
+        if stream == self.stream {
+            return Ok(());
+        }
+        driver::order_after(&self.shared.dev, self.stream, stream)?;
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(stream as usize);
+        Ok(())
+    }
+
     /// Releases the frame (dropping it does the same).
     pub fn release(self) {}
 }
@@ -429,6 +459,10 @@ impl Drop for CudaFrame {
     fn drop(&mut self) {
         let slot = self.slot() as usize;
         if let Ok(_g) = self.shared.dev.enter() {
+            let readers = std::mem::take(self.readers.get_mut().unwrap_or_else(|p| p.into_inner()));
+            for r in readers {
+                let _ = driver::order_after(&self.shared.dev, r as RawStream, self.stream);
+            }
             if let Some(ev) = self.shared.release_events.get(slot) {
                 let _ = driver::record(ev, self.stream);
             }

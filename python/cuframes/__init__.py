@@ -52,7 +52,7 @@ def subscribe(
     key: str,
     consumer_name: str,
     mode: SubscriberMode = SubscriberMode.NEWEST_ONLY,
-    cuda_device: int = 0,
+    cuda_device: Optional[int] = None,
     connect_timeout_ms: int = 2000,
     consumer_stream: Optional[Any] = None,
     max_held: int = 1,

@@ -116,7 +116,7 @@ class CuframesSubscriber:
         key: str,
         consumer_name: str,
         mode: SubscriberMode = SubscriberMode.NEWEST_ONLY,
-        cuda_device: int = 0,
+        cuda_device: Optional[int] = None,
         connect_timeout_ms: int = 2000,
         consumer_stream: Optional[Any] = None,
         max_held: int = 1,
@@ -143,7 +143,7 @@ class CuframesSubscriber:
     @property
     def mode(self) -> SubscriberMode: ...
     @property
-    def cuda_device(self) -> int: ...
+    def cuda_device(self) -> Optional[int]: ...
     @property
     def consumer_stream(self) -> int: ...
     @property

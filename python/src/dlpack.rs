@@ -6,12 +6,13 @@
 use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use std::any::Any;
 use std::ffi::{c_void, CStr};
 use std::sync::Arc;
 
 /// `kDLCPU`.
 pub const DEVICE_CPU: i32 = 1;
+/// `kDLCUDA`.
+pub const DEVICE_CUDA: i32 = 2;
 
 const DLPACK_MAJOR: u32 = 1;
 const DLPACK_MINOR: u32 = 0;
@@ -66,8 +67,18 @@ struct DlManagedTensorVersioned {
     dl_tensor: DlTensor,
 }
 
+/// What an exported view keeps alive, and how it lets another GPU stream
+/// read it.
+pub trait Keep: Send + Sync {
+    /// Orders CUDA stream `stream` after the data is ready (and the
+    /// release after `stream`'s reads). Host memory needs nothing.
+    fn use_on(&self, _stream: usize) -> cuframes::Result<()> {
+        Ok(())
+    }
+}
+
 /// Whatever must outlive an exported view.
-pub type Owner = Arc<dyn Any + Send + Sync>;
+pub type Owner = Arc<dyn Keep>;
 
 /// One strided array of unsigned integers over memory kept by an owner.
 #[derive(Clone, Copy, Debug)]
@@ -281,6 +292,22 @@ impl Request<'_, '_> {
         }
         Ok(self.max_version.is_some_and(|(major, _)| major >= 1))
     }
+
+    /// The CUDA stream the consumer will read on, per the protocol: `None`
+    /// is the legacy default stream (handle 1), `-1` asks for no ordering.
+    pub fn cuda_stream(&self) -> PyResult<Option<usize>> {
+        match self.stream {
+            None => Ok(Some(1)),
+            Some(s) if s.is_none() => Ok(Some(1)),
+            Some(s) => match s.extract::<i64>()? {
+                -1 => Ok(None),
+                v if v >= 0 => Ok(Some(v as usize)),
+                v => Err(PyBufferError::new_err(format!(
+                    "stream {v} is not a CUDA stream"
+                ))),
+            },
+        }
+    }
 }
 
 /// One plane (or whole frame) as an object with the DLPack protocol, for
@@ -301,13 +328,19 @@ impl DLPackView {
         export(py, &self.spec, self.owner.clone(), versioned)
     }
 
-    /// The answer to a `__dlpack__` call.
+    /// The answer to a `__dlpack__` call: for a GPU frame, the consumer's
+    /// stream is first ordered after the frame's publish.
     pub fn answer<'py>(
         &self,
         py: Python<'py>,
         request: Request<'_, 'py>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let versioned = request.check(&self.spec)?;
+        if self.spec.device.device_type == DEVICE_CUDA {
+            if let Some(stream) = request.cuda_stream()? {
+                self.owner.use_on(stream).map_err(crate::errors::to_py)?;
+            }
+        }
         self.export(py, versioned)
     }
 }
@@ -347,6 +380,13 @@ impl DLPackView {
 
 /// `numpy.from_dlpack(view)`: a zero-copy array.
 pub fn to_numpy<'py>(py: Python<'py>, view: DLPackView) -> PyResult<Bound<'py, PyAny>> {
+    if view.spec.device.device_type != DEVICE_CPU {
+        return Err(crate::errors::raise(
+            cuframes::ErrorCode::InvalidArgument,
+            "the frame is in GPU memory: numpy cannot view it; use \
+             torch.from_dlpack(frame.plane(i)) or cupy.from_dlpack(...)",
+        ));
+    }
     let view = Bound::new(py, view)?;
     py.import("numpy")?.call_method1("from_dlpack", (view,))
 }

@@ -1,14 +1,76 @@
 //! `CuframesFrame`: a frame held in place, released explicitly, by a
 //! `with` block, or when the last view of it goes.
 
-use crate::dlpack::{self, DLPackView, DlDevice, Owner, Request, TensorSpec, DEVICE_CPU};
+use crate::dlpack::{
+    self, DLPackView, DlDevice, Keep, Owner, Request, TensorSpec, DEVICE_CPU, DEVICE_CUDA,
+};
 use crate::enums::PyPixelFormat;
-use crate::errors::raise;
+use crate::errors::{raise, IntoPy};
 use crate::planes::Slot;
 use cuframes::{ErrorCode, Frame};
+use cuframes_cuda::{CudaFrame, RawStream};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::{Arc, Mutex};
+
+impl Keep for Frame {}
+
+impl Keep for CudaFrame {
+    fn use_on(&self, stream: usize) -> cuframes::Result<()> {
+        CudaFrame::use_on(self, stream as RawStream)
+    }
+}
+
+/// A frame in host or GPU memory.
+#[derive(Clone)]
+pub enum Held {
+    Host(Arc<Frame>),
+    Cuda(Arc<CudaFrame>),
+}
+
+impl Held {
+    fn owner(&self) -> Owner {
+        match self {
+            Held::Host(f) => f.clone(),
+            Held::Cuda(f) => f.clone(),
+        }
+    }
+
+    fn host(&self) -> &Frame {
+        match self {
+            Held::Host(f) => f,
+            Held::Cuda(f) => <CudaFrame as AsRef<Frame>>::as_ref(f),
+        }
+    }
+
+    /// A tightly packed copy (from the GPU for device frames).
+    fn packed(&self) -> cuframes::Result<Vec<u8>> {
+        match self {
+            Held::Host(f) => Ok(f.to_packed()),
+            Held::Cuda(f) => f.copy_to_host(),
+        }
+    }
+
+    /// Where plane 0 starts, and on which device.
+    fn placement(&self) -> (usize, DlDevice) {
+        match self {
+            Held::Host(f) => (
+                f.as_ptr() as usize,
+                DlDevice {
+                    device_type: DEVICE_CPU,
+                    device_id: 0,
+                },
+            ),
+            Held::Cuda(f) => (
+                f.base_ptr() as usize,
+                DlDevice {
+                    device_type: DEVICE_CUDA,
+                    device_id: f.device() as i32,
+                },
+            ),
+        }
+    }
+}
 
 /// What stays readable about a frame without touching its memory.
 #[derive(Clone, Copy, Debug)]
@@ -27,20 +89,19 @@ struct Meta {
 /// torn frame. After `release()` every property raises `CuframesReleasedError`.
 #[pyclass(name = "CuframesFrame", module = "cuframes._native", frozen)]
 pub struct PyFrame {
-    held: Mutex<Option<Arc<Frame>>>,
+    held: Mutex<Option<Held>>,
     meta: Meta,
 }
 
 impl PyFrame {
-    pub fn new(frame: Frame, latency_ns: u64) -> Self {
+    pub fn new(held: Held, latency_ns: u64) -> Self {
+        let (base, device) = held.placement();
+        let frame = held.host();
         let slot = Slot {
             layout: *frame.layout(),
             format: frame.format(),
-            base: frame.as_ptr() as usize,
-            device: DlDevice {
-                device_type: DEVICE_CPU,
-                device_id: 0,
-            },
+            base,
+            device,
             read_only: true,
         };
         let meta = Meta {
@@ -51,13 +112,13 @@ impl PyFrame {
             slot,
         };
         Self {
-            held: Mutex::new(Some(Arc::new(frame))),
+            held: Mutex::new(Some(held)),
             meta,
         }
     }
 
     /// The held frame, or `CuframesReleasedError`.
-    fn held(&self) -> PyResult<Arc<Frame>> {
+    fn held(&self) -> PyResult<Held> {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -70,7 +131,7 @@ impl PyFrame {
     }
 
     fn view(&self, spec: Option<TensorSpec>, what: &str) -> PyResult<DLPackView> {
-        let owner: Owner = self.held()?;
+        let owner: Owner = self.held()?.owner();
         let spec = spec.ok_or_else(|| {
             raise(
                 ErrorCode::InvalidArgument,
@@ -284,8 +345,8 @@ impl PyFrame {
 
     /// A tightly packed copy of the picture (planes in order, no padding).
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        let f = self.held()?;
-        let packed = py.detach(|| f.to_packed());
+        let held = self.held()?;
+        let packed = py.detach(|| held.packed()).py()?;
         Ok(pyo3::types::PyBytes::new(py, &packed))
     }
 
@@ -294,14 +355,26 @@ impl PyFrame {
     /// pixels match the stamp's checksum. Raises `CuframesCorruptError`
     /// for a torn, reused or foreign frame.
     fn verify_test_pattern(&self, py: Python<'_>) -> PyResult<()> {
-        let f = self.held()?;
-        py.detach(|| cuframes::testsrc::verify(f.layout(), f.data(), f.seq()))
-            .map_err(|d| {
-                raise(
-                    ErrorCode::Corrupt,
-                    &format!("frame {} fails the test pattern: {d:?}", f.seq()),
-                )
-            })
+        let held = self.held()?;
+        let layout = self.meta.slot.layout;
+        let seq = self.meta.seq;
+        let checked = py.detach(|| match &held {
+            Held::Host(f) => Ok(cuframes::testsrc::verify(&layout, f.data(), seq)),
+            Held::Cuda(f) => f.copy_to_host().map(|packed| {
+                let mut image = vec![0u8; layout.slot_bytes as usize];
+                for (slot, p, len) in layout.packed_rows() {
+                    let (slot, p, len) = (slot as usize, p as usize, len as usize);
+                    image[slot..slot + len].copy_from_slice(&packed[p..p + len]);
+                }
+                cuframes::testsrc::verify(&layout, &image, seq)
+            }),
+        });
+        checked.py()?.map_err(|d| {
+            raise(
+                ErrorCode::Corrupt,
+                &format!("frame {seq} fails the test pattern: {d:?}"),
+            )
+        })
     }
 
     /// The frame's properties as a dict.

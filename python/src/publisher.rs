@@ -1,7 +1,7 @@
 //! `Publisher` and its `WriteLease`: write frames from numpy arrays or any
 //! buffer, in place or by copy.
 
-use crate::dlpack::{self, DLPackView, DlDevice, Owner, DEVICE_CPU};
+use crate::dlpack::{self, DLPackView, DlDevice, Keep, Owner, DEVICE_CPU};
 use crate::enums::{PyLosslessPolicy, PyPixelFormat};
 use crate::errors::{raise, IntoPy};
 use crate::planes::Slot;
@@ -11,6 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+impl Keep for MappingGuard {}
 
 /// Creates a stream and writes frames into it.
 ///

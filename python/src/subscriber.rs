@@ -3,13 +3,83 @@
 
 use crate::enums::{PyPixelFormat, PySubscriberMode};
 use crate::errors::{raise, IntoPy};
-use crate::frame::PyFrame;
-use cuframes::{ErrorCode, FrameLayout, Monitor, Subscriber, SubscriberOptions, SubscriberStats};
+use crate::frame::{Held, PyFrame};
+use cuframes::{
+    ErrorCode, FrameLayout, MemoryKind, Mode, Monitor, Subscriber, SubscriberOptions,
+    SubscriberStats,
+};
+use cuframes_cuda::{CudaSubscriber, CudaSubscriberOptions, RawStream};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// A subscriber of a host-memory or a GPU-memory stream.
+enum Reader {
+    Host(Subscriber),
+    Cuda(Box<CudaSubscriber>),
+}
+
+impl Reader {
+    /// Connects with the backend the stream's memory needs.
+    fn connect(
+        key: &str,
+        name: &str,
+        mode: Mode,
+        options: SubscriberOptions,
+        cuda_device: Option<u32>,
+        stream: usize,
+    ) -> cuframes::Result<Self> {
+        match Subscriber::connect(key, name, mode, options.clone()) {
+            Err(e) if e.code() == ErrorCode::Incompatible && on_gpu(key) => {
+                let options = CudaSubscriberOptions {
+                    ring: options,
+                    device: cuda_device,
+                };
+                let mut sub = CudaSubscriber::connect(key, name, mode, options)?;
+                // SAFETY: the caller vouches for the handle being a live
+                // stream of the publisher's device, as the seed's API did.
+                unsafe { sub.set_consumer_stream(stream as RawStream) };
+                Ok(Reader::Cuda(Box::new(sub)))
+            }
+            r => r.map(Reader::Host),
+        }
+    }
+
+    fn host(&self) -> &Subscriber {
+        match self {
+            Reader::Host(s) => s,
+            Reader::Cuda(s) => s.host(),
+        }
+    }
+
+    fn next(&mut self, timeout: Duration, stop: impl Fn() -> bool) -> cuframes::Result<Held> {
+        Ok(match self {
+            Reader::Host(s) => Held::Host(Arc::new(s.next_frame_unless(timeout, stop)?)),
+            Reader::Cuda(s) => Held::Cuda(Arc::new(s.next_frame_unless(timeout, stop)?)),
+        })
+    }
+
+    fn try_next(&mut self) -> cuframes::Result<Option<Held>> {
+        Ok(match self {
+            Reader::Host(s) => s.try_next()?.map(|f| Held::Host(Arc::new(f))),
+            Reader::Cuda(s) => s.try_next()?.map(|f| Held::Cuda(Arc::new(f))),
+        })
+    }
+
+    fn device(&self) -> Option<u32> {
+        match self {
+            Reader::Host(_) => None,
+            Reader::Cuda(s) => Some(s.device()),
+        }
+    }
+}
+
+/// Whether stream `key` keeps its frames in GPU memory.
+fn on_gpu(key: &str) -> bool {
+    cuframes::stream_status(key).is_ok_and(|s| s.info.memory != MemoryKind::Host)
+}
 
 /// Reads frames of one stream.
 ///
@@ -21,14 +91,14 @@ use std::time::Duration;
 /// valid after the subscriber is closed.
 #[pyclass(name = "CuframesSubscriber", module = "cuframes._native", frozen)]
 pub struct PySubscriber {
-    sub: Mutex<Option<Subscriber>>,
+    sub: Mutex<Option<Reader>>,
     monitor: Mutex<Option<Monitor>>,
     closing: AtomicBool,
     local: Mutex<SubscriberStats>,
     key: String,
     name: String,
     mode: PySubscriberMode,
-    cuda_device: i32,
+    cuda_device: Option<u32>,
     consumer_stream: usize,
     layout: FrameLayout,
 }
@@ -64,7 +134,7 @@ impl PySubscriber {
     fn with_sub<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut Subscriber, &AtomicBool) -> cuframes::Result<T> + Send,
+        f: impl FnOnce(&mut Reader, &AtomicBool) -> cuframes::Result<T> + Send,
     ) -> PyResult<T> {
         py.detach(|| {
             let mut guard = self.sub.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,7 +145,7 @@ impl PySubscriber {
                 return Err(raise(ErrorCode::Closed, "the subscriber was closed"));
             };
             let r = f(sub, &self.closing);
-            *self.local.lock().unwrap_or_else(|p| p.into_inner()) = sub.stats();
+            *self.local.lock().unwrap_or_else(|p| p.into_inner()) = sub.host().stats();
             if self.closing.load(Ordering::Acquire) {
                 guard.take();
             }
@@ -91,8 +161,8 @@ impl PySubscriber {
         }
     }
 
-    fn deliver(frame: cuframes::Frame, stats: &SubscriberStats) -> PyFrame {
-        PyFrame::new(frame, stats.last_latency_ns)
+    fn deliver(held: Held, sub: &Reader) -> PyFrame {
+        PyFrame::new(held, sub.host().stats().last_latency_ns)
     }
 }
 
@@ -102,17 +172,19 @@ impl PySubscriber {
     /// `connect_timeout_ms` for it to appear (GIL released meanwhile).
     ///
     /// `cuda_device` and `consumer_stream` matter for streams in GPU memory
-    /// only. `max_held` is how many frames (and array views of them) may be
+    /// only: `cuda_device=None` finds the publisher's GPU (by UUID, so it
+    /// works whatever `CUDA_VISIBLE_DEVICES` says); `consumer_stream` is the
+    /// stream frames are ordered on (an int handle or a torch/CuPy stream). `max_held` is how many frames (and array views of them) may be
     /// held at once.
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (key, consumer_name, mode=PySubscriberMode::NEWEST_ONLY, cuda_device=0, connect_timeout_ms=2000, consumer_stream=None, max_held=1))]
+    #[pyo3(signature = (key, consumer_name, mode=PySubscriberMode::NEWEST_ONLY, cuda_device=None, connect_timeout_ms=2000, consumer_stream=None, max_held=1))]
     fn new(
         py: Python<'_>,
         key: &str,
         consumer_name: &str,
         mode: PySubscriberMode,
-        cuda_device: i32,
+        cuda_device: Option<u32>,
         connect_timeout_ms: u64,
         consumer_stream: Option<&Bound<'_, PyAny>>,
         max_held: u32,
@@ -124,12 +196,22 @@ impl PySubscriber {
             ..Default::default()
         };
         let sub = py
-            .detach(|| Subscriber::connect(key, consumer_name, mode.into(), options))
+            .detach(|| {
+                Reader::connect(
+                    key,
+                    consumer_name,
+                    mode.into(),
+                    options,
+                    cuda_device,
+                    consumer_stream,
+                )
+            })
             .py()?;
+        let cuda_device = sub.device().or(cuda_device);
         Ok(Self {
-            layout: *sub.layout(),
-            monitor: Mutex::new(Some(sub.monitor())),
-            local: Mutex::new(sub.stats()),
+            layout: *sub.host().layout(),
+            monitor: Mutex::new(Some(sub.host().monitor())),
+            local: Mutex::new(sub.host().stats()),
             sub: Mutex::new(Some(sub)),
             closing: AtomicBool::new(false),
             key: key.to_owned(),
@@ -148,8 +230,8 @@ impl PySubscriber {
     fn next_frame(&self, py: Python<'_>, timeout_ms: u64) -> PyResult<PyFrame> {
         let timeout = Duration::from_millis(timeout_ms);
         self.with_sub(py, |sub, closing| {
-            let f = sub.next_frame_unless(timeout, || closing.load(Ordering::Acquire))?;
-            Ok(Self::deliver(f, &sub.stats()))
+            let f = sub.next(timeout, || closing.load(Ordering::Acquire))?;
+            Ok(Self::deliver(f, sub))
         })
     }
 
@@ -157,8 +239,7 @@ impl PySubscriber {
     fn try_next(&self, py: Python<'_>) -> PyResult<Option<PyFrame>> {
         self.with_sub(py, |sub, _| {
             let f = sub.try_next()?;
-            let stats = sub.stats();
-            Ok(f.map(|f| Self::deliver(f, &stats)))
+            Ok(f.map(|f| Self::deliver(f, sub)))
         })
     }
 
@@ -230,8 +311,10 @@ impl PySubscriber {
     fn mode(&self) -> PySubscriberMode {
         self.mode
     }
+    /// The GPU of a GPU-memory stream (`None` for host-memory streams
+    /// unless one was asked for).
     #[getter]
-    fn cuda_device(&self) -> i32 {
+    fn cuda_device(&self) -> Option<u32> {
         self.cuda_device
     }
     /// The CUDA stream frames are ordered on (0: the default stream).

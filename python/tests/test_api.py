@@ -340,3 +340,23 @@ def test_dropped_and_occupancy_come_from_shared_memory(key: str) -> None:
             assert status["published"] == 10 and status["policy"] == "drop-oldest"
             assert {s["name"] for s in status["subscribers"]} == {"slow", "newest"}
             assert key in {s["key"] for s in cuframes.list_streams()}
+
+
+def test_gpu_stream_without_driver_is_a_cuda_error(key: str) -> None:
+    """A stream whose header says its frames live in GPU memory is read
+    through the CUDA backend; without a driver that is a clear error."""
+    shm = Path(os.environ.get("CUFRAMES_SHM_DIR", "/dev/shm"))
+    with cuframes.Publisher(key + "-src", 64, 32):
+        image = bytearray((shm / f"cuframes.{key}-src").read_bytes())
+        image[36:40] = (2).to_bytes(4, "little")  # memory_kind = cuda-ipc
+        seg = shm / f"cuframes.{key}"
+        seg.write_bytes(bytes(image))
+        seg.chmod(0o600)
+        try:
+            with pytest.raises(cuframes.CuframesError) as err:
+                cuframes.subscribe(key, "gpu", connect_timeout_ms=0)
+            if os.environ.get("CUFRAMES_GPU") != "1":
+                assert isinstance(err.value, (cuframes.CuframesCudaError, cuframes.CuframesCorruptError))
+                assert "libcuda" in str(err.value) or "backend area" in str(err.value)
+        finally:
+            seg.unlink()
