@@ -227,9 +227,11 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> 
 }
 
 /// Boxes `v` and stores the pointer in `*out`.
-pub(crate) fn hand_out<T>(out: *mut *mut T, v: T) {
-    // SAFETY: every caller checked `out` with `out_ptr` first; the caller
-    // of the entry point guarantees it is writable.
+///
+/// # Safety
+/// `out` is non-null and writable.
+pub(crate) unsafe fn hand_out<T>(out: *mut *mut T, v: T) {
+    // SAFETY: per the function's contract.
     unsafe { out.write(Box::into_raw(Box::new(v))) };
 }
 

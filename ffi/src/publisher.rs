@@ -179,7 +179,8 @@ pub unsafe extern "C" fn cuframes_publisher_create(
             .ok_or_else(|| invalid(format!("format {format} is not a CUFRAMES_FORMAT_*")))?;
         let layout = FrameLayout::new(format, width, height, options.pitch_align)?;
         let publisher = Publisher::create(key, layout, options)?;
-        hand_out(out, cuframes_publisher_t { publisher });
+        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
+        unsafe { hand_out(out, cuframes_publisher_t { publisher }) };
         Ok(())
     })
 }

@@ -147,7 +147,8 @@ pub unsafe extern "C" fn cuframes_subscriber_create(
             unsafe { options.read() }.to_rust()?
         };
         let subscriber = Subscriber::connect(key, name, mode, options)?;
-        hand_out(out, cuframes_subscriber_t { subscriber });
+        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
+        unsafe { hand_out(out, cuframes_subscriber_t { subscriber }) };
         Ok(())
     })
 }
@@ -168,7 +169,8 @@ unsafe fn deliver(
         // SAFETY: per the contract.
         let s = &mut unsafe { arg_mut(subscriber, "subscriber") }?.subscriber;
         let frame = take(s)?;
-        hand_out(out, cuframes_frame_t { frame });
+        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
+        unsafe { hand_out(out, cuframes_frame_t { frame }) };
         Ok(())
     })
 }
