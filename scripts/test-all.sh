@@ -35,6 +35,9 @@ step "unit, doc, property and process tests"
 cargo build --release -p cuframes-cli
 cargo test --workspace
 
+step "C ABI: header check, C tests (shared, static, ASan, valgrind), examples"
+./scripts/test-c.sh
+
 step "Python package: wheel, pytest, mypy --strict"
 ./scripts/test-python.sh
 
