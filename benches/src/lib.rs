@@ -50,6 +50,8 @@ pub struct Options {
     pub exe: PathBuf,
     /// Arguments before the child spec (`["bench", "--child"]`).
     pub child_prefix: Vec<String>,
+    /// Only these peers (all when empty).
+    pub peers: Vec<Peer>,
 }
 
 /// Where the results went.
@@ -147,7 +149,9 @@ pub fn plan(size: Size) -> Vec<(Case, Option<String>)> {
 fn unavailable(peer: Peer) -> Option<String> {
     match peer {
         Peer::PythonShm => python::probe("import multiprocessing.shared_memory").err(),
-        Peer::PythonCuframes => python::probe("import cuframes").err(),
+        Peer::PythonCuframes => python::probe("import cuframes")
+            .err()
+            .map(|e| format!("`import cuframes` failed: {e}")),
         Peer::CuframesCuda | Peer::TorchMp => {
             Some(if std::env::var("CUFRAMES_GPU").as_deref() == Ok("1") {
                 "GPU peers are not part of this harness yet (CUFRAMES_GPU=1 set)".into()
@@ -206,7 +210,12 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Outcome, St
         missing.push((peer, r.clone()));
         r
     };
-    for (i, (case, skip)) in plan(opts.size).into_iter().enumerate() {
+    let chosen = |p: Peer| opts.peers.is_empty() || opts.peers.contains(&p);
+    for (i, (case, skip)) in plan(opts.size)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (c, _))| chosen(c.peer))
+    {
         let row = match skip.or_else(|| why_not(case.peer)) {
             Some(reason) => skipped_row(&case, &reason),
             None => run_case(opts, &case, i),
@@ -231,6 +240,9 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Outcome, St
         rows.push(row);
     }
     for peer in [Peer::CuframesCuda, Peer::TorchMp] {
+        if !chosen(peer) {
+            continue;
+        }
         let case = Case {
             peer,
             wake: Wake::Block,
@@ -344,6 +356,9 @@ impl Run {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(Msg::Line(l)) => {
+                    if std::env::var_os("CUFRAMES_BENCH_DEBUG").is_some() {
+                        eprintln!("    | {l}");
+                    }
                     if want(&l) {
                         return Ok(());
                     }
@@ -414,7 +429,7 @@ fn measure(opts: &Options, case: &Case, index: usize) -> Result<Figures, String>
         let args = [
             format!("bytes={}", case.workload.bytes()),
             format!("subs={n}"),
-            format!("slots={}", spec::RING_SLOTS),
+            format!("slots={}", spec::ring_slots(n)),
             format!("lat_frames={}", p.latency_frames),
             format!("lat_interval_us={}", p.latency_interval_us),
             format!("tput_ms={}", p.throughput_ms),

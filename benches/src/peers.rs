@@ -107,7 +107,7 @@ impl CuframesPub {
         let c = &spec.case;
         let layout = c.workload.layout().map_err(err("layout"))?;
         let options = cuframes::PublisherOptions {
-            slot_count: RING_SLOTS,
+            slot_count: crate::spec::ring_slots(c.subscribers),
             subscriber_capacity: (c.subscribers as u32 + 1).max(16),
             block_timeout: Duration::from_secs(20),
             ..Default::default()

@@ -92,6 +92,7 @@ pub struct Recorder {
     frames: u64,
     first_ns: u64,
     last_ns: u64,
+    end_ns: u64,
     first_cpu: u64,
     last_seq: u64,
     lost: u64,
@@ -115,7 +116,10 @@ impl Recorder {
                 self.frames += 1;
                 self.last_ns = now;
             }
-            PHASE_END => return true,
+            PHASE_END => {
+                self.end_ns = now;
+                return true;
+            }
             _ => {}
         }
         false
@@ -126,8 +130,11 @@ impl Recorder {
         let cpu = cpu_ns().saturating_sub(self.first_cpu);
         self.latency.sort_unstable();
         let lat = &self.latency;
-        let fps = if self.frames > 1 && self.last_ns > self.first_ns {
-            (self.frames - 1) as f64 * 1e9 / (self.last_ns - self.first_ns) as f64
+        // From the first throughput frame to the end marker: the frames
+        // this subscriber took while the publisher ran flat out.
+        let end = self.end_ns.max(self.last_ns);
+        let fps = if self.frames > 0 && end > self.first_ns {
+            self.frames as f64 * 1e9 / (end - self.first_ns) as f64
         } else {
             0.0
         };

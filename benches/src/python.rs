@@ -5,7 +5,7 @@ use std::process::Command;
 
 /// Counting and reporting, as `proto::Recorder` does.
 const PRELUDE: &str = r#"
-import sys, time, struct, resource
+import os, sys, time, struct, resource
 ARGS = dict(a.split('=', 1) for a in sys.argv[1:])
 HDR = struct.Struct('<QQQ')
 
@@ -22,12 +22,16 @@ def rss_kib():
                 d[k] = int(v.split()[0])
     return d.get('VmRSS', 0), d.get('RssShmem', 0)
 
+def say(line):
+    # One write(2) per line: processes forked from one parent share the pipe.
+    os.write(1, (line + '\n').encode())
+
 def q(xs, p):
     return xs[round((len(xs) - 1) * p)] if xs else 0
 
 class Recorder:
     def __init__(self):
-        self.lat = []; self.n = 0; self.t1 = 0; self.t2 = 0; self.c1 = 0; self.last = 0; self.lost = 0
+        self.lat = []; self.n = 0; self.t1 = 0; self.t2 = 0; self.t3 = 0; self.c1 = 0; self.last = 0; self.lost = 0
     def observe(self, seq, phase, lat, now):
         if self.last and seq > self.last + 1:
             self.lost += seq - self.last - 1
@@ -39,16 +43,18 @@ class Recorder:
                 self.t1 = now; self.c1 = cpu_ns()
             self.n += 1; self.t2 = now
         elif phase == 3:
+            self.t3 = now
             return True
         return False
     def report(self, idx):
         cpu = cpu_ns() - self.c1
         lat = sorted(self.lat)
-        fps = (self.n - 1) * 1e9 / (self.t2 - self.t1) if self.n > 1 and self.t2 > self.t1 else 0.0
+        end = max(self.t2, self.t3)
+        fps = self.n * 1e9 / (end - self.t1) if self.n > 0 and end > self.t1 else 0.0
         rss, shm = rss_kib()
-        print(f"result role=sub idx={idx} p50={q(lat, .5)} p99={q(lat, .99)} p999={q(lat, .999)} "
-              f"samples={len(lat)} frames={self.n} fps={fps:.3f} cpu_ns={cpu // max(self.n, 1)} "
-              f"rss_kib={rss} shmem_kib={shm} lost={self.lost}", flush=True)
+        say(f"result role=sub idx={idx} p50={q(lat, .5)} p99={q(lat, .99)} p999={q(lat, .999)} "
+            f"samples={len(lat)} frames={self.n} fps={fps:.3f} cpu_ns={cpu // max(self.n, 1)} "
+            f"rss_kib={rss} shmem_kib={shm} lost={self.lost}")
 "#;
 
 /// Publisher and subscribers in Python: `multiprocessing.shared_memory`
@@ -123,7 +129,7 @@ def main():
     publish(3)
     for p in procs:
         p.join()
-    print(line, flush=True)
+    say(line)
     del buf
     shm.close(); shm.unlink()
 
@@ -164,16 +170,25 @@ rec.report(int(ARGS['idx']))
 sub.close()
 "#;
 
+/// The interpreter: `$CUFRAMES_BENCH_PYTHON` (a virtual environment with
+/// the `cuframes` wheel, say `target/pyenv/bin/python`), else `python3`.
+pub fn interpreter() -> String {
+    std::env::var("CUFRAMES_BENCH_PYTHON")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "python3".into())
+}
+
 /// The `python3 -c` command for the shared-memory peer.
 pub fn shm_command(args: &[String]) -> Command {
-    let mut c = Command::new("python3");
+    let mut c = Command::new(interpreter());
     c.arg("-c").arg(format!("{PRELUDE}{SHM_BODY}")).args(args);
     c
 }
 
 /// The `python3 -c` command for a Python cuframes subscriber.
 pub fn cuframes_command(args: &[String]) -> Command {
-    let mut c = Command::new("python3");
+    let mut c = Command::new(interpreter());
     c.arg("-c")
         .arg(format!("{PRELUDE}{CUFRAMES_BODY}"))
         .args(args);
@@ -181,10 +196,11 @@ pub fn cuframes_command(args: &[String]) -> Command {
 }
 
 /// `Ok` if `python3 -c code` runs; otherwise why not (its last line of
-/// error output, or that python3 is missing).
+/// error output, or that the interpreter is missing).
 pub fn probe(code: &str) -> Result<(), String> {
-    match Command::new("python3").args(["-c", code]).output() {
-        Err(e) => Err(format!("python3 not runnable: {e}")),
+    let python = interpreter();
+    match Command::new(&python).args(["-c", code]).output() {
+        Err(e) => Err(format!("{python} not runnable: {e}")),
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
             .lines()

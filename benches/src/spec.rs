@@ -227,8 +227,16 @@ pub struct Case {
     pub phases: Phases,
 }
 
-/// Slots in the cuframes ring; iceoryx2 gets the same depth.
+/// Slots in the cuframes ring (more with many subscribers: each may hold
+/// one frame, and two more are the writer's and the newest); iceoryx2
+/// subscribers buffer `RING_SLOTS - 2` samples in queue mode.
 pub const RING_SLOTS: u32 = 8;
+
+/// Slots of the cuframes ring for `subscribers` readers holding one frame
+/// each.
+pub fn ring_slots(subscribers: usize) -> u32 {
+    RING_SLOTS.max(subscribers as u32 + 2)
+}
 
 /// What a child process is told: the case, the stream key, its role.
 #[derive(Debug, Clone, PartialEq)]

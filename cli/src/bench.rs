@@ -3,7 +3,7 @@
 //! The harness itself is the `cuframes-bench` crate.
 
 use cuframes::{Error, ErrorCode, Result};
-use cuframes_bench::{Options, Size};
+use cuframes_bench::{Options, Peer, Size};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -18,6 +18,10 @@ pub struct Args {
     /// Where to write bench.csv and bench.svg.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
+    /// Only these peers, comma-separated (cuframes, iceoryx2, unix-socket,
+    /// python-shm, python-cuframes, cuframes-cuda, torch-mp).
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<Peer>,
     /// Runs one publisher or subscriber process of the harness.
     #[arg(long, hide = true)]
     pub child: Option<String>,
@@ -39,6 +43,7 @@ pub fn run(args: Args) -> Result<()> {
         out: args.out,
         exe,
         child_prefix: vec!["bench".into(), "--child".into()],
+        peers: args.peers,
     };
     eprintln!("cuframes bench ({size:?}) on {}", cuframes_bench::machine());
     let outcome = cuframes_bench::run(&opts, |line| eprintln!("  {line}")).map_err(failed)?;
@@ -60,4 +65,11 @@ pub fn run(args: Args) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn parse_peer(s: &str) -> std::result::Result<Peer, String> {
+    Peer::by_name(s).ok_or_else(|| {
+        let names: Vec<_> = Peer::ALL.iter().map(|p| p.name()).collect();
+        format!("unknown peer {s:?}; one of {}", names.join(", "))
+    })
 }
