@@ -39,15 +39,18 @@ pub struct PyLease {
 }
 
 impl PyPublisher {
+    /// Runs `f` on the open publisher. Returns the Rust error: converting
+    /// it takes the GIL, which must not happen under the lock (a thread
+    /// holding the GIL may be waiting for it).
     fn with_publisher<T>(
         &self,
         f: impl FnOnce(&mut Publisher) -> cuframes::Result<T>,
-    ) -> PyResult<T> {
+    ) -> cuframes::Result<T> {
         let mut guard = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
         let p = guard
             .as_mut()
-            .ok_or_else(|| raise(ErrorCode::Closed, "the publisher was closed"))?;
-        f(p).py()
+            .ok_or_else(|| cuframes::Error::new(ErrorCode::Closed, "the publisher was closed"))?;
+        f(p)
     }
 
     fn slot(&self, base: *mut u8) -> Slot {
@@ -125,7 +128,9 @@ impl PyPublisher {
     fn loan(slf: Bound<'_, Self>) -> PyResult<PyLease> {
         let py = slf.py();
         let me = slf.get();
-        let lease = py.detach(|| me.with_publisher(|p| p.loan_detached()))?;
+        let lease = py
+            .detach(|| me.with_publisher(|p| p.loan_detached()))
+            .py()?;
         Ok(PyLease {
             seq: lease.seq,
             slot: me.slot(lease.data),
@@ -154,7 +159,9 @@ impl PyPublisher {
                 ),
             ));
         }
-        let lease = py.detach(|| self.with_publisher(|p| p.loan_detached()))?;
+        let lease = py
+            .detach(|| self.with_publisher(|p| p.loan_detached()))
+            .py()?;
         // Copy with the GIL held: no Python code can change the buffer
         // meanwhile.
         // SAFETY: the exporter keeps `len_bytes` readable bytes at
@@ -171,7 +178,7 @@ impl PyPublisher {
             let (to, from, len) = (to as usize, from as usize, len as usize);
             dst[to..to + len].copy_from_slice(&src[from..from + len]);
         }
-        self.with_publisher(|p| p.commit_detached(pts_ns))
+        self.with_publisher(|p| p.commit_detached(pts_ns)).py()
     }
 
     /// Closes the stream: subscribers drain what is left, then get
@@ -235,7 +242,7 @@ impl PyPublisher {
 
     /// Ring-wide counters from shared memory, with one dict per subscriber.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with_publisher(|p| Ok(p.stats()))?;
+        let s = self.with_publisher(|p| Ok(p.stats())).py()?;
         crate::streams::ring_stats_dict(py, &s)
     }
 
@@ -294,6 +301,7 @@ impl PyLease {
         match commit {
             Some(pts) => publisher
                 .with_publisher(|p| p.commit_detached(pts))
+                .py()
                 .map(Some),
             None => {
                 let _ = publisher.with_publisher(|p| Ok(p.abort_detached()));

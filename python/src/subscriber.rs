@@ -136,21 +136,28 @@ impl PySubscriber {
         py: Python<'_>,
         f: impl FnOnce(&mut Reader, &AtomicBool) -> cuframes::Result<T> + Send,
     ) -> PyResult<T> {
+        // Errors become Python exceptions only after the lock is dropped
+        // and the GIL is back: taking the GIL while holding the lock could
+        // deadlock against a thread that holds the GIL and wants the lock.
         py.detach(|| {
             let mut guard = self.sub.lock().unwrap_or_else(|p| p.into_inner());
             if self.closing.load(Ordering::Acquire) {
                 guard.take();
             }
             let Some(sub) = guard.as_mut() else {
-                return Err(raise(ErrorCode::Closed, "the subscriber was closed"));
+                return Err(cuframes::Error::new(
+                    ErrorCode::Closed,
+                    "the subscriber was closed",
+                ));
             };
             let r = f(sub, &self.closing);
             *self.local.lock().unwrap_or_else(|p| p.into_inner()) = sub.host().stats();
             if self.closing.load(Ordering::Acquire) {
                 guard.take();
             }
-            r.py()
+            r
         })
+        .py()
     }
 
     fn snapshot(&self) -> SubscriberStats {

@@ -360,3 +360,28 @@ def test_gpu_stream_without_driver_is_a_cuda_error(key: str) -> None:
                 assert "libcuda" in str(err.value) or "backend area" in str(err.value)
         finally:
             seg.unlink()
+
+
+def test_blocked_loan_and_stats_from_another_thread_do_not_deadlock(key: str) -> None:
+    """A loan waiting out backpressure holds the publisher; another thread
+    asking for stats meanwhile must neither hang nor break the timeout."""
+    with cuframes.Publisher(key, 32, 16, PixelFormat.GRAY8, slots=4, block_timeout_ms=300) as pub:
+        lagging = cuframes.subscribe(key, "lagging", SubscriberMode.QUEUE)
+        errors: list[BaseException] = []
+
+        def flood() -> None:
+            try:
+                for _ in range(10):
+                    pub.publish(bytes(512))
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        t = threading.Thread(target=flood)
+        t.start()
+        deadline = time.monotonic() + 5
+        while t.is_alive() and time.monotonic() < deadline:
+            pub.stats()
+        t.join(5)
+        assert not t.is_alive(), "publish() and stats() deadlocked"
+        assert len(errors) == 1 and isinstance(errors[0], cuframes.CuframesTimeoutError)
+        lagging.close()
