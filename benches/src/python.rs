@@ -140,6 +140,10 @@ if __name__ == '__main__':
 /// A subscriber in Python through the `cuframes` package.
 const CUFRAMES_BODY: &str = r#"
 import cuframes
+try:
+    import numpy  # frame.y imports it on first use: not inside a timed phase
+except ImportError:
+    pass
 mode = cuframes.SubscriberMode.NEWEST_ONLY if ARGS['mode'] == 'newest' else cuframes.SubscriberMode.QUEUE
 sub = None
 deadline = time.monotonic() + 30
@@ -163,7 +167,10 @@ while True:
     row = y[0] if getattr(y, 'ndim', 1) > 1 else y
     s, sent, phase = HDR.unpack(row[:24].tobytes())
     sent = getattr(f, 'commit_ns', sent)
+    # The numpy views keep the frame held: drop them before releasing.
+    del y, row
     f.release()
+    del f
     if rec.observe(s, phase, now - sent, now):
         break
 rec.report(int(ARGS['idx']))
