@@ -23,7 +23,7 @@ pub use spec::{Case, ChildSpec, Mode, Peer, Phases, Wake, Workload};
 
 use proto::parse_kv;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -201,6 +201,33 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Outcome, St
         ));
         rows.push(Row::reference(&r));
     }
+    // Streams go to a private directory, removed at the end (lock files
+    // and the segments of a case that failed included), unless the caller
+    // chose one.
+    let private = std::env::var_os("CUFRAMES_SHM_DIR").is_none().then(|| {
+        let base = if Path::new("/dev/shm").is_dir() {
+            PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        base.join(format!("cuframes-bench-{}", std::process::id()))
+    });
+    if let Some(dir) = &private {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let result = run_cases(opts, private.as_deref(), rows, progress);
+    if let Some(dir) = &private {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn run_cases(
+    opts: &Options,
+    shm_dir: Option<&Path>,
+    mut rows: Vec<Row>,
+    mut progress: impl FnMut(&str),
+) -> Result<Outcome, String> {
     let mut missing: Vec<(Peer, Option<String>)> = Vec::new();
     let mut why_not = |peer: Peer| -> Option<String> {
         if let Some((_, r)) = missing.iter().find(|(p, _)| *p == peer) {
@@ -218,7 +245,7 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Outcome, St
     {
         let row = match skip.or_else(|| why_not(case.peer)) {
             Some(reason) => skipped_row(&case, &reason),
-            None => run_case(opts, &case, i),
+            None => run_case(opts, shm_dir, &case, i),
         };
         progress(&format!(
             "{} {} {} {} x{}: {}",
@@ -278,6 +305,7 @@ enum Msg {
 
 /// The children of one case and their output.
 struct Run {
+    shm_dir: Option<PathBuf>,
     children: Vec<(String, Child)>,
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
@@ -285,9 +313,10 @@ struct Run {
 }
 
 impl Run {
-    fn new() -> Self {
+    fn new(shm_dir: Option<&Path>) -> Self {
         let (tx, rx) = mpsc::channel();
         Self {
+            shm_dir: shm_dir.map(Path::to_owned),
             children: Vec::new(),
             tx,
             rx,
@@ -296,6 +325,9 @@ impl Run {
     }
 
     fn spawn(&mut self, label: &str, mut cmd: Command) -> Result<(), String> {
+        if let Some(dir) = &self.shm_dir {
+            cmd.env("CUFRAMES_SHM_DIR", dir);
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -390,9 +422,9 @@ impl Drop for Run {
 }
 
 /// Runs one case; a failure becomes a `failed` row with the reason.
-pub fn run_case(opts: &Options, case: &Case, index: usize) -> Row {
+pub fn run_case(opts: &Options, shm_dir: Option<&Path>, case: &Case, index: usize) -> Row {
     let mut row = skipped_row(case, "");
-    match measure(opts, case, index) {
+    match measure(opts, shm_dir, case, index) {
         Ok(f) => {
             row.status = "ok".into();
             row.figures = f;
@@ -405,7 +437,12 @@ pub fn run_case(opts: &Options, case: &Case, index: usize) -> Row {
     row
 }
 
-fn measure(opts: &Options, case: &Case, index: usize) -> Result<Figures, String> {
+fn measure(
+    opts: &Options,
+    shm_dir: Option<&Path>,
+    case: &Case,
+    index: usize,
+) -> Result<Figures, String> {
     let key = format!("bench-{}-{index}", std::process::id());
     let rust_child = |role: &str, idx: usize| {
         let spec = ChildSpec {
@@ -423,7 +460,7 @@ fn measure(opts: &Options, case: &Case, index: usize) -> Result<Figures, String>
         + Duration::from_micros(p.latency_frames * p.latency_interval_us)
         + Duration::from_millis(p.throughput_ms) * 2;
     let deadline = Instant::now() + budget;
-    let mut run = Run::new();
+    let mut run = Run::new(shm_dir);
     let n = case.subscribers;
     if case.peer == Peer::PythonShm {
         let args = [
