@@ -4,15 +4,25 @@
 //!
 //! `cargo bench -p cuframes-bench`
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use cuframes::{FrameLayout, PixelFormat, Publisher, PublisherOptions, Subscriber};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// Segments go to a private directory so nothing collides with live streams.
+/// The private directory the segments go to (removed at the end), so
+/// nothing collides with live streams.
+fn private_dir() -> std::path::PathBuf {
+    let base = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    base.join(format!("cuframes-criterion-{}", std::process::id()))
+}
+
 fn shm_dir() {
     if std::env::var_os("CUFRAMES_SHM_DIR").is_none() {
-        let dir = std::env::temp_dir().join(format!("cuframes-criterion-{}", std::process::id()));
+        let dir = private_dir();
         std::fs::create_dir_all(&dir).expect("create shm dir");
         std::env::set_var("CUFRAMES_SHM_DIR", &dir);
     }
@@ -105,4 +115,8 @@ criterion_group! {
         .measurement_time(Duration::from_secs(2));
     targets = writer, reader, validation
 }
-criterion_main!(benches);
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let _ = std::fs::remove_dir_all(private_dir());
+}
