@@ -301,7 +301,10 @@ impl Request<'_, '_> {
             Some(s) if s.is_none() => Ok(Some(1)),
             Some(s) => match s.extract::<i64>()? {
                 -1 => Ok(None),
-                v if v >= 0 => Ok(Some(v as usize)),
+                0 => Err(PyBufferError::new_err(
+                    "stream=0 is ambiguous for CUDA; pass 1 (legacy default) or 2 (per-thread default)",
+                )),
+                v if v > 0 => Ok(Some(v as usize)),
                 v => Err(PyBufferError::new_err(format!(
                     "stream {v} is not a CUDA stream"
                 ))),
@@ -387,6 +390,14 @@ pub fn to_numpy<'py>(py: Python<'py>, view: DLPackView) -> PyResult<Bound<'py, P
              torch.from_dlpack(frame.plane(i)) or cupy.from_dlpack(...)",
         ));
     }
+    let read_only = view.spec.read_only;
     let view = Bound::new(py, view)?;
-    py.import("numpy")?.call_method1("from_dlpack", (view,))
+    let array = py.import("numpy")?.call_method1("from_dlpack", (view,))?;
+    if read_only {
+        // Legacy capsules (numpy < 2.1 asks for them) cannot say read-only.
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("write", false)?;
+        array.call_method("setflags", (), Some(&kwargs))?;
+    }
+    Ok(array)
 }

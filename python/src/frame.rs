@@ -119,11 +119,10 @@ impl PyFrame {
 
     /// The held frame, or `CuframesReleasedError`.
     fn held(&self) -> PyResult<Held> {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(|| raise(ErrorCode::Released, "the frame was released"))
+        // The guard must be gone before `raise` runs Python code (which may
+        // switch to a thread that wants this lock while holding the GIL).
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        held.ok_or_else(|| raise(ErrorCode::Released, "the frame was released"))
     }
 
     fn meta(&self) -> PyResult<&Meta> {

@@ -39,18 +39,22 @@ pub struct PyLease {
 }
 
 impl PyPublisher {
-    /// Runs `f` on the open publisher. Returns the Rust error: converting
-    /// it takes the GIL, which must not happen under the lock (a thread
-    /// holding the GIL may be waiting for it).
-    fn with_publisher<T>(
+    /// Runs `f` on the open publisher with the GIL released: the lock may
+    /// be held for a whole loan wait, and a thread must never wait for it
+    /// while holding the GIL. Returns the Rust error, converted by the
+    /// caller once the GIL is back.
+    fn with_publisher<T: Send>(
         &self,
-        f: impl FnOnce(&mut Publisher) -> cuframes::Result<T>,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Publisher) -> cuframes::Result<T> + Send,
     ) -> cuframes::Result<T> {
-        let mut guard = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
-        let p = guard
-            .as_mut()
-            .ok_or_else(|| cuframes::Error::new(ErrorCode::Closed, "the publisher was closed"))?;
-        f(p)
+        py.detach(|| {
+            let mut guard = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+            let p = guard.as_mut().ok_or_else(|| {
+                cuframes::Error::new(ErrorCode::Closed, "the publisher was closed")
+            })?;
+            f(p)
+        })
     }
 
     fn slot(&self, base: *mut u8) -> Slot {
@@ -128,9 +132,7 @@ impl PyPublisher {
     fn loan(slf: Bound<'_, Self>) -> PyResult<PyLease> {
         let py = slf.py();
         let me = slf.get();
-        let lease = py
-            .detach(|| me.with_publisher(|p| p.loan_detached()))
-            .py()?;
+        let lease = me.with_publisher(py, |p| p.loan_detached()).py()?;
         Ok(PyLease {
             seq: lease.seq,
             slot: me.slot(lease.data),
@@ -159,9 +161,7 @@ impl PyPublisher {
                 ),
             ));
         }
-        let lease = py
-            .detach(|| self.with_publisher(|p| p.loan_detached()))
-            .py()?;
+        let lease = self.with_publisher(py, |p| p.loan_detached()).py()?;
         // Copy with the GIL held: no Python code can change the buffer
         // meanwhile.
         // SAFETY: the exporter keeps `len_bytes` readable bytes at
@@ -178,26 +178,30 @@ impl PyPublisher {
             let (to, from, len) = (to as usize, from as usize, len as usize);
             dst[to..to + len].copy_from_slice(&src[from..from + len]);
         }
-        self.with_publisher(|p| p.commit_detached(pts_ns)).py()
+        self.with_publisher(py, |p| p.commit_detached(pts_ns)).py()
     }
 
     /// Closes the stream: subscribers drain what is left, then get
     /// `CuframesClosedError`; the segment is removed. Idempotent.
     fn close(&self, py: Python<'_>) {
-        let p = self
-            .publisher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        py.detach(|| drop(p));
+        py.detach(|| {
+            let p = self
+                .publisher
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            drop(p);
+        });
     }
 
     #[getter]
-    fn closed(&self) -> bool {
-        self.publisher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+    fn closed(&self, py: Python<'_>) -> bool {
+        py.detach(|| {
+            self.publisher
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+        })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -242,25 +246,26 @@ impl PyPublisher {
 
     /// Ring-wide counters from shared memory, with one dict per subscriber.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with_publisher(|p| Ok(p.stats())).py()?;
+        let s = py.detach(|| self.guard.ring_stats());
         crate::streams::ring_stats_dict(py, &s)
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "Publisher(key={:?}, {}x{} {}{})",
             self.key,
             self.layout.width,
             self.layout.height,
             self.layout.pixel_format().map_or("?", |f| f.name()),
-            if self.closed() { ", closed" } else { "" }
+            if self.closed(py) { ", closed" } else { "" }
         )
     }
 }
 
 impl PyLease {
     fn check_open(&self) -> PyResult<()> {
-        if *self.open.lock().unwrap_or_else(|p| p.into_inner()) {
+        let open = *self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open {
             Ok(())
         } else {
             Err(raise(
@@ -284,10 +289,15 @@ impl PyLease {
         Ok(DLPackView::new(spec, owner))
     }
 
-    /// Ends the lease once: `commit` (true) or abort (false).
-    fn finish(&self, commit: Option<i64>) -> PyResult<Option<u64>> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if !*open {
+    /// Ends the lease once: commit (`Some(pts)`) or abort (`None`).
+    fn finish(&self, py: Python<'_>, commit: Option<i64>) -> PyResult<Option<u64>> {
+        // Marked ended, then unlocked before the publisher call releases
+        // the GIL and before any exception is made.
+        let was_open = std::mem::replace(
+            &mut *self.open.lock().unwrap_or_else(|p| p.into_inner()),
+            false,
+        );
+        if !was_open {
             return match commit {
                 Some(_) => Err(raise(
                     ErrorCode::Released,
@@ -296,15 +306,14 @@ impl PyLease {
                 None => Ok(None),
             };
         }
-        *open = false;
         let publisher = self.publisher.get();
         match commit {
             Some(pts) => publisher
-                .with_publisher(|p| p.commit_detached(pts))
+                .with_publisher(py, |p| p.commit_detached(pts))
                 .py()
                 .map(Some),
             None => {
-                let _ = publisher.with_publisher(|p| Ok(p.abort_detached()));
+                let _ = publisher.with_publisher(py, |p| Ok(p.abort_detached()));
                 Ok(None)
             }
         }
@@ -313,7 +322,9 @@ impl PyLease {
 
 impl Drop for PyLease {
     fn drop(&mut self) {
-        let _ = self.finish(None);
+        Python::attach(|py| {
+            let _ = self.finish(py, None);
+        });
     }
 }
 
@@ -358,6 +369,7 @@ impl PyLease {
         // Held across the fill: a commit from another thread waits for it.
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if !*open {
+            drop(open);
             return Err(raise(
                 ErrorCode::Released,
                 "the lease was committed or aborted",
@@ -372,12 +384,12 @@ impl PyLease {
     }
     /// Publishes the frame; returns its seq.
     #[pyo3(signature = (pts_ns=0))]
-    fn commit(&self, pts_ns: i64) -> PyResult<u64> {
-        Ok(self.finish(Some(pts_ns))?.unwrap_or(self.seq))
+    fn commit(&self, py: Python<'_>, pts_ns: i64) -> PyResult<u64> {
+        Ok(self.finish(py, Some(pts_ns))?.unwrap_or(self.seq))
     }
     /// Gives the slot back unpublished. Idempotent.
-    fn abort(&self) -> PyResult<()> {
-        self.finish(None).map(drop)
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        self.finish(py, None).map(drop)
     }
     /// Whether it is neither committed nor aborted.
     #[getter]
@@ -388,8 +400,8 @@ impl PyLease {
         slf
     }
     #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        self.abort()?;
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.abort(py)?;
         Ok(false)
     }
 }

@@ -253,11 +253,14 @@ impl PySubscriber {
     /// Leaves the stream. Idempotent; a `next_frame` waiting in another
     /// thread returns with `CuframesClosedError`. Frames still held stay
     /// valid until released.
-    fn close(&self) {
+    fn close(&self, py: Python<'_>) {
         self.closing.store(true, Ordering::Release);
-        if let Ok(mut guard) = self.sub.try_lock() {
-            guard.take();
-        }
+        // A pending wait sees `closing` within its liveness interval and
+        // gives the lock back; wait for it without the GIL.
+        py.detach(|| {
+            let reader = self.sub.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(reader);
+        });
         self.monitor
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -275,8 +278,8 @@ impl PySubscriber {
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
-        self.close();
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
         false
     }
 

@@ -106,13 +106,14 @@ def test_single_plane_formats(key: str, fmt: PixelFormat, channels: int) -> None
                 frame.uv
 
 
-def _mapping_of(address: int) -> str:
+def _mapping_of(address: int) -> Tuple[str, int]:
+    """The file mapped at `address` in this process, and the offset in it."""
     for line in Path("/proc/self/maps").read_text().splitlines():
-        span, *rest = line.split(maxsplit=5)
+        span, _perms, offset, _dev, _inode, *path = line.split(maxsplit=5)
         lo, hi = (int(x, 16) for x in span.split("-"))
         if lo <= address < hi:
-            return rest[-1] if len(rest) == 5 else ""
-    return ""
+            return (path[0] if path else "", int(offset, 16) + address - lo)
+    return ("", -1)
 
 
 def test_views_are_zero_copy(stream: Tuple[cuframes.Publisher, cuframes.CuframesSubscriber], key: str) -> None:
@@ -127,10 +128,12 @@ def test_views_are_zero_copy(stream: Tuple[cuframes.Publisher, cuframes.Cuframes
         y = frame.y
         address = y.__array_interface__["data"][0]
         assert address == frame.data_ptr
-        # The array's bytes are the shared segment itself, not a copy.
-        assert _mapping_of(address).endswith(f"cuframes.{key}")
-        # And the publisher's view of that slot is the same memory.
-        assert np.shares_memory(writable, writable)
+        # The array's bytes are the shared segment itself, not a copy...
+        path, offset = _mapping_of(address)
+        assert path.endswith(f"cuframes.{key}")
+        # ...the very bytes the publisher's view wrote (its own mapping of
+        # the same file, at the same offset).
+        assert _mapping_of(writable.__array_interface__["data"][0]) == (path, offset)
         assert ctypes.c_uint8.from_address(address).value == 5
         assert np.from_dlpack(frame.plane(1)).__array_interface__["data"][0] == address + 64 * 32
 
@@ -379,9 +382,14 @@ def test_blocked_loan_and_stats_from_another_thread_do_not_deadlock(key: str) ->
         t = threading.Thread(target=flood)
         t.start()
         deadline = time.monotonic() + 5
+        slowest = 0.0
         while t.is_alive() and time.monotonic() < deadline:
+            start = time.monotonic()
             pub.stats()
+            slowest = max(slowest, time.monotonic() - start)
         t.join(5)
         assert not t.is_alive(), "publish() and stats() deadlocked"
         assert len(errors) == 1 and isinstance(errors[0], cuframes.CuframesTimeoutError)
+        # stats() reads shared memory; it never waits for the loan.
+        assert slowest < 0.1, f"stats() took {slowest:.3f} s"
         lagging.close()

@@ -444,7 +444,15 @@ fn spawn_keeper(shared: Arc<Shared>, stop: Arc<AtomicBool>, period: Duration) ->
 
 /// Keeps a publisher's mapping alive; see [`Publisher::mapping_guard`].
 #[derive(Clone)]
-pub struct MappingGuard(#[allow(dead_code)] Arc<Shared>);
+pub struct MappingGuard(Arc<Shared>);
+
+impl MappingGuard {
+    /// Ring-wide statistics, readable without the publisher (also after
+    /// it closed the stream).
+    pub fn ring_stats(&self) -> cuframes_core::RingStats {
+        self.0.ring().stats()
+    }
+}
 
 impl std::fmt::Debug for MappingGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
