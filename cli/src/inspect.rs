@@ -88,11 +88,11 @@ pub fn stat(key: &str) -> Result<()> {
     println!("subscribers {}", s.stats.active().count());
     for r in s.stats.active() {
         println!(
-            "  [{}] {:<20} pid {:>7} {:<6} {:?} held {} received {} dropped {} lag {}",
+            "  [{}] {:<20} pid {:>7} {:<6} {:?} held {} received {} dropped {} lag {} evicted {} heartbeat {:.0} ms ago",
             r.index,
             r.name_str(),
             r.pid,
-            if cuframes::holder_alive(r.pid, r.start_time, r.pid_ns, r.heartbeat_ns) {
+            if s.record_alive(r.index) {
                 "alive"
             } else {
                 "dead"
@@ -101,7 +101,9 @@ pub fn stat(key: &str) -> Result<()> {
             r.held,
             r.received,
             r.dropped,
-            r.lag
+            r.lag,
+            r.evictions,
+            cuframes::now_ns().saturating_sub(r.heartbeat_ns) as f64 / 1e6
         );
     }
     Ok(())

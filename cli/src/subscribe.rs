@@ -36,7 +36,9 @@ pub struct Args {
     /// Check every frame's test-pattern stamp (seq and checksum).
     #[arg(long)]
     pub verify: bool,
-    /// Hold each frame this long before releasing it (simulated work).
+    /// Hold each frame this long before releasing it (simulated work);
+    /// with `--verify` the frame is checked again after the hold, proving
+    /// nobody rewrote it meanwhile.
     #[arg(long, default_value_t = 0)]
     pub hold_ms: u64,
     /// Reconnect when the publisher dies or restarts.
@@ -60,6 +62,7 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 struct Tally {
     frames: u64,
     bad: u64,
+    lagged: u64,
     window_frames: u64,
     window: Samples,
     all: Samples,
@@ -116,6 +119,12 @@ pub fn run(args: Args) -> Result<()> {
                 }
                 if args.hold_ms > 0 {
                     std::thread::sleep(Duration::from_millis(args.hold_ms));
+                    if args.verify {
+                        if let Err(d) = testsrc::verify(frame.layout(), frame.data(), frame.seq()) {
+                            t.bad += 1;
+                            eprintln!("frame {}: rewritten while held: {d:?}", frame.seq());
+                        }
+                    }
                 }
                 frame.release();
                 t.frames += 1;
@@ -124,6 +133,13 @@ pub fn run(args: Args) -> Result<()> {
                 t.all.push(latency);
             }
             Err(e) if e.code() == ErrorCode::Closed && args.frames.is_none() => break Ok(()),
+            // Evicted from lossless duty after lagging: the gap is counted
+            // (dropped) and reading goes on from the newest frame.
+            Err(e) if e.code() == ErrorCode::Lagged => {
+                t.lagged += 1;
+                last_seq = 0;
+                eprintln!("{e}");
+            }
             // Interrupted by SIGINT/SIGTERM while waiting: a clean stop.
             Err(_) if stop.load(Ordering::Relaxed) => break Ok(()),
             Err(e) => break Err(e),
@@ -228,8 +244,8 @@ fn print_line(
     let (p50, p99) = (t.window.quantile(0.5), t.window.quantile(0.99));
     if report {
         println!(
-            "report name={name} frames={} window_frames={} fps={fps:.2} p50_ns={p50} p99_ns={p99} dropped={} gaps={} bad={} final={}",
-            t.frames, t.window_frames, stats.dropped, stats.gap_count, t.bad, last as u8
+            "report name={name} frames={} window_frames={} fps={fps:.2} p50_ns={p50} p99_ns={p99} dropped={} gaps={} bad={} lagged={} final={}",
+            t.frames, t.window_frames, stats.dropped, stats.gap_count, t.bad, t.lagged, last as u8
         );
         return;
     }

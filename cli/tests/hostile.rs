@@ -146,7 +146,7 @@ fn malformed_segments_are_refused_with_their_code() {
         ("magic", Box::new(|b| b[0] = b'X'), 11),
         (
             "version",
-            Box::new(|b| b[8..10].copy_from_slice(&2u16.to_le_bytes())),
+            Box::new(|b| b[8..10].copy_from_slice(&1u16.to_le_bytes())),
             6,
         ),
         ("small", Box::new(|b| b.truncate(10)), 11),

@@ -47,11 +47,15 @@ pub enum ErrorCode {
     Internal = 14,
     /// The key is already used by a live publisher.
     AlreadyExists = 15,
+    /// A lossless subscriber fell so far behind that the publisher, after
+    /// its block timeout, stopped waiting for it: frames were skipped (and
+    /// counted as dropped); reading goes on from the newest frame.
+    Lagged = 16,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::Timeout,
         Self::NotFound,
         Self::Closed,
@@ -67,6 +71,7 @@ impl ErrorCode {
         Self::WouldBlock,
         Self::Internal,
         Self::AlreadyExists,
+        Self::Lagged,
     ];
 
     /// The code for a number, if it is one.
@@ -92,6 +97,7 @@ impl ErrorCode {
             Self::WouldBlock => "WouldBlock",
             Self::Internal => "Internal",
             Self::AlreadyExists => "AlreadyExists",
+            Self::Lagged => "Lagged",
         }
     }
 
@@ -113,6 +119,7 @@ impl ErrorCode {
             Self::WouldBlock => "nothing ready",
             Self::Internal => "internal error",
             Self::AlreadyExists => "stream already has a live publisher",
+            Self::Lagged => "lossless subscriber evicted for lagging; frames skipped",
         }
     }
 }

@@ -15,7 +15,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// First eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"CUFRAMES";
 /// Protocol major version: a reader refuses any other.
-pub const VERSION_MAJOR: u16 = 1;
+pub const VERSION_MAJOR: u16 = 2;
 /// Protocol minor version: additions a reader of the same major may ignore.
 pub const VERSION_MINOR: u16 = 0;
 /// Most slots in a ring (slot numbers are packed into 8 bits).
@@ -122,8 +122,9 @@ pub mod state {
 }
 
 /// Subscriber record states. The state and the record's generation share
-/// one word (`generation << 32 | state`), so every transition is a single
-/// CAS that also checks whose record it is.
+/// one word (`generation << 8 | state`), so every transition is a single
+/// CAS that also checks whose record it is. Generations have 56 bits: at a
+/// million claims a second they would wrap after two thousand years.
 pub mod record {
     /// Unused.
     pub const FREE: u32 = 0;
@@ -131,28 +132,57 @@ pub mod record {
     pub const CLAIMING: u32 = 1;
     /// In use.
     pub const ACTIVE: u32 = 2;
-    /// Its holder was found dead; its leases are being cleared.
+    /// Being freed: its leases are being cleared (by its owner, or by a
+    /// sweeper that proved the owner dead).
     pub const RECLAIMING: u32 = 3;
+    /// Largest generation.
+    pub const MAX_GENERATION: u64 = (1 << 56) - 1;
 
     /// The state word for a generation and a state.
     #[inline]
-    pub const fn word(generation: u32, state: u32) -> u64 {
-        (generation as u64) << 32 | state as u64
+    pub const fn word(generation: u64, state: u32) -> u64 {
+        (generation & MAX_GENERATION) << 8 | (state as u64 & 0xff)
     }
     /// The state part of a state word.
     #[inline]
     pub const fn state_of(word: u64) -> u32 {
-        word as u32
+        (word & 0xff) as u32
     }
     /// The generation part of a state word.
     #[inline]
-    pub const fn generation_of(word: u64) -> u32 {
-        (word >> 32) as u32
+    pub const fn generation_of(word: u64) -> u64 {
+        word >> 8
+    }
+    /// The generation after `g` (wrapping within 56 bits, never 0 again
+    /// after the first claim).
+    #[inline]
+    pub const fn next_generation(g: u64) -> u64 {
+        if g >= MAX_GENERATION {
+            1
+        } else {
+            g + 1
+        }
     }
 }
 
 /// Cursor value of a subscriber that needs no frame kept.
 pub const NO_CURSOR: u64 = u64::MAX;
+
+/// Flag on the cursor of a lossless subscriber the writer evicted: the
+/// cursor no longer holds the writer back, and the seq below the flag is
+/// where the subscriber was (so it can count what it skipped).
+pub const EVICTED: u64 = 1 << 62;
+
+/// The seq a cursor holds the writer to, if any: `None` for [`NO_CURSOR`]
+/// and for an [`EVICTED`] cursor.
+#[inline]
+pub const fn lossless_cursor(cursor: u64) -> Option<u64> {
+    if cursor & EVICTED == 0 {
+        Some(cursor)
+    } else {
+        None
+    }
+}
 
 /// The fixed, write-once header at offset 0 (384 bytes).
 #[repr(C)]
@@ -273,7 +303,7 @@ pub struct SlotHeader {
 #[repr(C, align(64))]
 #[cfg_attr(not(loom), derive(FromBytes, IntoBytes, KnownLayout))]
 pub struct SubscriberRecord {
-    /// `generation << 32 | state` (see [`record`]); the generation is
+    /// `generation << 8 | state` (see [`record`]); the generation is
     /// bumped each time the record is claimed.
     pub state: AtomicU64,
     /// [`Mode`] number.
@@ -288,7 +318,8 @@ pub struct SubscriberRecord {
     pub start_time: AtomicU64,
     /// Holder's heartbeat, monotonic nanoseconds.
     pub heartbeat_ns: AtomicU64,
-    /// Queue mode: next seq wanted ([`NO_CURSOR`] = nothing needed).
+    /// Queue mode: next seq wanted ([`NO_CURSOR`] = nothing needed; with
+    /// [`EVICTED`] set: evicted by the writer, not yet rejoined).
     pub cursor: AtomicU64,
     /// Last seq received.
     pub last_seq: AtomicU64,
@@ -300,8 +331,14 @@ pub struct SubscriberRecord {
     pub name: [AtomicU64; NAME_LEN / 8],
     /// Holder's pid namespace (see [`SegmentHeader::publisher_pid_ns`]).
     pub pid_ns: AtomicU64,
+    /// Times the writer evicted this QUEUE subscriber from lossless duty.
+    pub evictions: AtomicU64,
+    /// Waits on `notify` this subscriber has announced and not ended; a
+    /// sweeper that frees the record of a holder that died while waiting
+    /// takes them back out of [`ControlBlock::waiters`].
+    pub waiting: AtomicU32,
     /// Zero.
-    pub reserved: [AtomicU64; 2],
+    pub reserved: AtomicU32,
 }
 
 /// An index-ring entry: `seq << 8 | slot` of the frame with that seq.
@@ -319,6 +356,8 @@ const _: () = {
     assert!(core::mem::size_of::<SubscriberRecord>() == 128);
     assert!(core::mem::offset_of!(SubscriberRecord, name) == 72);
     assert!(core::mem::offset_of!(SubscriberRecord, pid_ns) == 104);
+    assert!(core::mem::offset_of!(SubscriberRecord, evictions) == 112);
+    assert!(core::mem::offset_of!(SubscriberRecord, waiting) == 120);
     assert!(core::mem::size_of::<IndexEntry>() == 8);
 };
 
@@ -360,7 +399,7 @@ zeroed_atomics!(ControlBlock {
 zeroed_atomics!(SlotHeader { lease, seq, pts_ns, commit_ns, flags; reserved });
 zeroed_atomics!(SubscriberRecord {
     state, mode, max_held, pid, held, start_time, heartbeat_ns, cursor,
-    last_seq, received, dropped, pid_ns; name, reserved
+    last_seq, received, dropped, pid_ns, evictions, waiting, reserved; name
 });
 
 impl core::fmt::Debug for SlotHeader {

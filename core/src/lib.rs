@@ -63,9 +63,10 @@ mod tests;
 pub use error::{ErrorCode, LayoutError, Region, ValidateError};
 pub use format::{FrameLayout, PixelFormat, PlaneLayout, MAX_DIMENSION, MAX_PLANES};
 pub use layout::{
-    pack, record, state, unpack, ControlBlock, IndexEntry, LosslessPolicy, MemoryKind, Mode,
-    SegmentHeader, SlotHeader, SubscriberRecord, CACHE_LINE, MAGIC, MAX_SEQ, MAX_SLOTS,
-    MAX_SUBSCRIBERS, NAME_LEN, NO_CURSOR, PAGE, VERSION_MAJOR, VERSION_MINOR, WRITER,
+    lossless_cursor, pack, record, state, unpack, ControlBlock, IndexEntry, LosslessPolicy,
+    MemoryKind, Mode, SegmentHeader, SlotHeader, SubscriberRecord, CACHE_LINE, EVICTED, MAGIC,
+    MAX_SEQ, MAX_SLOTS, MAX_SUBSCRIBERS, NAME_LEN, NO_CURSOR, PAGE, VERSION_MAJOR, VERSION_MINOR,
+    WRITER,
 };
 pub use reader::{ReadError, ReadGrant};
 pub use registry::{RecordToken, Register, RegisterError, Subscription};

@@ -15,8 +15,14 @@ pub enum ReadError {
     Closed,
     /// This subscriber already holds `max_held` frames.
     HoldLimit,
-    /// The record no longer belongs to this token (it was reclaimed).
+    /// The record no longer belongs to this token (it was deregistered, or
+    /// recovered after its owner was found dead).
     Evicted,
+    /// This lossless subscriber lagged past the writer's block timeout and
+    /// was evicted from lossless duty: its cursor now starts at the newest
+    /// frame and the frames skipped are counted as dropped. Not final: the
+    /// next read goes on from there. Frames it holds stay intact.
+    Lagged,
     /// Shared memory contradicts the protocol (hostile or corrupt).
     Corrupt,
 }
@@ -45,7 +51,7 @@ pub struct ReadGrant<H: RingRef> {
     ring: H,
     bit: u64,
     record: u32,
-    generation: u32,
+    generation: u64,
     slot: u32,
     seq: u64,
     pts_ns: i64,
@@ -63,15 +69,34 @@ impl<H: RingRef> ReadGrant<H> {
         if rec.state.load(Acquire) != record::word(token.generation, record::ACTIVE) {
             return Err(ReadError::Evicted);
         }
-        if rec.held.load(Relaxed) >= token.max_held {
-            return Err(ReadError::HoldLimit);
-        }
+        // Reserve the hold before probing, in one step (threads may share a
+        // subscription): a probe in flight counts against `max_held`, so no
+        // record ever has more lease bits set than its `max_held`, which is
+        // what the hold budget leaves the writer room for.
+        rec.held
+            .fetch_update(Relaxed, Relaxed, |h| (h < token.max_held).then_some(h + 1))
+            .map_err(|_| ReadError::HoldLimit)?;
+        crate::sync::crash_point(); // A1 done
         let bit = 1u64 << token.index;
-        let (slot, seq) = match token.mode {
-            Mode::NewestOnly => r.acquire_newest(rec, bit)?,
-            Mode::Queue => r.acquire_queue(rec, bit)?,
+        let mut withdrew = false;
+        let got = match token.mode {
+            Mode::NewestOnly => r.acquire_newest(rec, bit, &mut withdrew),
+            Mode::Queue => r.acquire_queue(rec, bit, &mut withdrew),
         };
-        rec.held.fetch_add(1, Relaxed);
+        // A withdrawn probe may have made the writer's CAS fail: tell a
+        // waiting writer, so it rescans now rather than after its nap.
+        if withdrew && r.bump_space() {
+            ring.wake(Wake::Writer);
+        }
+        let (slot, seq) = match got {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = rec
+                    .held
+                    .fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
+                return Err(e);
+            }
+        };
         rec.received.fetch_add(1, Relaxed);
         rec.last_seq.store(seq, Relaxed);
         let s = &r.slots[slot as usize];
@@ -131,10 +156,12 @@ impl<H: RingRef> Drop for ReadGrant<H> {
         ring.slots[self.slot as usize]
             .lease
             .fetch_and(!self.bit, Release);
-        // Saturating: hostile memory may have zeroed it.
+        crate::sync::crash_point(); // L2 done
+                                    // Saturating: hostile memory may have zeroed it.
         let _ = rec
             .held
             .fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
+        crate::sync::crash_point(); // L3 done
         if ring.bump_space() {
             self.ring.wake(Wake::Writer);
         }
@@ -157,22 +184,43 @@ const MAX_RETRIES: usize = 64;
 
 impl Ring<'_> {
     /// Sets `bit` on `slot` and keeps it only if the slot is not being
-    /// written and still holds `seq`.
-    fn try_hold(&self, slot: u32, seq: u64, bit: u64) -> Result<bool, ReadError> {
+    /// written and still holds `seq`. A slot that visibly fails either test
+    /// is skipped without setting the bit, so a stale lookup rarely costs
+    /// the writer a failed CAS; `withdrew` tells the caller when a bit was
+    /// set and taken back.
+    fn try_hold(
+        &self,
+        slot: u32,
+        seq: u64,
+        bit: u64,
+        withdrew: &mut bool,
+    ) -> Result<bool, ReadError> {
         let s = self.slots.get(slot as usize).ok_or(ReadError::Corrupt)?;
+        if s.lease.load(Relaxed) & WRITER != 0 || s.seq.load(Relaxed) != seq {
+            return Ok(false);
+        }
         let prev = s.lease.fetch_or(bit, AcqRel);
+        crate::sync::crash_point(); // T1 done
         if prev & bit != 0 {
             // We never hold a frame twice; someone forged our bit.
             return Err(ReadError::Corrupt);
         }
         if prev & WRITER == 0 && s.seq.load(Acquire) == seq {
+            crate::sync::crash_point(); // T2: held
             return Ok(true);
         }
         s.lease.fetch_and(!bit, Release);
+        crate::sync::crash_point(); // T3 done: withdrawn
+        *withdrew = true;
         Ok(false)
     }
 
-    fn acquire_newest(&self, rec: &SubscriberRecord, bit: u64) -> Result<(u32, u64), ReadError> {
+    fn acquire_newest(
+        &self,
+        rec: &SubscriberRecord,
+        bit: u64,
+        withdrew: &mut bool,
+    ) -> Result<(u32, u64), ReadError> {
         let last = rec.last_seq.load(Relaxed);
         for _ in 0..MAX_RETRIES {
             let closed = self.is_closed();
@@ -184,7 +232,7 @@ impl Ring<'_> {
                     ReadError::WouldBlock
                 });
             }
-            if self.try_hold(slot, seq, bit)? {
+            if self.try_hold(slot, seq, bit, withdrew)? {
                 if last != 0 {
                     rec.dropped.fetch_add(seq - last - 1, Relaxed);
                 }
@@ -195,12 +243,23 @@ impl Ring<'_> {
         Err(ReadError::WouldBlock)
     }
 
-    fn acquire_queue(&self, rec: &SubscriberRecord, bit: u64) -> Result<(u32, u64), ReadError> {
-        let mut want = rec.cursor.load(Relaxed);
-        if want == NO_CURSOR || want == 0 {
-            return Err(ReadError::Corrupt);
-        }
+    fn acquire_queue(
+        &self,
+        rec: &SubscriberRecord,
+        bit: u64,
+        withdrew: &mut bool,
+    ) -> Result<(u32, u64), ReadError> {
         for _ in 0..MAX_RETRIES {
+            // Re-read every round: the writer may evict us (flag the
+            // cursor EVICTED) at any time, and every cursor move below is a
+            // CAS so an eviction is never overwritten.
+            let want = rec.cursor.load(SeqCst);
+            if want & EVICTED != 0 {
+                return Err(self.rejoin(rec, want));
+            }
+            if want == 0 {
+                return Err(ReadError::Corrupt);
+            }
             let closed = self.is_closed();
             let (head, _) = self.head();
             if want > head {
@@ -212,8 +271,11 @@ impl Ring<'_> {
             }
             let entry = self.index[(want as usize) & (self.index.len() - 1)].load(Acquire);
             let (seq, slot) = unpack(entry);
-            if seq == want && self.try_hold(slot, want, bit)? {
-                rec.cursor.store(want + 1, SeqCst);
+            if seq == want && self.try_hold(slot, want, bit, withdrew)? {
+                // If this fails we were evicted after reading the cursor: the
+                // frame is held all the same; the next read reports it.
+                let _ = rec.cursor.compare_exchange(want, want + 1, SeqCst, Relaxed);
+                crate::sync::crash_point(); // Q4 done
                 return Ok((slot, want));
             }
             // Frame `want` was overwritten (drop-oldest): skip to the oldest
@@ -225,11 +287,27 @@ impl Ring<'_> {
                 .filter(|&s| s > want && s <= head)
                 .min()
                 .unwrap_or(head);
-            rec.dropped.fetch_add(oldest - want, Relaxed);
-            want = oldest;
-            rec.cursor.store(want, SeqCst);
+            if rec
+                .cursor
+                .compare_exchange(want, oldest, SeqCst, Relaxed)
+                .is_ok()
+            {
+                crate::sync::crash_point(); // frame gone: cursor moved on
+                rec.dropped.fetch_add(oldest - want, Relaxed);
+            }
             crate::sync::spin_hint();
         }
         Err(ReadError::WouldBlock)
+    }
+
+    /// A lossless subscriber the writer evicted starts again at the newest
+    /// frame, counting the frames it skipped.
+    fn rejoin(&self, rec: &SubscriberRecord, evicted: u64) -> ReadError {
+        let pinned = self.pin_cursor(rec);
+        if evicted != NO_CURSOR {
+            rec.dropped
+                .fetch_add(pinned.saturating_sub(evicted & !EVICTED), Relaxed);
+        }
+        ReadError::Lagged
     }
 }

@@ -30,6 +30,13 @@ pub struct Register<'n> {
 pub enum RegisterError {
     /// Every record is taken.
     NoRecord,
+    /// [`Ring::register_at`]: that record is not free. If the caller holds
+    /// the record's liveness lock, its previous owner is dead: recover it
+    /// with [`Ring::reclaim`] and try again.
+    Taken,
+    /// The record was recovered by a sweeper while this registration filled
+    /// it in (the sweeper judged the registrant dead); nothing is held.
+    Lost,
     /// The frames subscribers may hold would leave the writer without a
     /// slot: `slot_count >= sum(max_held) + 2` must hold.
     HoldBudget,
@@ -45,7 +52,7 @@ pub enum RegisterError {
 #[must_use = "a dropped token leaves its record taken until reclaimed"]
 pub struct RecordToken {
     pub(crate) index: u32,
-    pub(crate) generation: u32,
+    pub(crate) generation: u64,
     pub(crate) mode: Mode,
     pub(crate) max_held: u32,
 }
@@ -54,6 +61,10 @@ impl RecordToken {
     /// The record index, which is also the subscriber's lease bit.
     pub fn index(&self) -> u32 {
         self.index
+    }
+    /// The record generation this token owns.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
     /// How this subscriber reads.
     pub fn mode(&self) -> Mode {
@@ -66,32 +77,51 @@ impl RecordToken {
 }
 
 impl Ring<'_> {
-    /// Claims a free subscriber record. A new subscriber's first frame is
-    /// the newest one at the time it registers.
+    /// Claims the first free subscriber record. For rings without a
+    /// liveness layer (tests, single-process use); processes claim a
+    /// record whose liveness lock they hold with [`Ring::register_at`].
     pub fn register(&self, req: &Register<'_>) -> Result<RecordToken, RegisterError> {
+        for index in 0..self.subs.len() as u32 {
+            match self.register_at(index, req) {
+                Err(RegisterError::Taken | RegisterError::Lost) => continue,
+                r => return r,
+            }
+        }
+        Err(RegisterError::NoRecord)
+    }
+
+    /// Claims record `index` if it is free. A new subscriber's first frame
+    /// is the newest one at the time it registers.
+    ///
+    /// The caller is expected to hold the record's liveness lock (one that
+    /// the kernel drops when the process dies): then nobody but a dead
+    /// process can be half-way through this record, and a sweeper that
+    /// finds the lock free may recover it.
+    pub fn register_at(
+        &self,
+        index: u32,
+        req: &Register<'_>,
+    ) -> Result<RecordToken, RegisterError> {
         if req.max_held == 0 || req.max_held > MAX_SLOTS {
             return Err(RegisterError::InvalidArgument);
         }
         if self.is_closed() {
             return Err(RegisterError::Closed);
         }
-        // A lost CAS (another claimer, or a FREE record read stale) just
-        // moves on to the next record.
-        let (index, r, generation) = self
+        let r = self
             .subs
-            .iter()
-            .enumerate()
-            .find_map(|(i, r)| {
-                let w = r.state.load(Relaxed);
-                let next = record::generation_of(w).wrapping_add(1);
-                let claiming = record::word(next, record::CLAIMING);
-                let claimed = record::state_of(w) == record::FREE
-                    && r.state
-                        .compare_exchange(w, claiming, Acquire, Relaxed)
-                        .is_ok();
-                claimed.then_some((i, r, next))
-            })
+            .get(index as usize)
             .ok_or(RegisterError::NoRecord)?;
+        let w = r.state.load(Relaxed);
+        if record::state_of(w) != record::FREE {
+            return Err(RegisterError::Taken);
+        }
+        let generation = record::next_generation(record::generation_of(w));
+        let claiming = record::word(generation, record::CLAIMING);
+        r.state
+            .compare_exchange(w, claiming, Acquire, Relaxed)
+            .map_err(|_| RegisterError::Taken)?;
+        crate::sync::crash_point(); // R2 done
         r.mode.store(req.mode as u32, Relaxed);
         r.max_held.store(req.max_held, Relaxed);
         r.pid.store(req.pid, Relaxed);
@@ -102,6 +132,8 @@ impl Ring<'_> {
         r.last_seq.store(0, Relaxed);
         r.received.store(0, Relaxed);
         r.dropped.store(0, Relaxed);
+        r.evictions.store(0, Relaxed);
+        r.waiting.store(0, Relaxed);
         r.heartbeat_ns.store(req.heartbeat_ns, Relaxed);
         let mut name = [0u8; NAME_LEN];
         let n = req.name.len().min(NAME_LEN);
@@ -111,97 +143,161 @@ impl Ring<'_> {
             b.copy_from_slice(chunk);
             word.store(u64::from_le_bytes(b), Relaxed);
         }
+        crate::sync::crash_point(); // R3 done
+                                    // A CAS, not a store: a sweeper that recovered the record meanwhile
+                                    // (it found our liveness lock free, so it judged us dead) must not
+                                    // be overruled, or two parties would own one lease bit.
         r.state
-            .store(record::word(generation, record::ACTIVE), SeqCst);
+            .compare_exchange(
+                claiming,
+                record::word(generation, record::ACTIVE),
+                SeqCst,
+                Relaxed,
+            )
+            .map_err(|_| RegisterError::Lost)?;
+        crate::sync::crash_point(); // R4 done
         let token = RecordToken {
-            index: index as u32,
+            index,
             generation,
             mode: req.mode,
             max_held: req.max_held,
         };
 
         // Checked after becoming visible, so two racing registrations cannot
-        // both squeeze past the budget (at worst both back out).
+        // both squeeze past the budget (at worst both back out). Every record
+        // that is not FREE counts: a CLAIMING one is about to hold frames, a
+        // RECLAIMING one may still have lease bits set.
         let held: u64 = self
             .subs
             .iter()
-            .filter(|r| record::state_of(r.state.load(SeqCst)) == record::ACTIVE)
+            .filter(|r| record::state_of(r.state.load(SeqCst)) != record::FREE)
             .map(|r| u64::from(r.max_held.load(Relaxed)))
             .sum();
         if held + 2 > self.slots.len() as u64 {
             self.deregister(token);
             return Err(RegisterError::HoldBudget);
         }
+        crate::sync::crash_point(); // R5 done
         if req.mode == Mode::Queue {
             self.pin_cursor(r);
         }
         Ok(token)
     }
 
-    /// Sets a new lossless subscriber's cursor to the newest frame. The head
-    /// is re-read after the cursor store: once it is unchanged, the writer's
-    /// every later slot choice sees the cursor (SeqCst), and the newest
-    /// frame's slot is never taken while it is the head.
+    /// Sets a lossless subscriber's cursor to the newest frame (at
+    /// registration, and again after an eviction). The head is re-read
+    /// after the cursor store: once it is unchanged, the writer's every
+    /// later slot choice sees the cursor (SeqCst), and the newest frame's
+    /// slot is never taken while it is the head. Returns the cursor.
     /// The loop is bounded: only a writer committing faster than two head
     /// loads (or hostile memory) could exhaust it, and then the cursor
     /// simply starts at a frame the reader may find already overwritten.
-    fn pin_cursor(&self, r: &SubscriberRecord) {
+    pub(crate) fn pin_cursor(&self, r: &SubscriberRecord) -> u64 {
+        let mut pinned = 1;
         for _ in 0..1024 {
             let (seq, _) = self.head();
-            r.cursor.store(seq.max(1), SeqCst);
-            // Store-load order between our cursor store and the head
-            // re-read, paired with the fence the writer issues after its
-            // head store (in `bump_notify`): the same Dekker argument as the
-            // futex wait, and one loom can check (it models SeqCst fences
-            // but treats SeqCst loads and stores as acquire/release).
+            pinned = seq.max(1);
+            r.cursor.store(pinned, SeqCst);
+            crate::sync::crash_point(); // R6 cursor stored
+                                        // Store-load order between our cursor store and the head
+                                        // re-read, paired with the fence the writer issues after its
+                                        // head store (in `bump_notify`): the same Dekker argument as the
+                                        // futex wait, and one loom can check (it models SeqCst fences
+                                        // but treats SeqCst loads and stores as acquire/release).
             crate::sync::fence(SeqCst);
             if self.head().0 == seq {
-                return;
+                break;
             }
             crate::sync::spin_hint();
         }
+        pinned
     }
 
     /// Gives a record back: clears any lease bits it still has and frees it.
     /// Returns whether the writer is waiting for the space this frees.
     pub fn deregister(&self, token: RecordToken) -> bool {
-        self.free_record(token.index, token.generation, record::ACTIVE)
-            .unwrap_or(false)
+        let Some(r) = self.subs.get(token.index as usize) else {
+            return false;
+        };
+        let active = record::word(token.generation, record::ACTIVE);
+        let reclaiming = record::word(token.generation, record::RECLAIMING);
+        if r.state
+            .compare_exchange(active, reclaiming, AcqRel, Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        crate::sync::crash_point(); // D1 done
+        self.free_record(token.index, token.generation)
     }
 
-    /// Frees the record of a holder found dead (the caller checked pid and
-    /// start time): its lease bits are cleared, so no slot stays held.
-    /// `generation` must be the one read when liveness was checked, so a
-    /// record re-claimed meanwhile by a live subscriber is left alone.
-    /// Returns `None` if this call did not free it, otherwise whether the
-    /// writer is waiting for the space it freed.
-    pub fn reclaim(&self, index: u32, generation: u32) -> Option<bool> {
-        let state = record::state_of(self.subs.get(index as usize)?.state.load(Acquire));
-        if state != record::ACTIVE && state != record::CLAIMING {
+    /// Recovers record `index` of generation `generation` whose holder is
+    /// proven dead, whatever step it died at: a claim half made (CLAIMING),
+    /// a live record (ACTIVE), or a free half done by a party that died in
+    /// turn (RECLAIMING, taken over as it is). Its lease bits are cleared,
+    /// so no slot stays held, and the waits it announced are taken back.
+    ///
+    /// The caller must have proof that no live process owns the record and
+    /// that no other party is recovering it: in the std layer, it holds the
+    /// record's liveness lock, which the owner holds for the record's whole
+    /// life and the kernel drops only when the owner dies. A record
+    /// re-claimed since `generation` was read is left alone. Returns `None`
+    /// if this call freed nothing, otherwise whether the writer waits for
+    /// the space it freed.
+    pub fn reclaim(&self, index: u32, generation: u64) -> Option<bool> {
+        let r = self.subs.get(index as usize)?;
+        let w = r.state.load(Acquire);
+        if record::generation_of(w) != generation {
             return None;
         }
-        self.free_record(index, generation, state)
+        match record::state_of(w) {
+            record::CLAIMING | record::ACTIVE => {
+                let reclaiming = record::word(generation, record::RECLAIMING);
+                r.state
+                    .compare_exchange(w, reclaiming, AcqRel, Relaxed)
+                    .ok()?;
+                crate::sync::crash_point(); // C1 done
+            }
+            record::RECLAIMING => {}
+            _ => return None,
+        }
+        Some(self.free_record(index, generation))
     }
 
-    fn free_record(&self, index: u32, generation: u32, from: u32) -> Option<bool> {
-        let r = self.subs.get(index as usize)?;
-        // Only one party frees a record: whoever moves it to RECLAIMING,
-        // and only in the generation it was asked to free.
-        let reclaiming = record::word(generation, record::RECLAIMING);
-        r.state
-            .compare_exchange(record::word(generation, from), reclaiming, AcqRel, Relaxed)
-            .ok()?;
+    /// The free path shared by deregistration and recovery, from
+    /// RECLAIMING (which the caller owns) to FREE. Each step is idempotent,
+    /// so a recovery may take over a free that died half-way.
+    fn free_record(&self, index: u32, generation: u64) -> bool {
+        let r = &self.subs[index as usize];
         r.cursor.store(NO_CURSOR, SeqCst);
+        crate::sync::crash_point(); // F1 done
         let bit = 1u64 << index;
         for s in self.slots {
             s.lease.fetch_and(!bit, Release);
+            crate::sync::crash_point(); // F2 done for this slot
         }
         r.held.store(0, Relaxed);
-        r.state
-            .store(record::word(generation, record::FREE), Release);
-        Some(self.bump_space())
+        crate::sync::crash_point(); // F3: held cleared
+                                    // Waits the holder announced and never ended (it died asleep): take
+                                    // them out of the ring-wide count, so commits stop issuing wake-ups
+                                    // for nobody.
+        let waiting = r.waiting.swap(0, Relaxed);
+        if waiting != 0 {
+            let _ = self
+                .ctl
+                .waiters
+                .fetch_update(Relaxed, Relaxed, |w| Some(w.saturating_sub(waiting)));
+        }
+        crate::sync::crash_point(); // F3 done: waits taken back
+        let _ = r.state.compare_exchange(
+            record::word(generation, record::RECLAIMING),
+            record::word(generation, record::FREE),
+            Release,
+            Relaxed,
+        );
+        crate::sync::crash_point(); // F4 done
+        self.bump_space()
     }
-
     /// The record's name as stored (up to the first NUL).
     pub fn record_name(&self, index: u32) -> [u8; NAME_LEN] {
         let mut out = [0u8; NAME_LEN];

@@ -154,20 +154,42 @@ impl<'a> Ring<'a> {
         self.ctl.waiters.load(Relaxed) != 0
     }
 
-    /// Announces a subscriber about to wait for a commit; returns the
-    /// `notify` value to pass to the futex wait. Must be paired with
-    /// [`Ring::end_wait`]. Re-check for a frame after this call and before
-    /// sleeping: a commit that raced the announcement changes `notify`, so
-    /// the wait returns at once rather than sleeping through it.
-    pub fn begin_wait(&self) -> u32 {
+    /// Announces that subscriber record `index` is about to wait for a
+    /// commit; returns the `notify` value to pass to the futex wait. Must
+    /// be paired with [`Ring::end_wait`]. Re-check for a frame after this
+    /// call and before sleeping: a commit that raced the announcement
+    /// changes `notify`, so the wait returns at once rather than sleeping
+    /// through it. The record counts its own announced waits, so a sweeper
+    /// that frees the record of a subscriber that died asleep can take them
+    /// back out of the ring-wide count.
+    pub fn begin_wait(&self, index: u32) -> u32 {
+        // Ring-wide count first and record count second (and the reverse
+        // on the way out): a death in between leaves one wait too many
+        // counted (a spurious wake-up per commit), never one too few (a
+        // sleeper nobody wakes).
         self.ctl.waiters.fetch_add(1, Relaxed);
+        if let Some(r) = self.subs.get(index as usize) {
+            r.waiting.fetch_add(1, Relaxed);
+        }
         fence(SeqCst);
         self.ctl.notify.load(Acquire)
     }
 
-    /// Ends a wait begun with [`Ring::begin_wait`].
-    pub fn end_wait(&self) {
-        self.ctl.waiters.fetch_sub(1, Relaxed);
+    /// Ends a wait begun with [`Ring::begin_wait`]. If the record was freed
+    /// meanwhile (its waits already taken back), the ring-wide count is
+    /// left alone.
+    pub fn end_wait(&self, index: u32) {
+        let mine = self.subs.get(index as usize).is_some_and(|r| {
+            r.waiting
+                .fetch_update(Relaxed, Relaxed, |w| w.checked_sub(1))
+                .is_ok()
+        });
+        if mine {
+            let _ = self
+                .ctl
+                .waiters
+                .fetch_update(Relaxed, Relaxed, |w| w.checked_sub(1));
+        }
     }
 
     /// Writer side of [`Ring::begin_wait`]: announces the writer waits for

@@ -354,8 +354,8 @@ mod tests {
         let cases: [Corruption; 9] = [
             (|h| h.magic[0] = b'X', ValidateError::BadMagic),
             (
-                |h| h.version_major = 2,
-                ValidateError::UnsupportedVersion { major: 2, minor: 0 },
+                |h| h.version_major = 1,
+                ValidateError::UnsupportedVersion { major: 1, minor: 0 },
             ),
             (|h| h.header_len = 1, ValidateError::HeaderLen(1)),
             (|h| h.slot_count = 0, ValidateError::Count("slot_count")),

@@ -10,7 +10,7 @@ pub struct SubscriberStats {
     /// Record index (its lease bit).
     pub index: u32,
     /// Record generation.
-    pub generation: u32,
+    pub generation: u64,
     /// Read mode, if the stored number is valid.
     pub mode: Option<Mode>,
     /// Holder's process id.
@@ -33,6 +33,8 @@ pub struct SubscriberStats {
     pub lag: u64,
     /// Heartbeat, monotonic nanoseconds.
     pub heartbeat_ns: u64,
+    /// Times the writer evicted it from lossless duty.
+    pub evictions: u64,
 }
 
 impl SubscriberStats {
@@ -110,7 +112,7 @@ impl Ring<'_> {
             let last_seq = r.last_seq.load(Relaxed);
             let cursor = r.cursor.load(Relaxed);
             let lag = match mode {
-                Some(Mode::Queue) if cursor != NO_CURSOR => {
+                Some(Mode::Queue) if lossless_cursor(cursor).is_some() => {
                     min_cursor = min_cursor.min(cursor);
                     (head_seq + 1).saturating_sub(cursor)
                 }
@@ -130,6 +132,7 @@ impl Ring<'_> {
                 last_seq,
                 lag,
                 heartbeat_ns: r.heartbeat_ns.load(Relaxed),
+                evictions: r.evictions.load(Relaxed),
             });
         }
         let mut occupancy = 0;

@@ -346,3 +346,200 @@ fn packed_bytes_of_a_hostile_layout_saturates() {
     assert!(l.validate().is_err());
     assert_eq!(l.packed_bytes(), u64::MAX);
 }
+
+/// Marks record `i` as a process that died at `state` with `max_held`,
+/// holding `slots` (raw stores: the step it died at is not reachable
+/// single-threaded).
+fn died_at(st: &Storage, i: usize, state: u32, max_held: u32, slots: &[usize]) -> u64 {
+    use sync::Ordering::Relaxed;
+    let generation = 5;
+    let r = &st.subs[i];
+    r.state.store(record::word(generation, state), Relaxed);
+    r.max_held.store(max_held, Relaxed);
+    r.held.store(slots.len() as u32, Relaxed);
+    for &s in slots {
+        st.slots[s].lease.fetch_or(1 << i, Relaxed);
+    }
+    generation
+}
+
+#[test]
+fn records_stuck_in_every_transient_state_are_recovered() {
+    for state in [record::CLAIMING, record::ACTIVE, record::RECLAIMING] {
+        let st = Storage::new(4, 2);
+        let ring = st.ring(LosslessPolicy::Block);
+        let g = died_at(&st, 0, state, 1, &[2]);
+        assert_eq!(
+            ring.reclaim(0, g + 1),
+            None,
+            "another generation is left alone"
+        );
+        assert_eq!(ring.reclaim(0, g), Some(false), "state {state}");
+        assert_eq!(ring.reclaim(0, g), None, "freed once");
+        assert!(st
+            .slots
+            .iter()
+            .all(|s| s.lease.load(sync::Ordering::Relaxed) == 0));
+        let w = st.subs[0].state.load(sync::Ordering::Relaxed);
+        assert_eq!(
+            (record::state_of(w), record::generation_of(w)),
+            (record::FREE, g)
+        );
+        let token = ring.register(&req(Mode::Queue, 1)).unwrap();
+        assert_eq!((token.index(), token.generation()), (0, g + 1));
+    }
+}
+
+#[test]
+fn budget_counts_records_that_are_not_yet_or_no_longer_active() {
+    // A claimant and a half-freed record (its bits still set) each count:
+    // otherwise new subscribers could take the slots the writer needs.
+    let st = Storage::new(5, 4);
+    let ring = st.ring(LosslessPolicy::Block);
+    died_at(&st, 0, record::CLAIMING, 1, &[]);
+    died_at(&st, 1, record::RECLAIMING, 1, &[1]);
+    let _live = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    assert_eq!(
+        ring.register(&req(Mode::NewestOnly, 1)),
+        Err(RegisterError::HoldBudget)
+    );
+}
+
+#[test]
+fn register_at_claims_exactly_that_record() {
+    let st = Storage::new(8, 3);
+    let ring = st.ring(LosslessPolicy::Block);
+    let t = ring.register_at(2, &req(Mode::NewestOnly, 1)).unwrap();
+    assert_eq!(t.index(), 2);
+    assert_eq!(
+        ring.register_at(2, &req(Mode::NewestOnly, 1)),
+        Err(RegisterError::Taken)
+    );
+    assert_eq!(
+        ring.register_at(3, &req(Mode::NewestOnly, 1)),
+        Err(RegisterError::NoRecord)
+    );
+    assert!(!ring.deregister(t));
+}
+
+#[test]
+fn generation_is_56_bits_and_wraps_past_zero() {
+    let w = record::word(record::MAX_GENERATION, record::ACTIVE);
+    assert_eq!(record::generation_of(w), record::MAX_GENERATION);
+    assert_eq!(record::state_of(w), record::ACTIVE);
+    assert_eq!(record::next_generation(record::MAX_GENERATION), 1);
+    let st = Storage::new(4, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    st.subs[0].state.store(
+        record::word(u64::from(u32::MAX), record::FREE),
+        sync::Ordering::Relaxed,
+    );
+    let t = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    assert_eq!(t.generation(), u64::from(u32::MAX) + 1, "no 32-bit wrap");
+    assert!(!ring.deregister(t));
+}
+
+#[test]
+fn waits_of_a_subscriber_that_died_asleep_are_taken_back() {
+    use sync::Ordering::Relaxed;
+    let st = Storage::new(4, 2);
+    let ring = st.ring(LosslessPolicy::Block);
+    let dead = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    let live = ring.register(&req(Mode::NewestOnly, 1)).unwrap();
+    ring.begin_wait(dead.index());
+    ring.begin_wait(live.index());
+    assert_eq!(st.ctl.waiters.load(Relaxed), 2);
+    let (i, g) = (dead.index(), dead.generation());
+    drop(dead); // the process died asleep: its token is lost, nothing deregisters
+    assert_eq!(ring.reclaim(i, g), Some(false));
+    assert_eq!(st.ctl.waiters.load(Relaxed), 1);
+    ring.end_wait(live.index());
+    assert_eq!(st.ctl.waiters.load(Relaxed), 0);
+    ring.end_wait(i);
+    assert_eq!(
+        st.ctl.waiters.load(Relaxed),
+        0,
+        "an ended wait is not ended twice"
+    );
+    assert!(!ring.deregister(live));
+}
+
+#[test]
+fn close_aborts_a_pending_loan_so_nothing_is_published_after_it() {
+    let st = Storage::new(4, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    w.try_loan().unwrap().commit(0, 0);
+    let slot = w.begin().unwrap();
+    w.close();
+    assert_eq!(w.commit_pending(0, 0), None);
+    assert_eq!(ring.head().0, 1);
+    assert_eq!(
+        st.slots[slot as usize].lease.load(sync::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(w.begin(), Err(LoanError::Closed));
+}
+
+#[test]
+fn evicted_lossless_reader_keeps_its_frame_and_counts_the_gap() {
+    let st = Storage::new(4, 2);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let slow = Subscription::register(&ring, &req(Mode::Queue, 1)).unwrap();
+    let fast = Subscription::register(&ring, &req(Mode::Queue, 1)).unwrap();
+    w.try_loan().unwrap().commit(0, 0);
+    let held = slow.try_read().unwrap();
+    assert_eq!(held.seq(), 1);
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        match w.try_loan() {
+            Ok(g) => drop(g.commit(0, 0)),
+            Err(e) => panic!("{e:?}"),
+        }
+        let f = fast.try_read().unwrap();
+        seqs.push(f.seq());
+    }
+    // slow holds 1 and still needs 2..=4: the writer is held back.
+    assert_eq!(w.try_loan().unwrap_err(), LoanError::Backpressure);
+    assert_eq!(w.evict_laggards(), 1, "only the lagging reader");
+    for _ in 0..6 {
+        let c = w.try_loan().unwrap().commit(0, 0);
+        assert_ne!(c.slot, held.slot(), "a held frame is never rewritten");
+        seqs.push(fast.try_read().unwrap().seq());
+    }
+    assert_eq!(
+        seqs,
+        (1..=9).collect::<Vec<_>>(),
+        "the other reader lost nothing"
+    );
+    assert_eq!(held.seq(), 1);
+    assert_eq!(
+        st.slots[held.slot() as usize]
+            .seq
+            .load(sync::Ordering::Relaxed),
+        1
+    );
+    drop(held);
+    assert_eq!(slow.try_read().unwrap_err(), ReadError::Lagged);
+    assert_eq!(slow.try_read().unwrap().seq(), 10);
+    let me = ring.stats().subscribers[slow.token().index() as usize].unwrap();
+    assert_eq!((me.evictions, me.dropped, me.received), (1, 8, 2));
+}
+
+#[test]
+fn hold_reservation_counts_the_probe() {
+    // `held` is reserved before the probe: a subscription at its limit
+    // does not even set a transient bit.
+    let st = Storage::new(4, 1);
+    let ring = st.ring(LosslessPolicy::Block);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    w.try_loan().unwrap().commit(0, 0);
+    let f = sub.try_read().unwrap();
+    w.try_loan().unwrap().commit(0, 0);
+    assert_eq!(sub.try_read().unwrap_err(), ReadError::HoldLimit);
+    assert_eq!(st.subs[0].held.load(sync::Ordering::Relaxed), 1);
+    drop(f);
+    assert_eq!(st.subs[0].held.load(sync::Ordering::Relaxed), 0);
+}

@@ -129,6 +129,13 @@ impl<H: RingRef> Writer<H> {
         Err(LoanError::Full)
     }
 
+    /// The slot loaned by [`begin`](Self::begin) as a typestate grant
+    /// (commit it, or drop it to abort); `None` if no slot is loaned.
+    pub fn grant_pending(&mut self) -> Option<WriteGrant<'_, H>> {
+        let slot = self.pending?;
+        Some(WriteGrant { writer: self, slot })
+    }
+
     /// The slot loaned by [`begin`](Self::begin), if any.
     pub fn pending(&self) -> Option<u32> {
         self.pending
@@ -167,39 +174,129 @@ impl<H: RingRef> Writer<H> {
         if ring.is_closed() {
             return Err(LoanError::Closed);
         }
-        let min_cursor = min_lossless_cursor(ring.subs);
-        let mut keep_order: Option<(u64, u32)> = None;
-        let mut any_order: Option<(u64, u32)> = None;
-        for (i, s) in ring.slots.iter().enumerate() {
-            let i = i as u32;
-            if Some(i) == self.head_slot || s.lease.load(Relaxed) != 0 {
-                continue;
-            }
-            let seq = s.seq.load(Relaxed);
-            let better = |best: Option<(u64, u32)>| best.is_none_or(|(b, _)| seq < b);
-            if better(any_order) {
-                any_order = Some((seq, i));
-            }
-            let needed = seq != 0 && seq >= min_cursor;
-            if !needed && better(keep_order) {
-                keep_order = Some((seq, i));
-            }
-        }
-        match (keep_order, any_order, ring.policy) {
-            (Some((_, i)), _, _) => Ok(i),
-            (None, Some((_, i)), LosslessPolicy::DropOldest) => Ok(i),
-            (None, Some(_), LosslessPolicy::Block) => Err(LoanError::Backpressure),
-            (None, None, _) => Err(LoanError::Full),
+        // Dropping a frame a lossless subscriber needs is a last resort: if
+        // an unneeded slot is leased, the lease may be a reader's probe in
+        // flight (set and withdrawn within a few instructions), so look
+        // again a few times before giving that frame up.
+        let mut rescans = 0;
+        loop {
+            let c = self.candidates(ring);
+            return match (c.oldest_unneeded, c.oldest_any, ring.policy) {
+                (Some((_, i)), _, _) => Ok(i),
+                (None, Some(_), LosslessPolicy::DropOldest)
+                    if c.probed_unneeded && rescans < PROBE_RESCANS =>
+                {
+                    rescans += 1;
+                    crate::sync::spin_hint();
+                    continue;
+                }
+                (None, Some((_, i)), LosslessPolicy::DropOldest) => Ok(i),
+                (None, Some(_), LosslessPolicy::Block) => Err(LoanError::Backpressure),
+                (None, None, _) => Err(LoanError::Full),
+            };
         }
     }
 
+    /// One pass over the slots: the oldest free slot that no lossless
+    /// subscriber needs, the oldest free slot at all, and whether some
+    /// unneeded slot is leased.
+    fn candidates(&self, ring: &crate::ring::Ring<'_>) -> Candidates {
+        let min_cursor = min_lossless_cursor(ring.subs);
+        let mut c = Candidates::default();
+        for (i, s) in ring.slots.iter().enumerate() {
+            let i = i as u32;
+            if Some(i) == self.head_slot {
+                continue;
+            }
+            let seq = s.seq.load(Relaxed);
+            let needed = seq != 0 && seq >= min_cursor;
+            if s.lease.load(Relaxed) != 0 {
+                c.probed_unneeded |= !needed;
+                continue;
+            }
+            let better = |best: Option<(u64, u32)>| best.is_none_or(|(b, _)| seq < b);
+            if better(c.oldest_any) {
+                c.oldest_any = Some((seq, i));
+            }
+            if !needed && better(c.oldest_unneeded) {
+                c.oldest_unneeded = Some((seq, i));
+            }
+        }
+        c
+    }
+
+    /// Evicts the lossless subscribers that keep every free slot needed
+    /// (the std layer calls this once the block timeout ran out with the
+    /// loan still refused with [`LoanError::Backpressure`]): their cursors
+    /// no longer hold the writer back. Lease bits are not touched: the
+    /// frames they hold stay intact. Each evicted subscriber's next read
+    /// reports [`ReadError::Lagged`](crate::ReadError::Lagged) and goes on
+    /// from the newest frame. Returns how many were evicted.
+    ///
+    /// ```
+    /// # use cuframes_core::*;
+    /// # let ctl = ControlBlock::new();
+    /// # let slots: Vec<SlotHeader> = (0..3).map(|_| SlotHeader::new()).collect();
+    /// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+    /// # let subs: Vec<SubscriberRecord> = (0..1).map(|_| SubscriberRecord::new()).collect();
+    /// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+    /// let mut writer = Writer::new(&ring);
+    /// let req = Register { mode: Mode::Queue, max_held: 1, pid: 1, start_time: 0, pid_ns: 0, heartbeat_ns: 0, name: b"slow" };
+    /// let sub = Subscription::register(&ring, &req).unwrap();
+    /// for _ in 0..3 {
+    ///     writer.try_loan().unwrap().commit(0, 0); // seqs 1..=3, none read
+    /// }
+    /// assert_eq!(writer.try_loan().unwrap_err(), LoanError::Backpressure);
+    /// assert_eq!(writer.evict_laggards(), 1);
+    /// writer.try_loan().unwrap().commit(0, 0); // seq 4 overwrites seq 1
+    /// assert_eq!(sub.try_read().unwrap_err(), ReadError::Lagged);
+    /// assert_eq!(sub.try_read().unwrap().seq(), 4);
+    /// assert_eq!(ring.stats().active().next().unwrap().dropped, 3); // seqs 1..=3
+    /// ```
+    pub fn evict_laggards(&self) -> u32 {
+        let ring = self.ring.ring();
+        let Some((oldest, _)) = self.candidates(ring).oldest_any else {
+            return 0;
+        };
+        let mut evicted = 0;
+        for r in ring.subs {
+            if record::state_of(r.state.load(SeqCst)) != record::ACTIVE {
+                continue;
+            }
+            let c = r.cursor.load(SeqCst);
+            if lossless_cursor(c).is_some_and(|c| c <= oldest)
+                && r.cursor
+                    .compare_exchange(c, c | EVICTED, SeqCst, Relaxed)
+                    .is_ok()
+            {
+                r.evictions.fetch_add(1, Relaxed);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
     /// Closes the stream: no more loans; subscribers get `Closed` once they
-    /// have read what is left.
-    pub fn close(&self) {
+    /// have read what is left. A slot loaned with [`begin`](Self::begin)
+    /// and not yet committed is aborted, so nothing is published after the
+    /// close.
+    pub fn close(&mut self) {
+        self.abort_pending();
         if self.ring.ring().close() {
             self.ring.wake(Wake::Readers);
         }
     }
+}
+
+/// Rescans before a needed frame is dropped because an unneeded slot was
+/// leased (a probe in flight, most likely).
+const PROBE_RESCANS: usize = 16;
+
+#[derive(Default)]
+struct Candidates {
+    oldest_unneeded: Option<(u64, u32)>,
+    oldest_any: Option<(u64, u32)>,
+    probed_unneeded: bool,
 }
 
 impl<H: RingRef> Writer<H> {
@@ -230,7 +327,7 @@ impl<H: RingRef> Writer<H> {
 fn min_lossless_cursor(subs: &[SubscriberRecord]) -> u64 {
     subs.iter()
         .filter(|r| record::state_of(r.state.load(SeqCst)) == record::ACTIVE)
-        .map(|r| r.cursor.load(SeqCst))
+        .filter_map(|r| lossless_cursor(r.cursor.load(SeqCst)))
         .min()
         .unwrap_or(NO_CURSOR)
 }

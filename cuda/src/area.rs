@@ -318,7 +318,8 @@ pub(crate) unsafe fn snapshot(ptr: *const u8, len: usize) -> Vec<u8> {
 }
 
 /// One row of the release table, in shared memory: `tag` (0 = empty),
-/// `owner` (pid << 32 | record generation), then one event handle per slot,
+/// `owner` (the record generation of the claim that wrote it: unique per
+/// record for the life of the segment), then one event handle per slot,
 /// all accessed as 64-bit atomics.
 pub(crate) struct ReleaseRow {
     words: *const AtomicU64,

@@ -160,7 +160,7 @@ impl Vmm {
             sys::cuMemCreate(&mut h, bytes as usize, &prop, 0)
         })?;
         v.handle = Some(h);
-        v.map()?;
+        v.map(sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE)?;
         let mut fd: std::ffi::c_int = -1;
         // SAFETY: for POSIX_FILE_DESCRIPTOR the driver writes an int (a new
         // descriptor we then own) through the pointer.
@@ -183,7 +183,10 @@ impl Vmm {
     }
 
     /// Imports an allocation of `bytes` from a descriptor sent by the
-    /// publisher and maps it read-write.
+    /// publisher and maps it read-only, so a subscriber cannot change what
+    /// others read; where the driver refuses read-only access to a device
+    /// mapping it is mapped read-write (the slots are then protected only
+    /// by the protocol).
     pub fn import(dev: &Arc<Device>, fd: &OwnedFd, bytes: u64) -> Result<Vmm> {
         let _g = dev.enter()?;
         let mut v = Vmm::empty(dev, bytes);
@@ -200,11 +203,15 @@ impl Vmm {
             )
         })?;
         v.handle = Some(h);
-        v.map()?;
+        if v.map(sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READ)
+            .is_err()
+        {
+            v.map(sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE)?;
+        }
         Ok(v)
     }
 
-    fn map(&mut self) -> Result<()> {
+    fn map(&mut self, flags: sys::CUmemAccess_flags) -> Result<()> {
         let h = self.handle.expect("handle before map");
         let size = self.bytes as usize;
         let granularity = vmm_granularity(&self.dev)? as usize;
@@ -216,22 +223,27 @@ impl Vmm {
                 ),
             ));
         }
-        let mut ptr: DevicePtr = 0;
-        // SAFETY: reserves address space only; freed in Drop.
-        call("cuMemAddressReserve", || unsafe {
-            sys::cuMemAddressReserve(&mut ptr, size, granularity, 0, 0)
-        })?;
-        self.ptr = ptr;
-        self.reserved = true;
-        // SAFETY: maps the whole allocation at the start of our reservation.
-        call("cuMemMap", || unsafe { sys::cuMemMap(ptr, size, 0, h, 0) })?;
-        self.mapped = true;
+        if !self.reserved {
+            let mut ptr: DevicePtr = 0;
+            // SAFETY: reserves address space only; freed in Drop.
+            call("cuMemAddressReserve", || unsafe {
+                sys::cuMemAddressReserve(&mut ptr, size, granularity, 0, 0)
+            })?;
+            self.ptr = ptr;
+            self.reserved = true;
+        }
+        let ptr = self.ptr;
+        if !self.mapped {
+            // SAFETY: maps the whole allocation at the start of our reservation.
+            call("cuMemMap", || unsafe { sys::cuMemMap(ptr, size, 0, h, 0) })?;
+            self.mapped = true;
+        }
         let access = sys::CUmemAccessDesc {
             location: sys::CUmemLocation {
                 type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
                 id: self.dev.ordinal as i32,
             },
-            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+            flags,
         };
         // SAFETY: the range is mapped; reads one descriptor.
         call("cuMemSetAccess", || unsafe {

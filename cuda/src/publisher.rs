@@ -497,20 +497,14 @@ impl CudaPublisher {
         let live: Vec<_> = stats
             .active()
             .filter(|s| s.index < self.area.subscriber_capacity)
-            .map(|s| {
-                (
-                    s.index,
-                    (u64::from(s.pid) << 32) | u64::from(s.generation),
-                    *s,
-                )
-            })
+            .map(|s| (s.index, s.generation))
             .collect();
         self.peers
-            .retain(|idx, p| live.iter().any(|(i, o, _)| i == idx && *o == p.owner));
-        for (index, owner, s) in live {
+            .retain(|idx, p| live.iter().any(|(i, o)| i == idx && *o == p.owner));
+        for (index, owner) in live {
             // A dead subscriber's events are gone with it: waiting on them
             // is undefined, so skip it (the sweep frees its record).
-            if !cuframes::holder_alive(s.pid, s.start_time, s.pid_ns, s.heartbeat_ns) {
+            if !self.ring().subscriber_alive(index) {
                 self.peers.remove(&index);
                 continue;
             }

@@ -154,7 +154,7 @@ impl CudaSubscriber {
             .find(|s| s.index == index)
             .map(|s| s.generation)
             .ok_or_else(|| Error::new(ErrorCode::PublisherGone, "our record was reclaimed"))?;
-        let owner = (u64::from(std::process::id()) << 32) | u64::from(generation);
+        let owner = generation;
         let tag = random_tag();
         // SAFETY: the area is the validated backend area of our mapping
         // (page-aligned), laid out as `area` says, and `index` is our

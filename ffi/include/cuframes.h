@@ -63,6 +63,11 @@
 // The key already has a live publisher.
 #define CUFRAMES_ERR_ALREADY_EXISTS 15
 
+// A QUEUE subscriber lagged past the publisher's block timeout and was
+// evicted from lossless duty: frames were skipped (counted as dropped);
+// the next read goes on from the newest frame.
+#define CUFRAMES_ERR_LAGGED 16
+
 // 8-bit Y plane, then interleaved UV at half resolution (2 planes).
 #define CUFRAMES_FORMAT_NV12 1
 
@@ -130,6 +135,12 @@ typedef struct cuframes_publisher_options_t {
   uint32_t pitch_align;
   // Heartbeat and dead-subscriber sweep period (default 100, must be > 0).
   uint32_t heartbeat_ms;
+  // Under `CUFRAMES_POLICY_BLOCK`, once a QUEUE subscriber has held the
+  // publisher back for the whole block timeout: 1 (default) evicts it
+  // from lossless duty (it gets `CUFRAMES_ERR_LAGGED` once and goes on
+  // from the newest frame; frames it holds stay intact) and the loan
+  // goes on; 0 fails the loan with `CUFRAMES_ERR_TIMEOUT`.
+  uint32_t evict_lagging;
 } cuframes_publisher_options_t;
 
 // A loaned slot: where to write the next frame. Valid from

@@ -60,6 +60,10 @@ pub const CUFRAMES_ERR_WOULD_BLOCK: c_int = 13;
 pub const CUFRAMES_ERR_INTERNAL: c_int = 14;
 /// The key already has a live publisher.
 pub const CUFRAMES_ERR_ALREADY_EXISTS: c_int = 15;
+/// A QUEUE subscriber lagged past the publisher's block timeout and was
+/// evicted from lossless duty: frames were skipped (counted as dropped);
+/// the next read goes on from the newest frame.
+pub const CUFRAMES_ERR_LAGGED: c_int = 16;
 
 /// 8-bit Y plane, then interleaved UV at half resolution (2 planes).
 pub const CUFRAMES_FORMAT_NV12: u32 = 1;
@@ -105,6 +109,7 @@ const _: () = {
     assert!(CUFRAMES_ERR_WOULD_BLOCK == ErrorCode::WouldBlock as c_int);
     assert!(CUFRAMES_ERR_INTERNAL == ErrorCode::Internal as c_int);
     assert!(CUFRAMES_ERR_ALREADY_EXISTS == ErrorCode::AlreadyExists as c_int);
+    assert!(CUFRAMES_ERR_LAGGED == ErrorCode::Lagged as c_int);
     assert!(CUFRAMES_FORMAT_NV12 == cuframes::PixelFormat::Nv12 as u32);
     assert!(CUFRAMES_FORMAT_P010 == cuframes::PixelFormat::P010 as u32);
     assert!(CUFRAMES_FORMAT_GRAY8 == cuframes::PixelFormat::Gray8 as u32);

@@ -35,6 +35,12 @@ pub struct cuframes_publisher_options_t {
     pub pitch_align: u32,
     /// Heartbeat and dead-subscriber sweep period (default 100, must be > 0).
     pub heartbeat_ms: u32,
+    /// Under `CUFRAMES_POLICY_BLOCK`, once a QUEUE subscriber has held the
+    /// publisher back for the whole block timeout: 1 (default) evicts it
+    /// from lossless duty (it gets `CUFRAMES_ERR_LAGGED` once and goes on
+    /// from the newest frame; frames it holds stay intact) and the loan
+    /// goes on; 0 fails the loan with `CUFRAMES_ERR_TIMEOUT`.
+    pub evict_lagging: u32,
 }
 
 fn ms(v: Duration) -> u32 {
@@ -51,6 +57,7 @@ impl From<PublisherOptions> for cuframes_publisher_options_t {
             mode: o.mode,
             pitch_align: o.pitch_align,
             heartbeat_ms: ms(o.heartbeat),
+            evict_lagging: o.evict_lagging.into(),
         }
     }
 }
@@ -70,6 +77,7 @@ impl cuframes_publisher_options_t {
             mode: self.mode,
             pitch_align: self.pitch_align,
             heartbeat: Duration::from_millis(self.heartbeat_ms.into()),
+            evict_lagging: self.evict_lagging != 0,
         })
     }
 }

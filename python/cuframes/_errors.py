@@ -31,6 +31,7 @@ class ErrorCode(enum.IntEnum):
     WOULD_BLOCK = 13
     INTERNAL = 14
     ALREADY_EXISTS = 15
+    LAGGED = 16
 
 
 class CuframesError(Exception):
@@ -129,6 +130,15 @@ class CuframesAlreadyExistsError(CuframesError):
     code = ErrorCode.ALREADY_EXISTS
 
 
+class CuframesLaggedError(CuframesError):
+    """This QUEUE subscriber lagged past the publisher's block timeout and was
+    evicted from lossless duty: the frames in between were skipped (counted
+    in ``stats()["dropped"]``). Not final: the next read goes on from the
+    newest frame. Frames it holds stay intact."""
+
+    code = ErrorCode.LAGGED
+
+
 _BY_CODE: Dict[int, Type[CuframesError]] = {
     int(cls.code): cls
     for cls in (
@@ -147,6 +157,7 @@ _BY_CODE: Dict[int, Type[CuframesError]] = {
         CuframesWouldBlockError,
         CuframesInternalError,
         CuframesAlreadyExistsError,
+        CuframesLaggedError,
     )
 }
 

@@ -91,7 +91,7 @@ impl PyPublisher {
     /// Creates stream `key` for `width` x `height` frames of `format`.
     /// Raises `CuframesAlreadyExistsError` if a live publisher has the key.
     #[new]
-    #[pyo3(signature = (key, width, height, format=PyPixelFormat::NV12, *, slots=8, subscriber_capacity=16, policy=PyLosslessPolicy::BLOCK, block_timeout_ms=1000, pitch_align=64, mode=0o600))]
+    #[pyo3(signature = (key, width, height, format=PyPixelFormat::NV12, *, slots=8, subscriber_capacity=16, policy=PyLosslessPolicy::BLOCK, block_timeout_ms=1000, pitch_align=64, mode=0o600, evict_lagging=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -105,6 +105,7 @@ impl PyPublisher {
         block_timeout_ms: u64,
         pitch_align: u32,
         mode: u32,
+        evict_lagging: bool,
     ) -> PyResult<Self> {
         let layout = FrameLayout::new(format.into(), width, height, pitch_align)
             .map_err(|e| raise(ErrorCode::InvalidArgument, &e.to_string()))?;
@@ -115,6 +116,7 @@ impl PyPublisher {
             block_timeout: Duration::from_millis(block_timeout_ms),
             mode,
             pitch_align,
+            evict_lagging,
             ..Default::default()
         };
         let publisher = py.detach(|| Publisher::create(key, layout, options)).py()?;

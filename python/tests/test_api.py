@@ -368,7 +368,9 @@ def test_gpu_stream_without_driver_is_a_cuda_error(key: str) -> None:
 def test_blocked_loan_and_stats_from_another_thread_do_not_deadlock(key: str) -> None:
     """A loan waiting out backpressure holds the publisher; another thread
     asking for stats meanwhile must neither hang nor break the timeout."""
-    with cuframes.Publisher(key, 32, 16, PixelFormat.GRAY8, slots=4, block_timeout_ms=300) as pub:
+    with cuframes.Publisher(
+        key, 32, 16, PixelFormat.GRAY8, slots=4, block_timeout_ms=300, evict_lagging=False
+    ) as pub:
         lagging = cuframes.subscribe(key, "lagging", SubscriberMode.QUEUE)
         errors: list[BaseException] = []
 

@@ -81,6 +81,10 @@ impl From<RegisterError> for Error {
     fn from(e: RegisterError) -> Self {
         match e {
             RegisterError::NoRecord => Self::new(ErrorCode::Capacity, "every subscriber record is taken"),
+            RegisterError::Taken | RegisterError::Lost => Self::new(
+                ErrorCode::Capacity,
+                "the subscriber record was taken by another registration",
+            ),
             RegisterError::HoldBudget => Self::new(
                 ErrorCode::Capacity,
                 "not enough slots for this subscriber's max_held (slot_count >= sum of max_held + 2)",
@@ -102,7 +106,12 @@ impl From<ReadError> for Error {
             ),
             ReadError::Evicted => Self::new(
                 ErrorCode::PublisherGone,
-                "subscriber record was reclaimed (this process was presumed dead); reconnect",
+                "subscriber record is gone (deregistered, or freed by hostile memory); reconnect",
+            ),
+            ReadError::Lagged => Self::new(
+                ErrorCode::Lagged,
+                "this lossless subscriber lagged past the publisher's block timeout: the frames \
+                 in between were skipped (counted as dropped); reading goes on from the newest frame",
             ),
             ReadError::Corrupt => {
                 Self::new(ErrorCode::Corrupt, "shared memory contradicts the protocol")

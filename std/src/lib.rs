@@ -28,8 +28,11 @@
 #![deny(missing_docs)]
 
 mod error;
+mod guard;
 mod key;
+mod liveness;
 mod mapping;
+mod ofd;
 mod publisher;
 mod reconnect;
 mod streams;
@@ -48,7 +51,7 @@ pub use publisher::{DetachedLease, MappingGuard, Publisher, PublisherOptions, Wr
 pub use reconnect::ReconnectingSubscriber;
 pub use streams::{list_streams, stream_status, StreamStatus};
 pub use subscriber::{Frame, Frames, Monitor, Subscriber, SubscriberOptions, SubscriberStats};
-pub use sys::{holder_alive, is_alive, now_ns, own_pid_ns, process_start_time, HEARTBEAT_TIMEOUT};
+pub use sys::{is_alive, now_ns, own_pid_ns, process_start_time};
 
 impl From<cuframes_core::LayoutError> for Error {
     fn from(e: cuframes_core::LayoutError) -> Self {

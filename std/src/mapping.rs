@@ -1,26 +1,38 @@
 //! Segment files: creation (publisher), opening with checks (everyone
 //! else), the memory mapping, and the [`Shared`] ring handle with futex
-//! wake-ups.
+//! wake-ups and the lock-based liveness protocol.
 
+use crate::guard;
 use crate::key::segment_path;
+use crate::ofd;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
-use cuframes_core::{Ring, RingRef, SegmentHeader, SegmentInfo, Wake};
-use rustix::mm::{MapFlags, ProtFlags};
+use cuframes_core::{MemoryKind, Ring, RingRef, SegmentHeader, SegmentInfo, Wake};
+use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use zerocopy::IntoBytes;
 
 /// Largest segment accepted on open (a hostile size cannot make us map
 /// terabytes).
 const MAX_SEGMENT: u64 = 1 << 36;
 
-/// A shared mapping of a whole segment file.
+/// Byte of the segment file whose OFD lock marks a live publisher; record
+/// `i` of the subscriber table is marked by byte `i` (`i < 63`). The bytes
+/// are lock coordinates only: locks do not touch the file's contents.
+pub(crate) const PUBLISHER_LOCK_BYTE: u64 = 63;
+
+/// A shared mapping of a whole segment file, registered with the SIGBUS
+/// guard for its whole life.
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// `None` only if the guard's table was full (the mapping then works
+    /// unguarded, as before the guard existed).
+    guard: Option<guard::Region>,
 }
 
 // SAFETY: the mapping is plain shared memory; every access to its live
@@ -31,7 +43,8 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn map(file: &File, len: u64, writable: bool) -> Result<Self> {
+    /// Maps `len` bytes of `file` shared, read-write or read-only.
+    pub(crate) fn map(file: &File, len: u64, writable: bool) -> Result<Self> {
         let prot = if writable {
             ProtFlags::READ | ProtFlags::WRITE
         } else {
@@ -52,10 +65,51 @@ impl Mapping {
         .map_err(|e| Error::io("mmap", e.into()))?;
         let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| Error::new(ErrorCode::Io, "mmap returned null"))?;
+        let len = len as usize;
         Ok(Self {
             ptr,
-            len: len as usize,
+            len,
+            guard: guard::register(ptr.as_ptr(), len),
         })
+    }
+
+    /// Whether the SIGBUS guard found this mapping's file truncated and
+    /// replaced the mapping with zero pages.
+    pub(crate) fn lost(&self) -> bool {
+        self.guard.as_ref().is_some_and(guard::Region::lost)
+    }
+
+    /// Whether the guard table had room for this mapping.
+    #[cfg(test)]
+    pub(crate) fn guard_registered(&self) -> bool {
+        self.guard.is_some()
+    }
+
+    /// Makes `[offset, offset + len)` read-only. The start is rounded up to
+    /// the system page size (the protocol aligns regions to 4 KiB; a larger
+    /// page leaves its first partial page writable), the end up to a page.
+    fn protect_read_only(&self, offset: usize, len: usize) -> Result<()> {
+        // SAFETY: sysconf only reads a system constant.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as usize,
+            _ => 4096,
+        };
+        let start = offset.next_multiple_of(page);
+        let end = offset.saturating_add(len).min(self.len);
+        if start >= end {
+            return Ok(());
+        }
+        // SAFETY: [start, end) lies inside our mapping (checked above); only
+        // its protection changes, and no `&mut` into it exists in this
+        // process (a subscriber only reads slot data).
+        unsafe {
+            rustix::mm::mprotect(
+                self.ptr.as_ptr().add(start).cast(),
+                end - start,
+                MprotectFlags::READ,
+            )
+        }
+        .map_err(|e| Error::io("mprotect slot data read-only", e.into()))
     }
 
     pub(crate) fn base(&self) -> *mut u8 {
@@ -74,6 +128,9 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Unregister first: once unmapped, the range may be reused by an
+        // unrelated mapping whose faults the guard must not swallow.
+        drop(self.guard.take());
         // SAFETY: we mapped exactly this range and no reference into it
         // outlives the Mapping (Shared drops its Ring first; grants keep the
         // Shared alive through an Arc).
@@ -87,13 +144,25 @@ pub(crate) struct Shared {
     ring: Ring<'static>,
     pub(crate) info: SegmentInfo,
     map: Mapping,
+    /// The segment file, open (read-write when the mapping is writable) for
+    /// the handle's whole life: the OFD locks held through it are the
+    /// liveness signal, and `fstat` on it notices a truncation.
+    file: File,
+    /// Whether this handle took the publisher lock ([`Shared::lock_publisher`]).
+    holds_publisher_lock: AtomicBool,
     pub(crate) path: PathBuf,
     /// (device, inode) of the file, to notice a replacement at `path`.
     pub(crate) file_id: (u64, u64),
 }
 
 impl Shared {
-    fn new(map: Mapping, info: SegmentInfo, path: PathBuf, file_id: (u64, u64)) -> Self {
+    fn new(
+        map: Mapping,
+        file: File,
+        info: SegmentInfo,
+        path: PathBuf,
+        file_id: (u64, u64),
+    ) -> Self {
         // SAFETY: `map` is a live mapping of `info.header.segment_len` bytes
         // (page aligned) whose header validated into `info`; it is moved into
         // the same struct as the Ring and outlives it (field order); we never
@@ -103,12 +172,16 @@ impl Shared {
             ring,
             info,
             map,
+            file,
+            holds_publisher_lock: AtomicBool::new(false),
             path,
             file_id,
         }
     }
 
-    /// Opens and validates an existing segment.
+    /// Opens and validates an existing segment. A `writable` handle (a
+    /// subscriber) maps the control area read-write but host slot data
+    /// read-only: a subscriber cannot scribble over frames others read.
     pub(crate) fn open(key: &str, writable: bool, allow_other_owner: bool) -> Result<Self> {
         let path = segment_path(key);
         let file = File::options()
@@ -139,7 +212,13 @@ impl Shared {
         }
         let map = Mapping::map(&file, len, writable)?;
         let info = SegmentInfo::check(map.read_header(), len)?;
-        Ok(Self::new(map, info, path, (meta.dev(), meta.ino())))
+        // GPU kinds keep the backend writable: subscribers write release rows
+        // there.
+        if writable && info.memory == MemoryKind::Host {
+            let h = &info.header;
+            map.protect_read_only(h.backend_offset as usize, h.backend_len as usize)?;
+        }
+        Ok(Self::new(map, file, info, path, (meta.dev(), meta.ino())))
     }
 
     /// Creates a segment from a planned header under a temporary name,
@@ -186,7 +265,7 @@ impl Shared {
         }
         let info =
             SegmentInfo::check(*header, header.segment_len).map_err(|e| cleanup(e.into()))?;
-        Ok(Self::new(map, info, tmp, (meta.dev(), meta.ino())))
+        Ok(Self::new(map, file, info, tmp, (meta.dev(), meta.ino())))
     }
 
     /// Atomically puts a created segment in place at the key's path,
@@ -199,21 +278,13 @@ impl Shared {
         Ok(())
     }
 
-    /// Whether the publisher that made this segment still lives (pid and
-    /// start time, or its heartbeat across pid namespaces).
+    /// Whether the publisher that made this segment still lives: this handle
+    /// holds the publisher lock, or another open file description (any
+    /// process, any pid namespace) does. An error counts as alive: a live
+    /// publisher must never be declared dead.
     pub(crate) fn publisher_alive(&self) -> bool {
-        let h = &self.info.header;
-        let beat = self
-            .ring
-            .control()
-            .heartbeat_ns
-            .load(std::sync::atomic::Ordering::Relaxed);
-        sys::holder_alive(
-            h.publisher_pid,
-            h.publisher_start_time,
-            h.publisher_pid_ns,
-            beat,
-        )
+        self.holds_publisher_lock.load(Ordering::Acquire)
+            || ofd::locked_by_other(&self.file, PUBLISHER_LOCK_BYTE).unwrap_or(true)
     }
 
     /// Whether `path` still names this segment's file.
@@ -256,6 +327,100 @@ impl Shared {
         let (start, _) = self.info.host_slot_range(slot)?;
         // SAFETY: validation proved the slot range lies inside the mapping.
         Some(unsafe { self.map.base().add(start as usize) })
+    }
+}
+
+/// The liveness locks (see [`crate::ofd`] for why OFD locks) and the
+/// integrity check.
+impl Shared {
+    /// Takes the publisher lock for this handle (the segment's creator,
+    /// before or right after [`install`](Self::install)); it is held until
+    /// the handle is dropped or its process dies. `AlreadyExists` if another
+    /// handle holds it.
+    pub(crate) fn lock_publisher(&self) -> Result<()> {
+        match ofd::try_lock(&self.file, PUBLISHER_LOCK_BYTE) {
+            Ok(true) => {
+                self.holds_publisher_lock.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(false) => Err(Error::new(
+                ErrorCode::AlreadyExists,
+                format!(
+                    "segment {} already has a live publisher",
+                    self.path.display()
+                ),
+            )),
+            Err(e) => Err(Error::io("lock segment for the publisher", e)),
+        }
+    }
+
+    /// Takes the lock of subscriber record `i` without waiting: `Ok(false)`
+    /// if another handle holds it (its owner lives). Needs a writable handle.
+    pub(crate) fn try_lock_record(&self, i: u32) -> Result<bool> {
+        let byte = record_byte(i)?;
+        ofd::try_lock(&self.file, byte).map_err(|e| Error::io(format!("lock record {i}"), e))
+    }
+
+    /// Releases this handle's lock of record `i` (nothing if it holds none).
+    /// Cannot fail for a valid record of an open file; dropping the handle
+    /// releases every lock anyway.
+    pub(crate) fn unlock_record(&self, i: u32) {
+        if let Ok(byte) = record_byte(i) {
+            let r = ofd::unlock(&self.file, byte);
+            debug_assert!(r.is_ok(), "unlock record {i}: {r:?}");
+        }
+    }
+
+    /// Whether another handle (any process) holds the lock of record `i`,
+    /// that is, whether the record's owner lives. A lock held by this handle
+    /// does not count. Errors count as alive: a record is never reclaimed on
+    /// doubt.
+    pub(crate) fn record_locked_by_other(&self, i: u32) -> bool {
+        match record_byte(i) {
+            Ok(byte) => ofd::locked_by_other(&self.file, byte).unwrap_or(true),
+            Err(_) => true,
+        }
+    }
+
+    /// `Err(Corrupt)` when the segment file was truncated or resized under
+    /// this process: the SIGBUS guard replaced the mapping with zero pages,
+    /// or the file's size is no longer `segment_len`. One `fstat`: cheap
+    /// enough for every wait slice.
+    pub(crate) fn check_intact(&self) -> Result<()> {
+        let expected = self.info.header.segment_len;
+        let gone = |what: String| {
+            Err(Error::new(
+                ErrorCode::Corrupt,
+                format!(
+                    "segment file {} was truncated or resized under this process ({what})",
+                    self.path.display()
+                ),
+            ))
+        };
+        if self.map.lost() {
+            return gone(format!(
+                "an access faulted past its end; the mapping now reads zeros, {expected} bytes expected"
+            ));
+        }
+        let len = rustix::fs::fstat(&self.file)
+            .map_err(|e| Error::io("fstat segment", e.into()))?
+            .st_size;
+        if u64::try_from(len).ok() != Some(expected) {
+            return gone(format!("now {len} bytes, {expected} expected"));
+        }
+        Ok(())
+    }
+}
+
+/// Lock byte of subscriber record `i`.
+fn record_byte(i: u32) -> Result<u64> {
+    if u64::from(i) < PUBLISHER_LOCK_BYTE {
+        Ok(u64::from(i))
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("record {i} has no lock byte (at most {PUBLISHER_LOCK_BYTE} records)"),
+        ))
     }
 }
 
@@ -302,5 +467,161 @@ impl RingRef for Shared {
             Wake::Readers => sys::futex_wake_all(&ctl.notify),
             Wake::Writer => sys::futex_wake_all(&ctl.space),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cuframes_core::{Backend, FrameLayout, Identity, PixelFormat, RingParams};
+
+    /// A host segment created and installed under a fresh key in the temp
+    /// directory (as the doc tests do), unlinked on drop.
+    struct Segment(Shared);
+
+    impl Segment {
+        fn new(tag: &str) -> (Self, String) {
+            std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+            let key = format!("mapping-{tag}-{}", std::process::id());
+            let layout = FrameLayout::new(PixelFormat::Gray8, 64, 48, 64).unwrap();
+            let who = Identity {
+                epoch: 1,
+                ..Default::default()
+            };
+            let header =
+                SegmentHeader::plan(&layout, &RingParams::default(), &Backend::HOST, &who).unwrap();
+            let mut shared = Shared::create(&key, &header, 0o600).unwrap();
+            shared.install(&key).unwrap();
+            (Self(shared), key)
+        }
+    }
+
+    impl Drop for Segment {
+        fn drop(&mut self) {
+            self.0.unlink_if_current();
+        }
+    }
+
+    /// Permissions (`rw-s`, ...) of the `/proc/self/maps` line holding `addr`.
+    fn perms_at(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .find_map(|line| {
+                let mut fields = line.split_ascii_whitespace();
+                let (lo, hi) = fields.next()?.split_once('-')?;
+                let lo = usize::from_str_radix(lo, 16).ok()?;
+                let hi = usize::from_str_radix(hi, 16).ok()?;
+                (lo..hi)
+                    .contains(&addr)
+                    .then(|| fields.next().unwrap().to_owned())
+            })
+            .unwrap_or_else(|| panic!("{addr:#x} is not mapped"))
+    }
+
+    #[test]
+    fn subscriber_maps_host_slot_data_read_only() {
+        let (publisher, key) = Segment::new("ro");
+        let sub = Shared::open(&key, true, false).unwrap();
+        let base = sub.map.base() as usize;
+        let (data, data_len) = sub.backend_area();
+        let data = data as usize;
+        assert_eq!(perms_at(base), "rw-s", "header and control");
+        assert_eq!(perms_at(data - 1), "rw-s", "records, just below the data");
+        assert_eq!(perms_at(data), "r--s", "slot data");
+        assert_eq!(perms_at(data + data_len - 1), "r--s", "end of slot data");
+        // The publisher's own mapping stays writable.
+        let (pub_data, _) = publisher.0.backend_area();
+        assert_eq!(perms_at(pub_data as usize), "rw-s");
+        // A read-only handle maps everything read-only.
+        let monitor = Shared::open(&key, false, false).unwrap();
+        assert_eq!(perms_at(monitor.map.base() as usize), "r--s");
+    }
+
+    #[test]
+    fn publisher_lock_marks_liveness() {
+        let (publisher, key) = Segment::new("publock");
+        let observer = Shared::open(&key, false, false).unwrap();
+        assert!(!observer.publisher_alive(), "nobody holds the lock yet");
+        publisher.0.lock_publisher().unwrap();
+        assert!(publisher.0.publisher_alive(), "its own lock counts");
+        assert!(observer.publisher_alive());
+        let rival = Shared::open(&key, true, false).unwrap();
+        let err = rival.lock_publisher().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::AlreadyExists);
+        assert!(rival.publisher_alive());
+        drop(publisher);
+        assert!(
+            !observer.publisher_alive(),
+            "released when the handle closes"
+        );
+        rival.lock_publisher().unwrap();
+        assert!(observer.publisher_alive());
+    }
+
+    #[test]
+    fn record_locks() {
+        let (publisher, key) = Segment::new("records");
+        let a = Shared::open(&key, true, false).unwrap();
+        let b = Shared::open(&key, true, false).unwrap();
+        assert!(a.try_lock_record(0).unwrap());
+        assert!(a.try_lock_record(62).unwrap());
+        assert!(!b.try_lock_record(0).unwrap(), "another handle owns it");
+        assert!(b.record_locked_by_other(0));
+        assert!(publisher.0.record_locked_by_other(62));
+        assert!(!a.record_locked_by_other(0), "its own lock");
+        assert!(!b.record_locked_by_other(1));
+        assert!(
+            !publisher.0.publisher_alive(),
+            "record locks are not the publisher's"
+        );
+        a.unlock_record(0);
+        assert!(!b.record_locked_by_other(0));
+        assert!(b.try_lock_record(0).unwrap());
+        let bad = b.try_lock_record(63).unwrap_err();
+        assert_eq!(bad.code(), ErrorCode::InvalidArgument);
+        assert!(b.record_locked_by_other(63), "unknown counts as alive");
+        drop(a);
+        assert!(
+            !b.record_locked_by_other(62),
+            "released when the handle closes"
+        );
+    }
+
+    #[test]
+    fn check_intact_notices_truncation_and_resizing() {
+        let (publisher, key) = Segment::new("intact");
+        let sub = Shared::open(&key, true, false).unwrap();
+        let monitor = Shared::open(&key, false, false).unwrap();
+        sub.check_intact().unwrap();
+        publisher.0.check_intact().unwrap();
+        let len = sub.info.header.segment_len;
+        let file = File::options()
+            .write(true)
+            .open(segment_path(&key))
+            .unwrap();
+
+        file.set_len(len + 4096).unwrap();
+        let err = sub.check_intact().unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Corrupt);
+        assert!(err.message().contains("truncated or resized"), "{err}");
+        file.set_len(len).unwrap();
+        sub.check_intact().unwrap();
+
+        file.set_len(0).unwrap();
+        assert_eq!(sub.check_intact().unwrap_err().code(), ErrorCode::Corrupt);
+        assert!(!sub.map.lost());
+        // Touch the vanished pages: the guard swaps in zero pages, and the
+        // loss stays reported even once the size is restored.
+        let ctl = sub.ring().control();
+        assert_eq!(ctl.notify.load(Ordering::Relaxed), 0);
+        // SAFETY: the first byte of slot data lies in the mapping.
+        assert_eq!(unsafe { sub.backend_area().0.read_volatile() }, 0);
+        assert!(sub.map.lost());
+        file.set_len(len).unwrap();
+        let err = sub.check_intact().unwrap_err();
+        assert!(err.message().contains("faulted"), "{err}");
+        // Mappings not touched since the truncation are only caught by size.
+        monitor.check_intact().unwrap();
+        assert!(!monitor.map.lost());
     }
 }

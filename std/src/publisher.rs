@@ -1,6 +1,7 @@
 //! The publisher: creates a stream, loans slots, commits frames.
 
 use crate::key::{shm_dir, validate_key};
+use crate::liveness::sweep_dead_subscribers;
 use crate::mapping::Shared;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
@@ -40,6 +41,13 @@ pub struct PublisherOptions {
     pub pitch_align: u32,
     /// Heartbeat and dead-subscriber sweep period.
     pub heartbeat: Duration,
+    /// Under [`LosslessPolicy::Block`], what a loan does when a lossless
+    /// subscriber has held it back for the whole block timeout: `true`
+    /// (the default) evicts that subscriber from lossless duty (it skips to
+    /// the newest frame and its next read reports `Lagged`; the frames it
+    /// holds stay intact) and the loan goes on, so one stalled reader cannot
+    /// stop the stream; `false` fails the loan with `Timeout` instead.
+    pub evict_lagging: bool,
 }
 
 impl Default for PublisherOptions {
@@ -52,6 +60,7 @@ impl Default for PublisherOptions {
             mode: 0o600,
             pitch_align: 64,
             heartbeat: Duration::from_millis(100),
+            evict_lagging: true,
         }
     }
 }
@@ -77,7 +86,9 @@ pub struct Publisher {
     key: String,
     layout: FrameLayout,
     block_timeout: Duration,
+    evict_lagging: bool,
     stop: Arc<AtomicBool>,
+    broken: Arc<AtomicBool>,
     keeper: Option<JoinHandle<()>>,
     _lock: File,
 }
@@ -130,6 +141,9 @@ impl Publisher {
         let header = SegmentHeader::plan(&layout, &ring, &backend, &who)
             .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
         let mut shared = Shared::create(key, &header, options.mode)?;
+        // Held for the publisher's life; subscribers in any pid namespace
+        // see it dropped by the kernel the moment this process dies.
+        shared.lock_publisher()?;
         // Everything is in place before the rename makes it visible: no
         // subscriber ever sees a half-made stream.
         shared.with_private_backend(init)?;
@@ -142,13 +156,21 @@ impl Publisher {
         shared.install(key)?;
         let writer = Writer::new(Arc::new(shared));
         let stop = Arc::new(AtomicBool::new(false));
-        let keeper = spawn_keeper(writer.handle().clone(), stop.clone(), options.heartbeat);
+        let broken = Arc::new(AtomicBool::new(false));
+        let keeper = spawn_keeper(
+            writer.handle().clone(),
+            stop.clone(),
+            broken.clone(),
+            options.heartbeat,
+        );
         Ok(Self {
             writer,
             key: key.to_owned(),
             layout,
             block_timeout: options.block_timeout,
+            evict_lagging: options.evict_lagging,
             stop,
+            broken,
             keeper: Some(keeper),
             _lock: lock,
         })
@@ -197,15 +219,25 @@ impl Publisher {
     /// held or (policy `Block`) still needed by a lossless subscriber.
     pub fn loan(&mut self) -> Result<WriteLease<'_>> {
         self.require_host()?;
-        self.wait_for_slot()?;
+        let slot = self.loan_slot()?;
         let shared = self.writer.handle().clone();
-        // A slot is free; only a reader's momentary probe of it could make
-        // this fail, and the loan rescans past that.
-        let grant = self.writer.try_loan().or_else(|e| {
-            loan_error(e)?;
-            Err(Error::new(ErrorCode::Timeout, "slot contention"))
-        })?;
+        let grant = self.writer.grant_pending().expect("the slot just loaned");
+        debug_assert_eq!(grant.slot(), slot);
         Ok(WriteLease::new(grant, shared))
+    }
+
+    /// Waits for a slot and takes it, as a pending loan of the writer. A
+    /// slot seen free can be lost to a reader's momentary probe before the
+    /// writer takes it: then it waits again, within the same deadline.
+    fn loan_slot(&mut self) -> Result<u32> {
+        let deadline = Instant::now() + self.block_timeout;
+        loop {
+            self.wait_for_slot(deadline)?;
+            match self.writer.begin() {
+                Ok(slot) => return Ok(slot),
+                Err(e) => loan_error(e)?,
+            }
+        }
     }
 
     /// Loans a slot like [`loan`](Self::loan) but without borrowing the
@@ -231,11 +263,7 @@ impl Publisher {
         if self.writer.pending().is_some() {
             loan_error(LoanError::Pending)?;
         }
-        self.wait_for_slot()?;
-        let slot = self.writer.begin().or_else(|e| {
-            loan_error(e)?;
-            Err(Error::new(ErrorCode::Timeout, "slot contention"))
-        })?;
+        let slot = self.loan_slot()?;
         let shared = self.writer.handle();
         Ok(DetachedLease {
             seq: self.writer.next_seq(),
@@ -259,9 +287,11 @@ impl Publisher {
     }
 
     /// Waits until a loan would succeed, sweeping dead subscribers while it
-    /// waits; `Timeout` after the block timeout.
-    fn wait_for_slot(&mut self) -> Result<()> {
-        let deadline = Instant::now() + self.block_timeout;
+    /// waits. At the deadline, lossless subscribers that still hold the
+    /// writer back are evicted (if so configured); otherwise, or if
+    /// subscribers hold every slot, `Timeout`.
+    fn wait_for_slot(&mut self, deadline: Instant) -> Result<()> {
+        self.check_intact()?;
         let shared = self.writer.handle().clone();
         let ring = shared.ring();
         loop {
@@ -271,7 +301,15 @@ impl Publisher {
             }
             sweep_dead_subscribers(&shared);
             let now = Instant::now();
+            if now >= deadline
+                && self.evict_lagging
+                && self.writer.poll_loan() == Err(LoanError::Backpressure)
+                && self.writer.evict_laggards() > 0
+            {
+                continue;
+            }
             if now >= deadline {
+                self.check_intact()?;
                 return Err(Error::new(
                     ErrorCode::Timeout,
                     match self.writer.poll_loan() {
@@ -291,9 +329,23 @@ impl Publisher {
         }
     }
 
+    /// `Corrupt` once the segment file was truncated or resized under us
+    /// (noticed by the keeper thread, or by a fault the guard caught).
+    fn check_intact(&self) -> Result<()> {
+        if !self.broken.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.writer.handle().check_intact()?;
+        Err(Error::new(
+            ErrorCode::Corrupt,
+            "the segment file was resized under the publisher",
+        ))
+    }
+
     /// Loans a slot without waiting; `Ok(None)` when none is free now.
     pub fn try_loan(&mut self) -> Result<Option<WriteLease<'_>>> {
         self.require_host()?;
+        self.check_intact()?;
         let shared = self.writer.handle().clone();
         match self.writer.try_loan() {
             Ok(grant) => Ok(Some(WriteLease::new(grant, shared))),
@@ -323,6 +375,20 @@ impl Publisher {
     /// goes. For bindings whose views of a loan may outlive the publisher.
     pub fn mapping_guard(&self) -> MappingGuard {
         MappingGuard(self.writer.handle().clone())
+    }
+
+    /// Whether subscriber record `index` has a live owner (its liveness
+    /// lock is held). For the CUDA layer, which must not wait on the events
+    /// of a dead subscriber.
+    pub fn subscriber_alive(&self, index: u32) -> bool {
+        self.writer.handle().record_locked_by_other(index)
+    }
+
+    /// Frees the records of subscribers that died; returns how many. The
+    /// keeper thread does this every heartbeat, and loans do it while they
+    /// wait.
+    pub fn sweep(&self) -> usize {
+        sweep_dead_subscribers(self.writer.handle())
     }
 
     /// Ring-wide statistics.
@@ -391,27 +457,15 @@ fn lock_key(key: &str, mode: u32) -> Result<File> {
     Ok(file)
 }
 
-/// Frees the records (and lease bits) of subscribers whose process died.
-pub(crate) fn sweep_dead_subscribers(shared: &Shared) -> usize {
-    let ring = shared.ring();
-    let mut freed = 0;
-    for s in ring.stats().active() {
-        if !sys::holder_alive(s.pid, s.start_time, s.pid_ns, s.heartbeat_ns) {
-            if let Some(writer_waits) = ring.reclaim(s.index, s.generation) {
-                freed += 1;
-                if writer_waits {
-                    shared.wake(cuframes_core::Wake::Writer);
-                }
-            }
-        }
-    }
-    freed
-}
-
 /// The publisher's background thread: heartbeat, publish-rate average, and
 /// the dead-subscriber sweep, so slots held by a killed subscriber come back
 /// even when nobody is waiting for them.
-fn spawn_keeper(shared: Arc<Shared>, stop: Arc<AtomicBool>, period: Duration) -> JoinHandle<()> {
+fn spawn_keeper(
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    broken: Arc<AtomicBool>,
+    period: Duration,
+) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name("cuframes-keeper".into())
         .spawn(move || {
@@ -437,6 +491,9 @@ fn spawn_keeper(shared: Arc<Shared>, stop: Arc<AtomicBool>, period: Duration) ->
                     (last_n, last_t) = (n, now);
                 }
                 sweep_dead_subscribers(&shared);
+                if shared.check_intact().is_err() {
+                    broken.store(true, Ordering::Relaxed);
+                }
             }
         })
         .expect("spawn keeper thread")

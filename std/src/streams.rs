@@ -17,6 +17,17 @@ pub struct StreamStatus {
     pub stats: RingStats,
     /// Whether the publisher process still runs.
     pub publisher_alive: bool,
+    /// Bit *i* set: subscriber record *i* has a live owner (its liveness
+    /// lock is held). A record listed as active whose bit is clear belongs
+    /// to a dead process and is freed by the publisher's next sweep.
+    pub live_records: u64,
+}
+
+impl StreamStatus {
+    /// Whether subscriber record `index` has a live owner.
+    pub fn record_alive(&self, index: u32) -> bool {
+        index < 64 && self.live_records & (1 << index) != 0
+    }
 }
 
 impl StreamStatus {
@@ -50,6 +61,9 @@ pub fn stream_status(key: &str) -> Result<StreamStatus> {
         info: shared.info,
         stats: shared.ring().stats(),
         publisher_alive: shared.publisher_alive(),
+        live_records: (0..shared.ring().subscriber_capacity())
+            .filter(|&i| shared.record_locked_by_other(i))
+            .fold(0, |bits, i| bits | 1 << i),
     })
 }
 

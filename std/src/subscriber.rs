@@ -2,8 +2,8 @@
 //! place.
 
 use crate::key::validate_key;
+use crate::liveness::{self, Beat};
 use crate::mapping::Shared;
-use crate::publisher::sweep_dead_subscribers;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
 use cuframes_core::{
@@ -95,10 +95,17 @@ impl RingRef for SubInner {
 impl Drop for SubInner {
     fn drop(&mut self) {
         if let Some(token) = self.token.take() {
-            if self.shared.ring().deregister(token) {
-                self.shared.wake(Wake::Writer);
-            }
+            liveness::deregister(&self.shared, token);
         }
+    }
+}
+
+impl Beat for SubInner {
+    fn beat(&self, now_ns: u64) {
+        let index = self.token().index() as usize;
+        self.ring().subscribers()[index]
+            .heartbeat_ns
+            .store(now_ns, Ordering::Relaxed);
     }
 }
 
@@ -163,7 +170,6 @@ impl Subscriber {
                 ),
             ));
         }
-        sweep_dead_subscribers(&shared);
         let req = Register {
             mode,
             max_held: options.max_held,
@@ -173,12 +179,14 @@ impl Subscriber {
             heartbeat_ns: sys::now_ns(),
             name: name.as_bytes(),
         };
-        let token = shared.ring().register(&req)?;
+        let token = liveness::register(&shared, &req)?;
+        let inner = Arc::new(SubInner {
+            shared,
+            token: Some(token),
+        });
+        liveness::keep_beating(&(inner.clone() as Arc<dyn Beat>));
         Ok(Self {
-            inner: Arc::new(SubInner {
-                shared,
-                token: Some(token),
-            }),
+            inner,
             key: key.to_owned(),
             name: name.to_owned(),
             mode,
@@ -275,13 +283,14 @@ impl Subscriber {
             }
             // Announce, re-check, then sleep: a commit after the re-check
             // changes `notify`, so the futex returns at once.
-            let seen = ring.begin_wait();
+            let index = self.inner.token().index();
+            let seen = ring.begin_wait(index);
             let got = self.attempt();
             if matches!(got, Ok(None)) {
                 let nap = (deadline - now).min(self.options.liveness_interval);
                 sys::futex_wait(&ring.control().notify, seen, nap);
             }
-            ring.end_wait();
+            ring.end_wait(index);
             if let Some(frame) = got? {
                 return Ok(frame);
             }
@@ -327,6 +336,9 @@ impl Subscriber {
             Err(ReadError::WouldBlock) => Ok(None),
             Err(e) => {
                 self.stats.errors += 1;
+                // A ring that reads as nonsense may be one whose file was
+                // truncated under us (the guard mapped zeros over it): say so.
+                self.inner.shared.check_intact()?;
                 Err(e.into())
             }
         }
@@ -342,10 +354,6 @@ impl Subscriber {
         s.last_seq = grant.seq();
         s.last_frame_pts_ns = grant.pts_ns();
         s.last_latency_ns = now.saturating_sub(grant.commit_ns());
-        let ring = self.inner.ring();
-        ring.subscribers()[self.inner.token().index() as usize]
-            .heartbeat_ns
-            .store(now, Ordering::Relaxed);
         Frame::new(grant)
     }
 
@@ -356,9 +364,6 @@ impl Subscriber {
             return Ok(());
         }
         self.last_liveness = Instant::now();
-        // Our own heartbeat, for sweepers in another pid namespace.
-        let rec = &self.inner.ring().subscribers()[self.inner.token().index() as usize];
-        rec.heartbeat_ns.store(sys::now_ns(), Ordering::Relaxed);
         let r = publisher_status(&self.inner.shared).and_then(|()| {
             if self.inner.shared.is_current() {
                 Ok(())
@@ -410,9 +415,11 @@ impl std::fmt::Debug for Monitor {
     }
 }
 
-/// `Ok` while the segment's publisher lives and the stream is open.
+/// `Ok` while the segment is intact, its publisher lives and the stream is
+/// open.
 fn publisher_status(shared: &Shared) -> Result<()> {
     let h = &shared.info.header;
+    shared.check_intact()?;
     if shared.ring().is_closed() {
         return Err(Error::new(ErrorCode::Closed, "publisher closed the stream"));
     }

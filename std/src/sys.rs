@@ -58,23 +58,6 @@ pub fn own_pid_ns() -> u64 {
     })
 }
 
-/// How long a heartbeat may be silent before a holder in another pid
-/// namespace counts as gone.
-pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Whether a holder (publisher or subscriber) still lives. In our pid
-/// namespace (or when either namespace is unknown) that is pid + start
-/// time; across namespaces (another container) pids cannot be looked up,
-/// so a heartbeat younger than [`HEARTBEAT_TIMEOUT`] decides.
-pub fn holder_alive(pid: u32, start_time: u64, pid_ns: u64, heartbeat_ns: u64) -> bool {
-    let own = own_pid_ns();
-    if pid_ns == 0 || own == 0 || pid_ns == own {
-        is_alive(pid, start_time)
-    } else {
-        now_ns().saturating_sub(heartbeat_ns) < HEARTBEAT_TIMEOUT.as_nanos() as u64
-    }
-}
-
 /// This process's start time.
 pub(crate) fn own_start_time() -> u64 {
     process_start_time(pid()).unwrap_or(0)

@@ -62,7 +62,7 @@ pub fn request(mode: Mode, max_held: u32, name: &[u8]) -> Register<'_> {
 
 /// The generation of record `index` if it is active (read through the
 /// public statistics, as a liveness monitor does).
-pub fn active_generation(ring: &Ring<'_>, index: u32) -> Option<u32> {
+pub fn active_generation(ring: &Ring<'_>, index: u32) -> Option<u64> {
     ring.stats()
         .active()
         .find(|s| s.index == index)

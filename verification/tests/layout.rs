@@ -125,7 +125,9 @@ fn subscriber_record() {
         dropped @ 64, 8;
         name @ 72, 32;
         pid_ns @ 104, 8;
-        reserved @ 112, 16;
+        evictions @ 112, 8;
+        waiting @ 120, 4;
+        reserved @ 124, 4;
     );
     assert_eq!(size_of::<IndexEntry>(), 8);
 }
@@ -134,7 +136,10 @@ fn subscriber_record() {
 fn packed_words_and_constants() {
     assert_eq!(pack(5, 3), 5 << 8 | 3);
     assert_eq!(unpack(pack(MAX_SEQ, 63)), (MAX_SEQ, 63));
-    assert_eq!(record::word(7, record::ACTIVE), 7 << 32 | 2);
+    assert_eq!(record::word(7, record::ACTIVE), 7 << 8 | 2);
+    assert_eq!(record::MAX_GENERATION, (1 << 56) - 1);
+    assert_eq!((NO_CURSOR, EVICTED), (u64::MAX, 1 << 62));
+    assert_eq!(VERSION_MAJOR, 2);
     assert_eq!(
         (
             record::FREE,
@@ -208,6 +213,7 @@ fn error_codes() {
             (13, "WouldBlock"),
             (14, "Internal"),
             (15, "AlreadyExists"),
+            (16, "Lagged"),
         ]
     );
 }

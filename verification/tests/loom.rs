@@ -181,14 +181,14 @@ fn next_frame<'h>(h: &'h Handle<'h>, token: &RecordToken) -> Option<ReadGrant<&'
             Err(ReadError::WouldBlock) => {}
             other => break other,
         }
-        let v = h.ring.begin_wait();
+        let v = h.ring.begin_wait(token.index());
         match ReadGrant::acquire(h, token) {
             Err(ReadError::WouldBlock) => {
                 h.sh.readers.wait(&h.sh.st.ctl.notify, v);
-                h.ring.end_wait();
+                h.ring.end_wait(token.index());
             }
             other => {
-                h.ring.end_wait();
+                h.ring.end_wait(token.index());
                 break other;
             }
         }
@@ -501,5 +501,414 @@ fn lossless_registration_races_writer() {
         assert_eq!(record(&sh, &token).dropped.load(SeqCst), 0);
         h.ring.deregister(token);
         assert_nothing_held(&sh);
+    });
+}
+
+// ------------------------------------------------------ crash-safe reclaim
+//
+// The models below add the record locks of the std layer (kernel locks on
+// byte i of the segment file, held by a subscriber for its record's whole
+// life and dropped by the kernel when it dies) as loom atomics, and check
+// the recovery protocol against the writer, the dead record's own last
+// steps, other sweepers and new claimants.
+
+/// A record's liveness lock. `try_lock`/`unlock` stand for the kernel's
+/// open-file-description lock: taking it after its holder died (or
+/// unlocked) orders everything the holder did before everything the taker
+/// does next.
+struct RecordLock(loom::sync::atomic::AtomicBool);
+
+impl RecordLock {
+    /// A lock its owner holds from the start (it took it before claiming).
+    fn held() -> Self {
+        Self(loom::sync::atomic::AtomicBool::new(true))
+    }
+
+    fn free() -> Self {
+        Self(loom::sync::atomic::AtomicBool::new(false))
+    }
+
+    fn try_lock(&self) -> bool {
+        self.0
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .is_ok()
+    }
+
+    /// Waits for the lock (the sweeper retrying until its holder is gone).
+    fn lock(&self) {
+        while !self.try_lock() {
+            thread::yield_now();
+        }
+    }
+
+    /// Unlock, or the kernel dropping the lock of a process that died.
+    fn unlock(&self) {
+        self.0.store(false, Release);
+    }
+}
+
+use cuframes_core::sync::Ordering::{Acquire, Relaxed, Release};
+
+/// The std layer's recovery of record `index`, whose lock the caller
+/// holds: read the state word, reclaim that generation, wake the writer
+/// if it waits. True if this call freed the record.
+fn recover(h: &Handle<'_>, index: u32) -> bool {
+    let word = h.sh.st.subs[index as usize].state.load(Acquire);
+    match h.ring.reclaim(index, record::generation_of(word)) {
+        Some(writer_waits) => {
+            if writer_waits {
+                h.wake(Wake::Writer);
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+/// Publishes one frame, waiting on `space` whenever no slot can be loaned
+/// (`Full` or `Backpressure`), as the std publisher's `wait_for_slot`
+/// does: announce, re-check, sleep while `space` is unchanged.
+fn publish_waiting(h: &Handle<'_>, w: &mut Writer<&Handle<'_>>) -> u64 {
+    loop {
+        match w.try_loan() {
+            Ok(g) => return fill_and_commit(h, g),
+            Err(LoanError::Full | LoanError::Backpressure) => {}
+            Err(e) => panic!("loan: {e:?}"),
+        }
+        let v = h.ring.begin_wait_space();
+        if w.poll_loan().is_err() {
+            h.sh.writer.wait(&h.sh.st.ctl.space, v);
+        }
+        h.ring.end_wait_space();
+    }
+}
+
+/// The lease bits of record `index` over all slots.
+fn bits_of(sh: &Shared, index: u32) -> usize {
+    sh.st
+        .slots
+        .iter()
+        .filter(|s| s.lease.load(SeqCst) & (1 << index) != 0)
+        .count()
+}
+
+/// (a) A lossless reader reads and releases frame 1, takes frame 2 and
+/// dies holding it (its grant is forgotten, the kernel drops its lock). A
+/// sweeper waiting for the lock then recovers the record, while the writer,
+/// blocked by the dead reader's cursor and lease, publishes on. The writer
+/// never rewrites a slot the reader still holds (the payload cells: the
+/// dead reader's last read is ordered before the rewrite only through the
+/// lock and the reclaim), it is woken by the reclaim (no deadlock), and no
+/// lease bit of the dead record survives.
+#[test]
+fn dead_reader_recovered_by_sweeper_races_writer() {
+    const FRAMES: u64 = 5;
+    model("dead_reader_recovered_by_sweeper_races_writer", || {
+        let sh = Shared::new(3, 1, LosslessPolicy::Block);
+        let lock = Arc::new(RecordLock::held());
+        let token = register(&sh.handle(), Mode::Queue);
+        let index = token.index();
+
+        let owner = {
+            let (sh, lock) = (sh.clone(), lock.clone());
+            thread::spawn(move || {
+                let h = sh.handle();
+                let f = next_frame(&h, &token).expect("frame 1");
+                assert_eq!(f.seq(), 1);
+                f.release();
+                let f = next_frame(&h, &token).expect("frame 2");
+                assert_eq!(f.seq(), 2);
+                // Dies holding frame 2: nothing is given back by it.
+                core::mem::forget(f);
+                core::mem::forget(token);
+                lock.unlock();
+            })
+        };
+        let sweeper = {
+            let (sh, lock) = (sh.clone(), lock.clone());
+            thread::spawn(move || {
+                let h = sh.handle();
+                lock.lock();
+                assert!(recover(&h, index), "the dead record was recovered");
+                lock.unlock();
+            })
+        };
+
+        let h = sh.handle();
+        let mut w = Writer::new(&h);
+        for seq in 1..=FRAMES {
+            assert_eq!(publish_waiting(&h, &mut w), seq);
+        }
+        owner.join().unwrap();
+        sweeper.join().unwrap();
+        assert_eq!(bits_of(&sh, index), 0, "a dead record's bit survived");
+        assert_nothing_held(&sh);
+        let r = &sh.st.subs[index as usize];
+        assert_eq!(record::state_of(r.state.load(SeqCst)), record::FREE);
+        assert_eq!(w.poll_loan(), Ok(()));
+    });
+}
+
+/// (b) Two registrations on two records at once, each holding its own
+/// record's lock, where the hold budget (4 slots) has room for only one of
+/// them (`max_held` 2 each): never both succeed; afterwards the budget
+/// holds over every record that is not FREE, and a loser's record is FREE
+/// again.
+#[test]
+fn registrations_race_the_hold_budget() {
+    model("registrations_race_the_hold_budget", || {
+        let sh = Shared::new(4, 2, LosslessPolicy::Block);
+        let claim = |index: u32| {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let lock = RecordLock::free();
+                assert!(lock.try_lock(), "a record lock nobody holds");
+                let h = sh.handle();
+                match h.ring.register_at(index, &request(Mode::NewestOnly, 2, b"b")) {
+                    Ok(token) => {
+                        core::mem::forget(token); // stays registered
+                        true
+                    }
+                    Err(RegisterError::HoldBudget) => {
+                        lock.unlock();
+                        false
+                    }
+                    Err(e) => panic!("register_at({index}): {e:?}"),
+                }
+            })
+        };
+        let a = claim(0);
+        let b = claim(1);
+        let won = [a.join().unwrap(), b.join().unwrap()];
+        assert!(!(won[0] && won[1]), "both registrations passed the budget");
+        let mut held = 0;
+        for (i, r) in sh.st.subs.iter().enumerate() {
+            let st = record::state_of(r.state.load(SeqCst));
+            if won[i] {
+                assert_eq!(st, record::ACTIVE);
+            } else {
+                assert_eq!(st, record::FREE, "the loser's record {i} is not FREE");
+            }
+            if st != record::FREE {
+                held += r.max_held.load(SeqCst);
+            }
+        }
+        assert!(held + 2 <= 4, "budget broken: {held} held of 4 slots");
+        assert_nothing_held(&sh);
+    });
+}
+
+/// The first `k` steps of a reclaim of record `index` (generation
+/// `generation`) by a sweeper that then died: C1 (to RECLAIMING), F1
+/// (cursor), F2 per slot (its bit), F3 (held). Plain stores, as the dead
+/// sweeper left them.
+fn reclaim_died_after(sh: &Shared, index: u32, generation: u64, k: usize) {
+    let r = &sh.st.subs[index as usize];
+    let slots = sh.st.slots.len();
+    for step in 0..k {
+        match step {
+            0 => r
+                .state
+                .store(record::word(generation, record::RECLAIMING), SeqCst),
+            1 => r.cursor.store(NO_CURSOR, SeqCst),
+            s if s < 2 + slots => {
+                let lease = &sh.st.slots[s - 2].lease;
+                lease.store(lease.load(SeqCst) & !(1 << index), SeqCst);
+            }
+            s if s == 2 + slots => r.held.store(0, SeqCst),
+            _ => unreachable!("F4 would have freed it"),
+        }
+    }
+}
+
+/// (c) A lossless reader holds frame 1 and dies; a first sweeper's reclaim
+/// of its record dies after `k` steps (set up as the memory it left; k = 0:
+/// it died before its first step); then, while the writer publishes on, a
+/// second sweeper takes the lock and recovers the record, taking over a
+/// RECLAIMING one as it is. Afterwards the record is FREE, no bit of it is
+/// left, and the writer can loan.
+#[test]
+fn recovery_takes_over_a_reclaim_that_died() {
+    const FRAMES: u64 = 3;
+    for k in [0, 1, 2, 3, 4, 6] {
+        let name: &'static str = Box::leak(
+            format!("recovery_takes_over_a_reclaim_that_died (k = {k})").into_boxed_str(),
+        );
+        model(name, move || {
+            let sh = Shared::new(3, 1, LosslessPolicy::Block);
+            let lock = Arc::new(RecordLock::free());
+            let index;
+            let generation;
+            let mut w;
+            let h = sh.handle();
+            {
+                let token = register(&h, Mode::Queue);
+                index = token.index();
+                generation = token.generation();
+                w = Writer::new(&h);
+                assert_eq!(publish_waiting(&h, &mut w), 1);
+                assert_eq!(publish_waiting(&h, &mut w), 2);
+                let f = next_frame(&h, &token).expect("frame 1");
+                core::mem::forget(f);
+                core::mem::forget(token);
+            }
+            reclaim_died_after(&sh, index, generation, k);
+
+            let sweeper = {
+                let (sh, lock) = (sh.clone(), lock.clone());
+                thread::spawn(move || {
+                    let h = sh.handle();
+                    lock.lock();
+                    assert!(recover(&h, index), "recovered");
+                    lock.unlock();
+                })
+            };
+            for seq in 3..=FRAMES + 2 {
+                assert_eq!(publish_waiting(&h, &mut w), seq);
+            }
+            sweeper.join().unwrap();
+            assert_nothing_held(&sh);
+            let r = &sh.st.subs[index as usize];
+            assert_eq!(
+                r.state.load(SeqCst),
+                record::word(generation, record::FREE)
+            );
+            assert_eq!(w.poll_loan(), Ok(()));
+        });
+    }
+}
+
+/// (d) A dead NEWEST_ONLY reader holds the head frame. Two sweepers (each
+/// checks the state, tries the lock once, recovers under it, as the std
+/// sweep does) race a registrant that takes the lock (waiting for it),
+/// recovers the record itself if it is still taken, claims it and reads
+/// the very frame the dead reader held (same slot, same bit). Whatever the
+/// order, the new owner's bit and held count are never cleared: a late
+/// sweeper either finds the lock taken or the record FREE.
+#[test]
+fn late_sweepers_leave_a_reclaimed_record_alone() {
+    model("late_sweepers_leave_a_reclaimed_record_alone", || {
+        let sh = Shared::new(3, 1, LosslessPolicy::Block);
+        let lock = Arc::new(RecordLock::held());
+        {
+            let h = sh.handle();
+            let token = register(&h, Mode::NewestOnly);
+            let mut w = Writer::new(&h);
+            assert_eq!(publish(&h, &mut w), 1);
+            let f = next_frame(&h, &token).expect("frame 1");
+            core::mem::forget(f);
+            core::mem::forget(token);
+            core::mem::forget(w); // the writer lives on, idle
+        }
+        lock.unlock(); // the reader died
+
+        let sweeper = || {
+            let (sh, lock) = (sh.clone(), lock.clone());
+            thread::spawn(move || {
+                let h = sh.handle();
+                let r = &sh.st.subs[0];
+                if record::state_of(r.state.load(Acquire)) == record::FREE {
+                    return;
+                }
+                if lock.try_lock() {
+                    recover(&h, 0);
+                    lock.unlock();
+                }
+            })
+        };
+        let sweepers = [sweeper(), sweeper()];
+
+        let h = sh.handle();
+        lock.lock();
+        let req = request(Mode::NewestOnly, 1, b"new");
+        let token = match h.ring.register_at(0, &req) {
+            Err(RegisterError::Taken) => {
+                assert!(recover(&h, 0), "the lock holder recovers it");
+                h.ring.register_at(0, &req)
+            }
+            other => other,
+        }
+        .expect("claimed after recovery");
+        let f = ReadGrant::acquire(&h, &token).expect("frame 1");
+        assert_eq!((f.seq(), f.slot()), (1, 0));
+        for s in sweepers {
+            s.join().unwrap();
+        }
+        let r = &sh.st.subs[0];
+        assert_eq!(
+            sh.st.slots[0].lease.load(SeqCst),
+            1,
+            "the new owner's bit was cleared"
+        );
+        assert_eq!(r.held.load(SeqCst), 1, "the new owner's held count");
+        assert_eq!(
+            r.state.load(SeqCst),
+            record::word(token.generation(), record::ACTIVE)
+        );
+        f.release();
+        h.ring.deregister(token);
+        lock.unlock();
+        assert_nothing_held(&sh);
+    });
+}
+
+/// (e) A NEWEST_ONLY reader reads the head (frame 4, slot 3) and is slow to
+/// probe it; meanwhile the writer publishes three frames a lossless reader
+/// needs, loans slot 3 and aborts it (the slot is empty now, the only one
+/// that is not needed), then yields. The reader's probe lands on the
+/// aborted slot; the writer, seeing it leased and every other slot needed,
+/// waits for `space`; the reader withdraws the probe (seq mismatch). The
+/// withdrawal must wake the writer: a lost wake-up is a deadlock.
+#[test]
+fn withdrawn_probe_wakes_the_writer() {
+    model("withdrawn_probe_wakes_the_writer", || {
+        // Budget: 1 + 1 held, plus the head and one for the writer.
+        let sh = Shared::new(4, 2, LosslessPolicy::Block);
+        let newest;
+        let mut w;
+        {
+            let h = sh.handle();
+            newest = register(&h, Mode::NewestOnly);
+            w = Writer::new(&h);
+            for seq in 1..=4 {
+                assert_eq!(publish(&h, &mut w), seq);
+            }
+            // The lossless reader read frame 4: its cursor is 5, so frames
+            // 5.. are needed and 1..=4 are not.
+            let queue = register(&h, Mode::Queue);
+            next_frame(&h, &queue).expect("frame 4").release();
+            core::mem::forget(queue);
+            core::mem::forget(w);
+        }
+        let reader = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.handle();
+                match ReadGrant::acquire(&h, &newest) {
+                    Ok(f) => {
+                        // SAFETY: as in `next_frame`; loom checks it.
+                        let seen = h.sh.payload[f.slot() as usize].with(|p| unsafe { *p });
+                        assert_eq!(seen, f.seq());
+                    }
+                    Err(e) => panic!("read: {e:?}"),
+                }
+            })
+        };
+        let writer = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.handle();
+                // The writer of the setup, resumed: same seq, same head.
+                let mut w = Writer::resume_for_test(&h);
+                for seq in 5..=7 {
+                    assert_eq!(publish_waiting(&h, &mut w), seq);
+                }
+                abort_one(&h, &mut w);
+                thread::yield_now();
+                assert_eq!(publish_waiting(&h, &mut w), 8);
+            })
+        };
+        reader.join().unwrap();
+        writer.join().unwrap();
     });
 }
