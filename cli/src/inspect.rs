@@ -88,7 +88,7 @@ pub fn stat(key: &str) -> Result<()> {
     println!("subscribers {}", s.stats.active().count());
     for r in s.stats.active() {
         println!(
-            "  [{}] {:<20} pid {:>7} {:<6} {:?} held {} received {} dropped {} lag {} evicted {} heartbeat {:.0} ms ago",
+            "  [{}] {:<20} pid {:>7} {:<6} {:<10} held {} received {} dropped {} lag {} evicted {} heartbeat {:.0} ms ago",
             r.index,
             r.name_str(),
             r.pid,
@@ -97,7 +97,7 @@ pub fn stat(key: &str) -> Result<()> {
             } else {
                 "dead"
             },
-            r.mode.map_or("?".into(), |m| format!("{m:?}")),
+            r.mode.map_or_else(|| "?".to_owned(), |m| format!("{m:?}")),
             r.held,
             r.received,
             r.dropped,
@@ -121,13 +121,7 @@ pub fn doctor() -> Result<()> {
     let dir = cuframes::shm_dir();
     check("shm directory", shm_dir_report(&dir));
     check("round trip", round_trip());
-    check(
-        "/proc liveness",
-        match cuframes::process_start_time(std::process::id()) {
-            Some(t) => Ok(format!("process start times readable (ours: {t})")),
-            None => Err("cannot read /proc/<pid>/stat: dead-peer detection will not work".into()),
-        },
-    );
+    check("liveness locks", liveness_locks());
     let cuda = cuda_driver();
     println!(
         "[{}] CUDA driver: {}",
@@ -204,6 +198,27 @@ fn round_trip() -> std::result::Result<String, String> {
         f.seq(),
         t.elapsed()
     ))
+}
+
+/// Dead-peer detection: the publisher's and a subscriber's locks on the
+/// segment file must be visible to a third party (here, `stream_status`).
+fn liveness_locks() -> std::result::Result<String, String> {
+    use cuframes::*;
+    let key = format!("doctor-locks-{}", std::process::id());
+    let layout = FrameLayout::new(PixelFormat::Gray8, 64, 64, 64).map_err(|e| e.to_string())?;
+    let _p = Publisher::create(&key, layout, Default::default()).map_err(|e| e.to_string())?;
+    let s = Subscriber::connect(&key, "doctor", Mode::Queue, Default::default())
+        .map_err(|e| e.to_string())?;
+    let status = stream_status(&key).map_err(|e| e.to_string())?;
+    if status.publisher_alive && status.record_alive(s.record_index()) {
+        Ok("segment file locks (F_OFD_SETLK) work: dead processes' slots come back".into())
+    } else {
+        Err(
+            "open-file-description locks do not work here (kernel < 3.15, or a file system \
+             without them): dead publishers and subscribers cannot be told from live ones"
+                .into(),
+        )
+    }
 }
 
 /// The CUDA driver: version and devices, or why it is unusable.

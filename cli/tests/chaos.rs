@@ -14,11 +14,7 @@ const PUBLISH: &[&str] = &["--seconds", "600", "--slots", "12"];
 /// and nothing holds more slots than those live subscribers may.
 fn clean(key: &str) -> Result<(), String> {
     let s = cuframes::stream_status(key).map_err(|e| e.to_string())?;
-    let live = s
-        .stats
-        .active()
-        .filter(|r| cuframes::is_alive(r.pid, r.start_time))
-        .count();
+    let live = s.stats.active().filter(|r| s.record_alive(r.index)).count();
     let dead = s.stats.active().count() - live;
     let held: u32 = s.stats.active().map(|r| r.held).sum();
     if dead > 0 || s.stats.occupancy as usize > live.max(held as usize) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Exit statuses a subscriber may end with: success or one of our codes.
 fn typed(status: ExitStatus) -> bool {
-    status.signal().is_none() && matches!(status.code(), Some(0..=15))
+    status.signal().is_none() && matches!(status.code(), Some(0..=16))
 }
 
 fn subscribe_once(key: &str) -> (ExitStatus, String) {

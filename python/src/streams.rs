@@ -17,6 +17,7 @@ pub fn ring_stats_dict<'py>(py: Python<'py>, s: &RingStats) -> PyResult<Bound<'p
     let subs = PyList::empty(py);
     for r in s.active() {
         let e = PyDict::new(py);
+        e.set_item("index", r.index)?;
         e.set_item("name", r.name_str())?;
         e.set_item("pid", r.pid)?;
         e.set_item(
@@ -32,6 +33,8 @@ pub fn ring_stats_dict<'py>(py: Python<'py>, s: &RingStats) -> PyResult<Bound<'p
         e.set_item("dropped", r.dropped)?;
         e.set_item("last_seq", r.last_seq)?;
         e.set_item("lag", r.lag)?;
+        e.set_item("evictions", r.evictions)?;
+        e.set_item("heartbeat_ns", r.heartbeat_ns)?;
         subs.append(e)?;
     }
     d.set_item("subscribers", subs)?;
@@ -56,6 +59,14 @@ fn status_dict<'py>(py: Python<'py>, s: &StreamStatus) -> PyResult<Bound<'py, Py
         },
     )?;
     d.set_item("dropped", s.dropped())?;
+    // Whether each record's owner lives (its liveness lock is held).
+    if let Some(subs) = d.get_item("subscribers")? {
+        for e in subs.try_iter()? {
+            let e = e?;
+            let index: u32 = e.get_item("index")?.extract()?;
+            e.set_item("alive", s.record_alive(index))?;
+        }
+    }
     Ok(d)
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import struct
 import threading
 import time
 from pathlib import Path
@@ -355,6 +357,12 @@ def test_gpu_stream_without_driver_is_a_cuda_error(key: str) -> None:
         seg = shm / f"cuframes.{key}"
         seg.write_bytes(bytes(image))
         seg.chmod(0o600)
+        # A live publisher holds an open-file-description lock on byte 63
+        # of its segment file; hold one on the copy. (Not a POSIX `lockf`:
+        # the process loses those when it closes any descriptor of the file.)
+        holder = open(seg, "r+b")
+        f_ofd_setlk = 37
+        fcntl.fcntl(holder, f_ofd_setlk, struct.pack("hhxxxxqqixxxx", fcntl.F_WRLCK, 0, 63, 1, 0))
         try:
             with pytest.raises(cuframes.CuframesError) as err:
                 cuframes.subscribe(key, "gpu", connect_timeout_ms=0)
@@ -362,6 +370,7 @@ def test_gpu_stream_without_driver_is_a_cuda_error(key: str) -> None:
                 assert isinstance(err.value, (cuframes.CuframesCudaError, cuframes.CuframesCorruptError))
                 assert "libcuda" in str(err.value) or "backend area" in str(err.value)
         finally:
+            holder.close()
             seg.unlink()
 
 
@@ -395,3 +404,41 @@ def test_blocked_loan_and_stats_from_another_thread_do_not_deadlock(key: str) ->
         # stats() reads shared memory; it never waits for the loan.
         assert slowest < 0.1, f"stats() took {slowest:.3f} s"
         lagging.close()
+
+
+def test_stalled_lossless_subscriber_is_evicted_then_goes_on(key: str) -> None:
+    """Under BLOCK a QUEUE subscriber that stops reading holds the publisher
+    back for one block timeout, then is evicted: it gets
+    ``CuframesLaggedError`` once, the skipped frames are counted, and it
+    reads on from the newest frame; the frame it held stays intact."""
+    with cuframes.Publisher(key, 32, 16, PixelFormat.GRAY8, slots=4, block_timeout_ms=100) as pub:
+        with cuframes.subscribe(key, "stalled", SubscriberMode.QUEUE) as sub:
+            pub.publish(bytes([1]) * 512)
+            held = sub.next_frame(1000)
+            start = time.monotonic()
+            for i in range(2, 11):
+                pub.publish(bytes([i]) * 512)
+            assert time.monotonic() - start >= 0.09, "the publisher waited one block timeout"
+            assert int(held.y[0, 0]) == 1 and held.seq == 1
+            held.release()
+            with pytest.raises(cuframes.CuframesLaggedError):
+                sub.next_frame(1000)
+            with sub.next_frame(1000) as f:
+                assert f.seq == 10 and int(f.y[0, 0]) == 10
+            assert sub.dropped == 8  # seqs 2..9
+            (me,) = cuframes.stream_status(key)["subscribers"]
+            assert me["evictions"] == 1
+
+
+def test_subscriber_views_cannot_write_the_frame(key: str) -> None:
+    with cuframes.Publisher(key, 32, 16, PixelFormat.GRAY8) as pub:
+        with cuframes.subscribe(key, "reader", SubscriberMode.QUEUE) as sub:
+            pub.publish(bytes([7]) * 512)
+            with sub.next_frame(1000) as f:
+                y = f.y
+                assert not y.flags.writeable
+                with pytest.raises(ValueError):
+                    y[0, 0] = 1
+                with pytest.raises(ValueError):
+                    y.setflags(write=True)
+                assert int(y[0, 0]) == 7

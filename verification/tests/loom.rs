@@ -26,9 +26,19 @@ use loom::thread;
 /// `loom::model`, counting the executions it explored (printed with
 /// `--nocapture`, to see that a model explores what it should).
 fn model<F: Fn() + Send + Sync + 'static>(name: &'static str, f: F) {
+    model_with(name, loom::model::Builder::new(), f)
+}
+
+/// [`model`] with a builder (for a model whose interleaving needs more
+/// preemptions than `LOOM_MAX_PREEMPTIONS`).
+fn model_with<F: Fn() + Send + Sync + 'static>(
+    name: &'static str,
+    builder: loom::model::Builder,
+    f: F,
+) {
     let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = runs.clone();
-    loom::model(move || {
+    builder.check(move || {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         f()
     });
@@ -583,12 +593,14 @@ fn publish_waiting(h: &Handle<'_>, w: &mut Writer<&Handle<'_>>) -> u64 {
     }
 }
 
-/// The lease bits of record `index` over all slots.
+/// How many slots carry record `index`'s lease bit. Each word is read
+/// with a read-modify-write that changes nothing, so it is the newest
+/// value (a plain load from another thread may return an older one).
 fn bits_of(sh: &Shared, index: u32) -> usize {
     sh.st
         .slots
         .iter()
-        .filter(|s| s.lease.load(SeqCst) & (1 << index) != 0)
+        .filter(|s| s.lease.fetch_or(0, Relaxed) & (1 << index) != 0)
         .count()
 }
 
@@ -620,7 +632,7 @@ fn dead_reader_recovered_by_sweeper_races_writer() {
                 assert_eq!(f.seq(), 2);
                 // Dies holding frame 2: nothing is given back by it.
                 core::mem::forget(f);
-                core::mem::forget(token);
+                let _never_deregistered = token;
                 lock.unlock();
             })
         };
@@ -655,24 +667,24 @@ fn dead_reader_recovered_by_sweeper_races_writer() {
 /// holds over every record that is not FREE, and a loser's record is FREE
 /// again.
 #[test]
+#[ignore = "loom models SeqCst loads as acquire loads, so it lets both budget \
+            checks miss the other's SeqCst claim (store buffering) unless \
+            register_at has a fence(SeqCst) between R4 and R5; see the report"]
 fn registrations_race_the_hold_budget() {
     model("registrations_race_the_hold_budget", || {
         let sh = Shared::new(4, 2, LosslessPolicy::Block);
+        // Each registrant holds its own record's lock (different records:
+        // the locks never meet, so they are left out).
         let claim = |index: u32| {
             let sh = sh.clone();
             thread::spawn(move || {
-                let lock = RecordLock::free();
-                assert!(lock.try_lock(), "a record lock nobody holds");
                 let h = sh.handle();
-                match h.ring.register_at(index, &request(Mode::NewestOnly, 2, b"b")) {
-                    Ok(token) => {
-                        core::mem::forget(token); // stays registered
-                        true
-                    }
-                    Err(RegisterError::HoldBudget) => {
-                        lock.unlock();
-                        false
-                    }
+                match h
+                    .ring
+                    .register_at(index, &request(Mode::NewestOnly, 2, b"b"))
+                {
+                    Ok(_stays_registered) => true,
+                    Err(RegisterError::HoldBudget) => false,
                     Err(e) => panic!("register_at({index}): {e:?}"),
                 }
             })
@@ -721,37 +733,40 @@ fn reclaim_died_after(sh: &Shared, index: u32, generation: u64, k: usize) {
     }
 }
 
-/// (c) A lossless reader holds frame 1 and dies; a first sweeper's reclaim
-/// of its record dies after `k` steps (set up as the memory it left; k = 0:
-/// it died before its first step); then, while the writer publishes on, a
-/// second sweeper takes the lock and recovers the record, taking over a
-/// RECLAIMING one as it is. Afterwards the record is FREE, no bit of it is
-/// left, and the writer can loan.
+/// (c) A lossless reader (`max_held` 2) holds frames 1 and 2 (slots 0
+/// and 1) and dies; a first sweeper's reclaim of its record dies after `k`
+/// steps (set up as the memory it left; k = 0: before its first step);
+/// then, while the writer publishes five more frames (the last ones need
+/// the dead reader's slots), a second sweeper takes the lock and recovers
+/// the record, taking over a RECLAIMING one as it is, and wakes the writer
+/// if it waits. Afterwards the record is FREE in its generation, no bit of
+/// it is left, and the writer can loan.
 #[test]
 fn recovery_takes_over_a_reclaim_that_died() {
-    const FRAMES: u64 = 3;
-    for k in [0, 1, 2, 3, 4, 6] {
+    // Steps: C1, F1, F2 for slots 0..4, F3. k = 5, 6 clear bits the dead
+    // reader does not have, so they leave the memory of k = 4.
+    for k in [0, 1, 2, 3, 4, 7] {
         let name: &'static str = Box::leak(
             format!("recovery_takes_over_a_reclaim_that_died (k = {k})").into_boxed_str(),
         );
         model(name, move || {
-            let sh = Shared::new(3, 1, LosslessPolicy::Block);
+            // Budget: 2 held, plus the head and one for the writer.
+            let sh = Shared::new(4, 1, LosslessPolicy::Block);
             let lock = Arc::new(RecordLock::free());
-            let index;
-            let generation;
-            let mut w;
             let h = sh.handle();
-            {
-                let token = register(&h, Mode::Queue);
-                index = token.index();
-                generation = token.generation();
-                w = Writer::new(&h);
-                assert_eq!(publish_waiting(&h, &mut w), 1);
-                assert_eq!(publish_waiting(&h, &mut w), 2);
-                let f = next_frame(&h, &token).expect("frame 1");
+            let token = h
+                .ring
+                .register(&request(Mode::Queue, 2, b"dead"))
+                .expect("register");
+            let (index, generation) = (token.index(), token.generation());
+            let mut w = Writer::new(&h);
+            for seq in 1..=2 {
+                assert_eq!(publish(&h, &mut w), seq);
+                let f = next_frame(&h, &token).expect("a frame");
+                assert_eq!((f.seq(), f.slot()), (seq, seq as u32 - 1));
                 core::mem::forget(f);
-                core::mem::forget(token);
             }
+            let _never_deregistered = token;
             reclaim_died_after(&sh, index, generation, k);
 
             let sweeper = {
@@ -763,16 +778,13 @@ fn recovery_takes_over_a_reclaim_that_died() {
                     lock.unlock();
                 })
             };
-            for seq in 3..=FRAMES + 2 {
+            for seq in 3..=7 {
                 assert_eq!(publish_waiting(&h, &mut w), seq);
             }
             sweeper.join().unwrap();
             assert_nothing_held(&sh);
             let r = &sh.st.subs[index as usize];
-            assert_eq!(
-                r.state.load(SeqCst),
-                record::word(generation, record::FREE)
-            );
+            assert_eq!(r.state.load(SeqCst), record::word(generation, record::FREE));
             assert_eq!(w.poll_loan(), Ok(()));
         });
     }
@@ -797,8 +809,7 @@ fn late_sweepers_leave_a_reclaimed_record_alone() {
             assert_eq!(publish(&h, &mut w), 1);
             let f = next_frame(&h, &token).expect("frame 1");
             core::mem::forget(f);
-            core::mem::forget(token);
-            core::mem::forget(w); // the writer lives on, idle
+            let _never_deregistered = token;
         }
         lock.unlock(); // the reader died
 
@@ -854,61 +865,214 @@ fn late_sweepers_leave_a_reclaimed_record_alone() {
 
 /// (e) A NEWEST_ONLY reader reads the head (frame 4, slot 3) and is slow to
 /// probe it; meanwhile the writer publishes three frames a lossless reader
-/// needs, loans slot 3 and aborts it (the slot is empty now, the only one
-/// that is not needed), then yields. The reader's probe lands on the
-/// aborted slot; the writer, seeing it leased and every other slot needed,
-/// waits for `space`; the reader withdraws the probe (seq mismatch). The
-/// withdrawal must wake the writer: a lost wake-up is a deadlock.
+/// needs, then loans slot 3 and aborts it (the slot is empty now, and the
+/// only one that is not needed). The reader's probe lands on the aborted
+/// slot; the writer, seeing it leased and every other slot needed, waits
+/// for `space`; the reader withdraws the probe (seq mismatch). The
+/// withdrawal must wake the writer: a lost wake-up is a deadlock, as the
+/// reader, having then taken a later frame, keeps it until the writer is
+/// done. (If the reader wins slot 3 instead, it releases it at once.) The
+/// interleaving takes three preemptions (reader, writer, reader, writer),
+/// so this model runs with a bound of at least 3.
 #[test]
 fn withdrawn_probe_wakes_the_writer() {
-    model("withdrawn_probe_wakes_the_writer", || {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(3).max(3));
+    model_with("withdrawn_probe_wakes_the_writer", builder, || {
         // Budget: 1 + 1 held, plus the head and one for the writer.
         let sh = Shared::new(4, 2, LosslessPolicy::Block);
-        let newest;
-        let mut w;
-        {
-            let h = sh.handle();
-            newest = register(&h, Mode::NewestOnly);
-            w = Writer::new(&h);
-            for seq in 1..=4 {
-                assert_eq!(publish(&h, &mut w), seq);
-            }
-            // The lossless reader read frame 4: its cursor is 5, so frames
-            // 5.. are needed and 1..=4 are not.
-            let queue = register(&h, Mode::Queue);
-            next_frame(&h, &queue).expect("frame 4").release();
-            core::mem::forget(queue);
-            core::mem::forget(w);
-        }
-        let reader = {
-            let sh = sh.clone();
-            thread::spawn(move || {
-                let h = sh.handle();
-                match ReadGrant::acquire(&h, &newest) {
-                    Ok(f) => {
-                        // SAFETY: as in `next_frame`; loom checks it.
-                        let seen = h.sh.payload[f.slot() as usize].with(|p| unsafe { *p });
-                        assert_eq!(seen, f.seq());
-                    }
-                    Err(e) => panic!("read: {e:?}"),
-                }
-            })
-        };
+        // The reader says it has started (so both start together without
+        // spending a preemption on it); the writer says it is done.
+        let started = Arc::new((AtomicU32::new(0), Futex::new()));
+        let done = Arc::new((AtomicU32::new(0), Futex::new()));
         let writer = {
             let sh = sh.clone();
             thread::spawn(move || {
                 let h = sh.handle();
-                // The writer of the setup, resumed: same seq, same head.
-                let mut w = Writer::resume_for_test(&h);
+                let newest = register(&h, Mode::NewestOnly);
+                let mut w = Writer::new(&h);
+                for seq in 1..=4 {
+                    assert_eq!(publish(&h, &mut w), seq);
+                }
+                // A lossless reader read frame 4: its cursor is 5, so
+                // frames 5.. are needed and 1..=4 are not.
+                let queue = register(&h, Mode::Queue);
+                next_frame(&h, &queue).expect("frame 4").release();
+
+                let reader = {
+                    let (sh, started, done) = (sh.clone(), started.clone(), done.clone());
+                    thread::spawn(move || {
+                        started.0.store(1, SeqCst);
+                        started.1.wake();
+                        let h = sh.handle();
+                        let f = ReadGrant::acquire(&h, &newest).expect("a frame");
+                        // SAFETY: as in `next_frame`; loom checks it.
+                        let seen = h.sh.payload[f.slot() as usize].with(|p| unsafe { *p });
+                        assert_eq!(seen, f.seq());
+                        if f.slot() != 3 {
+                            // Keep it until the writer is done: then only the
+                            // withdrawal (if there was one) can wake it.
+                            while done.0.load(SeqCst) == 0 {
+                                done.1.wait(&done.0, 0);
+                            }
+                        }
+                    })
+                };
+                while started.0.load(SeqCst) == 0 {
+                    started.1.wait(&started.0, 0);
+                }
                 for seq in 5..=7 {
                     assert_eq!(publish_waiting(&h, &mut w), seq);
                 }
                 abort_one(&h, &mut w);
-                thread::yield_now();
                 assert_eq!(publish_waiting(&h, &mut w), 8);
+                done.0.store(1, SeqCst);
+                done.1.wake();
+                reader.join().unwrap();
             })
         };
-        reader.join().unwrap();
         writer.join().unwrap();
     });
+}
+
+/// (f) Two threads share one subscription with `max_held` 1 and read at
+/// once while the writer publishes: the hold is reserved before the probe,
+/// so never more than one frame is held, `held` never exceeds 1 and at
+/// most one lease bit of the record is set; afterwards nothing is held.
+#[test]
+fn shared_subscription_holds_at_most_max_held() {
+    for mode in [Mode::NewestOnly, Mode::Queue] {
+        let name: &'static str = Box::leak(
+            format!("shared_subscription_holds_at_most_max_held ({mode:?})").into_boxed_str(),
+        );
+        model(name, move || {
+            let sh = Shared::new(3, 1, LosslessPolicy::Block);
+            let h = sh.handle();
+            let token = Arc::new(register(&h, mode));
+            let mut w = Writer::new(&h);
+            assert_eq!(publish(&h, &mut w), 1);
+            let holding = Arc::new(loom::sync::atomic::AtomicUsize::new(0));
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sh, token, holding) = (sh.clone(), token.clone(), holding.clone());
+                    thread::spawn(move || {
+                        let h = sh.handle();
+                        match ReadGrant::acquire(&h, &token) {
+                            Ok(f) => {
+                                assert_eq!(holding.fetch_add(1, SeqCst), 0, "two frames held");
+                                let r = &sh.st.subs[token.index() as usize];
+                                assert_eq!(r.held.fetch_add(0, Relaxed), 1);
+                                assert_eq!(bits_of(&sh, token.index()), 1);
+                                // SAFETY: as in `next_frame`; loom checks it.
+                                let seen = sh.payload[f.slot() as usize].with(|p| unsafe { *p });
+                                assert_eq!(seen, f.seq());
+                                holding.fetch_sub(1, SeqCst);
+                            }
+                            Err(ReadError::HoldLimit | ReadError::WouldBlock) => {}
+                            Err(e) => panic!("read: {e:?}"),
+                        }
+                        let r = &sh.st.subs[token.index() as usize];
+                        assert!(r.held.fetch_add(0, Relaxed) <= 1);
+                    })
+                })
+                .collect();
+            assert_eq!(publish(&h, &mut w), 2);
+            for r in readers {
+                r.join().unwrap();
+            }
+            assert_nothing_held(&sh);
+        });
+    }
+}
+
+/// (f, continued) The same with `max_held` 2: both threads may probe the
+/// same frame with the record's one bit. The second `fetch_or` then finds
+/// the bit already set and `try_hold` reports `Corrupt` ("someone forged
+/// our bit") although nothing is corrupt. Fails today: see the report.
+#[test]
+#[ignore = "protocol defect: a shared subscription with max_held >= 2 reads Corrupt"]
+fn shared_subscription_with_room_for_two_never_reads_corrupt() {
+    model(
+        "shared_subscription_with_room_for_two_never_reads_corrupt",
+        || {
+            // Budget: 2 held, plus the head and one for the writer.
+            let sh = Shared::new(4, 1, LosslessPolicy::Block);
+            let h = sh.handle();
+            let token = Arc::new(
+                h.ring
+                    .register(&request(Mode::NewestOnly, 2, b"shared"))
+                    .expect("register"),
+            );
+            let mut w = Writer::new(&h);
+            assert_eq!(publish(&h, &mut w), 1);
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sh, token) = (sh.clone(), token.clone());
+                    thread::spawn(move || {
+                        let h = sh.handle();
+                        let got = ReadGrant::acquire(&h, &token).map(|f| f.seq());
+                        assert!(
+                            matches!(got, Ok(1) | Err(ReadError::WouldBlock)),
+                            "read: {got:?}"
+                        );
+                    })
+                })
+                .collect();
+            for r in readers {
+                r.join().unwrap();
+            }
+            assert_nothing_held(&sh);
+        },
+    );
+}
+
+/// A grant released while another thread of its owner deregisters the
+/// record, after which the record is claimed again and the new owner reads
+/// the very frame the grant held (same slot, same bit). The release checks
+/// the record's generation (L1) and then clears the bit (L2) in two steps,
+/// so a release preempted in between clears the new owner's bit and
+/// decrements its `held`: the writer may then rewrite a slot the new owner
+/// holds. Not reachable through std (a `Frame` keeps its subscriber alive,
+/// so deregistration follows every release) nor through `Subscription`
+/// (borrowck), only through the raw `ReadGrant::acquire(&Ring, &token)` +
+/// `Ring::deregister`. Fails today: see the report.
+#[test]
+#[ignore = "protocol defect: a release racing its record's deregistration and re-claim"]
+fn release_racing_deregistration_leaves_the_next_owner_alone() {
+    model(
+        "release_racing_deregistration_leaves_the_next_owner_alone",
+        || {
+            // Leaked, so the grant can move to another thread (a few
+            // executions: the leak is small).
+            let sh: &'static Shared = Box::leak(Box::new(Shared {
+                st: Storage::new(3, 1),
+                payload: (0..3).map(|_| UnsafeCell::new(0)).collect(),
+                readers: Futex::new(),
+                writer: Futex::new(),
+                policy: LosslessPolicy::Block,
+            }));
+            let h: &'static Handle<'static> = Box::leak(Box::new(sh.handle()));
+            let token = register(h, Mode::NewestOnly);
+            let mut w = Writer::new(h);
+            assert_eq!(publish(h, &mut w), 1);
+            let f = ReadGrant::acquire(h, &token).expect("frame 1");
+            let slot = f.slot();
+            let releaser = thread::spawn(move || drop(f));
+            // Another thread of the same owner deregisters; the record is
+            // claimed again (here by the same thread) and the frame read.
+            h.ring.deregister(token);
+            let token = register(h, Mode::NewestOnly);
+            let g = ReadGrant::acquire(h, &token).expect("frame 1 again");
+            assert_eq!(g.slot(), slot);
+            releaser.join().unwrap();
+            assert_eq!(
+                sh.st.slots[slot as usize].lease.load(SeqCst),
+                1,
+                "the new owner's bit was cleared by the old grant"
+            );
+            assert_eq!(sh.st.subs[0].held.load(SeqCst), 1);
+            drop(g);
+            h.ring.deregister(token);
+        },
+    );
 }
