@@ -202,8 +202,11 @@ impl Ring<'_> {
         let prev = s.lease.fetch_or(bit, AcqRel);
         crate::sync::crash_point(); // T1 done
         if prev & bit != 0 {
-            // We never hold a frame twice; someone forged our bit.
-            return Err(ReadError::Corrupt);
+            // Our bit is already there: another thread of this subscription
+            // holds this very frame (one bit per subscriber, so a frame is
+            // held at most once per subscriber), or hostile memory set it.
+            // Either way it is not ours to set or withdraw: a miss.
+            return Ok(false);
         }
         if prev & WRITER == 0 && s.seq.load(Acquire) == seq {
             crate::sync::crash_point(); // T2: held

@@ -166,7 +166,11 @@ impl Ring<'_> {
         // Checked after becoming visible, so two racing registrations cannot
         // both squeeze past the budget (at worst both back out). Every record
         // that is not FREE counts: a CLAIMING one is about to hold frames, a
-        // RECLAIMING one may still have lease bits set.
+        // RECLAIMING one may still have lease bits set. The fence orders our
+        // ACTIVE store before the loads below against the other
+        // registrant's (store-load, as in `pin_cursor`): SeqCst accesses
+        // alone already do in C++20, the fence makes it one loom can check.
+        crate::sync::fence(SeqCst);
         let held: u64 = self
             .subs
             .iter()
@@ -215,6 +219,10 @@ impl Ring<'_> {
 
     /// Gives a record back: clears any lease bits it still has and frees it.
     /// Returns whether the writer is waiting for the space this frees.
+    ///
+    /// Every grant taken with this token must be released first: a release
+    /// racing the deregistration and a re-claim of the record could clear
+    /// the new owner's bit. [`Subscription`] enforces this by borrowing.
     pub fn deregister(&self, token: RecordToken) -> bool {
         let Some(r) = self.subs.get(token.index as usize) else {
             return false;

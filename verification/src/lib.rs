@@ -8,7 +8,9 @@
 //!
 //! The checks themselves live in `tests/`: `loom.rs` (exhaustive
 //! interleavings, `--cfg loom`), `model.rs` (proptest state machine against
-//! a reference model) and `fuzz_smoke.rs`.
+//! a reference model, with operations that die at the core's crash points:
+//! the tests build `cuframes-core` with its `crash-points` feature) and
+//! `fuzz_smoke.rs`.
 
 use cuframes_core::{
     index_len_for, ControlBlock, IndexEntry, LosslessPolicy, Mode, Register, Ring, SlotHeader,

@@ -14,6 +14,13 @@
 //! (a slot rewritten while held). Waiting goes through a futex emulated with
 //! a loom mutex and condition variable, so a lost wake-up is a deadlock loom
 //! reports.
+//!
+//! The crash-safe reclaim models (after the first five) add the record
+//! locks of the std layer as loom atomics: a dead reader recovered by a
+//! sweeper while the writer runs, a recovery taking over a reclaim that
+//! died half-way, late sweepers against a new claimant, a withdrawn probe
+//! waking the writer, two registrations racing the hold budget, and a
+//! subscription shared by two threads.
 #![cfg(loom)]
 
 use cuframes_core::sync::{AtomicU32, Ordering::*};
@@ -557,8 +564,6 @@ impl RecordLock {
     }
 }
 
-use cuframes_core::sync::Ordering::{Acquire, Relaxed, Release};
-
 /// The std layer's recovery of record `index`, whose lock the caller
 /// holds: read the state word, reclaim that generation, wake the writer
 /// if it waits. True if this call freed the record.
@@ -614,6 +619,9 @@ fn bits_of(sh: &Shared, index: u32) -> usize {
 /// lease bit of the dead record survives.
 #[test]
 fn dead_reader_recovered_by_sweeper_races_writer() {
+    // Three slots: frame 4 reuses frame 1's slot once it is released; frame
+    // 5 needs frame 2's (held by the dead reader) or frame 3's (its cursor
+    // needs it): only the recovery lets it through.
     const FRAMES: u64 = 5;
     model("dead_reader_recovered_by_sweeper_races_writer", || {
         let sh = Shared::new(3, 1, LosslessPolicy::Block);
@@ -667,9 +675,6 @@ fn dead_reader_recovered_by_sweeper_races_writer() {
 /// holds over every record that is not FREE, and a loser's record is FREE
 /// again.
 #[test]
-#[ignore = "loom models SeqCst loads as acquire loads, so it lets both budget \
-            checks miss the other's SeqCst claim (store buffering) unless \
-            register_at has a fence(SeqCst) between R4 and R5; see the report"]
 fn registrations_race_the_hold_budget() {
     model("registrations_race_the_hold_budget", || {
         let sh = Shared::new(4, 2, LosslessPolicy::Block);
@@ -987,10 +992,9 @@ fn shared_subscription_holds_at_most_max_held() {
 
 /// (f, continued) The same with `max_held` 2: both threads may probe the
 /// same frame with the record's one bit. The second `fetch_or` then finds
-/// the bit already set and `try_hold` reports `Corrupt` ("someone forged
-/// our bit") although nothing is corrupt. Fails today: see the report.
+/// the bit already set: a miss (the frame is held once per subscriber), not
+/// `Corrupt`, and the sibling's bit is left alone.
 #[test]
-#[ignore = "protocol defect: a shared subscription with max_held >= 2 reads Corrupt"]
 fn shared_subscription_with_room_for_two_never_reads_corrupt() {
     model(
         "shared_subscription_with_room_for_two_never_reads_corrupt",
@@ -1026,53 +1030,3 @@ fn shared_subscription_with_room_for_two_never_reads_corrupt() {
     );
 }
 
-/// A grant released while another thread of its owner deregisters the
-/// record, after which the record is claimed again and the new owner reads
-/// the very frame the grant held (same slot, same bit). The release checks
-/// the record's generation (L1) and then clears the bit (L2) in two steps,
-/// so a release preempted in between clears the new owner's bit and
-/// decrements its `held`: the writer may then rewrite a slot the new owner
-/// holds. Not reachable through std (a `Frame` keeps its subscriber alive,
-/// so deregistration follows every release) nor through `Subscription`
-/// (borrowck), only through the raw `ReadGrant::acquire(&Ring, &token)` +
-/// `Ring::deregister`. Fails today: see the report.
-#[test]
-#[ignore = "protocol defect: a release racing its record's deregistration and re-claim"]
-fn release_racing_deregistration_leaves_the_next_owner_alone() {
-    model(
-        "release_racing_deregistration_leaves_the_next_owner_alone",
-        || {
-            // Leaked, so the grant can move to another thread (a few
-            // executions: the leak is small).
-            let sh: &'static Shared = Box::leak(Box::new(Shared {
-                st: Storage::new(3, 1),
-                payload: (0..3).map(|_| UnsafeCell::new(0)).collect(),
-                readers: Futex::new(),
-                writer: Futex::new(),
-                policy: LosslessPolicy::Block,
-            }));
-            let h: &'static Handle<'static> = Box::leak(Box::new(sh.handle()));
-            let token = register(h, Mode::NewestOnly);
-            let mut w = Writer::new(h);
-            assert_eq!(publish(h, &mut w), 1);
-            let f = ReadGrant::acquire(h, &token).expect("frame 1");
-            let slot = f.slot();
-            let releaser = thread::spawn(move || drop(f));
-            // Another thread of the same owner deregisters; the record is
-            // claimed again (here by the same thread) and the frame read.
-            h.ring.deregister(token);
-            let token = register(h, Mode::NewestOnly);
-            let g = ReadGrant::acquire(h, &token).expect("frame 1 again");
-            assert_eq!(g.slot(), slot);
-            releaser.join().unwrap();
-            assert_eq!(
-                sh.st.slots[slot as usize].lease.load(SeqCst),
-                1,
-                "the new owner's bit was cleared by the old grant"
-            );
-            assert_eq!(sh.st.subs[0].held.load(SeqCst), 1);
-            drop(g);
-            h.ring.deregister(token);
-        },
-    );
-}

@@ -227,19 +227,43 @@ mod seen {
         c.fetch_add(1, Relaxed);
     }
 
-    /// Crashes per crash point (`file:line` in the core).
+    /// Crashes per crash point, by the step named in the comment on its
+    /// line in the core (`R2 done`, `F2 done for this slot`, ...).
     static SITES: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+    /// The core sources with crash points, to name them.
+    const SOURCES: [(&str, &str); 2] = [
+        ("registry.rs", include_str!("../../core/src/registry.rs")),
+        ("reader.rs", include_str!("../../core/src/reader.rs")),
+    ];
+
+    fn name(file: &str, line: u32) -> String {
+        let step = SOURCES
+            .iter()
+            .find(|(f, _)| *f == file)
+            .and_then(|(_, src)| src.lines().nth(line as usize - 1))
+            .and_then(|l| l.split_once("crash_point(); //"))
+            .map(|(_, c)| c.trim().to_owned());
+        match step {
+            Some(step) => format!("{step} ({file}:{line})"),
+            None => format!("{file}:{line}"),
+        }
+    }
 
     pub fn crash_site(at: &std::panic::Location<'_>) {
         let file = at.file().rsplit('/').next().unwrap_or(at.file());
         let mut sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
-        *sites.entry(format!("{file}:{}", at.line())).or_default() += 1;
+        *sites.entry(name(file, at.line())).or_default() += 1;
     }
 
     pub fn sites() -> String {
         let sites = SITES.lock().unwrap_or_else(|e| e.into_inner());
-        let list: Vec<String> = sites.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("{} crash points hit: {}", sites.len(), list.join(" "))
+        let list: Vec<String> = sites.iter().map(|(k, v)| format!("  {k}: {v}")).collect();
+        format!(
+            "crashes at {} crash points:\n{}",
+            sites.len(),
+            list.join("\n")
+        )
     }
 }
 use seen::hit;

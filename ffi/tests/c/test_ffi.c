@@ -237,10 +237,10 @@ static int wait_exit(pid_t pid) {
 static void test_strings(void) {
   static const char *names[] = {"Ok",         "Timeout",    "NotFound", "Closed",    "PublisherGone", "InvalidArgument",
                                 "Incompatible", "Capacity", "Permission", "Cuda",  "Io",            "Corrupt",
-                                "Released",   "WouldBlock", "Internal", "AlreadyExists"};
+                                "Released",   "WouldBlock", "Internal", "AlreadyExists", "Lagged"};
   CHECK(strcmp(cuframes_version(), "") != 0, "version is empty");
   CHECK(strcmp(cuframes_last_error_message(), "") == 0, "a fresh thread has no error: %s", cuframes_last_error_message());
-  for (int code = 0; code <= 15; code++) {
+  for (int code = 0; code <= 16; code++) {
     const char *s = cuframes_strerror(code);
     CHECK(s && *s && strcmp(s, "unknown error code") != 0, "strerror(%d) = %s", code, s);
     CHECK(strcmp(cuframes_error_name(code), names[code]) == 0, "error_name(%d) = %s", code, cuframes_error_name(code));
@@ -249,10 +249,10 @@ static void test_strings(void) {
   }
   CHECK(strcmp(cuframes_strerror(CUFRAMES_ERR_TIMEOUT), "timed out") == 0, "%s", cuframes_strerror(1));
   CHECK(strcmp(cuframes_strerror(0), "success") == 0, "%s", cuframes_strerror(0));
-  CHECK(strcmp(cuframes_strerror(16), "unknown error code") == 0, "%s", cuframes_strerror(16));
+  CHECK(strcmp(cuframes_strerror(17), "unknown error code") == 0, "%s", cuframes_strerror(17));
   CHECK(strcmp(cuframes_strerror(-1), "unknown error code") == 0, "%s", cuframes_strerror(-1));
   CHECK(CUFRAMES_ERR_TIMEOUT == 1 && CUFRAMES_ERR_NOT_FOUND == 2 && CUFRAMES_ERR_INVALID_ARGUMENT == 5 &&
-            CUFRAMES_ERR_RELEASED == 12 && CUFRAMES_ERR_INTERNAL == 14 && CUFRAMES_ERR_ALREADY_EXISTS == 15,
+            CUFRAMES_ERR_RELEASED == 12 && CUFRAMES_ERR_INTERNAL == 14 && CUFRAMES_ERR_ALREADY_EXISTS == 15 && CUFRAMES_ERR_LAGGED == 16,
         "codes match docs/errors.md");
 }
 
