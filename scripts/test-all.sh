@@ -26,6 +26,7 @@ cargo fmt --all --check
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p cuframes-cli --all-targets --features bench -- -D warnings
 
 step "no_std build of the core (x86_64-unknown-none)"
 rustup target list --installed | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
@@ -34,6 +35,7 @@ cargo build -p cuframes-core --target x86_64-unknown-none
 step "unit, doc, property and process tests"
 cargo build --release -p cuframes-cli
 cargo test --workspace
+cargo test -p cuframes-cli --features bench --test bench
 
 step "C ABI: header check, C tests (shared, static, ASan, valgrind), examples"
 ./scripts/test-c.sh

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 pub enum Size {
     /// Smallest: 1 subscriber, 4 KiB, short phases (tests).
     Smoke,
-    /// 1 subscriber, 1080p and 4 KiB, every peer (about a minute).
+    /// 1 subscriber, 1080p and 4 KiB, every peer.
     Quick,
     /// Every workload, 1/4/8 subscribers.
     Full,

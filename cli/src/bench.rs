@@ -1,75 +1,120 @@
 //! `cuframes bench`: handoff latency, frames/s, CPU and memory through real
 //! processes, against iceoryx2, a unix socket and Python shared memory.
-//! The harness itself is the `cuframes-bench` crate.
+//! The harness itself is the `cuframes-bench` crate, built only with the
+//! `bench` feature of this crate, so that a plain install of the command
+//! builds neither it nor iceoryx2. Without the feature the subcommand is
+//! still there and says how to get it.
 
-use cuframes::{Error, ErrorCode, Result};
-use cuframes_bench::{Options, Peer, Size};
-use std::path::PathBuf;
+#[cfg(feature = "bench")]
+pub use with_harness::{run, Args};
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct Args {
-    /// Reduced set: 1 subscriber, 1080p and 4 KiB, every available peer
-    /// (about a minute).
-    #[arg(long)]
-    pub quick: bool,
-    /// Smallest set (4 KiB, short phases), for tests.
-    #[arg(long, hide = true, conflicts_with = "quick")]
-    pub smoke: bool,
-    /// Where to write bench.csv and bench.svg.
-    #[arg(long, default_value = "target/bench")]
-    pub out: PathBuf,
-    /// Only these peers, comma-separated (cuframes, iceoryx2, unix-socket,
-    /// python-shm, python-cuframes, cuframes-cuda, torch-mp).
-    #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
-    pub peers: Vec<Peer>,
-    /// Runs one publisher or subscriber process of the harness.
-    #[arg(long, hide = true)]
-    pub child: Option<String>,
+#[cfg(not(feature = "bench"))]
+pub use without_harness::{run, Args};
+
+#[cfg(feature = "bench")]
+mod with_harness {
+    use crate::Failure;
+    use cuframes::{Error, ErrorCode};
+    use cuframes_bench::{Options, Peer, Size};
+    use std::path::PathBuf;
+
+    /// Arguments of `cuframes bench`.
+    #[derive(clap::Args, Debug, Clone)]
+    pub struct Args {
+        /// Reduced set: 1 subscriber, 1080p and 4 KiB, every available peer
+        /// (about 30 s on 2 cores).
+        #[arg(long)]
+        pub quick: bool,
+        /// Smallest set (4 KiB, short phases), for tests.
+        #[arg(long, hide = true, conflicts_with = "quick")]
+        pub smoke: bool,
+        /// Where to write bench.csv and bench.svg.
+        #[arg(long, default_value = "target/bench")]
+        pub out: PathBuf,
+        /// Only these peers, comma-separated (cuframes, iceoryx2, unix-socket,
+        /// python-shm, python-cuframes, cuframes-cuda, torch-mp).
+        #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
+        pub peers: Vec<Peer>,
+        /// Runs one publisher or subscriber process of the harness.
+        #[arg(long, hide = true)]
+        pub child: Option<String>,
+    }
+
+    /// Runs the harness (or, with `--child`, one of its processes). A
+    /// failed case or a harness failure is an `Internal` error (14).
+    pub fn run(args: Args) -> Result<(), Failure> {
+        let failed = |e: String| Error::new(ErrorCode::Internal, e);
+        if let Some(spec) = args.child {
+            return Ok(cuframes_bench::child_main(&spec).map_err(failed)?);
+        }
+        let exe = std::env::current_exe().map_err(|e| Error::io("find own executable", e))?;
+        let size = match (args.smoke, args.quick) {
+            (true, _) => Size::Smoke,
+            (_, true) => Size::Quick,
+            _ => Size::Full,
+        };
+        let opts = Options {
+            size,
+            out: args.out,
+            exe,
+            child_prefix: vec!["bench".into(), "--child".into()],
+            peers: args.peers,
+        };
+        eprintln!("cuframes bench ({size:?}) on {}", cuframes_bench::machine());
+        let outcome = cuframes_bench::run(&opts, |line| eprintln!("  {line}")).map_err(failed)?;
+        println!("{}", outcome.table);
+        println!(
+            "wrote {} and {}",
+            outcome.csv.display(),
+            outcome.svg.display()
+        );
+        let failures = outcome.rows.iter().filter(|r| r.status == "failed").count();
+        if failures > 0 {
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!("{failures} cases failed (see the table)"),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    fn parse_peer(s: &str) -> Result<Peer, String> {
+        Peer::by_name(s).ok_or_else(|| {
+            let names: Vec<_> = Peer::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown peer {s:?}; one of {}", names.join(", "))
+        })
+    }
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let failed = |e: String| Error::new(ErrorCode::Internal, e);
-    if let Some(spec) = args.child {
-        return cuframes_bench::child_main(&spec).map_err(failed);
-    }
-    let exe = std::env::current_exe().map_err(|e| Error::io("find own executable", e))?;
-    let size = match (args.smoke, args.quick) {
-        (true, _) => Size::Smoke,
-        (_, true) => Size::Quick,
-        _ => Size::Full,
-    };
-    let opts = Options {
-        size,
-        out: args.out,
-        exe,
-        child_prefix: vec!["bench".into(), "--child".into()],
-        peers: args.peers,
-    };
-    eprintln!("cuframes bench ({size:?}) on {}", cuframes_bench::machine());
-    let outcome = cuframes_bench::run(&opts, |line| eprintln!("  {line}")).map_err(failed)?;
-    println!("{}", outcome.table);
-    println!(
-        "wrote {} and {}",
-        outcome.csv.display(),
-        outcome.svg.display()
-    );
-    let failures: Vec<_> = outcome
-        .rows
-        .iter()
-        .filter(|r| r.status == "failed")
-        .collect();
-    if !failures.is_empty() {
-        return Err(Error::new(
-            ErrorCode::Internal,
-            format!("{} cases failed (see the table)", failures.len()),
-        ));
-    }
-    Ok(())
-}
+#[cfg(not(feature = "bench"))]
+mod without_harness {
+    use crate::Failure;
 
-fn parse_peer(s: &str) -> std::result::Result<Peer, String> {
-    Peer::by_name(s).ok_or_else(|| {
-        let names: Vec<_> = Peer::ALL.iter().map(|p| p.name()).collect();
-        format!("unknown peer {s:?}; one of {}", names.join(", "))
-    })
+    /// How to get a build with `cuframes bench` (also in `docs/cli.md`).
+    pub const HOW_TO_GET: &str = "`cuframes bench` is not in this build: the benchmark \
+harness (with iceoryx2) is behind the `bench` feature of cuframes-cli. From a checkout of \
+cuframes, either install it with\n    cargo install --path cli --features bench\nor run it \
+without installing:\n    cargo run --release --features bench -- bench --quick";
+
+    /// Arguments of `cuframes bench` in a build without the harness: any,
+    /// so that every invocation gets the same explanation.
+    #[derive(clap::Args, Debug, Clone)]
+    #[command(disable_help_flag = true)]
+    pub struct Args {
+        /// Whatever was passed (ignored).
+        #[arg(
+            num_args = 0..,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            hide = true
+        )]
+        pub ignored: Vec<String>,
+    }
+
+    /// Says how to get a build with the harness; exits with
+    /// [`crate::EXIT_UNAVAILABLE`].
+    pub fn run(_args: Args) -> Result<(), Failure> {
+        Err(Failure::Unavailable(HOW_TO_GET.into()))
+    }
 }

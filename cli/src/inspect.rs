@@ -1,22 +1,77 @@
-//! `cuframes ls`, `stat` and `doctor`.
+//! `cuframes ls`, `stat` (as text or as JSON, schema in `docs/cli.md`)
+//! and `doctor`.
 
-use cuframes::{list_streams, stream_status, Result, StreamStatus};
+use cuframes::{list_streams, stream_status, LosslessPolicy, Mode, Result, StreamStatus};
+use serde::Serialize;
 
-pub fn ls() -> Result<()> {
+/// Version of the JSON that `ls --json` and `stat --json` print. Fields
+/// may be added without a bump; a field removed, renamed, re-typed or given
+/// a new meaning bumps it.
+pub const JSON_SCHEMA: u32 = 1;
+
+/// Arguments of `cuframes ls`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LsArgs {
+    /// Print JSON (schema 1, see docs/cli.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `cuframes stat`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatArgs {
+    /// Stream key.
+    pub key: String,
+    /// Print JSON (schema 1, see docs/cli.md) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cuframes ls`: every stream in the shm directory.
+pub fn ls(args: &LsArgs) -> Result<()> {
     let streams = list_streams();
+    if args.json {
+        let mut out = LsJson {
+            schema: JSON_SCHEMA,
+            shm_dir: cuframes::shm_dir().display().to_string(),
+            streams: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for (key, status) in streams {
+            match status {
+                Ok(s) => out.streams.push(StreamJson::new(&s)),
+                Err(e) => out.unreadable.push(UnreadableJson {
+                    key,
+                    error: ErrorJson {
+                        code: e.code() as i32,
+                        name: e.code().name(),
+                        message: e.message().to_owned(),
+                    },
+                }),
+            }
+        }
+        return print_json(&out);
+    }
     if streams.is_empty() {
         println!("no streams in {}", cuframes::shm_dir().display());
         return Ok(());
     }
     println!(
-        "{:<24} {:>8} {:<6} {:<6} {:>10} {:<9} {:>7} {:>5} {:>5} {:>8}",
-        "KEY", "PID", "ALIVE", "FORMAT", "SIZE", "MEMORY", "FPS", "SUBS", "OCC", "DROPS"
+        "{:<24} {:>8} {:<6} {:<6} {:>10} {:<9} {:>7} {:>5} {:>5} {:>8} {:<8}",
+        "KEY", "PID", "ALIVE", "FORMAT", "SIZE", "MEMORY", "FPS", "SUBS", "OCC", "DROPS", "STATE"
     );
+    let mut stale = 0;
     for (key, status) in streams {
         match status {
-            Ok(s) => println!("{}", ls_row(&s)),
+            Ok(s) => {
+                stale += usize::from(!s.publisher_alive);
+                println!("{}", ls_row(&s));
+            }
             Err(e) => println!("{key:<24} unreadable: {e}"),
         }
+    }
+    if stale > 0 {
+        println!("{stale} stale stream(s): the publisher died; `cuframes gc` removes what it left");
     }
     Ok(())
 }
@@ -24,7 +79,7 @@ pub fn ls() -> Result<()> {
 fn ls_row(s: &StreamStatus) -> String {
     let h = &s.info.header;
     format!(
-        "{:<24} {:>8} {:<6} {:<6} {:>10} {:<9} {:>7.1} {:>5} {:>5} {:>8}",
+        "{:<24} {:>8} {:<6} {:<6} {:>10} {:<9} {:>7.1} {:>5} {:>5} {:>8} {:<8}",
         s.key,
         h.publisher_pid,
         if s.publisher_alive { "yes" } else { "no" },
@@ -34,18 +89,35 @@ fn ls_row(s: &StreamStatus) -> String {
         s.fps(),
         s.stats.active().count(),
         format!("{}/{}", s.stats.occupancy, s.stats.slot_count),
-        s.dropped()
+        s.dropped(),
+        state_name(s)
     )
 }
 
-pub fn stat(key: &str) -> Result<()> {
-    let s = stream_status(key)?;
-    let h = &s.info.header;
-    let state = match s.stats.state {
+/// `open`, `closed` or `starting`; `stale` whenever the publisher is dead
+/// (its lock on byte 63 of the segment file is not held).
+fn state_name(s: &StreamStatus) -> &'static str {
+    if !s.publisher_alive {
+        return "stale";
+    }
+    match s.stats.state {
         cuframes::core::state::OPEN => "open",
         cuframes::core::state::CLOSED => "closed",
         _ => "starting",
-    };
+    }
+}
+
+/// `cuframes stat KEY`: one stream in detail.
+pub fn stat(args: &StatArgs) -> Result<()> {
+    let key = args.key.as_str();
+    let s = stream_status(key)?;
+    if args.json {
+        return print_json(&StatJson {
+            schema: JSON_SCHEMA,
+            stream: StreamJson::new(&s),
+        });
+    }
+    let h = &s.info.header;
     println!("stream      {key}");
     println!(
         "publisher   pid {} ({}), epoch {:016x}",
@@ -53,7 +125,10 @@ pub fn stat(key: &str) -> Result<()> {
         if s.publisher_alive { "alive" } else { "dead" },
         h.epoch
     );
-    println!("state       {state}");
+    println!("state       {}", state_name(&s));
+    if !s.publisher_alive {
+        println!("            stale: the publisher died; `cuframes gc` removes the segment");
+    }
     println!(
         "frames      {} {}x{}, {} planes, {} bytes/slot",
         s.info.format.name(),
@@ -109,6 +184,149 @@ pub fn stat(key: &str) -> Result<()> {
     Ok(())
 }
 
+fn print_json(value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| cuframes::Error::new(cuframes::ErrorCode::Internal, format!("JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Milliseconds from a monotonic timestamp to now (0 if in the future).
+fn age_ms(then_ns: u64) -> u64 {
+    cuframes::now_ns().saturating_sub(then_ns) / 1_000_000
+}
+
+/// `ls --json`.
+#[derive(Serialize)]
+struct LsJson {
+    schema: u32,
+    shm_dir: String,
+    streams: Vec<StreamJson>,
+    unreadable: Vec<UnreadableJson>,
+}
+
+/// `stat --json`: the stream object with the schema version beside it.
+#[derive(Serialize)]
+struct StatJson {
+    schema: u32,
+    #[serde(flatten)]
+    stream: StreamJson,
+}
+
+/// A segment `ls` could not open or validate.
+#[derive(Serialize)]
+struct UnreadableJson {
+    key: String,
+    error: ErrorJson,
+}
+
+#[derive(Serialize)]
+struct ErrorJson {
+    code: i32,
+    name: &'static str,
+    message: String,
+}
+
+/// One stream; the field list is documented in `docs/cli.md`.
+#[derive(Serialize)]
+struct StreamJson {
+    key: String,
+    state: &'static str,
+    stale: bool,
+    format: &'static str,
+    width: u32,
+    height: u32,
+    memory: &'static str,
+    policy: &'static str,
+    slot_count: u32,
+    subscriber_capacity: u32,
+    segment_bytes: u64,
+    published: u64,
+    head_seq: u64,
+    fps: f64,
+    occupancy: u32,
+    dropped: u64,
+    publisher: PublisherJson,
+    subscribers: Vec<SubscriberJson>,
+}
+
+#[derive(Serialize)]
+struct PublisherJson {
+    pid: u32,
+    alive: bool,
+    epoch: String,
+    heartbeat_age_ms: u64,
+}
+
+#[derive(Serialize)]
+struct SubscriberJson {
+    index: u32,
+    name: String,
+    pid: u32,
+    alive: bool,
+    mode: Option<&'static str>,
+    held: u32,
+    received: u64,
+    dropped: u64,
+    lag: u64,
+    evictions: u64,
+    heartbeat_age_ms: u64,
+}
+
+impl StreamJson {
+    fn new(s: &StreamStatus) -> Self {
+        let h = &s.info.header;
+        Self {
+            key: s.key.clone(),
+            state: state_name(s),
+            stale: !s.publisher_alive,
+            format: s.info.format.name(),
+            width: h.layout.width,
+            height: h.layout.height,
+            memory: s.info.memory.name(),
+            policy: match s.info.policy {
+                LosslessPolicy::Block => "block",
+                LosslessPolicy::DropOldest => "drop-oldest",
+            },
+            slot_count: h.slot_count,
+            subscriber_capacity: h.subscriber_capacity,
+            segment_bytes: h.segment_len,
+            published: s.stats.published,
+            head_seq: s.stats.head_seq,
+            fps: s.fps(),
+            occupancy: s.stats.occupancy,
+            dropped: s.dropped(),
+            publisher: PublisherJson {
+                pid: h.publisher_pid,
+                alive: s.publisher_alive,
+                epoch: format!("{:016x}", h.epoch),
+                heartbeat_age_ms: age_ms(s.stats.heartbeat_ns),
+            },
+            subscribers: s
+                .stats
+                .active()
+                .map(|r| SubscriberJson {
+                    index: r.index,
+                    name: r.name_str().to_owned(),
+                    pid: r.pid,
+                    alive: s.record_alive(r.index),
+                    mode: r.mode.map(|m| match m {
+                        Mode::NewestOnly => "newest",
+                        Mode::Queue => "queue",
+                    }),
+                    held: r.held,
+                    received: r.received,
+                    dropped: r.dropped,
+                    lag: r.lag,
+                    evictions: r.evictions,
+                    heartbeat_age_ms: age_ms(r.heartbeat_ns),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `cuframes doctor`: checks the machine; `Io` (10) if any check failed.
 pub fn doctor() -> Result<()> {
     let mut ok = true;
     let mut check = |name: &str, result: std::result::Result<String, String>| match &result {

@@ -282,7 +282,12 @@ fn forged_lease_bit_is_not_trusted() {
     // Our bit already set (a forged one here; another thread of the same
     // subscription in real life): not ours to hold or to withdraw.
     assert_eq!(sub.try_read().unwrap_err(), ReadError::WouldBlock);
-    assert_eq!(st.slots[c.slot as usize].lease.load(sync::Ordering::Relaxed), 1);
+    assert_eq!(
+        st.slots[c.slot as usize]
+            .lease
+            .load(sync::Ordering::Relaxed),
+        1
+    );
     assert_eq!(st.subs[0].held.load(sync::Ordering::Relaxed), 0);
     // A head pointing past the table is caught by the bounds check.
     st.ctl.head.store(pack(9, 200), sync::Ordering::Relaxed);

@@ -9,11 +9,12 @@
 //! its record and every frame it holds. Heartbeats are kept for people
 //! (`cuframes stat` shows their age), never to judge anyone dead.
 
+use crate::key::PREFIX;
 use crate::mapping::Shared;
 use crate::sys;
 use crate::Result;
-use cuframes_core::{record, RecordToken, Register, RegisterError, RingRef, Wake};
-use std::sync::atomic::Ordering;
+use cuframes_core::{record, RecordToken, Register, RegisterError, RingRef, Wake, NAME_LEN};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -27,13 +28,28 @@ pub(crate) fn register(shared: &Shared, req: &Register<'_>) -> Result<RecordToke
             continue; // a live owner, a live claimant or a sweeper
         }
         let mut got = ring.register_at(index, req);
+        let mut recovered = None;
         if got == Err(RegisterError::Taken) {
             let _one = SWEEP.lock().unwrap_or_else(|e| e.into_inner());
-            recover(shared, index);
+            recovered = recover(shared, index, "register");
             got = ring.register_at(index, req);
         }
+        // Logged with no lock held (see `sweep_dead_subscribers`).
+        if let Some(r) = &recovered {
+            r.log(shared);
+        }
         match got {
-            Ok(token) => return Ok(token),
+            Ok(token) => {
+                if recovered.is_some() {
+                    tracing::info!(
+                        key = key_of(shared),
+                        index,
+                        name = String::from_utf8_lossy(req.name).as_ref(),
+                        "subscriber registered on a record recovered from a dead process"
+                    );
+                }
+                return Ok(token);
+            }
             Err(RegisterError::Taken | RegisterError::Lost) => shared.unlock_record(index),
             Err(e) => {
                 shared.unlock_record(index);
@@ -52,6 +68,7 @@ pub(crate) fn deregister(shared: &Shared, token: RecordToken) {
         shared.wake(Wake::Writer);
     }
     shared.unlock_record(index);
+    tracing::info!(key = key_of(shared), index, "subscriber record freed");
 }
 
 /// One sweeper at a time per process: two sweepers of one process share
@@ -64,37 +81,138 @@ static SWEEP: Mutex<()> = Mutex::new(());
 /// live are never touched, however long they have been silent. Returns
 /// how many records were freed.
 pub(crate) fn sweep_dead_subscribers(shared: &Shared) -> usize {
-    let _one = SWEEP.lock().unwrap_or_else(|e| e.into_inner());
-    let ring = shared.ring();
-    let mut freed = 0;
-    for (index, r) in ring.subscribers().iter().enumerate() {
-        let index = index as u32;
-        if record::state_of(r.state.load(Ordering::Acquire)) == record::FREE {
-            continue;
-        }
-        // Lock taken: nobody alive owns the record or is claiming it.
-        if shared.try_lock_record(index).unwrap_or(false) {
-            freed += usize::from(recover(shared, index));
-            shared.unlock_record(index);
+    // What to log, logged once the sweep lock is dropped: a log consumer
+    // may block (pyo3-log takes the GIL) and must not hold up the other
+    // sweepers of this process meanwhile. No allocation unless something
+    // was freed.
+    let mut reclaimed = Vec::new();
+    let mut lock_error = None;
+    {
+        let _one = SWEEP.lock().unwrap_or_else(|e| e.into_inner());
+        let ring = shared.ring();
+        for (index, r) in ring.subscribers().iter().enumerate() {
+            let index = index as u32;
+            if record::state_of(r.state.load(Ordering::Acquire)) == record::FREE {
+                continue;
+            }
+            // Lock taken: nobody alive owns the record or is claiming it.
+            match shared.try_lock_record(index) {
+                Ok(true) => {
+                    reclaimed.extend(recover(shared, index, "sweep"));
+                    shared.unlock_record(index);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    lock_error.get_or_insert((index, e));
+                }
+            }
         }
     }
-    freed
+    for r in &reclaimed {
+        r.log(shared);
+    }
+    if let Some((index, e)) = lock_error {
+        lock_failed(shared, index, &e);
+    }
+    reclaimed.len()
 }
 
-/// Recovers record `index`, whose lock the caller holds. True if freed.
-fn recover(shared: &Shared, index: u32) -> bool {
+/// A dead subscriber's record just freed, as the log line tells it.
+struct Reclaimed {
+    index: u32,
+    generation: u64,
+    /// The state it died in.
+    state: u32,
+    name: [u8; NAME_LEN],
+    pid: u32,
+    /// Frames it held (their slots came back).
+    held: u32,
+    /// Who freed it: `"sweep"` or `"register"`.
+    by: &'static str,
+}
+
+impl Reclaimed {
+    fn log(&self, shared: &Shared) {
+        tracing::warn!(
+            key = key_of(shared),
+            index = self.index,
+            generation = self.generation,
+            state = state_name(self.state),
+            name = name_of(&self.name).as_str(),
+            pid = self.pid,
+            held = self.held,
+            by = self.by,
+            "reclaimed the record of a dead subscriber"
+        );
+    }
+}
+
+/// Recovers record `index`, whose lock the caller holds: what was freed,
+/// if anything. `by` names who recovered it, for the log.
+fn recover(shared: &Shared, index: u32, by: &'static str) -> Option<Reclaimed> {
     let ring = shared.ring();
-    let word = ring.subscribers()[index as usize]
-        .state
-        .load(Ordering::Acquire);
-    match ring.reclaim(index, record::generation_of(word)) {
-        Some(writer_waits) => {
-            if writer_waits {
-                shared.wake(Wake::Writer);
-            }
-            true
-        }
-        None => false,
+    let r = &ring.subscribers()[index as usize];
+    let word = r.state.load(Ordering::Acquire);
+    // Read for the log line before the record is freed: the dead owner's
+    // name, pid and frames in hand.
+    let (pid, held) = (
+        r.pid.load(Ordering::Relaxed),
+        r.held.load(Ordering::Relaxed),
+    );
+    let name = ring.record_name(index);
+    let generation = record::generation_of(word);
+    let writer_waits = ring.reclaim(index, generation)?;
+    if writer_waits {
+        shared.wake(Wake::Writer);
+    }
+    Some(Reclaimed {
+        index,
+        generation,
+        state: record::state_of(word),
+        name,
+        pid,
+        held,
+        by,
+    })
+}
+
+/// The key of the stream a handle maps (from its segment's file name), for
+/// log lines.
+pub(crate) fn key_of(shared: &Shared) -> &str {
+    shared
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(PREFIX))
+        .unwrap_or("?")
+}
+
+/// A record state's name, for log lines.
+fn state_name(state: u32) -> &'static str {
+    match state {
+        record::FREE => "free",
+        record::CLAIMING => "claiming",
+        record::ACTIVE => "active",
+        record::RECLAIMING => "reclaiming",
+        _ => "invalid",
+    }
+}
+
+/// A stored record name as text (up to the first NUL, lossy).
+pub(crate) fn name_of(name: &[u8; NAME_LEN]) -> String {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+    String::from_utf8_lossy(&name[..end]).into_owned()
+}
+
+/// A record lock that could not even be tested: dead subscribers cannot be
+/// told from live ones, so their slots would stay held. Warned once per
+/// process (the sweep runs every heartbeat), then at debug level.
+fn lock_failed(shared: &Shared, index: u32, e: &crate::Error) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(key = key_of(shared), index, error = %e, "cannot test a subscriber record's liveness lock; dead subscribers are not reclaimed");
+    } else {
+        tracing::debug!(key = key_of(shared), index, error = %e, "cannot test a subscriber record's liveness lock");
     }
 }
 
@@ -120,10 +238,12 @@ pub(crate) fn keep_beating(who: &Arc<dyn Beat>) {
         let spawned = std::thread::Builder::new()
             .name("cuframes-heartbeat".into())
             .spawn(beat_loop);
-        if spawned.is_err() {
+        if let Err(e) = spawned {
             // Without the thread nobody is misjudged (heartbeats do not
             // decide liveness); only `stat` shows stale ages.
             list.clear();
+            drop(list); // log with no lock held
+            tracing::warn!(error = %e, "cannot start the heartbeat thread; subscriber heartbeats will look stale");
         }
     }
 }

@@ -153,6 +153,12 @@ pub(crate) struct Shared {
     pub(crate) path: PathBuf,
     /// (device, inode) of the file, to notice a replacement at `path`.
     pub(crate) file_id: (u64, u64),
+    /// `path` is still the private temporary name [`Shared::create`] gave
+    /// the file: [`Shared::install`] has not put it in place. Such a file is
+    /// removed on drop, so a creation that fails after `create` (the
+    /// publisher lock, the backend's init, the rename) leaves no segment-sized
+    /// file behind in the shm file system.
+    temporary: bool,
 }
 
 impl Shared {
@@ -176,6 +182,7 @@ impl Shared {
             holds_publisher_lock: AtomicBool::new(false),
             path,
             file_id,
+            temporary: false,
         }
     }
 
@@ -248,8 +255,8 @@ impl Shared {
         };
         // The umask must not widen or narrow what the caller asked for.
         file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .and_then(|_| file.set_len(header.segment_len))
-            .map_err(|e| cleanup(Error::io("size segment", e)))?;
+            .map_err(|e| cleanup(Error::io("set segment mode", e)))?;
+        reserve(&file, header, &tmp).map_err(cleanup)?;
         let meta = file
             .metadata()
             .map_err(|e| cleanup(Error::io("fstat", e)))?;
@@ -265,7 +272,9 @@ impl Shared {
         }
         let info =
             SegmentInfo::check(*header, header.segment_len).map_err(|e| cleanup(e.into()))?;
-        Ok(Self::new(map, file, info, tmp, (meta.dev(), meta.ino())))
+        let mut shared = Self::new(map, file, info, tmp, (meta.dev(), meta.ino()));
+        shared.temporary = true;
+        Ok(shared)
     }
 
     /// Atomically puts a created segment in place at the key's path,
@@ -275,6 +284,7 @@ impl Shared {
         let path = segment_path(key);
         std::fs::rename(&self.path, &path).map_err(|e| Error::io("install segment", e))?;
         self.path = path;
+        self.temporary = false;
         Ok(())
     }
 
@@ -327,6 +337,14 @@ impl Shared {
         let (start, _) = self.info.host_slot_range(slot)?;
         // SAFETY: validation proved the slot range lies inside the mapping.
         Some(unsafe { self.map.base().add(start as usize) })
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -410,6 +428,124 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// Gives a new segment file its size with every page allocated now.
+///
+/// tmpfs allocates pages lazily: `set_len` alone succeeds on a full file
+/// system and the first write past the free space raises `SIGBUS` (which the
+/// guard turns into zero pages and a `Corrupt` error later, far from the
+/// cause). `fallocate` (mode 0: allocate and extend) fails instead, with
+/// `ENOSPC`, and tmpfs gives back what it allocated before failing; the
+/// caller removes the temporary file. No room is `Capacity` (a bound is
+/// exhausted, and creation has no other `Capacity` error), with a message
+/// that says what to change.
+///
+/// File systems without `fallocate` (`EOPNOTSUPP`: ramfs, some FUSE and
+/// network file systems; `ENOSYS`, or `EPERM` on a file we just created,
+/// which is neither immutable nor sealed: a seccomp filter refusing the
+/// call) fall back to `set_len` after a `statvfs` check of the free space.
+/// That reserves nothing: there, running out of space later is still caught
+/// only by the SIGBUS guard.
+fn reserve(file: &File, header: &SegmentHeader, tmp: &Path) -> Result<()> {
+    use rustix::io::Errno;
+    let len = header.segment_len;
+    loop {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) => return Ok(()),
+            // tmpfs stops on a pending signal and undoes what it allocated.
+            Err(Errno::INTR) => continue,
+            Err(e @ (Errno::NOSPC | Errno::DQUOT | Errno::NOMEM)) => {
+                let vfs = rustix::fs::fstatvfs(file).ok();
+                let why = format!("fallocate: {}", std::io::Error::from(e));
+                return Err(no_room(header, tmp, vfs, e == Errno::NOMEM, &why));
+            }
+            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::PERM) => break,
+            Err(e) => return Err(Error::io("reserve segment space (fallocate)", e.into())),
+        }
+    }
+    if let Ok(vfs) = rustix::fs::fstatvfs(file) {
+        // f_blocks == 0: the file system reports no size (ramfs); nothing to
+        // check. f_bfree, not f_bavail: never refuse what root could use.
+        if vfs.f_blocks != 0 && vfs.f_bfree.saturating_mul(vfs.f_frsize) < len {
+            let why = "statvfs; this file system has no fallocate";
+            return Err(no_room(header, tmp, Some(vfs), false, why));
+        }
+    }
+    file.set_len(len).map_err(|e| Error::io("size segment", e))
+}
+
+/// Default size of `/dev/shm` in a Docker container (`--shm-size`).
+const DOCKER_DEFAULT_SHM: u64 = 64 << 20;
+
+/// Bytes as `N bytes (X.Y MiB)`.
+fn bytes_mib(n: u64) -> String {
+    format!("{n} bytes ({:.1} MiB)", n as f64 / f64::from(1u32 << 20))
+}
+
+/// The `Capacity` error for a segment that does not fit in the shm file
+/// system: how big the ring is, how much room there is, where, and what to
+/// change. `oom`: the memory (cgroup) ran out rather than the file system;
+/// `why`: what said so.
+fn no_room(
+    header: &SegmentHeader,
+    tmp: &Path,
+    vfs: Option<rustix::fs::StatVfs>,
+    oom: bool,
+    why: &str,
+) -> Error {
+    let len = header.segment_len;
+    let dir = tmp.parent().unwrap_or(Path::new("."));
+    let room = match vfs {
+        Some(v) if v.f_blocks != 0 => format!(
+            "{} free of {}",
+            bytes_mib(v.f_bavail.saturating_mul(v.f_frsize)),
+            bytes_mib(v.f_blocks.saturating_mul(v.f_frsize))
+        ),
+        _ => "free space unknown".to_owned(),
+    };
+    let host = header.memory_kind == MemoryKind::Host as u32 && header.slot_stride > 0;
+    // GPU streams keep their slots on the device: their segment holds tables
+    // and handles only, so the slot arithmetic does not apply.
+    let (parts, docker, slots) = if host {
+        let tables = len.saturating_sub(header.backend_len);
+        let fit = DOCKER_DEFAULT_SHM.saturating_sub(tables) / header.slot_stride;
+        (
+            format!(
+                " = {} slots of {} bytes + {} bytes of tables",
+                header.slot_count, header.slot_stride, tables
+            ),
+            format!(" (the default 64 MiB holds {fit} slots of this frame size)"),
+            "; or use fewer or smaller slots",
+        )
+    } else {
+        (String::new(), String::new(), "")
+    };
+    let (what, fix) = if oom {
+        (
+            "out of memory while allocating",
+            "tmpfs pages count against the memory limit of the cgroup (container) that \
+             allocates them: raise that limit"
+                .to_owned(),
+        )
+    } else {
+        (
+            "no room for",
+            format!("in Docker raise --shm-size{docker}{slots}"),
+        )
+    };
+    Error::new(
+        ErrorCode::Capacity,
+        format!(
+            "{what} the segment in {dir}: it needs {need}{parts}; the file system has {room} \
+             ({why}). To fix: {fix}; or set CUFRAMES_SHM_DIR to a directory on a \
+             larger tmpfs. Stale files take room too: a crashed publisher's segment stays until \
+             its key is published again, a replaced or removed one until its last subscriber \
+             lets go (docs/operations.md, \"Containers\")",
+            dir = dir.display(),
+            need = bytes_mib(len),
+        ),
+    )
 }
 
 /// Lock byte of subscriber record `i`.
@@ -623,5 +759,49 @@ mod tests {
         // Mappings not touched since the truncation are only caught by size.
         monitor.check_intact().unwrap();
         assert!(!monitor.map.lost());
+    }
+
+    #[test]
+    fn no_room_messages() {
+        let layout = FrameLayout::new(PixelFormat::Nv12, 1920, 1080, 64).unwrap();
+        let who = Identity::default();
+        let host =
+            SegmentHeader::plan(&layout, &RingParams::default(), &Backend::HOST, &who).unwrap();
+        let tmp = Path::new("/dev/shm/.cuframes.cam0.1.2.tmp");
+        let enospc = "fallocate: No space left on device (os error 28)";
+        let err = no_room(&host, tmp, None, false, enospc);
+        assert_eq!(err.code(), ErrorCode::Capacity);
+        let msg = err.message();
+        // 1080p NV12: 3110400 bytes a frame, 3112960 a slot (page rounded).
+        for part in [
+            "no room for the segment in /dev/shm: it needs 24907776 bytes (23.8 MiB) = 8 slots of 3112960 bytes + 4096 bytes of tables",
+            "free space unknown",
+            "the default 64 MiB holds 21 slots of this frame size",
+            "fewer or smaller slots",
+            "CUFRAMES_SHM_DIR",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
+        }
+        // A GPU stream's segment holds no slots: no slot arithmetic.
+        let gpu = Backend {
+            memory: MemoryKind::CudaIpc,
+            len: Some(8192),
+            slot_stride: 3112960,
+            ..Backend::HOST
+        };
+        let gpu = SegmentHeader::plan(&layout, &RingParams::default(), &gpu, &who).unwrap();
+        let msg = no_room(&gpu, tmp, None, false, enospc).message().to_owned();
+        assert!(msg.contains("it needs 12288 bytes (0.0 MiB);"), "{msg}");
+        assert!(msg.contains("raise --shm-size;"), "{msg}");
+        assert!(!msg.contains("slots"), "{msg}");
+        // Out of memory (a cgroup limit) is not a --shm-size problem.
+        let msg = no_room(&host, tmp, None, true, "fallocate: Cannot allocate memory")
+            .message()
+            .to_owned();
+        assert!(
+            msg.starts_with("out of memory while allocating the segment"),
+            "{msg}"
+        );
+        assert!(msg.contains("memory limit"), "{msg}");
     }
 }

@@ -1,7 +1,7 @@
 //! The publisher: creates a stream, loans slots, commits frames.
 
 use crate::key::{shm_dir, validate_key};
-use crate::liveness::sweep_dead_subscribers;
+use crate::liveness::{key_of, name_of, sweep_dead_subscribers};
 use crate::mapping::Shared;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
@@ -155,6 +155,20 @@ impl Publisher {
         shared.ring().open();
         shared.install(key)?;
         let writer = Writer::new(Arc::new(shared));
+        let info = &writer.handle().info;
+        tracing::info!(
+            key,
+            epoch = format_args!("{:016x}", who.epoch),
+            pid = who.pid,
+            format = info.format.name(),
+            width = layout.width,
+            height = layout.height,
+            slots = options.slot_count,
+            subscriber_capacity = options.subscriber_capacity,
+            policy = ?options.policy,
+            memory = info.memory.name(),
+            "publisher created stream"
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let broken = Arc::new(AtomicBool::new(false));
         let keeper = spawn_keeper(
@@ -304,21 +318,24 @@ impl Publisher {
             if now >= deadline
                 && self.evict_lagging
                 && self.writer.poll_loan() == Err(LoanError::Backpressure)
-                && self.writer.evict_laggards() > 0
             {
-                continue;
+                let before = eviction_counts(&shared);
+                let evicted = self.writer.evict_laggards();
+                if evicted > 0 {
+                    log_evictions(&shared, &before, evicted, self.block_timeout);
+                    continue;
+                }
             }
             if now >= deadline {
                 self.check_intact()?;
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    match self.writer.poll_loan() {
-                        Err(LoanError::Backpressure) => {
-                            "a lossless subscriber is not keeping up (backpressure)"
-                        }
-                        _ => "no free slot: subscribers hold them all",
-                    },
-                ));
+                let why = match self.writer.poll_loan() {
+                    Err(LoanError::Backpressure) => {
+                        "a lossless subscriber is not keeping up (backpressure)"
+                    }
+                    _ => "no free slot: subscribers hold them all",
+                };
+                tracing::debug!(key = self.key.as_str(), why, "loan timed out");
+                return Err(Error::new(ErrorCode::Timeout, why));
             }
             let seen = ring.begin_wait_space();
             if self.writer.poll_loan().is_err() {
@@ -410,7 +427,57 @@ impl Drop for Publisher {
             let _ = k.join();
         }
         self.writer.handle().unlink_if_current();
+        tracing::info!(
+            key = self.key.as_str(),
+            epoch = format_args!("{:016x}", self.epoch()),
+            published = self
+                .writer
+                .handle()
+                .ring()
+                .control()
+                .published
+                .load(Ordering::Relaxed),
+            "publisher closed stream"
+        );
     }
+}
+
+/// Each subscriber record's eviction counter, to tell afterwards which
+/// records an eviction hit (for the log line).
+fn eviction_counts(shared: &Shared) -> Vec<u64> {
+    shared
+        .ring()
+        .subscribers()
+        .iter()
+        .map(|r| r.evictions.load(Ordering::Relaxed))
+        .collect()
+}
+
+/// Warns about lossless subscribers just evicted: how many, and which
+/// (records whose eviction counter moved since `before`).
+fn log_evictions(shared: &Shared, before: &[u64], evicted: u32, waited: Duration) {
+    let ring = shared.ring();
+    let who: Vec<String> = ring
+        .subscribers()
+        .iter()
+        .zip(before)
+        .enumerate()
+        .filter(|(_, (r, &b))| r.evictions.load(Ordering::Relaxed) != b)
+        .map(|(i, (r, _))| {
+            format!(
+                "{i}:{}(pid {})",
+                name_of(&ring.record_name(i as u32)),
+                r.pid.load(Ordering::Relaxed)
+            )
+        })
+        .collect();
+    tracing::warn!(
+        key = key_of(shared),
+        evicted,
+        subscribers = who.join(",").as_str(),
+        waited_ms = waited.as_millis() as u64,
+        "evicted lagging lossless subscribers: they skip to the newest frame"
+    );
 }
 
 /// `Ok` for the waitable loan errors, the typed error for the others.
@@ -431,30 +498,52 @@ fn loan_error(e: LoanError) -> Result<()> {
 
 /// Holds `.cuframes.<key>.lock` with an exclusive `flock` for the
 /// publisher's life: the kernel drops it when the process dies, however it
-/// dies, so a crashed publisher never blocks its successor. The lock file
-/// is never unlinked (unlinking a lock file races with its next locker).
+/// dies, so a crashed publisher never blocks its successor. `cuframes gc`
+/// may unlink the lock file of a dead key (under its lock); a lock taken on
+/// a file that was unlinked meanwhile guards nothing, so after locking the
+/// path must still name the locked file, else we open it again.
 fn lock_key(key: &str, mode: u32) -> Result<File> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let path = shm_dir().join(format!(".cuframes.{key}.lock"));
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(mode)
-        .custom_flags(
-            rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::CLOEXEC.bits() as i32,
+    let taken = || {
+        Error::new(
+            ErrorCode::AlreadyExists,
+            format!("stream {key:?} already has a live publisher"),
         )
-        .open(&path)
-        .map_err(|e| Error::io(format!("lock {}", path.display()), e))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
-        |_| {
-            Error::new(
-                ErrorCode::AlreadyExists,
-                format!("stream {key:?} already has a live publisher"),
+    };
+    for _ in 0..64 {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(mode)
+            .custom_flags(
+                rustix::fs::OFlags::NOFOLLOW.bits() as i32
+                    | rustix::fs::OFlags::CLOEXEC.bits() as i32,
             )
-        },
-    )?;
-    Ok(file)
+            .open(&path)
+            .map_err(|e| Error::io(format!("lock {}", path.display()), e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("fstat lock file", e))?;
+        // The umask must not narrow the mode: with 0o660 a group member must
+        // be able to open the lock file to publish the key after us. Only
+        // the owner can change it; a file someone else made keeps its mode.
+        if meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o777 != mode {
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
+        }
+        let locked =
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+        let current = crate::mapping::file_id(&path) == Some((meta.dev(), meta.ino()));
+        match (locked, current) {
+            (true, true) => return Ok(file),
+            (false, true) => return Err(taken()),
+            // Unlinked (or replaced) under us: try the file now at the path.
+            (_, false) => continue,
+        }
+    }
+    Err(taken())
 }
 
 /// The publisher's background thread: heartbeat, publish-rate average, and
@@ -491,8 +580,11 @@ fn spawn_keeper(
                     (last_n, last_t) = (n, now);
                 }
                 sweep_dead_subscribers(&shared);
-                if shared.check_intact().is_err() {
-                    broken.store(true, Ordering::Relaxed);
+                if let Err(e) = shared.check_intact() {
+                    // Once per handle: the flag never goes back.
+                    if !broken.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(key = key_of(&shared), error = %e, "segment file truncated or resized under the publisher; every further loan fails with Corrupt");
+                    }
                 }
             }
         })

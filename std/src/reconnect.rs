@@ -61,10 +61,18 @@ impl ReconnectingSubscriber {
                 connect_timeout: timeout,
                 ..self.options.clone()
             };
-            self.current = Some(Subscriber::connect(
-                &self.key, &self.name, self.mode, options,
-            )?);
+            let sub = Subscriber::connect(&self.key, &self.name, self.mode, options)?;
             self.connects += 1;
+            if self.connects > 1 {
+                tracing::info!(
+                    key = self.key.as_str(),
+                    name = self.name.as_str(),
+                    reconnects = self.reconnects(),
+                    epoch = format_args!("{:016x}", sub.epoch()),
+                    "reconnected"
+                );
+            }
+            self.current = Some(sub);
         }
         Ok(self.current.as_mut().expect("just connected"))
     }
@@ -78,6 +86,19 @@ impl ReconnectingSubscriber {
             let result = self.ensure_connected(left).and_then(|s| s.next_frame(left));
             match result {
                 Err(e) if is_gone(e.code()) => {
+                    // Still set: the connection was made and then lost;
+                    // unset: no publisher to connect to yet.
+                    if self.current.is_some() {
+                        tracing::info!(
+                            key = self.key.as_str(),
+                            name = self.name.as_str(),
+                            cause = e.code().name(),
+                            error = %e,
+                            "publisher gone; reconnecting"
+                        );
+                    } else {
+                        tracing::debug!(key = self.key.as_str(), name = self.name.as_str(), error = %e, "no publisher to connect to yet");
+                    }
                     self.current = None;
                     if Instant::now() >= deadline {
                         return Err(e);

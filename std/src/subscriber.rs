@@ -2,7 +2,7 @@
 //! place.
 
 use crate::key::validate_key;
-use crate::liveness::{self, Beat};
+use crate::liveness::{self, key_of, Beat};
 use crate::mapping::Shared;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
@@ -134,6 +134,9 @@ pub struct Subscriber {
     options: SubscriberOptions,
     stats: SubscriberStats,
     last_liveness: Instant,
+    /// Whether a corrupt or truncated segment was logged already (warned
+    /// once per handle; every later call fails the same way).
+    corrupt_logged: bool,
 }
 
 impl Subscriber {
@@ -148,6 +151,7 @@ impl Subscriber {
             ));
         }
         let deadline = Instant::now() + options.connect_timeout;
+        let mut waited = false;
         let shared = loop {
             let attempt = Shared::open(key, true, options.allow_other_owner).and_then(|s| {
                 publisher_status(&s)?;
@@ -156,6 +160,10 @@ impl Subscriber {
             match attempt {
                 Ok(s) => break s,
                 Err(e) if Instant::now() < deadline && retry_connect(e.code()) => {
+                    if !waited {
+                        tracing::debug!(key, name, error = %e, "waiting for the stream");
+                        waited = true;
+                    }
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => return Err(e),
@@ -180,6 +188,14 @@ impl Subscriber {
             name: name.as_bytes(),
         };
         let token = liveness::register(&shared, &req)?;
+        tracing::info!(
+            key,
+            name,
+            mode = ?mode,
+            index = token.index(),
+            epoch = format_args!("{:016x}", shared.info.header.epoch),
+            "subscriber connected"
+        );
         let inner = Arc::new(SubInner {
             shared,
             token: Some(token),
@@ -193,6 +209,7 @@ impl Subscriber {
             options,
             stats: SubscriberStats::default(),
             last_liveness: Instant::now(),
+            corrupt_logged: false,
         })
     }
 
@@ -338,9 +355,42 @@ impl Subscriber {
                 self.stats.errors += 1;
                 // A ring that reads as nonsense may be one whose file was
                 // truncated under us (the guard mapped zeros over it): say so.
-                self.inner.shared.check_intact()?;
-                Err(e.into())
+                if let Err(c) = self.inner.shared.check_intact() {
+                    self.log_corrupt(&c);
+                    return Err(c);
+                }
+                let err = Error::from(e);
+                match e {
+                    ReadError::Lagged => tracing::warn!(
+                        key = self.key.as_str(),
+                        name = self.name.as_str(),
+                        index = self.record_index(),
+                        "this lossless subscriber was evicted for lagging: frames were skipped"
+                    ),
+                    ReadError::Evicted => tracing::warn!(
+                        key = self.key.as_str(),
+                        name = self.name.as_str(),
+                        "this subscriber's record is gone"
+                    ),
+                    ReadError::Corrupt => self.log_corrupt(&err),
+                    _ => {
+                        tracing::debug!(key = self.key.as_str(), name = self.name.as_str(), error = %err, "read failed")
+                    }
+                }
+                Err(err)
             }
+        }
+    }
+
+    /// Warns about a corrupt or truncated segment, once per handle.
+    fn log_corrupt(&mut self, e: &Error) {
+        if !std::mem::replace(&mut self.corrupt_logged, true) {
+            tracing::warn!(
+                key = key_of(&self.inner.shared),
+                name = self.name.as_str(),
+                error = %e,
+                "segment is corrupt or was truncated; this subscriber's calls fail with Corrupt"
+            );
         }
     }
 
@@ -374,8 +424,13 @@ impl Subscriber {
                 ))
             }
         });
-        if r.is_err() {
+        if let Err(e) = &r {
             self.stats.errors += 1;
+            if e.code() == ErrorCode::Corrupt {
+                self.log_corrupt(e);
+            } else {
+                tracing::debug!(key = self.key.as_str(), name = self.name.as_str(), error = %e, "publisher check failed");
+            }
         }
         r
     }

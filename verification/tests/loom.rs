@@ -1029,4 +1029,3 @@ fn shared_subscription_with_room_for_two_never_reads_corrupt() {
         },
     );
 }
-

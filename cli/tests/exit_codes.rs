@@ -1,0 +1,119 @@
+//! Exit statuses of the command line: a command line that does not parse
+//! is 64 (never 2, which is `NotFound`), `--help`/`--version` are 0, a
+//! build without the benchmark harness says how to get it (69), and
+//! docs/errors.md lists every status the command can end with.
+
+mod common;
+use common::*;
+
+fn run(args: &[&str]) -> std::process::Output {
+    cuframes().args(args).output().unwrap()
+}
+
+#[test]
+fn usage_errors_exit_64_with_the_message_on_stderr() {
+    shm();
+    for args in [
+        &[][..],
+        &["no-such-command"],
+        &["ls", "--no-such-option"],
+        &["stat"],
+        &["stat", "a", "b"],
+        &["subscribe", "--key", "k", "--mode", "sideways"],
+        &["subscribe", "--key", "k", "--frames", "many"],
+        &["publish", "--key", "k"],
+        &["gc", "--force"],
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error:") || stderr.contains("Usage:"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn help_and_version_exit_0_on_stdout() {
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["help"],
+        &["help", "gc"],
+        &["--version"],
+        &["-V"],
+        &["gc", "--help"],
+        &["ls", "--help"],
+        &["stat", "--help"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+    let help = String::from_utf8(run(&["--help"]).stdout).unwrap();
+    for command in ["gc", "ls", "stat", "bench", "exporter"] {
+        assert!(help.contains(command), "{command} missing:\n{help}");
+    }
+    assert!(help.contains("[alias: clean]"), "{help}");
+}
+
+#[test]
+fn errors_after_parsing_keep_their_codes() {
+    shm();
+    let out = run(&["stat", &key("absent")]);
+    assert_eq!(out.status.code(), Some(2), "NotFound, not a usage error");
+    let out = run(&["stat", "../x"]);
+    assert_eq!(out.status.code(), Some(5), "InvalidArgument");
+}
+
+#[cfg(not(feature = "bench"))]
+#[test]
+fn bench_without_the_feature_says_how_to_get_it() {
+    for args in [&["bench"][..], &["bench", "--quick"], &["bench", "--help"]] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cargo install --path cli --features bench")
+                && stderr.contains("cargo run --release --features bench -- bench"),
+            "{stderr}"
+        );
+    }
+}
+
+/// The statuses listed in docs/errors.md: the first cell of each table
+/// row, as a number (`1-16` counts each).
+fn documented_statuses() -> (String, Vec<String>) {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/errors.md")).unwrap();
+    let section = doc
+        .split("## Exit status of the `cuframes` command")
+        .nth(1)
+        .expect("docs/errors.md has an exit status section")
+        .to_owned();
+    let firsts = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| ")?.split(" |").next())
+        .map(str::to_owned)
+        .collect();
+    (doc, firsts)
+}
+
+#[test]
+fn docs_list_every_exit_status() {
+    let (doc, statuses) = documented_statuses();
+    // Every error code, with its name, in the code table...
+    for code in cuframes::ErrorCode::ALL {
+        let row = format!("| {} | {} |", code as i32, code.name());
+        assert!(doc.contains(&row), "{row} missing from docs/errors.md");
+    }
+    // ...and the exit statuses beyond them.
+    for want in ["0", "1-16", "11", "10", "14", "64", "69", "101", "128+n"] {
+        assert!(
+            statuses.iter().any(|s| s == want),
+            "exit status {want} not listed: {statuses:?}"
+        );
+    }
+}
