@@ -4,11 +4,13 @@ A :class:`Publisher` writes frames into a ring of slots in shared memory;
 any number of subscribers (:func:`subscribe`) read the same bytes in place,
 as numpy arrays (``frame.y``, ``frame.uv``) or through DLPack
 (``torch.from_dlpack(frame.plane(0))``). See ``docs/python.md``.
+
+The library logs through :mod:`logging`, on loggers named ``cuframes.*``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ._errors import (
     CuframesAlreadyExistsError,
@@ -31,36 +33,40 @@ from ._errors import (
     ErrorCode,
     exception_for,
 )
+from ._enums import LosslessPolicy, PixelFormat, SubscriberMode
 from ._aio import next_frame_async
 from ._native import (
     CuframesFrame,
     CuframesSubscriber,
     DLPackView,
-    LosslessPolicy,
-    PixelFormat,
     Publisher,
-    SubscriberMode,
     WriteLease,
     __version__,
     list_streams,
+    reset_log_cache,
     stream_status,
     strerror,
 )
+from ._callback import AsyncFrameCallback, FrameCallback
 from ._reconnect import ReconnectingSubscriber
 
 
 def subscribe(
     key: str,
     consumer_name: str,
-    mode: SubscriberMode = SubscriberMode.NEWEST_ONLY,
+    mode: Union[SubscriberMode, int] = SubscriberMode.NEWEST_ONLY,
     cuda_device: Optional[int] = None,
     connect_timeout_ms: int = 2000,
     consumer_stream: Optional[Any] = None,
-    max_held: int = 1,
+    max_held: Optional[int] = None,
 ) -> CuframesSubscriber:
     """Connects to stream ``key`` (waiting up to ``connect_timeout_ms`` for it
     to appear) and returns the subscriber. Same as constructing
-    :class:`CuframesSubscriber`."""
+    :class:`CuframesSubscriber`.
+
+    ``max_held=None`` (the default) lets the subscriber hold 2 frames — the
+    one just taken plus the previous one's views — falling back to 1 (with
+    a warning) when the publisher's ring has room for only one more."""
     return CuframesSubscriber(
         key,
         consumer_name,
@@ -73,6 +79,7 @@ def subscribe(
 
 
 __all__ = [
+    "AsyncFrameCallback",
     "CuframesAlreadyExistsError",
     "CuframesCapacityError",
     "CuframesClosedError",
@@ -94,6 +101,7 @@ __all__ = [
     "CuframesWouldBlockError",
     "DLPackView",
     "ErrorCode",
+    "FrameCallback",
     "LosslessPolicy",
     "PixelFormat",
     "Publisher",
@@ -104,6 +112,7 @@ __all__ = [
     "exception_for",
     "list_streams",
     "next_frame_async",
+    "reset_log_cache",
     "stream_status",
     "strerror",
     "subscribe",

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ._errors import CuframesClosedError, CuframesTimeoutError
 
@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from ._native import CuframesFrame, CuframesSubscriber
 
 # Short waits keep cancellation prompt: a cancelled `async for` leaves at
-# most one wait of this length running in its worker thread.
+# most one wait of this length running in its worker thread. They are not
+# timeouts the caller asked for, so they do not count in `timeouts`.
 _SLICE_MS = 100
 
 
@@ -30,18 +31,15 @@ class FrameStream:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                frame: Optional["CuframesFrame"] = await loop.run_in_executor(
-                    None, self._sub.next_frame, _SLICE_MS
-                )
+                return await loop.run_in_executor(None, self._sub._next_frame, _SLICE_MS, False)
             except CuframesTimeoutError:
                 continue
             except CuframesClosedError:
                 raise StopAsyncIteration from None
-            if frame is not None:
-                return frame
 
 
 async def next_frame_async(subscriber: "CuframesSubscriber", timeout_ms: int = 1000) -> "CuframesFrame":
-    """Awaits one frame for up to ``timeout_ms`` without blocking the loop."""
+    """Awaits one frame for up to ``timeout_ms`` without blocking the loop
+    (an expired wait counts in ``timeouts``)."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, subscriber.next_frame, timeout_ms)

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import enum
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Type, Union
 
-import numpy as np
 import numpy.typing as npt
 
+from ._callback import AsyncFrameCallback, FrameCallback
+from ._enums import LosslessPolicy as LosslessPolicy
+from ._enums import PixelFormat as PixelFormat
+from ._enums import SubscriberMode as SubscriberMode
+
 __version__: str
-
-class PixelFormat(enum.IntEnum):
-    NV12 = 1
-    P010 = 2
-    GRAY8 = 3
-    RGB24 = 4
-    RGBA8 = 5
-    BGR24 = 6
-
-class SubscriberMode(enum.IntEnum):
-    NEWEST_ONLY = 1
-    QUEUE = 2
-
-class LosslessPolicy(enum.IntEnum):
-    BLOCK = 1
-    DROP_OLDEST = 2
 
 class DLPackView:
     """One plane (or the whole picture) with the DLPack protocol."""
@@ -115,13 +102,14 @@ class CuframesSubscriber:
         self,
         key: str,
         consumer_name: str,
-        mode: SubscriberMode = SubscriberMode.NEWEST_ONLY,
+        mode: Union[SubscriberMode, int] = SubscriberMode.NEWEST_ONLY,
         cuda_device: Optional[int] = None,
         connect_timeout_ms: int = 2000,
         consumer_stream: Optional[Any] = None,
-        max_held: int = 1,
+        max_held: Optional[int] = None,
     ) -> None: ...
     def next_frame(self, timeout_ms: int = 1000) -> CuframesFrame: ...
+    def _next_frame(self, timeout_ms: int, count_timeout: bool = False) -> CuframesFrame: ...
     def try_next(self) -> Optional[CuframesFrame]: ...
     def close(self) -> None: ...
     @property
@@ -136,6 +124,23 @@ class CuframesSubscriber:
     def __iter__(self) -> CuframesSubscriber: ...
     def __next__(self) -> CuframesFrame: ...
     def __aiter__(self) -> Any: ...
+    def on_frame(
+        self,
+        callback: Callable[[CuframesFrame], Any],
+        *,
+        timeout_ms: Optional[int] = None,
+        on_error: Optional[Callable[[BaseException], Any]] = None,
+        name: Optional[str] = None,
+    ) -> FrameCallback: ...
+    def on_frame_async(
+        self,
+        callback: Callable[[CuframesFrame], Awaitable[Any]],
+        *,
+        timeout_ms: Optional[int] = None,
+        on_error: Optional[Callable[[BaseException], Any]] = None,
+    ) -> AsyncFrameCallback: ...
+    @property
+    def max_held(self) -> int: ...
     @property
     def key(self) -> str: ...
     @property
@@ -205,11 +210,11 @@ class Publisher:
         key: str,
         width: int,
         height: int,
-        format: PixelFormat = PixelFormat.NV12,
+        format: Union[PixelFormat, int] = PixelFormat.NV12,
         *,
         slots: int = 8,
         subscriber_capacity: int = 16,
-        policy: LosslessPolicy = LosslessPolicy.BLOCK,
+        policy: Union[LosslessPolicy, int] = LosslessPolicy.BLOCK,
         block_timeout_ms: int = 1000,
         pitch_align: int = 64,
         mode: int = 0o600,
@@ -244,3 +249,4 @@ class Publisher:
 def stream_status(key: str) -> Dict[str, Any]: ...
 def list_streams() -> List[Dict[str, Any]]: ...
 def strerror(code: int) -> str: ...
+def reset_log_cache() -> None: ...

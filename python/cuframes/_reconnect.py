@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Awaitable, Callable, Dict, Iterator, Optional, Union
 
+from ._callback import AsyncFrameCallback, FrameCallback
 from ._errors import (
     CuframesClosedError,
     CuframesNotFoundError,
@@ -15,6 +16,9 @@ from ._native import CuframesFrame, CuframesSubscriber, SubscriberMode
 
 _RECOVERABLE = (CuframesClosedError, CuframesPublisherGoneError, CuframesNotFoundError)
 
+# Iteration waits in slices this long (not counted as timeouts).
+_SLICE_MS = 200
+
 
 class ReconnectingSubscriber:
     """Wraps :class:`CuframesSubscriber` in the reconnect loop.
@@ -23,14 +27,15 @@ class ReconnectingSubscriber:
     ``next_frame`` reconnects — waiting for a new publisher within its
     timeout — instead of raising. ``reconnects`` counts how often that
     happened; ``on_reconnect`` (if given) is called after each reconnection
-    with the new subscriber.
+    with the new subscriber. Other keyword arguments (``max_held``,
+    ``cuda_device``, ...) are passed to every :class:`CuframesSubscriber`.
     """
 
     def __init__(
         self,
         key: str,
         consumer_name: str,
-        mode: SubscriberMode = SubscriberMode.NEWEST_ONLY,
+        mode: Union[SubscriberMode, int] = SubscriberMode.NEWEST_ONLY,
         *,
         on_reconnect: Optional[Callable[[CuframesSubscriber], None]] = None,
         **options: Any,
@@ -66,6 +71,11 @@ class ReconnectingSubscriber:
 
     def next_frame(self, timeout_ms: int = 1000) -> CuframesFrame:
         """The next frame, reconnecting as needed within ``timeout_ms``."""
+        return self._next_frame(timeout_ms, True)
+
+    def _next_frame(self, timeout_ms: int, count_timeout: bool = False) -> CuframesFrame:
+        """``next_frame`` for internal loops: an expired wait counts in the
+        subscriber's ``timeouts`` only if ``count_timeout``."""
         if self._closed:
             raise CuframesClosedError("the subscriber was closed")
         deadline = time.monotonic() + timeout_ms / 1000.0
@@ -73,7 +83,7 @@ class ReconnectingSubscriber:
             left = max(0, int((deadline - time.monotonic()) * 1000))
             try:
                 sub = self._sub if self._sub is not None else self._connect(left)
-                return sub.next_frame(left)
+                return sub._next_frame(left, count_timeout)
             except _RECOVERABLE as e:
                 if self._sub is not None:
                     self._sub.close()
@@ -86,15 +96,40 @@ class ReconnectingSubscriber:
                     ) from e
 
     def __iter__(self) -> Iterator[CuframesFrame]:
+        """Frames as they come, across publisher restarts, until
+        :meth:`close`; no wait counts as a timeout."""
         while not self._closed:
             try:
-                yield self.next_frame(200)
+                yield self._next_frame(_SLICE_MS)
             except CuframesTimeoutError:
                 continue
             except CuframesClosedError:
                 if self._closed:
                     return
                 raise
+
+    def on_frame(
+        self,
+        callback: Callable[[CuframesFrame], Any],
+        *,
+        timeout_ms: Optional[int] = None,
+        on_error: Optional[Callable[[BaseException], Any]] = None,
+        name: Optional[str] = None,
+    ) -> FrameCallback:
+        """As :meth:`CuframesSubscriber.on_frame`, across publisher
+        restarts (the delivery ends on :meth:`close`)."""
+        return FrameCallback(self, callback, timeout_ms=timeout_ms, on_error=on_error, name=name)
+
+    def on_frame_async(
+        self,
+        callback: Callable[[CuframesFrame], Awaitable[Any]],
+        *,
+        timeout_ms: Optional[int] = None,
+        on_error: Optional[Callable[[BaseException], Any]] = None,
+    ) -> AsyncFrameCallback:
+        """As :meth:`CuframesSubscriber.on_frame_async`, across publisher
+        restarts."""
+        return AsyncFrameCallback(self, callback, timeout_ms=timeout_ms, on_error=on_error)
 
     def close(self) -> None:
         """Disconnects for good. Idempotent."""
@@ -104,7 +139,9 @@ class ReconnectingSubscriber:
             self._sub = None
 
     def __enter__(self) -> "ReconnectingSubscriber":
+        """``with ReconnectingSubscriber(...) as rec:`` closes it on exit."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Closes the subscriber."""
         self.close()

@@ -3,29 +3,38 @@
 //! asks. The capsule keeps its owner (a held frame, a publisher mapping)
 //! alive until the consumer's array is gone.
 
+use crate::holds::{Holds, Pin, Via};
 use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use std::ffi::{c_void, CStr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// `kDLCPU`.
 pub const DEVICE_CPU: i32 = 1;
 /// `kDLCUDA`.
 pub const DEVICE_CUDA: i32 = 2;
 
+/// The DLPack version of versioned capsules.
 const DLPACK_MAJOR: u32 = 1;
+/// The DLPack minor version of versioned capsules.
 const DLPACK_MINOR: u32 = 0;
+/// `DLPACK_FLAG_BITMASK_READ_ONLY`.
 const FLAG_READ_ONLY: u64 = 1;
+/// `kDLUInt`: frames are unsigned integers.
 const KDL_UINT: u8 = 1;
 
+/// `DLDevice`: where the data lives.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DlDevice {
+    /// `DEVICE_CPU` or `DEVICE_CUDA`.
     pub device_type: i32,
+    /// Device ordinal (0 for the host).
     pub device_id: i32,
 }
 
+/// `DLDataType`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct DlDataType {
@@ -34,6 +43,7 @@ struct DlDataType {
     lanes: u16,
 }
 
+/// `DLTensor`: a strided array.
 #[repr(C)]
 struct DlTensor {
     data: *mut c_void,
@@ -45,6 +55,7 @@ struct DlTensor {
     byte_offset: u64,
 }
 
+/// `DLManagedTensor`: the legacy (`dltensor`) capsule payload.
 #[repr(C)]
 struct DlManagedTensor {
     dl_tensor: DlTensor,
@@ -52,12 +63,14 @@ struct DlManagedTensor {
     deleter: Option<unsafe extern "C" fn(*mut DlManagedTensor)>,
 }
 
+/// `DLPackVersion`.
 #[repr(C)]
 struct DlPackVersion {
     major: u32,
     minor: u32,
 }
 
+/// `DLManagedTensorVersioned`: the `dltensor_versioned` payload.
 #[repr(C)]
 struct DlManagedTensorVersioned {
     version: DlPackVersion,
@@ -85,25 +98,33 @@ pub type Owner = Arc<dyn Keep>;
 pub struct TensorSpec {
     /// First element (a host or device address).
     pub data: usize,
+    /// Where `data` lives.
     pub device: DlDevice,
     /// Element width: 8 or 16.
     pub bits: u8,
+    /// Dimensions used of `shape`/`strides` (2 or 3).
     pub ndim: usize,
+    /// Size of each dimension.
     pub shape: [i64; 3],
     /// In elements, as DLPack counts them.
     pub strides: [i64; 3],
+    /// Whether consumers must not write (subscriber frames).
     pub read_only: bool,
 }
 
 /// Shape and strides must live as long as the tensor: they sit beside the
 /// owner in the manager context.
 struct Context {
+    /// The tensor's shape (its `shape` points here).
     shape: [i64; 3],
+    /// The tensor's strides (its `strides` points here).
     strides: [i64; 3],
+    /// Kept alive until the consumer calls the deleter.
     _owner: Owner,
 }
 
 impl TensorSpec {
+    /// The `DLTensor` of this array, its shape and strides in `ctx`.
     fn tensor(&self, ctx: &mut Context) -> DlTensor {
         DlTensor {
             data: self.data as *mut c_void,
@@ -120,6 +141,7 @@ impl TensorSpec {
         }
     }
 
+    /// A boxed manager context for this array keeping `owner` alive.
     fn context(&self, owner: Owner) -> *mut Context {
         Box::into_raw(Box::new(Context {
             shape: self.shape,
@@ -131,8 +153,11 @@ impl TensorSpec {
 
 /// The two managed-tensor flavours, told apart by capsule name.
 trait Managed: Sized {
+    /// The capsule name of this flavour.
     const NAME: &'static CStr;
+    /// The managed tensor of `spec` with manager context `ctx`.
     fn build(spec: &TensorSpec, ctx: *mut Context) -> Self;
+    /// Its deleter.
     fn deleter(&self) -> Option<unsafe extern "C" fn(*mut Self)>;
 }
 
@@ -174,7 +199,9 @@ impl Managed for DlManagedTensorVersioned {
     }
 }
 
+/// Access to a managed tensor's `manager_ctx`.
 trait HasContext {
+    /// The `manager_ctx` pointer.
     fn context(&self) -> *mut c_void;
 }
 impl HasContext for DlManagedTensor {
@@ -204,11 +231,22 @@ unsafe extern "C" fn delete<M: Managed + HasContext>(p: *mut M) {
 
 /// Frees a capsule nobody consumed. A consumer renames the capsule to
 /// `used_…` when it takes ownership; then the tensor is no longer ours.
+/// A tracked capsule's context is a weak reference to its [`Pin`], told
+/// here that the capsule is gone.
 unsafe extern "C" fn capsule_destructor<M: Managed>(capsule: *mut ffi::PyObject) {
-    // SAFETY: called by Python with a live capsule; `IsValid` with our name
-    // neither raises nor matches a renamed (consumed) capsule, and then the
-    // pointer is the `M` boxed in `export`.
+    // SAFETY: called by Python with a live capsule whose pointer is never
+    // null (consumers only rename it), so `GetContext` cannot fail; a
+    // non-null context is the `Weak<Pin>` leaked in `capsule`. `IsValid`
+    // with our name neither raises nor matches a renamed (consumed)
+    // capsule, and then the pointer is the `M` boxed in `export`.
     unsafe {
+        let context = ffi::PyCapsule_GetContext(capsule);
+        if !context.is_null() {
+            let pin = Weak::from_raw(context.cast_const().cast::<Pin>());
+            if let Some(pin) = pin.upgrade() {
+                pin.clear_capsule();
+            }
+        }
         if ffi::PyCapsule_IsValid(capsule, M::NAME.as_ptr()) == 1 {
             let p = ffi::PyCapsule_GetPointer(capsule, M::NAME.as_ptr()).cast::<M>();
             if let Some(d) = (*p).deleter() {
@@ -218,14 +256,18 @@ unsafe extern "C" fn capsule_destructor<M: Managed>(capsule: *mut ffi::PyObject)
     }
 }
 
+/// A capsule owning a new managed tensor of `spec` that keeps `owner`
+/// alive; a tracked one (`pin`) tells its pin when it is destroyed.
 fn capsule<'py, M: Managed + HasContext>(
     py: Python<'py>,
     spec: &TensorSpec,
     owner: Owner,
+    pin: Option<&Arc<Pin>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let managed = Box::into_raw(Box::new(M::build(spec, spec.context(owner))));
     // SAFETY: `managed` is a valid boxed tensor; on success the capsule owns
     // it (its destructor frees it unless consumed), on failure we free it.
+    // The context is set before anyone else sees the capsule.
     unsafe {
         let cap = ffi::PyCapsule_New(
             managed.cast(),
@@ -234,30 +276,43 @@ fn capsule<'py, M: Managed + HasContext>(
         );
         if cap.is_null() {
             delete::<M>(managed);
+        } else if let Some(pin) = pin {
+            let weak = Weak::into_raw(Arc::downgrade(pin));
+            if ffi::PyCapsule_SetContext(cap, weak.cast_mut().cast()) == 0 {
+                pin.set_capsule(cap);
+            } else {
+                drop(Weak::from_raw(weak));
+                ffi::PyErr_Clear();
+            }
         }
         Bound::from_owned_ptr_or_err(py, cap)
     }
 }
 
 /// A capsule for `spec`, versioned when the consumer asked for DLPack >= 1.
-pub fn export<'py>(
+fn export<'py>(
     py: Python<'py>,
     spec: &TensorSpec,
     owner: Owner,
+    pin: Option<&Arc<Pin>>,
     versioned: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     if versioned {
-        capsule::<DlManagedTensorVersioned>(py, spec, owner)
+        capsule::<DlManagedTensorVersioned>(py, spec, owner, pin)
     } else {
-        capsule::<DlManagedTensor>(py, spec, owner)
+        capsule::<DlManagedTensor>(py, spec, owner, pin)
     }
 }
 
 /// The keyword arguments of `__dlpack__`, checked against what we export.
 pub struct Request<'a, 'py> {
+    /// Highest DLPack version the consumer understands.
     pub max_version: Option<(u32, u32)>,
+    /// Device the consumer wants the data on.
     pub dl_device: Option<(i32, i32)>,
+    /// `Some(true)`: the consumer wants a copy (refused).
     pub copy: Option<bool>,
+    /// The consumer's stream (`None`: not given).
     pub stream: Option<&'a Bound<'py, PyAny>>,
 }
 
@@ -313,22 +368,74 @@ impl Request<'_, '_> {
     }
 }
 
+/// Where a subscriber frame's view came from, so that what it exports can
+/// be named when the subscriber runs out of `max_held`.
+pub struct Track {
+    /// The subscriber's holders.
+    pub holds: Arc<Holds>,
+    /// The frame's seq.
+    pub seq: u64,
+    /// The call that made the view (`"frame.y"`, `"frame.dlpack_y()"`).
+    pub origin: String,
+    /// Whether the frame's own numpy property imports it.
+    pub numpy: bool,
+}
+
 /// One plane (or whole frame) as an object with the DLPack protocol, for
 /// `numpy.from_dlpack` and friends.
 #[pyclass(name = "DLPackView", module = "cuframes._native", frozen)]
 pub struct DLPackView {
+    /// The array it exports.
     spec: TensorSpec,
+    /// What keeps the memory valid.
     owner: Owner,
+    /// For subscriber frames: how to name its exports.
+    track: Option<Track>,
+    /// This object's own hold, when the user can keep it.
+    _pin: Option<Arc<Pin>>,
 }
 
 impl DLPackView {
+    /// A view whose exports nobody needs to name (a publisher's lease).
     pub fn new(spec: TensorSpec, owner: Owner) -> Self {
-        Self { spec, owner }
+        Self {
+            spec,
+            owner,
+            track: None,
+            _pin: None,
+        }
+    }
+
+    /// A view of a subscriber's frame; `visible` when the object itself is
+    /// handed to the user (and so may hold the frame for long).
+    pub fn tracked(spec: TensorSpec, owner: Owner, track: Track, visible: bool) -> Self {
+        let pin = visible.then(|| {
+            track
+                .holds
+                .pin(track.seq, Via::View, track.origin.clone(), owner.clone())
+        });
+        Self {
+            spec,
+            owner,
+            track: Some(track),
+            _pin: pin,
+        }
     }
 
     /// A capsule of this view.
     pub fn export<'py>(&self, py: Python<'py>, versioned: bool) -> PyResult<Bound<'py, PyAny>> {
-        export(py, &self.spec, self.owner.clone(), versioned)
+        match &self.track {
+            None => export(py, &self.spec, self.owner.clone(), None, versioned),
+            Some(t) => {
+                let pin = t.holds.pin(
+                    t.seq,
+                    Via::Export { numpy: t.numpy },
+                    t.origin.clone(),
+                    self.owner.clone(),
+                );
+                export(py, &self.spec, pin.clone(), Some(&pin), versioned)
+            }
+        }
     }
 
     /// The answer to a `__dlpack__` call: for a GPU frame, the consumer's
@@ -350,6 +457,9 @@ impl DLPackView {
 
 #[pymethods]
 impl DLPackView {
+    /// The DLPack protocol: a capsule of this view (versioned when
+    /// `max_version >= (1, 0)`); for GPU memory `stream` is ordered after
+    /// the frame's publish.
     #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
     fn __dlpack__<'py>(
         &self,
@@ -370,6 +480,7 @@ impl DLPackView {
         )
     }
 
+    /// `(device_type, device_id)`: `(1, 0)` host, `(2, gpu)` CUDA.
     fn __dlpack_device__(&self) -> (i32, i32) {
         (self.spec.device.device_type, self.spec.device.device_id)
     }

@@ -2,10 +2,11 @@
 //! `with` block, or when the last view of it goes.
 
 use crate::dlpack::{
-    self, DLPackView, DlDevice, Keep, Owner, Request, TensorSpec, DEVICE_CPU, DEVICE_CUDA,
+    self, DLPackView, DlDevice, Keep, Owner, Request, TensorSpec, Track, DEVICE_CPU, DEVICE_CUDA,
 };
 use crate::enums::PyPixelFormat;
 use crate::errors::{raise, IntoPy};
+use crate::holds::{Holds, Pin, Via};
 use crate::planes::Slot;
 use cuframes::{ErrorCode, Frame};
 use cuframes_cuda::{CudaFrame, RawStream};
@@ -24,11 +25,14 @@ impl Keep for CudaFrame {
 /// A frame in host or GPU memory.
 #[derive(Clone)]
 pub enum Held {
+    /// A frame in host shared memory.
     Host(Arc<Frame>),
+    /// A frame in GPU memory (CUDA IPC or VMM).
     Cuda(Arc<CudaFrame>),
 }
 
 impl Held {
+    /// The frame as what a view keeps alive.
     fn owner(&self) -> Owner {
         match self {
             Held::Host(f) => f.clone(),
@@ -36,6 +40,7 @@ impl Held {
         }
     }
 
+    /// The ring-level frame (its seq, layout, timestamps).
     fn host(&self) -> &Frame {
         match self {
             Held::Host(f) => f,
@@ -75,26 +80,38 @@ impl Held {
 /// What stays readable about a frame without touching its memory.
 #[derive(Clone, Copy, Debug)]
 struct Meta {
+    /// Sequence number.
     seq: u64,
+    /// The publisher's timestamp.
     pts_ns: i64,
+    /// Monotonic commit time.
     commit_ns: u64,
+    /// Commit-to-handout latency.
     latency_ns: u64,
+    /// Where the bytes are and how they are laid out.
     slot: Slot,
 }
 
 /// A frame from [`CuframesSubscriber.next_frame`]. Its slot stays held —
 /// the publisher cannot overwrite it — until `release()`, the end of a
 /// `with` block, or garbage collection; array views (`y`, `uv`, DLPack
-/// capsules) keep it held until they are gone too, so a view never shows a
-/// torn frame. After `release()` every property raises `CuframesReleasedError`.
+/// capsules and the tensors made from them) keep it held until they are
+/// gone too, so a view never shows a torn frame. After `release()` every
+/// property and method but `released`, `release()` and `repr()` raises
+/// `CuframesReleasedError`.
 #[pyclass(name = "CuframesFrame", module = "cuframes._native", frozen)]
 pub struct PyFrame {
-    held: Mutex<Option<Held>>,
+    /// The frame and this object's hold on it, until released.
+    held: Mutex<Option<(Held, Arc<Pin>)>>,
+    /// The subscriber's holders, to register views with.
+    holds: Arc<Holds>,
+    /// What stays readable without touching the frame's memory.
     meta: Meta,
 }
 
 impl PyFrame {
-    pub fn new(held: Held, latency_ns: u64) -> Self {
+    /// Wraps a frame just taken by a subscriber whose holders are `holds`.
+    pub fn new(held: Held, latency_ns: u64, holds: Arc<Holds>) -> Self {
         let (base, device) = held.placement();
         let frame = held.host();
         let slot = Slot {
@@ -111,8 +128,10 @@ impl PyFrame {
             latency_ns,
             slot,
         };
+        let pin = holds.pin(meta.seq, Via::Frame, "", held.owner());
         Self {
-            held: Mutex::new(Some(held)),
+            held: Mutex::new(Some((held, pin))),
+            holds,
             meta,
         }
     }
@@ -121,15 +140,39 @@ impl PyFrame {
     fn held(&self) -> PyResult<Held> {
         // The guard must be gone before `raise` runs Python code (which may
         // switch to a thread that wants this lock while holding the GIL).
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        held.ok_or_else(|| raise(ErrorCode::Released, "the frame was released"))
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(h, _)| h.clone());
+        held.ok_or_else(|| {
+            raise(
+                ErrorCode::Released,
+                &format!(
+                    "frame {} was released (views made before release() stay valid)",
+                    self.meta.seq
+                ),
+            )
+        })
     }
 
+    /// The metadata, or `CuframesReleasedError`.
     fn meta(&self) -> PyResult<&Meta> {
         self.held().map(|_| &self.meta)
     }
 
-    fn view(&self, spec: Option<TensorSpec>, what: &str) -> PyResult<DLPackView> {
+    /// A view of `spec` (`what` names it in errors); `origin` names the
+    /// call that made it, `visible` says whether the view object itself
+    /// reaches the user, `numpy` whether a numpy property imports it.
+    fn view(
+        &self,
+        spec: Option<TensorSpec>,
+        what: &str,
+        origin: &str,
+        visible: bool,
+        numpy: bool,
+    ) -> PyResult<DLPackView> {
         let owner: Owner = self.held()?.owner();
         let spec = spec.ok_or_else(|| {
             raise(
@@ -140,11 +183,41 @@ impl PyFrame {
                 ),
             )
         })?;
-        Ok(DLPackView::new(spec, owner))
+        let track = Track {
+            holds: self.holds.clone(),
+            seq: self.meta.seq,
+            origin: origin.to_owned(),
+            numpy,
+        };
+        Ok(DLPackView::tracked(spec, owner, track, visible))
     }
 
-    fn plane_view(&self, i: usize) -> PyResult<DLPackView> {
-        self.view(self.meta.slot.plane(i), &format!("plane {i}"))
+    /// A view of plane `i`.
+    fn plane_view(
+        &self,
+        i: usize,
+        origin: &str,
+        visible: bool,
+        numpy: bool,
+    ) -> PyResult<DLPackView> {
+        self.view(
+            self.meta.slot.plane(i),
+            &format!("plane {i}"),
+            origin,
+            visible,
+            numpy,
+        )
+    }
+
+    /// A view of the whole picture as one array.
+    fn whole_view(&self, origin: &str, numpy: bool) -> PyResult<DLPackView> {
+        self.view(
+            self.meta.slot.whole(),
+            "single-array view",
+            origin,
+            false,
+            numpy,
+        )
     }
 }
 
@@ -170,14 +243,17 @@ impl PyFrame {
     fn latency_ns(&self) -> PyResult<u64> {
         Ok(self.meta()?.latency_ns)
     }
+    /// Pixel format (a `PixelFormat`).
     #[getter]
     fn format(&self) -> PyResult<PyPixelFormat> {
         Ok(self.meta()?.slot.format.into())
     }
+    /// Width in pixels.
     #[getter]
     fn width(&self) -> PyResult<u32> {
         Ok(self.meta()?.slot.layout.width)
     }
+    /// Height in pixels.
     #[getter]
     fn height(&self) -> PyResult<u32> {
         Ok(self.meta()?.slot.layout.height)
@@ -198,6 +274,7 @@ impl PyFrame {
         let l = &self.meta()?.slot.layout;
         Ok(l.planes().iter().map(|p| p.pitch).collect())
     }
+    /// Number of planes (2 for NV12/P010, else 1).
     #[getter]
     fn plane_count(&self) -> PyResult<usize> {
         Ok(self.meta()?.slot.layout.planes().len())
@@ -245,18 +322,22 @@ impl PyFrame {
 
     /// Gives the slot back to the publisher (once no view of it remains).
     /// Idempotent.
-    fn release(&self) {
+    fn release(&self, py: Python<'_>) {
         let taken = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
-        drop(taken);
+        // Without the GIL: the last drop may free the subscriber's record,
+        // and the library may log (taking the GIL) meanwhile.
+        py.detach(|| drop(taken));
     }
 
+    /// `with frame:` releases the frame at the end of the block.
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
+    /// Releases the frame.
     #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
-        self.release();
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.release(py);
         false
     }
 
@@ -292,40 +373,41 @@ impl PyFrame {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.view(self.meta.slot.whole(), "single-array view")?
-            .answer(
-                py,
-                Request {
-                    max_version,
-                    dl_device,
-                    copy,
-                    stream,
-                },
-            )
+        self.whole_view("frame", false)?.answer(
+            py,
+            Request {
+                max_version,
+                dl_device,
+                copy,
+                stream,
+            },
+        )
     }
 
-    fn __dlpack_device__(&self) -> (i32, i32) {
-        let d = self.meta.slot.device;
-        (d.device_type, d.device_id)
+    /// `(device_type, device_id)` of the frame's memory: `(1, 0)` for host
+    /// memory, `(2, gpu)` for CUDA.
+    fn __dlpack_device__(&self) -> PyResult<(i32, i32)> {
+        let d = self.meta()?.slot.device;
+        Ok((d.device_type, d.device_id))
     }
 
     /// Plane `i` as an object with the DLPack protocol (for
     /// `torch.from_dlpack`, `cupy.from_dlpack`, `numpy.from_dlpack`).
     fn plane(&self, i: usize) -> PyResult<DLPackView> {
-        self.plane_view(i)
+        self.plane_view(i, &format!("frame.plane({i})"), true, false)
     }
 
     /// The luma (or only) plane as a read-only numpy array, no copy.
     #[getter]
     fn y<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        dlpack::to_numpy(py, self.plane_view(0)?)
+        dlpack::to_numpy(py, self.plane_view(0, "frame.y", false, true)?)
     }
 
     /// The chroma plane of NV12/P010 as a read-only numpy array of shape
     /// `(height/2, width/2, 2)`, no copy.
     #[getter]
     fn uv<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        dlpack::to_numpy(py, self.plane_view(1)?)
+        dlpack::to_numpy(py, self.plane_view(1, "frame.uv", false, true)?)
     }
 
     /// Every plane as a read-only numpy array.
@@ -333,13 +415,16 @@ impl PyFrame {
     fn planes<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let n = self.meta()?.slot.layout.planes().len();
         (0..n)
-            .map(|i| dlpack::to_numpy(py, self.plane_view(i)?))
+            .map(|i| {
+                let origin = format!("frame.planes[{i}]");
+                dlpack::to_numpy(py, self.plane_view(i, &origin, false, true)?)
+            })
             .collect()
     }
 
     /// The whole picture as one read-only numpy array (see `__dlpack__`).
     fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        dlpack::to_numpy(py, self.view(self.meta.slot.whole(), "single-array view")?)
+        dlpack::to_numpy(py, self.whole_view("frame.numpy()", true)?)
     }
 
     /// A tightly packed copy of the picture (planes in order, no padding).
@@ -391,6 +476,7 @@ impl PyFrame {
         Ok(d)
     }
 
+    /// `CuframesFrame(seq=…, format=…, WxH, pts_ns=…)`, usable after release.
     fn __repr__(&self) -> String {
         let m = &self.meta;
         let state = if self.released() { ", released" } else { "" };
@@ -406,6 +492,7 @@ impl PyFrame {
 }
 
 impl PyFrame {
+    /// A capsule of plane `plane` (the seed's `dlpack_y()`/`dlpack_uv()`).
     fn capsule<'py>(
         &self,
         py: Python<'py>,
@@ -413,6 +500,12 @@ impl PyFrame {
         max_version: Option<(u32, u32)>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let versioned = max_version.is_some_and(|(major, _)| major >= 1);
-        self.plane_view(plane)?.export(py, versioned)
+        let origin = if plane == 0 {
+            "frame.dlpack_y()"
+        } else {
+            "frame.dlpack_uv()"
+        };
+        self.plane_view(plane, origin, false, false)?
+            .export(py, versioned)
     }
 }

@@ -5,6 +5,8 @@ mod dlpack;
 mod enums;
 mod errors;
 mod frame;
+mod holds;
+mod logging;
 mod planes;
 mod publisher;
 mod streams;
@@ -18,12 +20,18 @@ fn strerror(code: i32) -> &'static str {
     cuframes::ErrorCode::from_i32(code).map_or("unknown error code", |c| c.description())
 }
 
+/// The module: classes, functions, the enums (from `cuframes._enums`), and
+/// the `log` bridge to Python's `logging`.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    logging::install(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add_class::<enums::PyPixelFormat>()?;
-    m.add_class::<enums::PySubscriberMode>()?;
-    m.add_class::<enums::PyLosslessPolicy>()?;
+    // The enums are `enum.IntEnum`s written in Python; re-exported here.
+    let enums = py.import("cuframes._enums")?;
+    for name in ["PixelFormat", "SubscriberMode", "LosslessPolicy"] {
+        m.add(name, enums.getattr(name)?)?;
+    }
     m.add_class::<frame::PyFrame>()?;
     m.add_class::<subscriber::PySubscriber>()?;
     m.add_class::<publisher::PyPublisher>()?;
@@ -32,5 +40,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(streams::stream_status, m)?)?;
     m.add_function(wrap_pyfunction!(streams::list_streams, m)?)?;
     m.add_function(wrap_pyfunction!(strerror, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::reset_log_cache, m)?)?;
     Ok(())
 }

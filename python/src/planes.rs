@@ -7,11 +7,15 @@ use cuframes::{FrameLayout, PixelFormat};
 /// Where a slot's bytes are and how they may be used.
 #[derive(Clone, Copy, Debug)]
 pub struct Slot {
+    /// Sizes, pitches and plane offsets.
     pub layout: FrameLayout,
+    /// Pixel format (decides element width and channels).
     pub format: PixelFormat,
     /// Address of the slot's first byte.
     pub base: usize,
+    /// Host or GPU memory.
     pub device: DlDevice,
+    /// Whether views must be read-only (subscriber frames).
     pub read_only: bool,
 }
 
@@ -56,6 +60,7 @@ impl Slot {
         }
     }
 
+    /// The array at `offset` with the given shape and strides (elements).
     fn spec(&self, offset: u64, ndim: usize, shape: [i64; 3], strides: [i64; 3]) -> TensorSpec {
         TensorSpec {
             data: self.base + offset as usize,

@@ -6,11 +6,14 @@ use crate::enums::{PyLosslessPolicy, PyPixelFormat};
 use crate::errors::{raise, IntoPy};
 use crate::planes::Slot;
 use cuframes::{ErrorCode, FrameLayout, MappingGuard, Publisher, PublisherOptions};
-use pyo3::buffer::PyUntypedBuffer;
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyMemoryView, PySlice};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// `PyBUF_WRITE`: a writable memoryview (a stable-ABI constant).
+const PYBUF_WRITE: std::ffi::c_int = 0x200;
 
 impl Keep for MappingGuard {}
 
@@ -21,9 +24,13 @@ impl Keep for MappingGuard {}
 /// `CuframesInvalidArgumentError`.
 #[pyclass(name = "Publisher", module = "cuframes._native", frozen)]
 pub struct PyPublisher {
+    /// The publisher, until closed.
     publisher: Mutex<Option<Publisher>>,
+    /// Keeps the mapping alive for views that outlive the publisher.
     guard: MappingGuard,
+    /// The stream key.
     key: String,
+    /// The frames' layout.
     layout: FrameLayout,
 }
 
@@ -32,9 +39,13 @@ pub struct PyPublisher {
 /// dropping the lease, aborts it: nothing is published.
 #[pyclass(name = "WriteLease", module = "cuframes._native", frozen)]
 pub struct PyLease {
+    /// The publisher that loaned the slot.
     publisher: Py<PyPublisher>,
+    /// The seq the frame will get.
     seq: u64,
+    /// The loaned slot.
     slot: Slot,
+    /// Neither committed nor aborted yet.
     open: Mutex<bool>,
 }
 
@@ -57,6 +68,7 @@ impl PyPublisher {
         })
     }
 
+    /// The slot at `base` as writable host memory.
     fn slot(&self, base: *mut u8) -> Slot {
         Slot {
             layout: self.layout,
@@ -74,16 +86,56 @@ impl PyPublisher {
     }
 }
 
-/// A contiguous buffer's bytes, or `InvalidArgument`.
-fn contiguous(data: &Bound<'_, PyAny>) -> PyResult<PyUntypedBuffer> {
-    let buf = PyUntypedBuffer::get(data)?;
-    if !buf.is_c_contiguous() {
+/// A C-contiguous buffer as a flat memoryview of bytes, or
+/// `InvalidArgument`. (The limited C API has no buffer protocol before
+/// Python 3.11; a memoryview gives the same zero-copy access.)
+fn contiguous<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let view = PyMemoryView::from(data)?;
+    if !view.getattr("c_contiguous")?.is_truthy()? {
         return Err(raise(
             ErrorCode::InvalidArgument,
             "the frame buffer must be C-contiguous (numpy.ascontiguousarray)",
         ));
     }
-    Ok(buf)
+    view.call_method1("cast", ("B",))
+}
+
+/// Copies `runs` of `(to, from, len)` bytes from the flat byte view `src`
+/// into `len` writable bytes at `dst`, adjacent runs merged (one copy when
+/// the rows are unpadded). The GIL is held throughout, so no Python code
+/// can change `src` meanwhile.
+///
+/// # Safety
+/// `dst .. dst + len` must be writable memory nobody else uses meanwhile.
+unsafe fn copy_runs(
+    src: &Bound<'_, PyAny>,
+    dst: *mut u8,
+    len: usize,
+    runs: impl Iterator<Item = (u64, u64, u64)>,
+) -> PyResult<()> {
+    let py = src.py();
+    // SAFETY: the caller vouches for `len` writable bytes at `dst`; the view
+    // is released below, before the caller can give the memory back.
+    let target = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyMemoryView_FromMemory(dst.cast(), len as ffi::Py_ssize_t, PYBUF_WRITE),
+        )?
+    };
+    let mut merged: Vec<(usize, usize, usize)> = Vec::new();
+    for (to, from, n) in runs {
+        let (to, from, n) = (to as usize, from as usize, n as usize);
+        match merged.last_mut() {
+            Some((t, f, m)) if *t + *m == to && *f + *m == from => *m += n,
+            _ => merged.push((to, from, n)),
+        }
+    }
+    let copied = merged.iter().try_for_each(|&(to, from, n)| {
+        let part = src.get_item(PySlice::new(py, from as isize, (from + n) as isize, 1))?;
+        target.set_item(PySlice::new(py, to as isize, (to + n) as isize, 1), part)
+    });
+    target.call_method0("release")?;
+    copied
 }
 
 #[pymethods]
@@ -149,14 +201,14 @@ impl PyPublisher {
     /// it. Returns the frame's seq.
     #[pyo3(signature = (data, pts_ns=0))]
     fn publish(&self, py: Python<'_>, data: &Bound<'_, PyAny>, pts_ns: i64) -> PyResult<u64> {
-        let buf = contiguous(data)?;
+        let src = contiguous(data)?;
+        let len = src.len()?;
         let need = self.layout.packed_bytes();
-        if buf.len_bytes() as u64 != need {
+        if len as u64 != need {
             return Err(raise(
                 ErrorCode::InvalidArgument,
                 &format!(
-                    "the frame has {} bytes; a packed {}x{} {} frame has {need}",
-                    buf.len_bytes(),
+                    "the frame has {len} bytes; a packed {}x{} {} frame has {need}",
                     self.layout.width,
                     self.layout.height,
                     self.layout.pixel_format().map_or("?", |f| f.name())
@@ -164,21 +216,13 @@ impl PyPublisher {
             ));
         }
         let lease = self.with_publisher(py, |p| p.loan_detached()).py()?;
-        // Copy with the GIL held: no Python code can change the buffer
-        // meanwhile.
-        // SAFETY: the exporter keeps `len_bytes` readable bytes at
-        // `buf_ptr` while `buf` lives; the loaned slot's `len` bytes are
-        // ours to write until commit (the publisher lock is not needed for
-        // that: only this call knows the lease).
-        let (src, dst) = unsafe {
-            (
-                std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()),
-                std::slice::from_raw_parts_mut(lease.data, lease.len),
-            )
-        };
-        for (to, from, len) in self.layout.packed_rows() {
-            let (to, from, len) = (to as usize, from as usize, len as usize);
-            dst[to..to + len].copy_from_slice(&src[from..from + len]);
+        // SAFETY: the loaned slot's `len` bytes are ours to write until
+        // commit or abort (the publisher lock is not needed for that: only
+        // this call knows the lease).
+        let copied = unsafe { copy_runs(&src, lease.data, lease.len, self.layout.packed_rows()) };
+        if let Err(e) = copied {
+            let _ = self.with_publisher(py, |p| Ok(p.abort_detached()));
+            return Err(e);
         }
         self.with_publisher(py, |p| p.commit_detached(pts_ns)).py()
     }
@@ -196,6 +240,7 @@ impl PyPublisher {
         });
     }
 
+    /// Whether `close()` was called.
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
         py.detach(|| {
@@ -206,28 +251,34 @@ impl PyPublisher {
         })
     }
 
+    /// `with Publisher(...) as pub:` closes the stream at the end.
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
+    /// Closes the stream.
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
         self.close(py);
         false
     }
 
+    /// The stream key.
     #[getter]
     fn key(&self) -> &str {
         &self.key
     }
+    /// Frame width in pixels.
     #[getter]
     fn width(&self) -> u32 {
         self.layout.width
     }
+    /// Frame height in pixels.
     #[getter]
     fn height(&self) -> u32 {
         self.layout.height
     }
+    /// The stream's pixel format.
     #[getter]
     fn format(&self) -> PyPixelFormat {
         self.layout
@@ -252,6 +303,7 @@ impl PyPublisher {
         crate::streams::ring_stats_dict(py, &s)
     }
 
+    /// `Publisher(key=…, WxH format)`.
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "Publisher(key={:?}, {}x{} {}{})",
@@ -265,6 +317,7 @@ impl PyPublisher {
 }
 
 impl PyLease {
+    /// `Ok` while the lease is open, else `CuframesReleasedError`.
     fn check_open(&self) -> PyResult<()> {
         let open = *self.open.lock().unwrap_or_else(|p| p.into_inner());
         if open {
@@ -277,6 +330,7 @@ impl PyLease {
         }
     }
 
+    /// A writable view of plane `i`.
     fn view(&self, i: usize) -> PyResult<DLPackView> {
         self.check_open()?;
         let spec = self.slot.plane(i).ok_or_else(|| {
@@ -398,9 +452,11 @@ impl PyLease {
     fn open(&self) -> bool {
         *self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
+    /// `with pub.loan() as lease:` aborts at the end unless committed.
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
+    /// Aborts the lease if it is still open.
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
         self.abort(py)?;

@@ -41,6 +41,7 @@ pub fn ring_stats_dict<'py>(py: Python<'py>, s: &RingStats) -> PyResult<Bound<'p
     Ok(d)
 }
 
+/// `ring_stats_dict` plus the stream's identity, format and liveness.
 fn status_dict<'py>(py: Python<'py>, s: &StreamStatus) -> PyResult<Bound<'py, PyDict>> {
     let d = ring_stats_dict(py, &s.stats)?;
     let h = &s.info.header;

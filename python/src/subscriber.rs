@@ -2,8 +2,9 @@
 //! real drop and occupancy counters.
 
 use crate::enums::{PyPixelFormat, PySubscriberMode};
-use crate::errors::{raise, IntoPy};
+use crate::errors::{raise, to_py};
 use crate::frame::{Held, PyFrame};
+use crate::holds::Holds;
 use cuframes::{
     ErrorCode, FrameLayout, MemoryKind, Mode, Monitor, Subscriber, SubscriberOptions,
     SubscriberStats,
@@ -11,13 +12,25 @@ use cuframes::{
 use cuframes_cuda::{CudaSubscriber, CudaSubscriberOptions, RawStream};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// `max_held` when Python code does not say: the frame just taken plus the
+/// previous one, whose views (`y = frame.y`, a tensor from
+/// `frame.dlpack_y()`) the usual loop still holds while it asks for the
+/// next frame.
+pub const DEFAULT_MAX_HELD: u32 = 2;
+
+/// How long internal waits last (iteration, `async for`, callbacks): short,
+/// so that signals, `stop()` and cancellation are seen promptly.
+const SLICE_MS: u64 = 200;
+
 /// A subscriber of a host-memory or a GPU-memory stream.
 enum Reader {
+    /// A host-memory stream.
     Host(Subscriber),
+    /// A GPU-memory stream.
     Cuda(Box<CudaSubscriber>),
 }
 
@@ -47,6 +60,7 @@ impl Reader {
         }
     }
 
+    /// The ring-level subscriber (counters, layout).
     fn host(&self) -> &Subscriber {
         match self {
             Reader::Host(s) => s,
@@ -54,6 +68,7 @@ impl Reader {
         }
     }
 
+    /// Waits up to `timeout` for a frame, giving up when `stop()`.
     fn next(&mut self, timeout: Duration, stop: impl Fn() -> bool) -> cuframes::Result<Held> {
         Ok(match self {
             Reader::Host(s) => Held::Host(Arc::new(s.next_frame_unless(timeout, stop)?)),
@@ -61,6 +76,7 @@ impl Reader {
         })
     }
 
+    /// A frame if one is ready.
     fn try_next(&mut self) -> cuframes::Result<Option<Held>> {
         Ok(match self {
             Reader::Host(s) => s.try_next()?.map(|f| Held::Host(Arc::new(f))),
@@ -68,6 +84,7 @@ impl Reader {
         })
     }
 
+    /// The GPU of a GPU-memory stream.
     fn device(&self) -> Option<u32> {
         match self {
             Reader::Host(_) => None,
@@ -81,6 +98,42 @@ fn on_gpu(key: &str) -> bool {
     cuframes::stream_status(key).is_ok_and(|s| s.info.memory != MemoryKind::Host)
 }
 
+/// Whether `e` is the publisher's refusal of a `max_held` its ring cannot
+/// honour (`slot_count >= sum(max_held) + 2`), rather than a full table of
+/// subscriber records.
+fn is_hold_budget(e: &cuframes::Error) -> bool {
+    e.code() == ErrorCode::Capacity && e.to_string().contains("max_held")
+}
+
+/// The message for a refused `max_held`: the ring's size, who is there, and
+/// how many slots would do.
+fn hold_budget_message(key: &str, asked: u32, defaulted: bool) -> String {
+    let (slots, subscribers) = cuframes::stream_status(key)
+        .map_or((0, 0), |s| (s.stats.slot_count, s.stats.active().count()));
+    let suggest = slots + asked;
+    let why = if defaulted {
+        format!(
+            "This subscriber asked for max_held={asked} (the Python default: the previous \
+             frame's views may live on while next_frame() takes the next one), and not even \
+             max_held=1 fits. "
+        )
+    } else {
+        format!("This subscriber asked for max_held={asked}. ")
+    };
+    format!(
+        "stream {key:?} has no room for another subscriber: its ring has {slots} slots, which \
+         must cover every subscriber's max_held plus 2 (slot_count >= sum(max_held) + 2), and \
+         {subscribers} subscriber(s) are connected. {why}Start the publisher with more slots, \
+         e.g. {suggest} (`cuframes publish --slots {suggest}`, `cuframes.Publisher(..., \
+         slots={suggest})`){}.",
+        if defaulted {
+            ""
+        } else {
+            ", or ask for a smaller max_held"
+        }
+    )
+}
+
 /// Reads frames of one stream.
 ///
 /// Thread-safety: every method may be called from any thread. Calls that
@@ -91,15 +144,34 @@ fn on_gpu(key: &str) -> bool {
 /// valid after the subscriber is closed.
 #[pyclass(name = "CuframesSubscriber", module = "cuframes._native", frozen)]
 pub struct PySubscriber {
+    /// The reader, until closed.
     sub: Mutex<Option<Reader>>,
+    /// Reads the shared-memory counters while a wait holds `sub`.
     monitor: Mutex<Option<Monitor>>,
+    /// Set by `close()`: pending and later waits give up.
     closing: AtomicBool,
+    /// The reader's own counters as of its last call.
     local: Mutex<SubscriberStats>,
+    /// Timeouts the caller asked for that expired (internal slices of
+    /// iteration and callbacks do not count).
+    timeouts: AtomicU64,
+    /// The holders of this subscriber's frames.
+    holds: Arc<Holds>,
+    /// The effective `max_held`.
+    max_held: u32,
+    /// Whether `max_held` fell back from the default to 1.
+    fell_back: bool,
+    /// The stream key.
     key: String,
+    /// The consumer name.
     name: String,
+    /// How it reads.
     mode: PySubscriberMode,
+    /// The GPU of a GPU-memory stream.
     cuda_device: Option<u32>,
+    /// The CUDA stream GPU frames are ordered on.
     consumer_stream: usize,
+    /// The frames' layout.
     layout: FrameLayout,
 }
 
@@ -130,15 +202,15 @@ pub fn stream_handle(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
 
 impl PySubscriber {
     /// Runs `f` on the open subscriber (GIL released), then refreshes the
-    /// local counters.
+    /// local counters. The error stays a Rust error: it becomes a Python
+    /// exception only once the lock is dropped and the GIL is back (taking
+    /// the GIL while holding the lock could deadlock against a thread that
+    /// holds the GIL and wants the lock).
     fn with_sub<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut Reader, &AtomicBool) -> cuframes::Result<T> + Send,
-    ) -> PyResult<T> {
-        // Errors become Python exceptions only after the lock is dropped
-        // and the GIL is back: taking the GIL while holding the lock could
-        // deadlock against a thread that holds the GIL and wants the lock.
+    ) -> cuframes::Result<T> {
         py.detach(|| {
             let mut guard = self.sub.lock().unwrap_or_else(|p| p.into_inner());
             if self.closing.load(Ordering::Acquire) {
@@ -157,19 +229,95 @@ impl PySubscriber {
             }
             r
         })
-        .py()
     }
 
+    /// Every counter: the local ones completed from shared memory.
     fn snapshot(&self) -> SubscriberStats {
-        let local = *self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let local = SubscriberStats {
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            ..*self.local.lock().unwrap_or_else(|p| p.into_inner())
+        };
         match &*self.monitor.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(m) => m.complete(local),
             None => local,
         }
     }
 
-    fn deliver(held: Held, sub: &Reader) -> PyFrame {
-        PyFrame::new(held, sub.host().stats().last_latency_ns)
+    /// Waits up to `timeout_ms` for a frame; an expired wait counts in
+    /// `timeouts` only if `count_timeout`.
+    fn take(&self, py: Python<'_>, timeout_ms: u64, count_timeout: bool) -> PyResult<PyFrame> {
+        let timeout = Duration::from_millis(timeout_ms);
+        let got = self.with_sub(py, |sub, closing| {
+            let f = sub.next(timeout, || closing.load(Ordering::Acquire))?;
+            Ok((f, sub.host().stats().last_latency_ns))
+        });
+        match got {
+            Ok((held, latency)) => Ok(PyFrame::new(held, latency, self.holds.clone())),
+            Err(e) => Err(self.error(py, e, count_timeout)),
+        }
+    }
+
+    /// The Python exception for a failed read.
+    fn error(&self, py: Python<'_>, e: cuframes::Error, count_timeout: bool) -> PyErr {
+        match e.code() {
+            ErrorCode::Timeout => {
+                if count_timeout {
+                    self.timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                to_py(e)
+            }
+            ErrorCode::Capacity => raise(ErrorCode::Capacity, &self.capacity_message(py)),
+            _ => to_py(e),
+        }
+    }
+
+    /// Why no further frame can be held: which frames are held, by what,
+    /// and what to do.
+    fn capacity_message(&self, py: Python<'_>) -> String {
+        let mut m = format!(
+            "cannot take another frame: this subscriber already holds max_held={} frame(s), \
+             and a frame stays held while the frame or any view of it lives, even after \
+             release()",
+            self.max_held
+        );
+        if self.fell_back {
+            m.push_str(&format!(
+                " (max_held is 1, not the default {DEFAULT_MAX_HELD}: the ring had no room \
+                 for {DEFAULT_MAX_HELD} when this subscriber connected)"
+            ));
+        }
+        let report = self.holds.report(py);
+        if !report.is_empty() {
+            m.push_str(". Held now:");
+            for (seq, what) in report {
+                m.push_str(&format!("\n  - frame seq {seq}: {}", what.join("; ")));
+            }
+        }
+        m.push_str(
+            "\nFix: release frames you are done with (frame.release() or `with frame:`) and \
+             drop or rebind their views (`del y`, `t = None`) before the next next_frame(); \
+             copy what must live longer (numpy.array(frame.y), tensor.clone()); or subscribe \
+             with a larger max_held (the publisher's ring needs slot_count >= sum of every \
+             subscriber's max_held + 2).",
+        );
+        m
+    }
+
+    /// Calls `cuframes._callback.<class>(self, callback, **kwargs)`.
+    fn callback_handle<'py>(
+        slf: Bound<'py, Self>,
+        class: &str,
+        callback: Bound<'py, PyAny>,
+        kwargs: &[(&str, Bound<'py, PyAny>)],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let kw = PyDict::new(py);
+        for (k, v) in kwargs {
+            kw.set_item(k, v)?;
+        }
+        py.import("cuframes._callback")?
+            .getattr(class)?
+            .call((slf, callback), Some(&kw))
     }
 }
 
@@ -181,11 +329,16 @@ impl PySubscriber {
     /// `cuda_device` and `consumer_stream` matter for streams in GPU memory
     /// only: `cuda_device=None` finds the publisher's GPU (by UUID, so it
     /// works whatever `CUDA_VISIBLE_DEVICES` says); `consumer_stream` is the
-    /// stream frames are ordered on (an int handle or a torch/CuPy stream). `max_held` is how many frames (and array views of them) may be
-    /// held at once.
+    /// stream frames are ordered on (an int handle or a torch/CuPy stream).
+    ///
+    /// `max_held` is how many frames (counting the views of each) may be
+    /// held at once. `None` (the default) asks for 2 — the frame being
+    /// taken plus the previous one's views — and falls back to 1, with a
+    /// warning on the `cuframes.python` logger, when the ring has room for
+    /// only one more.
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (key, consumer_name, mode=PySubscriberMode::NEWEST_ONLY, cuda_device=None, connect_timeout_ms=2000, consumer_stream=None, max_held=1))]
+    #[pyo3(signature = (key, consumer_name, mode=PySubscriberMode::NEWEST_ONLY, cuda_device=None, connect_timeout_ms=2000, consumer_stream=None, max_held=None))]
     fn new(
         py: Python<'_>,
         key: &str,
@@ -194,26 +347,48 @@ impl PySubscriber {
         cuda_device: Option<u32>,
         connect_timeout_ms: u64,
         consumer_stream: Option<&Bound<'_, PyAny>>,
-        max_held: u32,
+        max_held: Option<u32>,
     ) -> PyResult<Self> {
         let consumer_stream = consumer_stream.map_or(Ok(0), stream_handle)?;
-        let options = SubscriberOptions {
-            connect_timeout: Duration::from_millis(connect_timeout_ms),
-            max_held,
-            ..Default::default()
+        let connect = |held: u32| {
+            let options = SubscriberOptions {
+                connect_timeout: Duration::from_millis(connect_timeout_ms),
+                max_held: held,
+                ..Default::default()
+            };
+            Reader::connect(
+                key,
+                consumer_name,
+                mode.into(),
+                options,
+                cuda_device,
+                consumer_stream,
+            )
         };
-        let sub = py
-            .detach(|| {
-                Reader::connect(
-                    key,
-                    consumer_name,
-                    mode.into(),
-                    options,
-                    cuda_device,
-                    consumer_stream,
-                )
-            })
-            .py()?;
+        let asked = max_held.unwrap_or(DEFAULT_MAX_HELD);
+        let connected = py.detach(|| match connect(asked) {
+            Err(e) if max_held.is_none() && is_hold_budget(&e) => connect(1).map(|s| (s, 1)),
+            r => r.map(|s| (s, asked)),
+        });
+        let (sub, held) = connected.map_err(|e| {
+            if is_hold_budget(&e) {
+                let message = py.detach(|| hold_budget_message(key, asked, max_held.is_none()));
+                raise(ErrorCode::Capacity, &message)
+            } else {
+                to_py(e)
+            }
+        })?;
+        let fell_back = held != asked;
+        if fell_back {
+            log::warn!(
+                target: "cuframes::python",
+                "subscriber {consumer_name:?} of stream {key:?} holds at most 1 frame, not \
+                 {asked}: the ring has no room for more (slot_count >= sum(max_held) + 2). \
+                 Keeping a frame's views alive across next_frame() will raise \
+                 CuframesCapacityError; start the publisher with more slots, or pass \
+                 max_held=1 to silence this warning"
+            );
+        }
         let cuda_device = sub.device().or(cuda_device);
         Ok(Self {
             layout: *sub.host().layout(),
@@ -221,6 +396,10 @@ impl PySubscriber {
             local: Mutex::new(sub.host().stats()),
             sub: Mutex::new(Some(sub)),
             closing: AtomicBool::new(false),
+            timeouts: AtomicU64::new(0),
+            holds: Arc::default(),
+            max_held: held,
+            fell_back,
             key: key.to_owned(),
             name: consumer_name.to_owned(),
             mode,
@@ -230,24 +409,41 @@ impl PySubscriber {
     }
 
     /// Waits up to `timeout_ms` for the next frame (GIL released). Raises
-    /// `CuframesTimeoutError`, `CuframesClosedError` (stream closed and
-    /// drained, or subscriber closed), `CuframesPublisherGoneError`,
-    /// `CuframesCapacityError` (already holding `max_held` frames).
+    /// `CuframesTimeoutError` (counted in `timeouts`), `CuframesClosedError`
+    /// (stream closed and drained, or subscriber closed),
+    /// `CuframesPublisherGoneError`, `CuframesLaggedError` (a QUEUE reader
+    /// evicted for lagging; the next call goes on), `CuframesCapacityError`
+    /// (already holding `max_held` frames; the message says which views hold
+    /// them).
     #[pyo3(signature = (timeout_ms=1000))]
     fn next_frame(&self, py: Python<'_>, timeout_ms: u64) -> PyResult<PyFrame> {
-        let timeout = Duration::from_millis(timeout_ms);
-        self.with_sub(py, |sub, closing| {
-            let f = sub.next(timeout, || closing.load(Ordering::Acquire))?;
-            Ok(Self::deliver(f, sub))
-        })
+        self.take(py, timeout_ms, true)
+    }
+
+    /// `next_frame` for the package's own loops (iteration, `async for`,
+    /// callbacks), which wait in short slices: an expired slice counts in
+    /// `timeouts` only if `count_timeout`.
+    #[pyo3(name = "_next_frame", signature = (timeout_ms, count_timeout=false))]
+    fn next_frame_internal(
+        &self,
+        py: Python<'_>,
+        timeout_ms: u64,
+        count_timeout: bool,
+    ) -> PyResult<PyFrame> {
+        self.take(py, timeout_ms, count_timeout)
     }
 
     /// The next frame if one is ready now, else `None`.
     fn try_next(&self, py: Python<'_>) -> PyResult<Option<PyFrame>> {
-        self.with_sub(py, |sub, _| {
-            let f = sub.try_next()?;
-            Ok(f.map(|f| Self::deliver(f, sub)))
-        })
+        let got = self.with_sub(py, |sub, _| {
+            Ok(sub
+                .try_next()?
+                .map(|f| (f, sub.host().stats().last_latency_ns)))
+        });
+        match got {
+            Ok(f) => Ok(f.map(|(held, latency)| PyFrame::new(held, latency, self.holds.clone()))),
+            Err(e) => Err(self.error(py, e, false)),
+        }
     }
 
     /// Leaves the stream. Idempotent; a `next_frame` waiting in another
@@ -260,11 +456,11 @@ impl PySubscriber {
         py.detach(|| {
             let reader = self.sub.lock().unwrap_or_else(|p| p.into_inner()).take();
             drop(reader);
+            self.monitor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
         });
-        self.monitor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
     }
 
     /// Whether `close()` was called.
@@ -273,25 +469,29 @@ impl PySubscriber {
         self.closing.load(Ordering::Acquire)
     }
 
+    /// `with subscribe(...) as sub:` closes the subscriber at the end.
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
+    /// Closes the subscriber.
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
         self.close(py);
         false
     }
 
+    /// `for frame in sub:` (see `__next__`).
     fn __iter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
-    /// Iteration waits as long as it takes; it ends when the stream closes
-    /// (or the subscriber is closed) and raises other errors.
+    /// Iteration waits as long as it takes (no timeout, so nothing counts
+    /// in `timeouts`); it ends when the stream closes (or the subscriber is
+    /// closed) and raises other errors.
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyFrame>> {
         loop {
-            match self.next_frame(py, 200) {
+            match self.take(py, SLICE_MS, false) {
                 Ok(f) => return Ok(Some(f)),
                 Err(e) if is_code(py, &e, ErrorCode::Timeout) => py.check_signals()?,
                 Err(e) if is_code(py, &e, ErrorCode::Closed) => return Ok(None),
@@ -309,17 +509,79 @@ impl PySubscriber {
             .call1((slf,))
     }
 
+    /// Calls `callback(frame)` for every frame on a background thread and
+    /// returns a `FrameCallback` handle (`stop()`, `join()`, `with`). Each
+    /// frame is released when the callback returns. `timeout_ms`: a wait
+    /// longer than this is reported as `CuframesTimeoutError` (default:
+    /// wait forever). Errors — raised by the callback or by the stream —
+    /// go to `on_error(exc)` if given (return to go on, raise to stop),
+    /// else they stop the delivery and are re-raised by `stop()`/`join()`.
+    /// The delivery ends normally when the stream closes.
+    #[pyo3(signature = (callback, *, timeout_ms=None, on_error=None, name=None))]
+    fn on_frame<'py>(
+        slf: Bound<'py, Self>,
+        callback: Bound<'py, PyAny>,
+        timeout_ms: Option<Bound<'py, PyAny>>,
+        on_error: Option<Bound<'py, PyAny>>,
+        name: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let none = || py.None().into_bound(py);
+        Self::callback_handle(
+            slf,
+            "FrameCallback",
+            callback,
+            &[
+                ("timeout_ms", timeout_ms.unwrap_or_else(none)),
+                ("on_error", on_error.unwrap_or_else(none)),
+                ("name", name.unwrap_or_else(none)),
+            ],
+        )
+    }
+
+    /// The asyncio form of `on_frame`: awaits `callback(frame)` (a
+    /// coroutine function) for every frame in a task of the running event
+    /// loop; the waits happen in worker threads. Returns an
+    /// `AsyncFrameCallback` (`await stop()`, `await join()`, `async with`).
+    #[pyo3(signature = (callback, *, timeout_ms=None, on_error=None))]
+    fn on_frame_async<'py>(
+        slf: Bound<'py, Self>,
+        callback: Bound<'py, PyAny>,
+        timeout_ms: Option<Bound<'py, PyAny>>,
+        on_error: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let none = || py.None().into_bound(py);
+        Self::callback_handle(
+            slf,
+            "AsyncFrameCallback",
+            callback,
+            &[
+                ("timeout_ms", timeout_ms.unwrap_or_else(none)),
+                ("on_error", on_error.unwrap_or_else(none)),
+            ],
+        )
+    }
+
+    /// The stream key.
     #[getter]
     fn key(&self) -> &str {
         &self.key
     }
+    /// The name this subscriber shows in `cuframes ls`.
     #[getter]
     fn consumer_name(&self) -> &str {
         &self.name
     }
+    /// How it reads.
     #[getter]
     fn mode(&self) -> PySubscriberMode {
         self.mode
+    }
+    /// Most frames (with their views) held at once.
+    #[getter]
+    fn max_held(&self) -> u32 {
+        self.max_held
     }
     /// The GPU of a GPU-memory stream (`None` for host-memory streams
     /// unless one was asked for).
@@ -332,6 +594,7 @@ impl PySubscriber {
     fn consumer_stream(&self) -> usize {
         self.consumer_stream
     }
+    /// The stream's pixel format.
     #[getter]
     fn format(&self) -> PyPixelFormat {
         self.layout
@@ -339,10 +602,12 @@ impl PySubscriber {
             .expect("a connected stream has a valid format")
             .into()
     }
+    /// Frame width in pixels.
     #[getter]
     fn width(&self) -> u32 {
         self.layout.width
     }
+    /// Frame height in pixels.
     #[getter]
     fn height(&self) -> u32 {
         self.layout.height
@@ -353,7 +618,9 @@ impl PySubscriber {
     fn frames_received(&self) -> u64 {
         self.snapshot().frames_received
     }
-    /// `next_frame` calls that timed out.
+    /// Waits that ran out of the time the caller gave (`next_frame`,
+    /// `next_frame_async`, a callback's `timeout_ms`); the internal waits
+    /// of iteration and callbacks do not count.
     #[getter]
     fn timeouts(&self) -> u64 {
         self.snapshot().timeouts
@@ -378,8 +645,8 @@ impl PySubscriber {
     fn last_frame_pts_ns(&self) -> i64 {
         self.snapshot().last_frame_pts_ns
     }
-    /// Frames lost (QUEUE under DROP_OLDEST) or skipped (NEWEST_ONLY), as
-    /// counted in shared memory by the publisher.
+    /// Frames lost (QUEUE under DROP_OLDEST, or evicted for lagging) or
+    /// skipped (NEWEST_ONLY), as counted in shared memory by the publisher.
     #[getter]
     fn dropped(&self) -> u64 {
         self.snapshot().dropped
@@ -404,15 +671,18 @@ impl PySubscriber {
         d.set_item("dropped", s.dropped)?;
         d.set_item("ring_occupancy", s.ring_occupancy)?;
         d.set_item("slot_count", s.slot_count)?;
+        d.set_item("max_held", self.max_held)?;
         Ok(d)
     }
 
+    /// `CuframesSubscriber(key=…, consumer_name=…, mode=…, max_held=…)`.
     fn __repr__(&self) -> String {
         format!(
-            "CuframesSubscriber(key={:?}, consumer_name={:?}, mode={:?}{})",
+            "CuframesSubscriber(key={:?}, consumer_name={:?}, mode=SubscriberMode.{}, max_held={}{})",
             self.key,
             self.name,
-            self.mode,
+            self.mode.name(),
+            self.max_held,
             if self.closed() { ", closed" } else { "" }
         )
     }

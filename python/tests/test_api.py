@@ -233,7 +233,7 @@ def test_errors_from_real_situations(key: str, tmp_path: Path) -> None:
     pub = cuframes.Publisher(key, 64, 32, subscriber_capacity=1)
     with pytest.raises(cuframes.CuframesAlreadyExistsError):
         cuframes.Publisher(key, 64, 32)
-    sub = cuframes.subscribe(key, "first")
+    sub = cuframes.subscribe(key, "first", max_held=1)
     with pytest.raises(cuframes.CuframesCapacityError):
         cuframes.subscribe(key, "second")
     with pytest.raises(cuframes.CuframesTimeoutError):
@@ -323,7 +323,7 @@ def test_stats_are_readable_while_another_thread_waits(
 
 
 def test_dropped_and_occupancy_come_from_shared_memory(key: str) -> None:
-    with cuframes.Publisher(key, 32, 16, PixelFormat.GRAY8, slots=4, policy=cuframes.LosslessPolicy.DROP_OLDEST) as pub:
+    with cuframes.Publisher(key, 32, 16, PixelFormat.GRAY8, slots=6, policy=cuframes.LosslessPolicy.DROP_OLDEST) as pub:
         with cuframes.subscribe(key, "slow", SubscriberMode.QUEUE) as slow, cuframes.subscribe(key, "newest") as newest:
             pub.publish(bytes(512))
             with newest.next_frame(100) as f:

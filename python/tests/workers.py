@@ -88,3 +88,20 @@ def publish_forever(key: str, ready: multiprocessing.synchronize.Event, marker: 
 def kill(pid: int) -> None:
     """SIGKILL, as a crash would."""
     os.kill(pid, signal.SIGKILL)
+
+
+def publish_testsrc_until(
+    key: str,
+    ready: multiprocessing.synchronize.Event,
+    stop: multiprocessing.synchronize.Event,
+    interval_s: float = 0.004,
+) -> None:
+    """Publishes 320x240 NV12 test-pattern frames (default ring: 8 slots)
+    until `stop` is set, then closes the stream."""
+    with cuframes.Publisher(key, 320, 240) as pub:
+        ready.set()
+        while not stop.is_set():
+            with pub.loan() as lease:
+                lease.fill_test_pattern()
+                lease.commit(pts_ns=lease.seq * 1000)
+            time.sleep(interval_s)

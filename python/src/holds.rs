@@ -1,0 +1,155 @@
+//! Who keeps a subscriber's frames held. Every `CuframesFrame` and every
+//! view exported from one (a numpy array, a DLPack capsule, the tensor a
+//! consumer made of it, a `DLPackView`) holds its frame's slot through a
+//! [`Pin`]; the subscriber keeps weak references to them, so that when it
+//! runs out of `max_held` its `CuframesCapacityError` can name the frames
+//! still held and what holds them.
+
+use crate::dlpack::{Keep, Owner};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// What a pin stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The `CuframesFrame` object, until `release()`.
+    Frame,
+    /// A `DLPackView` object (`frame.plane(i)`).
+    View,
+    /// A DLPack capsule, and once consumed the array or tensor made from
+    /// it; `numpy` for the arrays the frame's own numpy properties make.
+    Export {
+        /// Whether a numpy property of the frame made (and consumed) it.
+        numpy: bool,
+    },
+}
+
+/// One holder of a frame: keeps the frame (its `owner`) alive and says
+/// what it is.
+pub struct Pin {
+    /// The seq of the frame it holds.
+    seq: u64,
+    /// What it is.
+    via: Via,
+    /// The call that made it (`"frame.y"`, `"frame.dlpack_y()"`).
+    origin: String,
+    /// The exported capsule while it exists (null before and after): set
+    /// at export, cleared by the capsule's destructor. Read and written
+    /// with the GIL held only.
+    capsule: AtomicPtr<ffi::PyObject>,
+    /// The frame, kept alive.
+    owner: Owner,
+}
+
+impl Keep for Pin {
+    fn use_on(&self, stream: usize) -> cuframes::Result<()> {
+        self.owner.use_on(stream)
+    }
+}
+
+impl Pin {
+    /// Records the capsule exported for this pin.
+    pub fn set_capsule(&self, capsule: *mut ffi::PyObject) {
+        self.capsule.store(capsule, Ordering::Release);
+    }
+
+    /// The capsule is being destroyed.
+    pub fn clear_capsule(&self) {
+        self.capsule.store(std::ptr::null_mut(), Ordering::Release);
+    }
+
+    /// What holds the frame, in words.
+    fn describe(&self, _py: Python<'_>) -> String {
+        let origin = &self.origin;
+        match self.via {
+            Via::Frame => "the CuframesFrame itself (not released)".to_owned(),
+            Via::View => format!("a DLPackView object ({origin})"),
+            Via::Export { numpy } => {
+                let capsule = self.capsule.load(Ordering::Acquire);
+                // SAFETY: a non-null pointer is a capsule that has not been
+                // destroyed yet (its destructor clears it first, with the
+                // GIL held, as we hold it now); asking its name has no side
+                // effects.
+                let consumed = capsule.is_null()
+                    || unsafe {
+                        let name = ffi::PyCapsule_GetName(capsule);
+                        !name.is_null() && CStr::from_ptr(name).to_bytes().starts_with(b"used_")
+                    };
+                // `origin` is what was exported: a capsule-returning call
+                // (`frame.dlpack_y()`) or an object with `__dlpack__`.
+                let capsule_call = if origin.ends_with(')') && !origin.starts_with("frame.plane") {
+                    origin.clone()
+                } else {
+                    format!("{origin}.__dlpack__()")
+                };
+                match (consumed, numpy) {
+                    (false, _) => format!("an unconsumed DLPack capsule ({capsule_call})"),
+                    (true, true) => format!("a numpy view ({origin})"),
+                    (true, false) => {
+                        format!(
+                            "a tensor or array made by from_dlpack({origin}) (torch, numpy, cupy)"
+                        )
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The pins of one subscriber's frames.
+#[derive(Default)]
+pub struct Holds {
+    /// Every pin made, dead ones pruned as new ones come.
+    pins: Mutex<Vec<Weak<Pin>>>,
+}
+
+impl Holds {
+    /// A new holder of frame `seq` (kept alive through `owner`).
+    pub fn pin(&self, seq: u64, via: Via, origin: impl Into<String>, owner: Owner) -> Arc<Pin> {
+        let pin = Arc::new(Pin {
+            seq,
+            via,
+            origin: origin.into(),
+            capsule: AtomicPtr::new(std::ptr::null_mut()),
+            owner,
+        });
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        pins.retain(|w| w.strong_count() > 0);
+        pins.push(Arc::downgrade(&pin));
+        pin
+    }
+
+    /// For each frame still held (by seq), what holds it: `(seq, ["2 × a
+    /// numpy view (frame.y)", ...])`.
+    pub fn report(&self, py: Python<'_>) -> Vec<(u64, Vec<String>)> {
+        let live: Vec<Arc<Pin>> = self
+            .pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut by_seq: BTreeMap<u64, BTreeMap<String, usize>> = BTreeMap::new();
+        for pin in &live {
+            *by_seq
+                .entry(pin.seq)
+                .or_default()
+                .entry(pin.describe(py))
+                .or_default() += 1;
+        }
+        by_seq
+            .into_iter()
+            .map(|(seq, what)| {
+                let what = what
+                    .into_iter()
+                    .map(|(d, n)| if n == 1 { d } else { format!("{n} × {d}") })
+                    .collect();
+                (seq, what)
+            })
+            .collect()
+    }
+}
