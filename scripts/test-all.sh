@@ -27,6 +27,8 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p cuframes-cli --all-targets --features bench -- -D warnings
+# The crash model check compiles only optimised (see its header).
+cargo clippy -p cuframes-verification --tests --release -- -D warnings
 
 step "no_std build of the core (x86_64-unknown-none)"
 rustup target list --installed | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
@@ -36,6 +38,9 @@ step "unit, doc, property and process tests"
 cargo build --release -p cuframes-cli
 cargo test --workspace
 cargo test -p cuframes-cli --features bench --test bench
+
+step "exhaustive crash model check (release)"
+cargo test -p cuframes-verification --test crash_model --release -- --nocapture
 
 step "C ABI: header check, C tests (shared, static, ASan, valgrind), examples"
 ./scripts/test-c.sh

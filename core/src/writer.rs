@@ -192,6 +192,15 @@ impl<H: RingRef> Writer<H> {
                 }
                 (None, Some((_, i)), LosslessPolicy::DropOldest) => Ok(i),
                 (None, Some(_), LosslessPolicy::Block) => Err(LoanError::Backpressure),
+                // The scan is not atomic: a reader may release one slot and
+                // probe another behind it, so a pass can see every slot
+                // leased although the hold budget leaves one free. Look
+                // again before believing it.
+                (None, None, _) if rescans < PROBE_RESCANS => {
+                    rescans += 1;
+                    crate::sync::spin_hint();
+                    continue;
+                }
                 (None, None, _) => Err(LoanError::Full),
             };
         }
@@ -289,7 +298,8 @@ impl<H: RingRef> Writer<H> {
 }
 
 /// Rescans before a needed frame is dropped because an unneeded slot was
-/// leased (a probe in flight, most likely).
+/// leased (a probe in flight, most likely), or before `Full` is reported
+/// from a scan that raced readers.
 const PROBE_RESCANS: usize = 16;
 
 #[derive(Default)]
