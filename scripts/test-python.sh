@@ -116,10 +116,11 @@ else
   SDIST=$(ls target/sdist/cuframes-*.tar.gz)
   make_venv "$PY" "$WORK/sdist-venv"
   # pip builds it in isolation with maturin from the package index, as a
-  # user's `pip install` would. To keep this quick: a dev build, and the
-  # dependencies compiled once in a target directory kept across runs.
-  CARGO_TARGET_DIR="$ROOT/target/sdist-build" MATURIN_PEP517_ARGS="--profile dev" \
-    "$WORK/sdist-venv/bin/python" -m pip install -q "$SDIST"
+  # user's `pip install` would. To keep this quick: a dev build. Its target
+  # directory is fresh each run: the sdist's files carry archive times, so a
+  # kept one would look up to date and serve the last run's build.
+  CARGO_TARGET_DIR="$WORK/sdist-build" MATURIN_PEP517_ARGS="--profile dev" \
+    "$WORK/sdist-venv/bin/python" -m pip install -q --no-cache-dir "$SDIST"
   (cd "$WORK" && round_trip "$WORK/sdist-venv/bin/python")
 fi
 

@@ -44,6 +44,10 @@ pub struct Args {
     /// Reconnect when the publisher dies or restarts.
     #[arg(long)]
     pub reconnect: bool,
+    /// Accept a stream whose segment another user owns (a group-shared
+    /// stream published with `--mode 660`).
+    #[arg(long)]
+    pub allow_other_owner: bool,
     /// Machine-readable `report` lines instead of human ones.
     #[arg(long)]
     pub report: bool,
@@ -76,6 +80,7 @@ pub fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| format!("cli-{}", std::process::id()));
     let options = SubscriberOptions {
         connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+        allow_other_owner: args.allow_other_owner,
         ..Default::default()
     };
     let mut sub = ReconnectingSubscriber::new(&args.key, &name, args.mode, options.clone());

@@ -59,6 +59,7 @@ def subscribe(
     connect_timeout_ms: int = 2000,
     consumer_stream: Optional[Any] = None,
     max_held: Optional[int] = None,
+    allow_other_owner: bool = False,
 ) -> CuframesSubscriber:
     """Connects to stream ``key`` (waiting up to ``connect_timeout_ms`` for it
     to appear) and returns the subscriber. Same as constructing
@@ -66,7 +67,9 @@ def subscribe(
 
     ``max_held=None`` (the default) lets the subscriber hold 2 frames — the
     one just taken plus the previous one's views — falling back to 1 (with
-    a warning) when the publisher's ring has room for only one more."""
+    a warning) when the publisher's ring has room for only one more.
+    ``allow_other_owner=True`` accepts a segment another user owns (a
+    group-shared stream published with mode 0o660)."""
     return CuframesSubscriber(
         key,
         consumer_name,
@@ -75,6 +78,7 @@ def subscribe(
         connect_timeout_ms=connect_timeout_ms,
         consumer_stream=consumer_stream,
         max_held=max_held,
+        allow_other_owner=allow_other_owner,
     )
 
 

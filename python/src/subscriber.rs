@@ -338,7 +338,7 @@ impl PySubscriber {
     /// only one more.
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (key, consumer_name, mode=PySubscriberMode::NEWEST_ONLY, cuda_device=None, connect_timeout_ms=2000, consumer_stream=None, max_held=None))]
+    #[pyo3(signature = (key, consumer_name, mode=PySubscriberMode::NEWEST_ONLY, cuda_device=None, connect_timeout_ms=2000, consumer_stream=None, max_held=None, allow_other_owner=false))]
     fn new(
         py: Python<'_>,
         key: &str,
@@ -348,12 +348,14 @@ impl PySubscriber {
         connect_timeout_ms: u64,
         consumer_stream: Option<&Bound<'_, PyAny>>,
         max_held: Option<u32>,
+        allow_other_owner: bool,
     ) -> PyResult<Self> {
         let consumer_stream = consumer_stream.map_or(Ok(0), stream_handle)?;
         let connect = |held: u32| {
             let options = SubscriberOptions {
                 connect_timeout: Duration::from_millis(connect_timeout_ms),
                 max_held: held,
+                allow_other_owner,
                 ..Default::default()
             };
             Reader::connect(

@@ -442,3 +442,16 @@ def test_subscriber_views_cannot_write_the_frame(key: str) -> None:
                 with pytest.raises(ValueError):
                     y.setflags(write=True)
                 assert int(y[0, 0]) == 7
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the segment to another user needs root")
+def test_another_owners_stream_needs_allow_other_owner(key: str) -> None:
+    shm = Path(os.environ.get("CUFRAMES_SHM_DIR", "/dev/shm"))
+    with cuframes.Publisher(key, 32, 16, PixelFormat.GRAY8, mode=0o660) as pub:
+        os.chown(shm / f"cuframes.{key}", 65534, -1)
+        with pytest.raises(cuframes.CuframesPermissionError, match="owned by uid 65534"):
+            cuframes.subscribe(key, "strict", connect_timeout_ms=0)
+        with cuframes.subscribe(key, "shared", SubscriberMode.QUEUE, allow_other_owner=True) as sub:
+            pub.publish(bytes([3]) * 512)
+            with sub.next_frame(1000) as f:
+                assert int(f.y[0, 0]) == 3
