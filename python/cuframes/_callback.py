@@ -82,7 +82,24 @@ def _stop_all() -> None:
         handle._thread.join(1.0)
 
 
-class FrameCallback:
+class _Counts:
+    """What both delivery forms count."""
+
+    _frames: int
+    _errors: int
+
+    @property
+    def frames(self) -> int:
+        """Frames handed to the callback so far."""
+        return self._frames
+
+    @property
+    def errors(self) -> int:
+        """Errors passed to ``on_error`` so far."""
+        return self._errors
+
+
+class FrameCallback(_Counts):
     """Handle of :meth:`CuframesSubscriber.on_frame`: a background thread
     that calls ``callback(frame)`` for every frame, then releases it.
 
@@ -120,16 +137,6 @@ class FrameCallback:
         self._thread = threading.Thread(target=self._run, name=name or f"cuframes-on-frame-{key}", daemon=True)
         _running.add(self)
         self._thread.start()
-
-    @property
-    def frames(self) -> int:
-        """Frames handed to the callback so far."""
-        return self._frames
-
-    @property
-    def errors(self) -> int:
-        """Errors passed to ``on_error`` so far."""
-        return self._errors
 
     @property
     def running(self) -> bool:
@@ -236,7 +243,7 @@ class FrameCallback:
         return f"<FrameCallback {getattr(self._source, 'key', '?')!r} {state}, {self._frames} frames>"
 
 
-class AsyncFrameCallback:
+class AsyncFrameCallback(_Counts):
     """Handle of :meth:`CuframesSubscriber.on_frame_async`: a task of the
     running event loop that awaits ``callback(frame)`` for every frame, then
     releases it. Frames are waited for in worker threads, so the loop never
@@ -270,16 +277,6 @@ class AsyncFrameCallback:
         self._frames = 0
         self._errors = 0
         self.task: "asyncio.Task[None]" = loop.create_task(self._run())
-
-    @property
-    def frames(self) -> int:
-        """Frames handed to the callback so far."""
-        return self._frames
-
-    @property
-    def errors(self) -> int:
-        """Errors passed to ``on_error`` so far."""
-        return self._errors
 
     @property
     def running(self) -> bool:
