@@ -240,7 +240,8 @@ impl<H: RingRef> Writer<H> {
     /// no longer hold the writer back. Lease bits are not touched: the
     /// frames they hold stay intact. Each evicted subscriber's next read
     /// reports [`ReadError::Lagged`](crate::ReadError::Lagged) and goes on
-    /// from the newest frame. Returns how many were evicted.
+    /// from the newest frame. Returns which were evicted: bit *i* set for
+    /// record *i* (its lease bit), so a caller can say who.
     ///
     /// ```
     /// # use cuframes_core::*;
@@ -256,19 +257,19 @@ impl<H: RingRef> Writer<H> {
     ///     writer.try_loan().unwrap().commit(0, 0); // seqs 1..=3, none read
     /// }
     /// assert_eq!(writer.try_loan().unwrap_err(), LoanError::Backpressure);
-    /// assert_eq!(writer.evict_laggards(), 1);
+    /// assert_eq!(writer.evict_laggards(), 1 << sub.token().index());
     /// writer.try_loan().unwrap().commit(0, 0); // seq 4 overwrites seq 1
     /// assert_eq!(sub.try_read().unwrap_err(), ReadError::Lagged);
     /// assert_eq!(sub.try_read().unwrap().seq(), 4);
     /// assert_eq!(ring.stats().active().next().unwrap().dropped, 3); // seqs 1..=3
     /// ```
-    pub fn evict_laggards(&self) -> u32 {
+    pub fn evict_laggards(&self) -> u64 {
         let ring = self.ring.ring();
         let Some((oldest, _)) = self.candidates(ring).oldest_any else {
             return 0;
         };
         let mut evicted = 0;
-        for r in ring.subs {
+        for (i, r) in ring.subs.iter().enumerate() {
             if record::state_of(r.state.load(SeqCst)) != record::ACTIVE {
                 continue;
             }
@@ -279,7 +280,7 @@ impl<H: RingRef> Writer<H> {
                     .is_ok()
             {
                 r.evictions.fetch_add(1, Relaxed);
-                evicted += 1;
+                evicted |= 1 << i;
             }
         }
         evicted

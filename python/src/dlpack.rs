@@ -217,6 +217,10 @@ impl HasContext for DlManagedTensorVersioned {
 
 /// The deleter a consumer calls when done (any thread, GIL or not: it only
 /// drops Rust values).
+///
+/// # Safety
+/// `p` is null or a tensor made by `export` whose deleter was not called
+/// yet (DLPack calls it at most once).
 unsafe extern "C" fn delete<M: Managed + HasContext>(p: *mut M) {
     if p.is_null() {
         return;
@@ -233,6 +237,9 @@ unsafe extern "C" fn delete<M: Managed + HasContext>(p: *mut M) {
 /// `used_…` when it takes ownership; then the tensor is no longer ours.
 /// A tracked capsule's context is a weak reference to its [`Pin`], told
 /// here that the capsule is gone.
+///
+/// # Safety
+/// Only Python calls it, once, with the capsule being destroyed.
 unsafe extern "C" fn capsule_destructor<M: Managed>(capsule: *mut ffi::PyObject) {
     // SAFETY: called by Python with a live capsule whose pointer is never
     // null (consumers only rename it), so `GetContext` cannot fail; a

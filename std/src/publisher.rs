@@ -319,10 +319,9 @@ impl Publisher {
                 && self.evict_lagging
                 && self.writer.poll_loan() == Err(LoanError::Backpressure)
             {
-                let before = eviction_counts(&shared);
                 let evicted = self.writer.evict_laggards();
-                if evicted > 0 {
-                    log_evictions(&shared, &before, evicted, self.block_timeout);
+                if evicted != 0 {
+                    log_evictions(&shared, evicted, self.block_timeout);
                     continue;
                 }
             }
@@ -442,28 +441,16 @@ impl Drop for Publisher {
     }
 }
 
-/// Each subscriber record's eviction counter, to tell afterwards which
-/// records an eviction hit (for the log line).
-fn eviction_counts(shared: &Shared) -> Vec<u64> {
-    shared
-        .ring()
-        .subscribers()
-        .iter()
-        .map(|r| r.evictions.load(Ordering::Relaxed))
-        .collect()
-}
-
-/// Warns about lossless subscribers just evicted: how many, and which
-/// (records whose eviction counter moved since `before`).
-fn log_evictions(shared: &Shared, before: &[u64], evicted: u32, waited: Duration) {
+/// Warns about lossless subscribers just evicted (`evicted`: bit *i* for
+/// record *i*): how many, and which.
+fn log_evictions(shared: &Shared, evicted: u64, waited: Duration) {
     let ring = shared.ring();
     let who: Vec<String> = ring
         .subscribers()
         .iter()
-        .zip(before)
         .enumerate()
-        .filter(|(_, (r, &b))| r.evictions.load(Ordering::Relaxed) != b)
-        .map(|(i, (r, _))| {
+        .filter(|(i, _)| evicted & (1 << i) != 0)
+        .map(|(i, r)| {
             format!(
                 "{i}:{}(pid {})",
                 name_of(&ring.record_name(i as u32)),
@@ -473,7 +460,7 @@ fn log_evictions(shared: &Shared, before: &[u64], evicted: u32, waited: Duration
         .collect();
     tracing::warn!(
         key = key_of(shared),
-        evicted,
+        evicted = evicted.count_ones(),
         subscribers = who.join(",").as_str(),
         waited_ms = waited.as_millis() as u64,
         "evicted lagging lossless subscribers: they skip to the newest frame"
