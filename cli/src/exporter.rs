@@ -5,7 +5,9 @@
 //!
 //! Metric names, types and labels are documented in docs/metrics.md.
 
-use cuframes::{list_streams, stream_status, validate_key, Error, ErrorCode, Result, StreamStatus};
+use cuframes::{
+    list_streams, stream_status, validate_key, Error, ErrorCode, Mode, Result, StreamStatus,
+};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -288,7 +290,7 @@ fn encode_streams(
                     ("width", h.layout.width.to_string()),
                     ("height", h.layout.height.to_string()),
                     ("memory", s.info.memory.name().to_owned()),
-                    ("policy", format!("{:?}", s.info.policy)),
+                    ("policy", s.info.policy.name().to_owned()),
                     ("publisher_pid", h.publisher_pid.to_string()),
                     ("epoch", format!("{:016x}", h.epoch)),
                 ]
@@ -390,11 +392,7 @@ fn encode_streams(
         subs.iter()
             .map(|&(s, r)| {
                 let mut l = labels((s, r));
-                l.push((
-                    "mode",
-                    r.mode
-                        .map_or_else(|| "unknown".to_owned(), |m| format!("{m:?}")),
-                ));
+                l.push(("mode", r.mode.map_or("unknown", Mode::name).to_owned()));
                 l.push(("pid", r.pid.to_string()));
                 l.push(("generation", r.generation.to_string()));
                 l

@@ -1,7 +1,7 @@
 //! `cuframes ls`, `stat` (as text or as JSON, schema in `docs/cli.md`)
 //! and `doctor`.
 
-use cuframes::{list_streams, stream_status, LosslessPolicy, Mode, Result, StreamStatus};
+use cuframes::{list_streams, stream_status, Mode, Result, StreamStatus};
 use serde::Serialize;
 
 /// Version of the JSON that `ls --json` and `stat --json` print. Fields
@@ -284,10 +284,7 @@ impl StreamJson {
             width: h.layout.width,
             height: h.layout.height,
             memory: s.info.memory.name(),
-            policy: match s.info.policy {
-                LosslessPolicy::Block => "block",
-                LosslessPolicy::DropOldest => "drop-oldest",
-            },
+            policy: s.info.policy.name(),
             slot_count: h.slot_count,
             subscriber_capacity: h.subscriber_capacity,
             segment_bytes: h.segment_len,
@@ -310,10 +307,7 @@ impl StreamJson {
                     name: r.name_str().to_owned(),
                     pid: r.pid,
                     alive: s.record_alive(r.index),
-                    mode: r.mode.map(|m| match m {
-                        Mode::NewestOnly => "newest",
-                        Mode::Queue => "queue",
-                    }),
+                    mode: r.mode.map(Mode::name),
                     held: r.held,
                     received: r.received,
                     dropped: r.dropped,

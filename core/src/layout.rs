@@ -88,6 +88,15 @@ impl LosslessPolicy {
             _ => None,
         }
     }
+
+    /// Lower-case name, as the command line and machine-readable output
+    /// spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::DropOldest => "drop-oldest",
+        }
+    }
 }
 
 /// How a subscriber reads.
@@ -107,6 +116,15 @@ impl Mode {
             1 => Some(Self::NewestOnly),
             2 => Some(Self::Queue),
             _ => None,
+        }
+    }
+
+    /// Lower-case name, as the command line and machine-readable output
+    /// spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::NewestOnly => "newest",
+            Self::Queue => "queue",
         }
     }
 }

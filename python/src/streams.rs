@@ -20,14 +20,7 @@ pub fn ring_stats_dict<'py>(py: Python<'py>, s: &RingStats) -> PyResult<Bound<'p
         e.set_item("index", r.index)?;
         e.set_item("name", r.name_str())?;
         e.set_item("pid", r.pid)?;
-        e.set_item(
-            "mode",
-            match r.mode {
-                Some(cuframes::Mode::NewestOnly) => "newest",
-                Some(cuframes::Mode::Queue) => "queue",
-                None => "?",
-            },
-        )?;
+        e.set_item("mode", r.mode.map_or("?", cuframes::Mode::name))?;
         e.set_item("held", r.held)?;
         e.set_item("received", r.received)?;
         e.set_item("dropped", r.dropped)?;
@@ -52,13 +45,7 @@ fn status_dict<'py>(py: Python<'py>, s: &StreamStatus) -> PyResult<Bound<'py, Py
     d.set_item("width", h.layout.width)?;
     d.set_item("height", h.layout.height)?;
     d.set_item("memory", s.info.memory.name())?;
-    d.set_item(
-        "policy",
-        match s.info.policy {
-            cuframes::LosslessPolicy::Block => "block",
-            cuframes::LosslessPolicy::DropOldest => "drop-oldest",
-        },
-    )?;
+    d.set_item("policy", s.info.policy.name())?;
     d.set_item("dropped", s.dropped())?;
     // Whether each record's owner lives (its liveness lock is held).
     if let Some(subs) = d.get_item("subscribers")? {
