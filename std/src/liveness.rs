@@ -14,7 +14,7 @@ use crate::mapping::Shared;
 use crate::sys;
 use crate::Result;
 use cuframes_core::{record, RecordToken, Register, RegisterError, RingRef, Wake, NAME_LEN};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -227,14 +227,25 @@ pub(crate) const BEAT_PERIOD: Duration = Duration::from_millis(100);
 
 static BEATING: Mutex<Vec<Weak<dyn Beat>>> = Mutex::new(Vec::new());
 
+/// [`sys::fork_generation`] of the process the heartbeat thread runs in:
+/// a forked child inherits the list but not the thread.
+static BEAT_THREAD_FORKS: AtomicU64 = AtomicU64::new(u64::MAX);
+
 /// Stamps `who`'s heartbeat every [`BEAT_PERIOD`] from one thread per
 /// process, for as long as it lives, however rarely it takes frames.
 pub(crate) fn keep_beating(who: &Arc<dyn Beat>) {
     who.beat(sys::now_ns());
     let mut list = BEATING.lock().unwrap_or_else(|e| e.into_inner());
+    let forks = sys::fork_generation();
+    if BEAT_THREAD_FORKS.load(Ordering::Relaxed) != forks {
+        // A forked child: the parent's subscribers are not ours to stamp,
+        // and no thread runs here yet.
+        list.clear();
+    }
     let start = list.is_empty();
     list.push(Arc::downgrade(who));
     if start {
+        BEAT_THREAD_FORKS.store(forks, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("cuframes-heartbeat".into())
             .spawn(beat_loop);
@@ -252,16 +263,19 @@ fn beat_loop() {
     loop {
         std::thread::sleep(BEAT_PERIOD);
         let now = sys::now_ns();
-        let mut list = BEATING.lock().unwrap_or_else(|e| e.into_inner());
-        list.retain(|w| match w.upgrade() {
-            Some(b) => {
-                b.beat(now);
-                true
+        // Stamped with the list unlocked: the last owner of a subscriber
+        // may drop it here (deregistering, logging), which must not hold up
+        // new subscribers waiting for the list.
+        let live: Vec<Arc<dyn Beat>> = {
+            let mut list = BEATING.lock().unwrap_or_else(|e| e.into_inner());
+            list.retain(|w| w.strong_count() > 0);
+            if list.is_empty() {
+                return; // the next subscriber starts a new thread
             }
-            None => false,
-        });
-        if list.is_empty() {
-            return; // the next subscriber starts a new thread
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        for b in &live {
+            b.beat(now);
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct Publisher {
     evict_lagging: bool,
     stop: Arc<AtomicBool>,
     broken: Arc<AtomicBool>,
+    /// [`sys::fork_generation`] at creation: a copy in a forked child
+    /// neither closes nor removes the parent's stream.
+    forks: u64,
     keeper: Option<JoinHandle<()>>,
     _lock: File,
 }
@@ -185,6 +188,7 @@ impl Publisher {
             evict_lagging: options.evict_lagging,
             stop,
             broken,
+            forks: sys::fork_generation(),
             keeper: Some(keeper),
             _lock: lock,
         })
@@ -419,6 +423,9 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
+        if sys::fork_generation() != self.forks {
+            return; // the parent's stream, and no keeper thread here
+        }
         self.writer.close();
         self.stop.store(true, Ordering::Relaxed);
         if let Some(k) = self.keeper.take() {

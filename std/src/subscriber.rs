@@ -10,6 +10,7 @@ use cuframes_core::{
     FrameLayout, MemoryKind, Mode, PixelFormat, ReadError, ReadGrant, RecordToken, Register, Ring,
     RingRef, Wake,
 };
+use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +76,17 @@ pub struct SubscriberStats {
 pub(crate) struct SubInner {
     shared: Shared,
     token: Option<RecordToken>,
+    /// [`sys::fork_generation`] when connected: a forked child's copy
+    /// leaves the parent's record, lock and frames alone.
+    forks: u64,
+}
+
+impl SubInner {
+    /// True in a child forked (without exec) from the process that
+    /// connected: nothing here is this process's to give back.
+    fn in_forked_child(&self) -> bool {
+        sys::fork_generation() != self.forks
+    }
 }
 
 impl SubInner {
@@ -94,6 +106,9 @@ impl RingRef for SubInner {
 
 impl Drop for SubInner {
     fn drop(&mut self) {
+        if self.in_forked_child() {
+            return;
+        }
         if let Some(token) = self.token.take() {
             liveness::deregister(&self.shared, token);
         }
@@ -199,6 +214,7 @@ impl Subscriber {
         let inner = Arc::new(SubInner {
             shared,
             token: Some(token),
+            forks: sys::fork_generation(),
         });
         liveness::keep_beating(&(inner.clone() as Arc<dyn Beat>));
         Ok(Self {
@@ -515,8 +531,20 @@ impl Iterator for Frames<'_> {
 /// A frame held in place in shared memory. Its slot is not reused until it
 /// is released ([`release`](Self::release)) or dropped.
 pub struct Frame {
-    grant: ReadGrant<Arc<SubInner>>,
+    // Dropped by hand: a copy in a forked child must not release the
+    // parent's hold.
+    grant: ManuallyDrop<ReadGrant<Arc<SubInner>>>,
     data: *const u8,
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        if !self.grant.handle().in_forked_child() {
+            // SAFETY: the only place the grant is dropped, once; `self` is
+            // not used afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.grant) };
+        }
+    }
 }
 
 // SAFETY: `data` points into the mapping that `grant` keeps alive through
@@ -532,7 +560,10 @@ impl Frame {
         let data = shared
             .slot_ptr(grant.slot())
             .unwrap_or(std::ptr::null_mut());
-        Self { grant, data }
+        Self {
+            grant: ManuallyDrop::new(grant),
+            data,
+        }
     }
 
     /// The slot holding it.

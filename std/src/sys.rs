@@ -58,6 +58,28 @@ pub fn own_pid_ns() -> u64 {
     })
 }
 
+/// How many times this process image was forked into a child: 0 in the
+/// process that started it. A handle remembers the value it was made
+/// under; in a child made by `fork` without `exec` the value differs, and
+/// the handle must neither release nor deregister what it shares with its
+/// parent (the parent still holds those frames, records and locks: they
+/// live in shared memory and in shared open file descriptions).
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    REGISTER.call_once(|| {
+        extern "C" fn child() {
+            FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: registers a handler that only touches an atomic, which is
+        // async-signal-safe as the child side of fork requires. Failure
+        // (ENOMEM) leaves forks undetected, as before this guard existed.
+        unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    });
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static FORKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// This process's start time.
 pub(crate) fn own_start_time() -> u64 {
     process_start_time(pid()).unwrap_or(0)
