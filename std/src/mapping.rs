@@ -85,9 +85,11 @@ impl Mapping {
         self.guard.is_some()
     }
 
-    /// Makes `[offset, offset + len)` read-only. The start is rounded up to
-    /// the system page size (the protocol aligns regions to 4 KiB; a larger
-    /// page leaves its first partial page writable), the end up to a page.
+    /// Makes `[offset, offset + len)` read-only. Both ends are rounded
+    /// inwards to the system page size (the protocol aligns regions to
+    /// 4 KiB; a larger page leaves its partial pages writable), so no byte
+    /// outside the range (a table another region shares a page with) ever
+    /// becomes read-only.
     fn protect_read_only(&self, offset: usize, len: usize) -> Result<()> {
         // SAFETY: sysconf only reads a system constant.
         let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
@@ -95,7 +97,7 @@ impl Mapping {
             _ => 4096,
         };
         let start = offset.next_multiple_of(page);
-        let end = offset.saturating_add(len).min(self.len);
+        let end = offset.saturating_add(len).min(self.len) / page * page;
         if start >= end {
             return Ok(());
         }
@@ -450,11 +452,14 @@ impl Shared {
 fn reserve(file: &File, header: &SegmentHeader, tmp: &Path) -> Result<()> {
     use rustix::io::Errno;
     let len = header.segment_len;
+    // tmpfs stops on a pending signal and undoes what it allocated; a
+    // process with a fast periodic signal (a profiler's timer) could retry
+    // for ever, so retries are bounded and then reported.
+    let mut interrupted = 0;
     loop {
         match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
             Ok(()) => return Ok(()),
-            // tmpfs stops on a pending signal and undoes what it allocated.
-            Err(Errno::INTR) => continue,
+            Err(Errno::INTR) if interrupted < 64 => interrupted += 1,
             Err(e @ (Errno::NOSPC | Errno::DQUOT | Errno::NOMEM)) => {
                 let vfs = rustix::fs::fstatvfs(file).ok();
                 let why = format!("fallocate: {}", std::io::Error::from(e));

@@ -93,7 +93,8 @@ pub struct Publisher {
     /// neither closes nor removes the parent's stream.
     forks: u64,
     keeper: Option<JoinHandle<()>>,
-    _lock: File,
+    /// `.cuframes.<key>.lock`, flocked for the publisher's life.
+    lock: (File, std::path::PathBuf),
 }
 
 impl Publisher {
@@ -190,7 +191,7 @@ impl Publisher {
             broken,
             forks: sys::fork_generation(),
             keeper: Some(keeper),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -433,6 +434,14 @@ impl Drop for Publisher {
             let _ = k.join();
         }
         self.writer.handle().unlink_if_current();
+        // The lock file goes too, while we still hold it: a publisher that
+        // opened it meanwhile finds it gone from the path once it gets the
+        // lock, and locks the new one (see `lock_key`).
+        let (file, path) = &self.lock;
+        use std::os::unix::fs::MetadataExt;
+        if file.metadata().ok().map(|m| (m.dev(), m.ino())) == crate::mapping::file_id(path) {
+            let _ = std::fs::remove_file(path);
+        }
         tracing::info!(
             key = self.key.as_str(),
             epoch = format_args!("{:016x}", self.epoch()),
@@ -496,7 +505,7 @@ fn loan_error(e: LoanError) -> Result<()> {
 /// may unlink the lock file of a dead key (under its lock); a lock taken on
 /// a file that was unlinked meanwhile guards nothing, so after locking the
 /// path must still name the locked file, else we open it again.
-fn lock_key(key: &str, mode: u32) -> Result<File> {
+fn lock_key(key: &str, mode: u32) -> Result<(File, std::path::PathBuf)> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let path = shm_dir().join(format!(".cuframes.{key}.lock"));
     let taken = || {
@@ -531,7 +540,7 @@ fn lock_key(key: &str, mode: u32) -> Result<File> {
             rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
         let current = crate::mapping::file_id(&path) == Some((meta.dev(), meta.ino()));
         match (locked, current) {
-            (true, true) => return Ok(file),
+            (true, true) => return Ok((file, path)),
             (false, true) => return Err(taken()),
             // Unlinked (or replaced) under us: try the file now at the path.
             (_, false) => continue,
