@@ -203,10 +203,14 @@ impl Vmm {
             )
         })?;
         v.handle = Some(h);
-        if v.map(sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READ)
-            .is_err()
-        {
-            v.map(sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE)?;
+        match v.map(sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READ) {
+            Ok(()) => {}
+            // Mapped, but read-only access refused: only that step is
+            // retried. Any earlier failure is the real error.
+            Err(_) if v.mapped => {
+                v.map(sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE)?
+            }
+            Err(e) => return Err(e),
         }
         Ok(v)
     }

@@ -31,7 +31,10 @@ fn group_mode_survives_a_narrow_umask() {
     drop(p);
     // A publisher that closes takes its lock file with it (a dead one's is
     // left for `cuframes gc`).
-    assert!(!dir.join(".cuframes.modes.lock").exists(), "lock file left behind");
+    assert!(
+        !dir.join(".cuframes.modes.lock").exists(),
+        "lock file left behind"
+    );
     assert!(!dir.join("cuframes.modes").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
