@@ -307,9 +307,9 @@ fn encode_streams(
     family(
         e,
         "cuframes_stream_open",
-        "Whether the stream is open (1) or closed or not yet open (0)",
+        "Whether the stream is open (1) or closed, not yet open, or its publisher dead (0)",
         None,
-        per_stream(&|s| Some(flag(s.stats.state == cuframes::core::state::OPEN))),
+        per_stream(&|s| Some(flag(s.is_open()))),
     )?;
     family(
         e,

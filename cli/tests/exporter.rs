@@ -346,6 +346,12 @@ fn exporter_serves_every_stream_and_agrees_with_stream_status() {
             None => value(&s, "cuframes_stream_up", &[("key", k)]).is_none(),
         }
     });
+    // A dead publisher's stream is not open and publishes nothing.
+    let s = scrape(addr);
+    if value(&s, "cuframes_publisher_alive", &[("key", k)]).is_some() {
+        assert_eq!(get(&s, "cuframes_stream_open", &[("key", k)]), 0.0);
+        assert_eq!(get(&s, "cuframes_publish_rate_fps", &[("key", k)]), 0.0);
+    }
 
     // SIGTERM: a clean exit.
     let exp = &mut procs.0[exp];

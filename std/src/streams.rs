@@ -35,9 +35,19 @@ impl StreamStatus {
     pub fn dropped(&self) -> u64 {
         self.stats.active().map(|s| s.dropped).sum()
     }
-    /// Publish rate in frames per second.
+    /// Publish rate in frames per second; 0 once the publisher is dead
+    /// (the stored figure is only its last average).
     pub fn fps(&self) -> f64 {
-        self.stats.rate_mfps as f64 / 1000.0
+        if self.publisher_alive {
+            self.stats.rate_mfps as f64 / 1000.0
+        } else {
+            0.0
+        }
+    }
+    /// Whether the stream is open: its publisher lives and has not closed
+    /// it.
+    pub fn is_open(&self) -> bool {
+        self.publisher_alive && self.stats.state == cuframes_core::state::OPEN
     }
 }
 
