@@ -29,6 +29,10 @@ pub struct StatArgs {
 
 /// `cuframes ls`: every stream in the shm directory.
 pub fn ls(args: &LsArgs) -> Result<()> {
+    // A missing directory (a typo in CUFRAMES_SHM_DIR) is not "no streams".
+    let dir = cuframes::shm_dir();
+    std::fs::read_dir(&dir)
+        .map_err(|e| cuframes::Error::io(format!("shm directory {}", dir.display()), e))?;
     let streams = list_streams();
     if args.json {
         let mut out = LsJson {

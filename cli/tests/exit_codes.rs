@@ -117,3 +117,14 @@ fn docs_list_every_exit_status() {
         );
     }
 }
+
+#[test]
+fn ls_of_a_missing_shm_directory_is_not_found() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cuframes"))
+        .arg("ls")
+        .env("CUFRAMES_SHM_DIR", "/nonexistent/cuframes-shm")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/cuframes-shm"));
+}
