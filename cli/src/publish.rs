@@ -145,7 +145,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Where frames go: host shared memory, or GPU memory with `--cuda`.
 enum Sink {
-    Host(Publisher),
+    Host(Box<Publisher>),
     Cuda {
         publisher: Box<CudaPublisher>,
         /// A slot-shaped host image for the test pattern, then packed.
@@ -158,7 +158,7 @@ impl Sink {
     fn create(args: &Args, w: u32, h: u32, options: PublisherOptions) -> Result<Self> {
         if !args.cuda {
             let layout = FrameLayout::new(args.format, w, h, 64)?;
-            return Publisher::create(&args.key, layout, options).map(Sink::Host);
+            return Publisher::create(&args.key, layout, options).map(|p| Sink::Host(Box::new(p)));
         }
         let publisher = CudaPublisher::create(
             &args.key,
