@@ -60,7 +60,7 @@ enum Command {
     /// segments, lock files, temporary files. Never touches a live stream.
     #[command(visible_alias = "clean")]
     Gc(gc::Args),
-    /// Check this machine: shared memory, permissions, futex, CUDA, ffmpeg.
+    /// Check this machine: shared memory, a publish-subscribe round trip, liveness locks, CUDA, ffmpeg.
     Doctor,
     /// Serve every stream's counters as Prometheus / OpenMetrics text on
     /// `GET /metrics`.
