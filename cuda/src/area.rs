@@ -1,25 +1,27 @@
 //! The backend area of a CUDA stream: what a subscriber needs to reach the
-//! publisher's device memory and events. Byte layout in `docs/cuda.md`.
+//! publisher's device memory, and the counters that order GPU work across
+//! processes. Byte layout in `docs/cuda.md`.
 //!
-//! The publisher writes the header and its publish-event handles before
-//! the stream becomes visible; after that they never change. The release
-//! table belongs to the subscribers: each writes its release-event handles
-//! into the row of its record, with 64-bit atomics and a seqlock-style tag
-//! so the publisher never reads a half-written row.
+//! The publisher writes the header before the stream becomes visible; after
+//! that it never changes. The sync region (page-aligned, after the header)
+//! holds 64-bit counters that every process registers with the driver
+//! (`cuMemHostRegister`), so GPU streams write and wait on them
+//! (`cuStreamWriteValue64` / `cuStreamWaitValue64`) while the CPU reads
+//! them: the publisher's per-slot publish counters and each subscriber
+//! row's per-slot release counters.
 
 use cuframes::core::{MemoryKind, SegmentInfo, MAX_SLOTS, MAX_SUBSCRIBERS};
 use cuframes::{Error, ErrorCode, Result};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// First bytes of a CUDA backend area.
 pub const AREA_MAGIC: [u8; 8] = *b"CFCUDA\0\0";
 /// Layout version written by this crate; readers accept only this one.
-pub const AREA_VERSION: u32 = 1;
-/// Bytes of one IPC handle (`CUipcMemHandle` / `CUipcEventHandle`).
-pub const HANDLE_LEN: usize = 64;
-/// Bytes of the row header in the release table.
-pub const RELEASE_ROW_HEADER: u64 = 64;
+pub const AREA_VERSION: u32 = 2;
+/// Offset of the sync region in the area: one page, so the region can be
+/// registered with the driver on its own.
+pub const SYNC_OFFSET: u64 = 4096;
 
 /// How the slot memory is exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,16 +99,19 @@ pub struct AreaHeader {
     pub subscriber_capacity: u32,
     /// Row alignment of the planes (power of two, >= 256).
     pub pitch_align: u32,
-    /// Offset (in the area) of the publish-event handles, one per slot.
-    pub publish_events_offset: u64,
-    /// Offset of the release table.
+    /// Offset (in the area) of the sync region: [`SYNC_OFFSET`]. The
+    /// publish table (one u64 per slot) starts there.
+    pub sync_offset: u64,
+    /// Offset of the release table (inside the sync region).
     pub release_offset: u64,
-    /// Bytes per release-table row: 64 + 64 * slot_count.
+    /// Bytes per release-table row: `16 * slot_count` rounded up to 64.
     pub release_stride: u64,
-    /// Bytes of the area in use (<= the segment's backend_len).
+    /// Bytes of the area in use: `sync_offset + sync_len`.
     pub area_len: u64,
+    /// Bytes of the sync region, a multiple of 4096.
+    pub sync_len: u64,
     /// Zero.
-    pub reserved0: [u8; 24],
+    pub reserved0: [u8; 16],
     /// `CUipcMemHandle` of the allocation (ipc mode; zero in vmm-fd mode).
     pub mem_handle: [u8; 64],
     /// Zero.
@@ -114,6 +119,10 @@ pub struct AreaHeader {
 }
 
 const HEADER_LEN: u64 = 256;
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to) * to
+}
 const _: () = assert!(std::mem::size_of::<AreaHeader>() as u64 == HEADER_LEN);
 
 /// A validated backend area header.
@@ -145,9 +154,10 @@ impl AreaHeader {
         device_ordinal: u32,
         device_uuid: [u8; 16],
     ) -> AreaHeader {
-        let publish_events_offset = HEADER_LEN;
-        let release_offset = publish_events_offset + u64::from(slot_count) * HANDLE_LEN as u64;
-        let release_stride = RELEASE_ROW_HEADER + u64::from(slot_count) * HANDLE_LEN as u64;
+        let release_offset = SYNC_OFFSET + round_up(u64::from(slot_count) * 8, 64);
+        let release_stride = round_up(u64::from(slot_count) * 16, 64);
+        let sync_end = release_offset + u64::from(subscriber_capacity) * release_stride;
+        let sync_len = round_up(sync_end - SYNC_OFFSET, 4096);
         AreaHeader {
             magic: AREA_MAGIC,
             version: AREA_VERSION,
@@ -161,11 +171,12 @@ impl AreaHeader {
             slot_stride,
             subscriber_capacity,
             pitch_align,
-            publish_events_offset,
+            sync_offset: SYNC_OFFSET,
             release_offset,
             release_stride,
-            area_len: release_offset + u64::from(subscriber_capacity) * release_stride,
-            reserved0: [0; 24],
+            area_len: SYNC_OFFSET + sync_len,
+            sync_len,
+            reserved0: [0; 16],
             mem_handle: [0; 64],
             reserved1: [0; 64],
         }
@@ -219,7 +230,6 @@ pub fn parse_area(area: &[u8]) -> Result<AreaInfo> {
         return Err(corrupt(format!("pitch_align {}", h.pitch_align)));
     }
     let slots = u64::from(h.slot_count);
-    let handles = slots * HANDLE_LEN as u64;
     if h.slot_stride == 0 || h.slot_stride % u64::from(h.pitch_align) != 0 {
         return Err(corrupt(format!("slot_stride {}", h.slot_stride)));
     }
@@ -233,26 +243,34 @@ pub fn parse_area(area: &[u8]) -> Result<AreaInfo> {
             h.alloc_bytes, h.slot_count, h.slot_stride
         )));
     }
-    if h.release_stride != RELEASE_ROW_HEADER + handles {
-        return Err(corrupt(format!("release_stride {}", h.release_stride)));
+    // The sync region's shape is fixed by the geometry: any other value is
+    // a corrupt or hostile area.
+    let plan = AreaHeader::plan(
+        mode,
+        h.slot_count,
+        h.subscriber_capacity,
+        h.slot_stride,
+        h.pitch_align,
+        h.device_ordinal,
+        h.device_uuid,
+    );
+    if (
+        h.sync_offset,
+        h.release_offset,
+        h.release_stride,
+        h.sync_len,
+        h.area_len,
+    ) != (
+        plan.sync_offset,
+        plan.release_offset,
+        plan.release_stride,
+        plan.sync_len,
+        plan.area_len,
+    ) {
+        return Err(corrupt("sync region offsets differ from the geometry's"));
     }
-    let events_end = h
-        .publish_events_offset
-        .checked_add(handles)
-        .ok_or_else(|| corrupt("publish events overflow"))?;
-    let release_end = h
-        .release_stride
-        .checked_mul(u64::from(h.subscriber_capacity))
-        .and_then(|n| n.checked_add(h.release_offset))
-        .ok_or_else(|| corrupt("release table overflows"))?;
-    if h.publish_events_offset < HEADER_LEN
-        || h.publish_events_offset % 64 != 0
-        || h.release_offset % 64 != 0
-        || h.release_offset < events_end
-        || h.area_len < release_end
-        || h.area_len > area.len() as u64
-    {
-        return Err(corrupt("tables outside the area or overlapping"));
+    if h.area_len > area.len() as u64 {
+        return Err(corrupt("area longer than its bytes"));
     }
     let handle_set = h.mem_handle.iter().any(|&b| b != 0);
     if handle_set != (mode == ExportMode::Ipc) {
@@ -294,14 +312,6 @@ impl AreaInfo {
         }
         Ok(())
     }
-
-    /// Publish-event handle of `slot`, read from a private copy of the area.
-    pub(crate) fn publish_handle(&self, area: &[u8], slot: u32) -> [u8; 64] {
-        let off = (self.header.publish_events_offset + u64::from(slot) * 64) as usize;
-        let mut h = [0u8; 64];
-        h.copy_from_slice(&area[off..off + 64]);
-        h
-    }
 }
 
 /// Copies `len` bytes of shared memory into a private buffer (volatile
@@ -317,70 +327,127 @@ pub(crate) unsafe fn snapshot(ptr: *const u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// One row of the release table, in shared memory: `tag` (0 = empty),
-/// `owner` (the record generation of the claim that wrote it: unique per
-/// record for the life of the segment), then one event handle per slot,
-/// all accessed as 64-bit atomics.
-pub(crate) struct ReleaseRow {
-    words: *const AtomicU64,
-    slot_count: u32,
+/// The sync region as one process sees it: host addresses of the counters
+/// (for the CPU) and the device address the driver gave the same bytes
+/// (for stream memory operations). Every word is an aligned 64-bit atomic.
+///
+/// - `publish(s)`: seq of the last frame whose writes into slot `s` are
+///   complete (written by the publisher's stream after them).
+/// - `requested(i, s)`: releases of slot `s` that subscriber row `i` has
+///   asked for (CPU, by the row's owner, before its lease is cleared).
+/// - `done(i, s)`: releases of slot `s` by row `i` whose reads are complete
+///   (written by the subscriber's stream after them).
+#[derive(Clone, Copy)]
+pub(crate) struct SyncTable {
+    host: *mut u8,
+    device: u64,
+    header: AreaHeader,
 }
 
-impl ReleaseRow {
-    /// The row of subscriber record `index`.
+// SAFETY: the table only holds addresses; every access is atomic.
+unsafe impl Send for SyncTable {}
+// SAFETY: as above.
+unsafe impl Sync for SyncTable {}
+
+impl SyncTable {
+    /// The table of an area at `area` whose sync region the driver maps at
+    /// `device`.
     ///
     /// # Safety
-    /// `area` must point to a live, 64-byte aligned backend area laid out
-    /// as `info` says, staying mapped while the row is used; `index` must
-    /// be below the subscriber capacity.
-    pub unsafe fn at(area: *mut u8, info: &AreaHeader, index: u32) -> ReleaseRow {
-        let off = info.release_offset + u64::from(index) * info.release_stride;
-        ReleaseRow {
-            // SAFETY: inside the area by the caller's guarantee; 8-aligned
-            // because the area and every offset in it are 64-aligned.
-            words: unsafe { area.add(off as usize) }.cast(),
-            slot_count: info.slot_count,
+    /// `area` must point to a live, page-aligned backend area laid out as
+    /// `header` says (validated by [`parse_area`] or planned here), staying
+    /// mapped while the table is used.
+    pub unsafe fn new(area: *mut u8, device: u64, header: &AreaHeader) -> SyncTable {
+        SyncTable {
+            host: area,
+            device,
+            header: *header,
         }
     }
 
-    fn word(&self, i: usize) -> &AtomicU64 {
-        // SAFETY: `i` < 8 + 8 * slot_count, the row's length in words
-        // (callers index within it); the memory is shared and only ever
-        // accessed atomically.
-        unsafe { &*self.words.add(i) }
+    /// Host address of the sync region (what gets registered).
+    pub fn region(&self) -> (*mut u8, usize) {
+        // SAFETY: sync_offset is inside the area (validated).
+        let p = unsafe { self.host.add(self.header.sync_offset as usize) };
+        (p, self.header.sync_len as usize)
     }
 
-    /// Publishes this subscriber's handles: clear the tag, write, set it.
-    pub fn publish(&self, owner: u64, handles: &[[u8; 64]], tag: u64) {
-        self.word(0).store(0, Ordering::Release);
-        fence(Ordering::Release);
-        self.word(1).store(owner, Ordering::Relaxed);
-        for (slot, h) in handles.iter().enumerate().take(self.slot_count as usize) {
-            for (k, chunk) in h.chunks_exact(8).enumerate() {
-                let v = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
-                self.word(8 + slot * 8 + k).store(v, Ordering::Relaxed);
+    fn offset_publish(&self, slot: u32) -> u64 {
+        assert!(slot < self.header.slot_count, "slot out of range");
+        self.header.sync_offset + u64::from(slot) * 8
+    }
+
+    fn offset_row(&self, row: u32, slot: u32, done: bool) -> u64 {
+        assert!(
+            row < self.header.subscriber_capacity && slot < self.header.slot_count,
+            "row or slot out of range"
+        );
+        let slots = u64::from(self.header.slot_count);
+        self.header.release_offset
+            + u64::from(row) * self.header.release_stride
+            + (u64::from(done) * slots + u64::from(slot)) * 8
+    }
+
+    fn word(&self, off: u64) -> &AtomicU64 {
+        // SAFETY: every offset comes from `offset_*`, inside the sync
+        // region (range-checked there), 8-aligned because the area is
+        // page-aligned and every table offset a multiple of 8; the words
+        // are shared and only ever accessed atomically.
+        unsafe { &*self.host.add(off as usize).cast::<AtomicU64>() }
+    }
+
+    fn device_at(&self, off: u64) -> u64 {
+        self.device + (off - self.header.sync_offset)
+    }
+
+    /// The publish counter of `slot`.
+    pub fn publish(&self, slot: u32) -> &AtomicU64 {
+        self.word(self.offset_publish(slot))
+    }
+    /// Its device address.
+    pub fn publish_device(&self, slot: u32) -> u64 {
+        self.device_at(self.offset_publish(slot))
+    }
+    /// Row `row`'s requested releases of `slot`.
+    pub fn requested(&self, row: u32, slot: u32) -> &AtomicU64 {
+        self.word(self.offset_row(row, slot, false))
+    }
+    /// Row `row`'s completed releases of `slot`.
+    pub fn done(&self, row: u32, slot: u32) -> &AtomicU64 {
+        self.word(self.offset_row(row, slot, true))
+    }
+    /// Device address of [`done`](Self::done).
+    pub fn done_device(&self, row: u32, slot: u32) -> u64 {
+        self.device_at(self.offset_row(row, slot, true))
+    }
+
+    /// Whether every release row `row` asked for on `slot` is complete;
+    /// `Err(requested)` if not.
+    pub fn released(&self, row: u32, slot: u32) -> std::result::Result<(), u64> {
+        let want = self.requested(row, slot).load(Ordering::Acquire);
+        if self.done(row, slot).load(Ordering::Acquire) >= want {
+            Ok(())
+        } else {
+            Err(want)
+        }
+    }
+
+    /// Declares row `row`'s requested releases complete (their reader is
+    /// gone: its GPU work died with it). Returns how many slots had
+    /// pending releases.
+    pub fn settle_row(&self, row: u32) -> u32 {
+        let mut n = 0;
+        for slot in 0..self.header.slot_count {
+            if let Err(want) = self.released(row, slot) {
+                self.done(row, slot).fetch_max(want, Ordering::AcqRel);
+                n += 1;
             }
         }
-        self.word(0).store(tag, Ordering::Release);
+        n
     }
 
-    /// Current tag and owner.
-    pub fn tag_owner(&self) -> (u64, u64) {
-        let tag = self.word(0).load(Ordering::Acquire);
-        (tag, self.word(1).load(Ordering::Relaxed))
-    }
-
-    /// The release-event handle of `slot` if the row still carries `tag`.
-    pub fn handle(&self, slot: u32, tag: u64) -> Option<[u8; 64]> {
-        if slot >= self.slot_count {
-            return None;
-        }
-        let mut h = [0u8; 64];
-        for k in 0..8 {
-            let v = self.word(8 + slot as usize * 8 + k).load(Ordering::Relaxed);
-            h[k * 8..k * 8 + 8].copy_from_slice(&v.to_ne_bytes());
-        }
-        fence(Ordering::Acquire);
-        (self.word(0).load(Ordering::Relaxed) == tag).then_some(h)
+    /// Slot count and row count of the table.
+    pub fn shape(&self) -> (u32, u32) {
+        (self.header.slot_count, self.header.subscriber_capacity)
     }
 }

@@ -200,6 +200,35 @@ impl Device {
         Ok(CtxGuard(()))
     }
 
+    /// Checks that streams of this device can order work through 64-bit
+    /// words in host memory (`cuStreamWaitValue64` / `cuStreamWriteValue64`
+    /// on registered memory), which cuframes uses across processes.
+    pub fn check_stream_memory_ops(&self) -> Result<()> {
+        let ops = self.attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS,
+        )?;
+        let mapped =
+            self.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY)?;
+        if ops == 0 || mapped == 0 {
+            return Err(Error::new(
+                ErrorCode::Cuda,
+                format!(
+                    "CUDA device {} cannot wait on 64-bit values in mapped host memory \
+                     (stream memory operations {}, host mapping {}): cuframes orders GPU \
+                     work across processes with them",
+                    self.ordinal,
+                    if ops == 0 { "unsupported" } else { "supported" },
+                    if mapped == 0 {
+                        "unsupported"
+                    } else {
+                        "supported"
+                    },
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// An integer device attribute.
     pub fn attribute(&self, a: sys::CUdevice_attribute) -> Result<i32> {
         let mut v = 0;
@@ -233,7 +262,7 @@ impl Drop for CtxGuard {
     }
 }
 
-/// An event owned by this process (created here or opened from a handle).
+/// An event local to this process, for ordering one stream after another.
 pub(crate) struct Event {
     pub raw: sys::CUevent,
     dev: Arc<Device>,
@@ -246,28 +275,6 @@ unsafe impl Send for Event {}
 unsafe impl Sync for Event {}
 
 impl Event {
-    /// A new interprocess event (no timing) and its IPC handle.
-    pub fn interprocess(dev: &Arc<Device>) -> Result<(Event, [u8; 64])> {
-        let _g = dev.enter()?;
-        let mut raw: sys::CUevent = std::ptr::null_mut();
-        let flags = sys::CUevent_flags::CU_EVENT_INTERPROCESS as u32
-            | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
-        // SAFETY: writes one event handle; the context is current.
-        call("cuEventCreate", || unsafe {
-            sys::cuEventCreate(&mut raw, flags)
-        })?;
-        let ev = Event {
-            raw,
-            dev: dev.clone(),
-        };
-        let mut h = sys::CUipcEventHandle { reserved: [0; 64] };
-        // SAFETY: `raw` is a live interprocess event; writes 64 bytes.
-        call("cuIpcGetEventHandle", || unsafe {
-            sys::cuIpcGetEventHandle(&mut h, ev.raw)
-        })?;
-        Ok((ev, h.reserved.map(|b| b as u8)))
-    }
-
     /// A new event local to this process, for ordering one stream after
     /// another.
     pub fn local(dev: &Arc<Device>) -> Result<Event> {
@@ -277,24 +284,6 @@ impl Event {
         // SAFETY: writes one event handle; the context is current.
         call("cuEventCreate", || unsafe {
             sys::cuEventCreate(&mut raw, flags)
-        })?;
-        Ok(Event {
-            raw,
-            dev: dev.clone(),
-        })
-    }
-
-    /// Opens an event exported by another process.
-    pub fn open_ipc(dev: &Arc<Device>, handle: [u8; 64]) -> Result<Event> {
-        let _g = dev.enter()?;
-        let mut raw: sys::CUevent = std::ptr::null_mut();
-        let h = sys::CUipcEventHandle {
-            reserved: handle.map(|b| b as std::ffi::c_char),
-        };
-        // SAFETY: the handle is passed by value; the driver validates it
-        // and writes one event handle on success.
-        call("cuIpcOpenEventHandle", || unsafe {
-            sys::cuIpcOpenEventHandle(&mut raw, h)
         })?;
         Ok(Event {
             raw,
@@ -358,6 +347,15 @@ impl Drop for Stream {
     }
 }
 
+/// `CU_STREAM_PER_THREAD`: the calling thread's default stream.
+pub(crate) const PER_THREAD_STREAM: usize = 2;
+
+/// Waits on the host until every stream of the current context is idle.
+pub(crate) fn synchronize_context() -> Result<()> {
+    // SAFETY: no arguments; the caller made a context current.
+    call("cuCtxSynchronize", || unsafe { sys::cuCtxSynchronize() })
+}
+
 /// Waits on the host until `stream` has finished its work.
 pub(crate) fn synchronize(stream: RawStream) -> Result<()> {
     // SAFETY: the caller passes a stream valid in the current context.
@@ -388,6 +386,26 @@ pub(crate) fn record(event: &Event, stream: RawStream) -> Result<()> {
     // SAFETY: both handles are live; the caller made their context current.
     call("cuEventRecord", || unsafe {
         sys::cuEventRecord(event.raw, stream)
+    })
+}
+
+/// Enqueues on `stream` a write of `value` to the 64-bit word at device
+/// address `addr`, after (and visible after) all earlier work on the
+/// stream: the driver's default write has a system-scope memory fence.
+pub(crate) fn write_value(stream: RawStream, addr: DevicePtr, value: u64) -> Result<()> {
+    // SAFETY: `addr` is an aligned word of a region the caller registered
+    // or allocated in the current context; the stream is live.
+    call("cuStreamWriteValue64", || unsafe {
+        sys::cuStreamWriteValue64_v2(stream, addr, value, 0)
+    })
+}
+
+/// Makes `stream` wait (on the GPU) until the 64-bit word at `addr` is at
+/// least `value`.
+pub(crate) fn wait_value(stream: RawStream, addr: DevicePtr, value: u64) -> Result<()> {
+    // SAFETY: as in `write_value`; GEQ is flag 0.
+    call("cuStreamWaitValue64", || unsafe {
+        sys::cuStreamWaitValue64_v2(stream, addr, value, 0)
     })
 }
 

@@ -2,8 +2,10 @@
 //!
 //! The CUDA backend of cuframes: a publisher keeps its ring of frames in
 //! one GPU allocation and subscribers in other processes read them in
-//! place, as device pointers, with ordering done on the GPU by
-//! interprocess events (no CPU synchronisation per frame).
+//! place, as device pointers, with ordering done on the GPU through
+//! counters in the shared segment that GPU streams write and wait on (no
+//! CPU synchronisation per frame, no IPC events: it works across pid
+//! namespaces).
 //!
 //! - [`CudaPublisher`]: allocates every slot at once (planes pitched for
 //!   NVDEC/NPP), exports the memory either as a legacy IPC handle in the
@@ -40,8 +42,7 @@ mod publisher;
 mod subscriber;
 
 pub use area::{
-    parse_area, AreaHeader, AreaInfo, ExportMode, AREA_MAGIC, AREA_VERSION, HANDLE_LEN,
-    RELEASE_ROW_HEADER,
+    parse_area, AreaHeader, AreaInfo, ExportMode, AREA_MAGIC, AREA_VERSION, SYNC_OFFSET,
 };
 pub use driver::{device_count, driver_version, is_available, DevicePtr, RawStream};
 pub use publisher::{

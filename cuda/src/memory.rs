@@ -4,8 +4,19 @@
 use crate::driver::{call, Device, DevicePtr};
 use cudarc::driver::sys;
 use cuframes::{Error, ErrorCode, Result};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+/// Legacy allocations this process exported, by handle: the driver refuses
+/// to open a handle in the process that made it, so a subscriber in the
+/// publisher's own process uses the pointer directly.
+static EXPORTED: Mutex<Vec<([u8; 64], DevicePtr)>> = Mutex::new(Vec::new());
+
+/// Handles this process has open, shared by every subscriber of the stream:
+/// the driver maps a handle once per process (a second open fails with
+/// `CUDA_ERROR_ALREADY_MAPPED`).
+static IMPORTED: Mutex<Option<HashMap<[u8; 64], Weak<IpcImport>>>> = Mutex::new(None);
 
 /// A legacy allocation (`cuMemAlloc`), exportable with `cuIpcGetMemHandle`.
 pub(crate) struct Legacy {
@@ -32,12 +43,21 @@ impl Legacy {
         call("cuIpcGetMemHandle", || unsafe {
             sys::cuIpcGetMemHandle(&mut h, mem.ptr)
         })?;
-        Ok((mem, h.reserved.map(|b| b as u8)))
+        let handle = h.reserved.map(|b| b as u8);
+        EXPORTED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((handle, mem.ptr));
+        Ok((mem, handle))
     }
 }
 
 impl Drop for Legacy {
     fn drop(&mut self) {
+        EXPORTED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(_, p)| *p != self.ptr);
         if let Ok(_g) = self.dev.enter() {
             // SAFETY: our allocation, freed once; the publisher synchronised
             // its stream before dropping it.
@@ -46,14 +66,42 @@ impl Drop for Legacy {
     }
 }
 
-/// Memory opened from another process's `cuIpcGetMemHandle`.
+/// Memory opened from a `cuIpcGetMemHandle` handle: once per process,
+/// shared by every subscriber of the stream here.
 pub(crate) struct IpcImport {
     pub ptr: DevicePtr,
+    /// False when the handle is this process's own export (nothing to close).
+    opened: bool,
     dev: Arc<Device>,
 }
 
 impl IpcImport {
-    pub fn open(dev: &Arc<Device>, handle: [u8; 64]) -> Result<IpcImport> {
+    pub fn open(dev: &Arc<Device>, handle: [u8; 64]) -> Result<Arc<IpcImport>> {
+        let mut cache = IMPORTED.lock().unwrap_or_else(PoisonError::into_inner);
+        let cache = cache.get_or_insert_with(HashMap::new);
+        cache.retain(|_, w| w.strong_count() > 0);
+        if let Some(m) = cache.get(&handle).and_then(Weak::upgrade) {
+            return Ok(m);
+        }
+        let own = EXPORTED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(h, _)| *h == handle)
+            .map(|(_, p)| *p);
+        let m = Arc::new(match own {
+            Some(ptr) => IpcImport {
+                ptr,
+                opened: false,
+                dev: dev.clone(),
+            },
+            None => Self::open_handle(dev, handle)?,
+        });
+        cache.insert(handle, Arc::downgrade(&m));
+        Ok(m)
+    }
+
+    fn open_handle(dev: &Arc<Device>, handle: [u8; 64]) -> Result<IpcImport> {
         let _g = dev.enter()?;
         let mut ptr: DevicePtr = 0;
         let h = sys::CUipcMemHandle {
@@ -67,6 +115,7 @@ impl IpcImport {
         })?;
         Ok(IpcImport {
             ptr,
+            opened: true,
             dev: dev.clone(),
         })
     }
@@ -74,6 +123,9 @@ impl IpcImport {
 
 impl Drop for IpcImport {
     fn drop(&mut self) {
+        if !self.opened {
+            return;
+        }
         if let Ok(_g) = self.dev.enter() {
             // SAFETY: opened by `open`, closed once.
             let _ = call("cuIpcCloseMemHandle", || unsafe {
@@ -274,6 +326,61 @@ impl Drop for Vmm {
             // SAFETY: releases our handle; the memory lives on while other
             // processes still hold theirs.
             let _ = call("cuMemRelease", || unsafe { sys::cuMemRelease(h) });
+        }
+    }
+}
+
+/// Host memory registered with the driver and mapped for the device: the
+/// sync region of a stream's backend area. Unregistered on drop.
+pub(crate) struct HostRegistration {
+    host: *mut u8,
+    /// The device address of the same bytes.
+    pub device: DevicePtr,
+    dev: Arc<Device>,
+}
+
+// SAFETY: holds addresses only; the driver handles are usable from any
+// thread with the context current (Drop enters it).
+unsafe impl Send for HostRegistration {}
+// SAFETY: as above.
+unsafe impl Sync for HostRegistration {}
+
+impl HostRegistration {
+    /// Registers `len` bytes at `host` (page-aligned, a multiple of the
+    /// page size) for device access and returns their device address.
+    ///
+    /// # Safety
+    /// The range must stay mapped until the registration is dropped.
+    pub unsafe fn new(dev: &Arc<Device>, host: *mut u8, len: usize) -> Result<HostRegistration> {
+        let _g = dev.enter()?;
+        let flags = sys::CU_MEMHOSTREGISTER_DEVICEMAP | sys::CU_MEMHOSTREGISTER_PORTABLE;
+        // SAFETY: the caller keeps the range mapped while registered.
+        call("cuMemHostRegister", || unsafe {
+            sys::cuMemHostRegister_v2(host.cast(), len, flags)
+        })?;
+        let mut reg = HostRegistration {
+            host,
+            device: 0,
+            dev: dev.clone(),
+        };
+        let mut device: DevicePtr = 0;
+        // SAFETY: `host` was registered with DEVICEMAP just above; writes
+        // one device pointer.
+        call("cuMemHostGetDevicePointer", || unsafe {
+            sys::cuMemHostGetDevicePointer_v2(&mut device, host.cast(), 0)
+        })?;
+        reg.device = device;
+        Ok(reg)
+    }
+}
+
+impl Drop for HostRegistration {
+    fn drop(&mut self) {
+        if let Ok(_g) = self.dev.enter() {
+            // SAFETY: registered by `new`, unregistered once.
+            let _ = call("cuMemHostUnregister", || unsafe {
+                sys::cuMemHostUnregister(self.host.cast())
+            });
         }
     }
 }

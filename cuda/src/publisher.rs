@@ -1,14 +1,14 @@
 //! The CUDA publisher: frames in one device allocation, handed out by the
 //! host ring.
 
-use crate::area::{AreaHeader, ExportMode, ReleaseRow};
-use crate::driver::{self, call, Device, DevicePtr, Event, RawStream, Stream};
+use crate::area::{AreaHeader, ExportMode, SyncTable};
+use crate::driver::{self, call, Device, DevicePtr, RawStream, Stream};
 use crate::fdpass::{self, FdServer, PeerPolicy};
-use crate::memory::{vmm_granularity, Legacy, Vmm};
+use crate::memory::{vmm_granularity, HostRegistration, Legacy, Vmm};
 use cudarc::driver::sys;
 use cuframes::core::{Backend, PixelFormat};
 use cuframes::{Error, ErrorCode, FrameLayout, Publisher, PublisherOptions, Result};
-use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
@@ -46,8 +46,11 @@ pub struct CudaPublisherOptions {
     /// Row (and plane) alignment in device memory: a power of two, at
     /// least 256 (NVDEC and NPP want 256 or 512).
     pub pitch_align: u32,
-    /// In IPC mode, how long dropping the publisher waits for subscribers
-    /// to release their frames before freeing the memory.
+    /// How long dropping the publisher waits for subscribers to finish
+    /// reading and detach before it frees the device memory. In ipc mode,
+    /// memory that live subscribers still map after this is not freed (the
+    /// driver reclaims it when the process exits): freeing it under an
+    /// importer is undefined.
     pub close_grace: Duration,
 }
 
@@ -58,7 +61,7 @@ impl Default for CudaPublisherOptions {
             device: 0,
             export: ExportRequest::Auto,
             pitch_align: 512,
-            close_grace: Duration::from_secs(1),
+            close_grace: Duration::from_secs(2),
         }
     }
 }
@@ -75,14 +78,6 @@ impl Memory {
             Memory::Vmm(m) => m.ptr,
         }
     }
-}
-
-/// A subscriber's release events, opened lazily per slot.
-struct Peer {
-    tag: u64,
-    owner: u64,
-    events: Vec<Option<Event>>,
-    failed: Vec<bool>,
 }
 
 /// Device addresses and pitch of each plane of a loaned slot.
@@ -117,10 +112,12 @@ pub struct CudaDetachedLease {
 /// allocation, exported once; subscribers ([`crate::CudaSubscriber`]) open
 /// it once and read every frame in place.
 ///
-/// Ordering is on the GPU, never the CPU: before a slot is handed out for
-/// writing, the publisher's stream waits on every current subscriber's
-/// release event for that slot; committing records the slot's publish
-/// event on the stream, which subscribers' consumer streams wait on.
+/// Ordering is on the GPU, never the CPU, through counters in shared host
+/// memory that every process maps for its GPU: before a slot is handed out
+/// for writing, the publisher's stream waits until every subscriber's
+/// reads of it are complete; committing makes the stream write the frame's
+/// seq into the slot's publish counter, which subscribers' streams wait on.
+/// These cross pid namespaces (nothing but the shared segment is needed).
 ///
 /// ```no_run
 /// use cuframes_cuda::{CudaPublisher, CudaPublisherOptions};
@@ -136,16 +133,20 @@ pub struct CudaDetachedLease {
 /// # Ok::<(), cuframes::Error>(())
 /// ```
 pub struct CudaPublisher {
-    // Field order is drop order: the ring closes and the socket goes
-    // before any device resource is freed.
-    inner: Option<Publisher>,
+    // Drop (below) closes the ring, waits for subscribers, then lets the
+    // fields go in this order: the registration before the ring's mapping.
     server: Option<FdServer>,
-    peers: HashMap<u32, Peer>,
-    pending: Option<u32>,
-    publish_events: Vec<Event>,
+    /// The loaned slot and the seq it will get.
+    pending: Option<(u32, u64)>,
+    /// Releases the stream was made to wait for: (row, slot, value), kept
+    /// until they complete so a reader that dies first is noticed.
+    outstanding: Vec<(u32, u32, u64)>,
+    sync: SyncTable,
+    registration: Option<HostRegistration>,
+    inner: Option<Publisher>,
     own_stream: Option<Stream>,
     stream: RawStream,
-    memory: Memory,
+    memory: Option<Memory>,
     area: AreaHeader,
     mode: ExportMode,
     layout: FrameLayout,
@@ -217,6 +218,7 @@ impl CudaPublisher {
         }
         let dev = Device::open(options.device)?;
         let _g = dev.enter()?;
+        dev.check_stream_memory_ops()?;
         let mode = match options.export {
             ExportRequest::Ipc => ExportMode::Ipc,
             ExportRequest::VmmFd => ExportMode::VmmFd,
@@ -281,14 +283,7 @@ impl CudaPublisher {
             sys::cuMemsetD8Async(memory.ptr(), 0, area.alloc_bytes as usize, stream.raw)
         })?;
         driver::synchronize(stream.raw)?;
-        let mut publish_events = Vec::with_capacity(ring.slot_count as usize);
         let mut bytes = vec![0u8; area.area_len as usize];
-        for slot in 0..ring.slot_count as usize {
-            let (ev, h) = Event::interprocess(&dev)?;
-            let off = area.publish_events_offset as usize + slot * 64;
-            bytes[off..off + 64].copy_from_slice(&h);
-            publish_events.push(ev);
-        }
         bytes[..256].copy_from_slice(area.as_bytes());
         let backend = Backend {
             memory: mode.memory_kind(),
@@ -316,16 +311,28 @@ impl CudaPublisher {
             )?),
             _ => None,
         };
+        let (area_ptr, _) = inner.backend_area();
+        // SAFETY: the area is our segment's backend area, page-aligned and
+        // laid out by `area`; `inner` keeps it mapped, and the registration
+        // and table are dropped before it (see Drop).
+        let registration = unsafe {
+            let table = SyncTable::new(area_ptr, 0, &area);
+            let (host, len) = table.region();
+            HostRegistration::new(&dev, host, len)?
+        };
+        // SAFETY: as above; `registration.device` maps the sync region.
+        let sync = unsafe { SyncTable::new(area_ptr, registration.device, &area) };
         drop(_g);
         Ok(Self {
-            inner: Some(inner),
             server,
-            peers: HashMap::new(),
             pending: None,
-            publish_events,
+            outstanding: Vec::new(),
+            sync,
+            registration: Some(registration),
+            inner: Some(inner),
             stream: stream.raw,
             own_stream: Some(stream),
-            memory,
+            memory: Some(memory),
             area,
             mode,
             layout,
@@ -364,7 +371,7 @@ impl CudaPublisher {
 
     /// Base address of the allocation holding every slot.
     pub fn device_base(&self) -> DevicePtr {
-        self.memory.ptr()
+        self.memory.as_ref().map_or(0, Memory::ptr)
     }
 
     /// Bytes from one slot to the next in device memory.
@@ -375,7 +382,7 @@ impl CudaPublisher {
     /// Device address of `slot`'s first byte (`None` past the ring).
     pub fn slot_ptr(&self, slot: u32) -> Option<DevicePtr> {
         (slot < self.area.slot_count)
-            .then(|| self.memory.ptr() + u64::from(slot) * self.area.slot_stride)
+            .then(|| self.device_base() + u64::from(slot) * self.area.slot_stride)
     }
 
     /// The stream all writes are ordered on: the publisher's own
@@ -386,7 +393,7 @@ impl CudaPublisher {
     }
 
     /// Orders writes on `stream` instead (a decoder's stream, say): loans
-    /// make it wait on release events; commits record publish events on it.
+    /// make it wait for subscribers' reads; commits mark frames complete on it.
     ///
     /// # Safety
     /// `stream` must be a live stream of this device's primary context (or
@@ -433,7 +440,7 @@ impl CudaPublisher {
             self.ring_mut().abort_detached();
             return Err(e);
         }
-        self.pending = Some(d.slot);
+        self.pending = Some((d.slot, d.seq));
         let (planes, plane_count) = self.planes_of(d.slot);
         Ok(CudaDetachedLease {
             seq: d.seq,
@@ -444,25 +451,22 @@ impl CudaPublisher {
         })
     }
 
-    /// Records the loaned slot's publish event on the stream, then
-    /// publishes the frame; returns its seq.
+    /// Makes the stream mark the loaned slot's frame complete after the
+    /// writes enqueued so far, then publishes it; returns its seq.
     pub fn commit_detached(&mut self, pts_ns: i64) -> Result<u64> {
-        let slot = self.pending_slot()?;
-        let recorded = self
+        let (slot, seq) = self
+            .pending
+            .take()
+            .ok_or_else(|| invalid("no slot is loaned"))?;
+        let marked = self
             .dev
             .enter()
-            .and_then(|_g| driver::record(&self.publish_events[slot as usize], self.stream));
-        if let Err(e) = recorded {
+            .and_then(|_g| driver::write_value(self.stream, self.sync.publish_device(slot), seq));
+        if let Err(e) = marked {
             self.ring_mut().abort_detached();
             return Err(e);
         }
         self.ring_mut().commit_detached(pts_ns)
-    }
-
-    fn pending_slot(&mut self) -> Result<u32> {
-        self.pending
-            .take()
-            .ok_or_else(|| invalid("no slot is loaned"))
     }
 
     /// Gives the detached loan back unpublished; false if there was none.
@@ -488,62 +492,98 @@ impl CudaPublisher {
         lease.commit(pts_ns)
     }
 
-    /// Makes the stream wait on every live subscriber's release event for
-    /// `slot`.
+    /// Makes the stream wait until every subscriber's reads of `slot` are
+    /// complete. A reader that died with reads pending never completes
+    /// them (its GPU work died with it): its releases are settled instead,
+    /// here or at a later loan, so the stream never waits on the dead.
     fn wait_release(&mut self, slot: u32) -> Result<()> {
         let _g = self.dev.enter()?;
-        let stats = self.ring().stats();
-        let (area_ptr, _) = self.ring().backend_area();
-        let live: Vec<_> = stats
-            .active()
-            .filter(|s| s.index < self.area.subscriber_capacity)
-            .map(|s| (s.index, s.generation))
-            .collect();
-        self.peers
-            .retain(|idx, p| live.iter().any(|(i, o)| i == idx && *o == p.owner));
-        for (index, owner) in live {
-            // A dead subscriber's events are gone with it: waiting on them
-            // is undefined, so skip it (the sweep frees its record).
-            if !self.ring().subscriber_alive(index) {
-                self.peers.remove(&index);
+        self.settle_dead();
+        let (_, rows) = self.sync.shape();
+        for row in 0..rows {
+            let Err(want) = self.sync.released(row, slot) else {
+                continue;
+            };
+            if !self.ring().subscriber_alive(row) {
+                self.settle(row);
                 continue;
             }
-            // SAFETY: the area is our segment's backend area, 64-aligned and
-            // laid out by `self.area`; the host publisher keeps it mapped;
-            // `index` is below the capacity (filtered above).
-            let row = unsafe { ReleaseRow::at(area_ptr, &self.area, index) };
-            let (tag, row_owner) = row.tag_owner();
-            if tag == 0 || row_owner != owner {
-                continue;
-            }
-            let n = self.area.slot_count as usize;
-            let peer = self.peers.entry(index).or_insert_with(|| Peer {
-                tag,
-                owner,
-                events: (0..n).map(|_| None).collect(),
-                failed: vec![false; n],
-            });
-            if peer.tag != tag {
-                *peer = Peer {
-                    tag,
-                    owner,
-                    events: (0..n).map(|_| None).collect(),
-                    failed: vec![false; n],
-                };
-            }
-            let s = slot as usize;
-            if peer.events[s].is_none() && !peer.failed[s] {
-                match row.handle(slot, tag).map(|h| Event::open_ipc(&self.dev, h)) {
-                    Some(Ok(ev)) => peer.events[s] = Some(ev),
-                    Some(Err(_)) => peer.failed[s] = true,
-                    None => continue,
-                }
-            }
-            if let Some(ev) = &peer.events[s] {
-                driver::stream_wait(self.stream, ev)?;
-            }
+            driver::wait_value(self.stream, self.sync.done_device(row, slot), want)?;
+            self.outstanding.push((row, slot, want));
         }
         Ok(())
+    }
+
+    /// Drops completed waits and settles the rows of readers that died.
+    fn settle_dead(&mut self) {
+        let mut dead = Vec::new();
+        let (sync, ring) = (&self.sync, self.inner.as_ref());
+        self.outstanding.retain(|&(row, slot, want)| {
+            if sync.done(row, slot).load(Ordering::Acquire) >= want {
+                return false;
+            }
+            if ring.is_some_and(|r| r.subscriber_alive(row)) {
+                return true;
+            }
+            dead.push(row);
+            false
+        });
+        for row in dead {
+            self.settle(row);
+        }
+    }
+
+    fn settle(&mut self, row: u32) {
+        let n = self.sync.settle_row(row);
+        if n > 0 {
+            tracing::warn!(
+                key = self.ring().key(),
+                record = row,
+                slots = n,
+                "a subscriber died with GPU reads pending; its releases are settled"
+            );
+        }
+    }
+
+    /// Waits up to the close grace for [`readers_gone`](Self::readers_gone).
+    fn wait_readers_gone(&mut self) -> bool {
+        let deadline = Instant::now() + self.close_grace;
+        loop {
+            if self.readers_gone() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether every subscriber has detached or died and every read is
+    /// complete (dead readers' releases are settled on the way).
+    fn readers_gone(&mut self) -> bool {
+        let Some(ring) = self.inner.as_ref() else {
+            return true;
+        };
+        let (slots, rows) = self.sync.shape();
+        let mut gone = true;
+        let mut dead = Vec::new();
+        for row in 0..rows {
+            let pending = (0..slots).any(|s| self.sync.released(row, s).is_err());
+            let attached = ring.stats().active().any(|r| r.index == row);
+            if !pending && !attached {
+                continue;
+            }
+            if ring.subscriber_alive(row) {
+                gone = false;
+            } else if pending {
+                dead.push(row);
+            }
+        }
+        for row in dead {
+            self.settle(row);
+        }
+        gone
     }
 }
 
@@ -635,22 +675,32 @@ impl Drop for CudaWriteLease<'_> {
 
 impl Drop for CudaPublisher {
     fn drop(&mut self) {
-        if self.mode == ExportMode::Ipc {
-            // Legacy IPC memory must not be freed under an importer's feet:
-            // give subscribers a moment to let go of what they hold.
-            let deadline = Instant::now() + self.close_grace;
-            while Instant::now() < deadline && self.ring().stats().active().any(|s| s.held > 0) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-        // Close and unlink the stream, stop serving the descriptor.
-        self.inner.take();
-        self.server.take();
+        // Finish our writes, so every published frame is complete, then
+        // close: subscribers drain and get `Closed`.
         if let Ok(_g) = self.dev.enter() {
             let _ = driver::synchronize(self.stream);
         }
-        self.peers.clear();
-        // Events, the stream and the memory drop with the fields.
+        if let Some(ring) = self.inner.as_mut() {
+            ring.close_keep_mapped();
+        }
+        // Legacy IPC memory must outlive every importer: wait for
+        // subscribers to finish reading and detach. (VMM memory lives on
+        // while any process maps it; the counters live in the segment.)
+        if self.mode == ExportMode::Ipc && !self.wait_readers_gone() {
+            // Freeing legacy IPC memory under an importer is undefined:
+            // leave it to the driver's cleanup at process exit.
+            tracing::warn!(
+                key = self.ring().key(),
+                "subscribers still map the stream's GPU memory after {:?}; \
+                 it is left allocated until this process exits",
+                self.close_grace
+            );
+            std::mem::forget(self.memory.take());
+        }
+        self.server.take();
+        self.registration.take();
+        self.inner.take();
+        // The stream, then the memory, drop with the fields.
         self.own_stream.take();
     }
 }

@@ -1,10 +1,10 @@
-//! The CUDA subscriber: opens the publisher's device memory and events
-//! once, then hands out frames as device pointers.
+//! The CUDA subscriber: opens the publisher's device memory once, then
+//! hands out frames as device pointers.
 
-use crate::area::{parse_area, snapshot, AreaInfo, ExportMode, ReleaseRow};
-use crate::driver::{self, device_count, Device, DevicePtr, Event, RawStream};
+use crate::area::{parse_area, snapshot, AreaInfo, ExportMode, SyncTable};
+use crate::driver::{self, device_count, Device, DevicePtr, RawStream};
 use crate::fdpass::{self, Expect};
-use crate::memory::{IpcImport, Vmm};
+use crate::memory::{HostRegistration, IpcImport, Vmm};
 use cuframes::{
     Error, ErrorCode, Frame, FrameLayout, Mode, PixelFormat, Result, Subscriber, SubscriberOptions,
     SubscriberStats,
@@ -30,7 +30,7 @@ pub struct CudaSubscriberOptions {
 }
 
 enum Import {
-    Ipc(IpcImport),
+    Ipc(Arc<IpcImport>),
     Vmm(Vmm),
 }
 
@@ -43,16 +43,22 @@ impl Import {
     }
 }
 
-/// What frames share with their subscriber.
+/// What frames share with their subscriber. Frames hold it and their host
+/// frame (which keeps the record) and drop it first, so a record is freed
+/// only after this process let go of the memory: what the publisher waits
+/// for before freeing legacy IPC memory.
 struct Shared {
-    // Drop order: events before the memory, all before the device.
-    publish_events: Vec<Event>,
-    release_events: Vec<Event>,
+    // Drop order: the registration and the memory before the device.
+    /// Keeps the sync region mapped for the GPU.
+    _registration: HostRegistration,
     memory: Import,
+    sync: SyncTable,
+    /// Our subscriber record: the row of the release table we own.
+    row: u32,
     area: AreaInfo,
     /// False once the `CudaSubscriber` is gone: the last frames then
-    /// synchronise before letting go, because deregistering stops the
-    /// publisher from waiting on our release events.
+    /// synchronise before letting go, because a freed record no longer
+    /// makes the publisher wait for our reads.
     subscriber_alive: AtomicBool,
     dev: Arc<Device>,
 }
@@ -73,8 +79,10 @@ struct Shared {
 /// # Ok::<(), cuframes::Error>(())
 /// ```
 pub struct CudaSubscriber {
-    sub: Subscriber,
+    // Field order is drop order: our hold on the memory goes before the
+    // host subscriber's record.
     shared: Arc<Shared>,
+    sub: Subscriber,
     stream: RawStream,
 }
 
@@ -114,6 +122,7 @@ impl CudaSubscriber {
         debug_assert_eq!(area.mode, export);
         let dev = open_device(options.device, &area.header.device_uuid)?;
         let _g = dev.enter()?;
+        dev.check_stream_memory_ops()?;
         let memory = match area.mode {
             ExportMode::Ipc => Import::Ipc(IpcImport::open(&dev, area.header.mem_handle)?),
             ExportMode::VmmFd => {
@@ -135,43 +144,31 @@ impl CudaSubscriber {
                 Import::Vmm(Vmm::import(&dev, &fd, area.header.alloc_bytes)?)
             }
         };
-        let slots = area.header.slot_count;
-        let mut publish_events = Vec::with_capacity(slots as usize);
-        for slot in 0..slots {
-            publish_events.push(Event::open_ipc(&dev, area.publish_handle(&bytes, slot))?);
-        }
-        let mut release_events = Vec::with_capacity(slots as usize);
-        let mut handles = Vec::with_capacity(slots as usize);
-        for _ in 0..slots {
-            let (ev, h) = Event::interprocess(&dev)?;
-            release_events.push(ev);
-            handles.push(h);
-        }
-        let index = sub.record_index();
-        let generation = sub
-            .ring_stats()
-            .active()
-            .find(|s| s.index == index)
-            .map(|s| s.generation)
-            .ok_or_else(|| Error::new(ErrorCode::PublisherGone, "our record was reclaimed"))?;
-        let owner = generation;
-        let tag = random_tag();
         // SAFETY: the area is the validated backend area of our mapping
-        // (page-aligned), laid out as `area` says, and `index` is our
-        // record, below the capacity the ring validated.
-        let row = unsafe { ReleaseRow::at(area_ptr, &area.header, index) };
-        row.publish(owner, &handles, tag);
+        // (page-aligned), laid out as `area` says; the host subscriber,
+        // dropped after `Shared`, keeps it mapped.
+        let registration = unsafe {
+            let (host, len) = SyncTable::new(area_ptr, 0, &area.header).region();
+            HostRegistration::new(&dev, host, len)?
+        };
+        // SAFETY: as above; the registration maps the sync region.
+        let sync = unsafe { SyncTable::new(area_ptr, registration.device, &area.header) };
+        // The record was free before we claimed it: a previous owner that
+        // died with reads pending never completes them.
+        let row = sub.record_index();
+        sync.settle_row(row);
         drop(_g);
         Ok(Self {
-            sub,
             shared: Arc::new(Shared {
-                publish_events,
-                release_events,
+                _registration: registration,
                 memory,
+                sync,
+                row,
                 area,
                 subscriber_alive: AtomicBool::new(true),
                 dev,
             }),
+            sub,
             stream: std::ptr::null_mut(),
         })
     }
@@ -194,6 +191,8 @@ impl CudaSubscriber {
 
     /// Waits up to `timeout` for the next frame and makes the consumer
     /// stream wait (on the GPU) until the publisher's writes to it are done.
+    /// A frame the publisher died before finishing is never handed out:
+    /// `PublisherGone`.
     pub fn next_frame(&mut self, timeout: Duration) -> Result<CudaFrame> {
         self.next_frame_unless(timeout, || false)
     }
@@ -205,33 +204,52 @@ impl CudaSubscriber {
         timeout: Duration,
         stop: impl Fn() -> bool,
     ) -> Result<CudaFrame> {
-        let frame = self.sub.next_frame_unless(timeout, stop)?;
+        let frame = self.sub.next_frame_unless(timeout, stop);
+        let frame = self.gone_check(frame)?;
         self.wrap(frame)
     }
 
     /// Takes a frame if one is ready, without waiting.
     pub fn try_next(&mut self) -> Result<Option<CudaFrame>> {
-        match self.sub.try_next()? {
+        let frame = self.sub.try_next();
+        match self.gone_check(frame)? {
             Some(f) => self.wrap(f).map(Some),
             None => Ok(None),
         }
     }
 
-    fn wrap(&mut self, frame: Frame) -> Result<CudaFrame> {
-        let slot = frame.slot();
-        let sh = &self.shared;
-        let ev = sh
-            .publish_events
-            .get(slot as usize)
-            .ok_or_else(|| Error::new(ErrorCode::Corrupt, format!("slot {slot} out of range")))?;
+    /// Passes `r` on; a dead publisher's unfinished frames are settled
+    /// first, so no stream of ours waits for them forever.
+    fn gone_check<T>(&self, r: Result<T>) -> Result<T> {
+        if r.as_ref()
+            .is_err_and(|e| e.code() == ErrorCode::PublisherGone)
         {
+            self.shared.settle_publisher();
+        }
+        r
+    }
+
+    fn wrap(&mut self, frame: Frame) -> Result<CudaFrame> {
+        let (slot, seq) = (frame.slot(), frame.seq());
+        let sh = &self.shared;
+        let written = sh.sync.publish(slot).load(Ordering::Acquire) >= seq;
+        if !written {
+            // Usually the publisher's GPU is still writing; but if its
+            // process is gone the frame is never finished.
+            if !self.sub.publisher_alive() {
+                sh.settle_publisher();
+                return Err(Error::new(
+                    ErrorCode::PublisherGone,
+                    format!("the publisher died before frame {seq} was complete on the GPU"),
+                ));
+            }
             let _g = sh.dev.enter()?;
-            driver::stream_wait(self.stream, ev)?;
+            driver::wait_value(self.stream, sh.sync.publish_device(slot), seq)?;
         }
         Ok(CudaFrame {
             base: sh.memory.ptr() + u64::from(slot) * sh.area.header.slot_stride,
-            frame: Some(frame),
             shared: self.shared.clone(),
+            frame: Some(frame),
             stream: self.stream,
             readers: std::sync::Mutex::new(Vec::new()),
         })
@@ -263,8 +281,33 @@ impl CudaSubscriber {
     }
 }
 
+impl Shared {
+    /// Marks every slot's frame complete: for a publisher that died, whose
+    /// stream will never write the counters our streams may wait on. What
+    /// such a frame holds is undefined; it was handed out before the death
+    /// was known (docs/cuda.md).
+    fn settle_publisher(&self) {
+        let (slots, _) = self.sync.shape();
+        let mut n = 0;
+        for slot in 0..slots {
+            if self.sync.publish(slot).swap(u64::MAX, Ordering::AcqRel) != u64::MAX {
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::warn!(
+                slots = n,
+                "the publisher died: GPU waits on its unfinished frames are released"
+            );
+        }
+    }
+}
+
 impl Drop for CudaSubscriber {
     fn drop(&mut self) {
+        if !self.sub.publisher_alive() {
+            self.shared.settle_publisher();
+        }
         self.shared.subscriber_alive.store(false, Ordering::Release);
         if let Ok(_g) = self.shared.dev.enter() {
             // Released frames' reads may still run; once we deregister the
@@ -283,15 +326,6 @@ impl std::fmt::Debug for CudaSubscriber {
             .field("mode", &self.shared.area.mode)
             .finish_non_exhaustive()
     }
-}
-
-fn random_tag() -> u64 {
-    let mut b = [0u8; 8];
-    // getrandom never blocks after boot; fall back to time and pid.
-    if rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()).is_err() {
-        b = (cuframes::now_ns() ^ u64::from(std::process::id()).rotate_left(32)).to_ne_bytes();
-    }
-    u64::from_ne_bytes(b) | 1
 }
 
 fn open_device(wanted: Option<u32>, uuid: &[u8; 16]) -> Result<Arc<Device>> {
@@ -327,17 +361,20 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// A frame held in GPU memory: device pointers per plane, valid until it
-/// is released (or dropped). Release records this subscriber's release
-/// event for the slot on the consumer stream, so the publisher's next write
-/// to it waits for every read enqueued before.
+/// is released (or dropped). Release makes the consumer stream count this
+/// subscriber's release of the slot after the reads enqueued before it;
+/// the publisher's next write to the slot waits for that.
 pub struct CudaFrame {
     base: DevicePtr,
-    frame: Option<Frame>,
+    // Drop order: our hold on the memory, then the host frame (the lease
+    // and, for the last one, the record).
     shared: Arc<Shared>,
+    frame: Option<Frame>,
     stream: RawStream,
-    /// Other streams made to read the frame ([`CudaFrame::use_on`]); the
+    /// Other streams made to read the frame ([`CudaFrame::use_on`]) and
+    /// the thread that asked (for the per-thread default stream); the
     /// release waits for them too.
-    readers: std::sync::Mutex<Vec<usize>>,
+    readers: std::sync::Mutex<Vec<(usize, std::thread::ThreadId)>>,
 }
 
 // SAFETY: device addresses and stream handles are plain values usable from
@@ -447,33 +484,56 @@ impl CudaFrame {
         self.readers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(stream as usize);
+            .push((stream as usize, std::thread::current().id()));
         Ok(())
     }
 
     /// Releases the frame (dropping it does the same).
     pub fn release(self) {}
+
+    /// Orders the release on the GPU: the consumer stream waits for every
+    /// reader, then counts the release of the slot.
+    fn release_on_gpu(&mut self) -> Result<()> {
+        let sh = &self.shared;
+        let slot = self.frame.as_ref().map_or(0, Frame::slot);
+        let _g = sh.dev.enter()?;
+        let readers = std::mem::take(self.readers.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for (r, thread) in readers {
+            if r == driver::PER_THREAD_STREAM && thread != std::thread::current().id() {
+                // Another thread's per-thread default stream cannot be
+                // named here: wait for all of the context's work instead.
+                driver::synchronize_context()?;
+            } else {
+                driver::order_after(&sh.dev, r as RawStream, self.stream)?;
+            }
+        }
+        let requested = sh.sync.requested(sh.row, slot);
+        let want = requested.load(Ordering::Relaxed) + 1;
+        driver::write_value(self.stream, sh.sync.done_device(sh.row, slot), want)?;
+        requested.store(want, Ordering::Release);
+        if !sh.subscriber_alive.load(Ordering::Acquire) {
+            // This may be the last hold on the record: once it is freed
+            // the publisher stops waiting on our reads, so finish them.
+            driver::synchronize(self.stream)?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for CudaFrame {
     fn drop(&mut self) {
-        let slot = self.slot() as usize;
-        if let Ok(_g) = self.shared.dev.enter() {
-            let readers = std::mem::take(self.readers.get_mut().unwrap_or_else(|p| p.into_inner()));
-            for r in readers {
-                let _ = driver::order_after(&self.shared.dev, r as RawStream, self.stream);
-            }
-            if let Some(ev) = self.shared.release_events.get(slot) {
-                let _ = driver::record(ev, self.stream);
-            }
-            if !self.shared.subscriber_alive.load(Ordering::Acquire) {
-                // This may be the last hold on the record: deregistering
-                // ends the publisher's waits on us, so finish reads first.
-                let _ = driver::synchronize(self.stream);
-            }
+        if let Err(e) = self.release_on_gpu() {
+            // The release could not be ordered on the GPU: finish every
+            // read here instead, so the slot is free when the lease goes.
+            tracing::warn!(error = %e, "GPU release failed; synchronising instead");
+            let _ = self
+                .shared
+                .dev
+                .enter()
+                .and_then(|_g| driver::synchronize_context());
         }
-        // Clears our lease bit (after the record above).
-        self.frame.take();
+        // Then the fields go: our hold on the memory, then the host frame
+        // (clears the lease).
     }
 }
 

@@ -222,14 +222,20 @@ fn area_validation_cases() {
     assert_eq!(info.mode, ExportMode::VmmFd);
     assert_eq!(info.mode.name(), "vmm-fd");
     assert_eq!(ExportMode::Ipc.name(), "ipc");
-    assert_eq!(info.header.release_offset, 256 + 4 * 64);
-    assert_eq!(info.header.area_len, 256 + 4 * 64 + 4 * (64 + 4 * 64));
+    // The sync region starts a page in: 4 publish counters (one cache
+    // line), then 4 rows of 4 requested + 4 done counters.
+    assert_eq!(info.header.sync_offset, SYNC_OFFSET);
+    assert_eq!(info.header.release_offset, 4096 + 64);
+    assert_eq!(info.header.release_stride, 64);
+    assert_eq!(info.header.sync_len, 4096);
+    assert_eq!(info.header.area_len, 8192);
 
     type Case = (fn(&mut Vec<u8>), ErrorCode);
     let cases: &[Case] = &[
         (|v| v.truncate(100), ErrorCode::Corrupt),
         (|v| v[3] = 0, ErrorCode::Corrupt),
-        (|v| set_u32(v, 8, 2), ErrorCode::Incompatible),
+        (|v| set_u32(v, 8, 1), ErrorCode::Incompatible), // the event-based layout
+        (|v| set_u32(v, 8, 3), ErrorCode::Incompatible),
         (|v| set_u32(v, 12, 255), ErrorCode::Corrupt),
         (|v| set_u32(v, 16, 1), ErrorCode::Corrupt), // host is no export mode
         (|v| set_u32(v, 16, 77), ErrorCode::Corrupt),
@@ -243,13 +249,15 @@ fn area_validation_cases() {
         (|v| set_u32(v, 64, 64), ErrorCode::Corrupt),
         (|v| set_u32(v, 68, 300), ErrorCode::Corrupt),
         (|v| set_u32(v, 68, 128), ErrorCode::Corrupt),
-        (|v| set_u64(v, 72, 8), ErrorCode::Corrupt), // events over the header
+        (|v| set_u64(v, 72, 8), ErrorCode::Corrupt), // sync region over the header
         (|v| set_u64(v, 72, u64::MAX - 10), ErrorCode::Corrupt),
-        (|v| set_u64(v, 80, 256), ErrorCode::Corrupt), // release over events
+        (|v| set_u64(v, 80, 4096), ErrorCode::Corrupt), // releases over publishes
         (|v| set_u64(v, 80, u64::MAX - 63), ErrorCode::Corrupt),
-        (|v| set_u64(v, 88, 64), ErrorCode::Corrupt),
+        (|v| set_u64(v, 88, 128), ErrorCode::Corrupt),
         (|v| set_u64(v, 96, 1 << 40), ErrorCode::Corrupt), // longer than the bytes
-        (|v| v[128] = 1, ErrorCode::Corrupt),              // a handle in vmm mode
+        (|v| set_u64(v, 104, 0), ErrorCode::Corrupt),      // no sync region
+        (|v| set_u64(v, 104, 1 << 20), ErrorCode::Corrupt),
+        (|v| v[128] = 1, ErrorCode::Corrupt), // a handle in vmm mode
     ];
     for (i, (corrupt, want)) in cases.iter().enumerate() {
         let mut v = good.clone();

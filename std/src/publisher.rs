@@ -420,6 +420,25 @@ impl Publisher {
     /// Closes the stream: subscribers drain what is left, then get `Closed`.
     /// Dropping the publisher does this too.
     pub fn close(self) {}
+
+    /// Closes the stream as [`close`](Self::close) does but keeps it
+    /// mapped and its records readable until the publisher is dropped: for
+    /// the CUDA layer, which must see subscribers let go of device memory
+    /// before freeing it. No loan succeeds afterwards.
+    ///
+    /// ```
+    /// # use cuframes::*;
+    /// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+    /// let layout = FrameLayout::new(PixelFormat::Gray8, 16, 16, 64)?;
+    /// let mut p = Publisher::create("doc-close-mapped", layout, Default::default())?;
+    /// p.close_keep_mapped();
+    /// assert_eq!(p.loan().unwrap_err().code(), ErrorCode::Closed);
+    /// assert_eq!(p.stats().active().count(), 0);
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn close_keep_mapped(&mut self) {
+        self.writer.close();
+    }
 }
 
 impl Drop for Publisher {

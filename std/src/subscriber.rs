@@ -363,6 +363,24 @@ impl Subscriber {
         self.inner.ring().stats()
     }
 
+    /// Whether the publisher's process is alive (it holds its liveness
+    /// lock; one `fcntl`). A closed stream's publisher may still be alive.
+    ///
+    /// ```
+    /// # use cuframes::*;
+    /// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+    /// # let layout = FrameLayout::new(PixelFormat::Gray8, 16, 16, 64).unwrap();
+    /// let p = Publisher::create("doc-pub-alive", layout, Default::default())?;
+    /// let sub = Subscriber::connect("doc-pub-alive", "s", Mode::Queue, Default::default())?;
+    /// assert!(sub.publisher_alive());
+    /// drop(p);
+    /// assert!(!sub.publisher_alive());
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn publisher_alive(&self) -> bool {
+        self.inner.shared.publisher_alive()
+    }
+
     fn attempt(&mut self) -> Result<Option<Frame>> {
         match ReadGrant::acquire(self.inner.clone(), self.inner.token()) {
             Ok(grant) => Ok(Some(self.deliver(grant))),
