@@ -6,7 +6,7 @@ use cuframes::{
     testsrc, Error, ErrorCode, FrameLayout, LosslessPolicy, PixelFormat, Publisher,
     PublisherOptions, Result,
 };
-use cuframes_cuda::{CudaPublisher, CudaPublisherOptions};
+use cuframes_cuda::{CudaPublisher, CudaPublisherOptions, ExportRequest};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -58,6 +58,11 @@ pub struct Args {
     /// CUDA device index (with --cuda).
     #[arg(long, default_value_t = 0, requires = "cuda")]
     pub device: u32,
+    /// How GPU memory is shared (with --cuda): auto, ipc (legacy CUDA IPC:
+    /// subscribers in the same pid namespace) or vmm-fd (a file descriptor
+    /// over a unix socket: works across containers).
+    #[arg(long, default_value = "auto", value_parser = parse_export, requires = "cuda")]
+    pub export: ExportRequest,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -68,6 +73,15 @@ fn parse_policy(s: &str) -> Result<LosslessPolicy, String> {
         "block" => Ok(LosslessPolicy::Block),
         "drop-oldest" => Ok(LosslessPolicy::DropOldest),
         _ => Err(format!("{s:?}: block or drop-oldest")),
+    }
+}
+
+fn parse_export(s: &str) -> Result<ExportRequest, String> {
+    match s {
+        "auto" => Ok(ExportRequest::Auto),
+        "ipc" => Ok(ExportRequest::Ipc),
+        "vmm-fd" => Ok(ExportRequest::VmmFd),
+        _ => Err(format!("{s:?}: auto, ipc or vmm-fd")),
     }
 }
 
@@ -168,6 +182,7 @@ impl Sink {
             CudaPublisherOptions {
                 ring: options,
                 device: args.device,
+                export: args.export,
                 ..Default::default()
             },
         )?;

@@ -1,15 +1,20 @@
-//! GPU tests: run only with `CUFRAMES_GPU=1` on a machine with an NVIDIA
-//! GPU (`CUFRAMES_GPU=1 cargo test -p cuframes-cuda --test gpu`).
+//! GPU tests, across real processes. They run with `CUFRAMES_GPU=1`: on a
+//! machine with an NVIDIA GPU, or under the strict driver simulator
+//! (`scripts/cuda-sim.sh cargo test -p cuframes-cuda --test gpu`), which
+//! the test command does on every run.
 //!
-//! Publisher and subscribers are separate processes (this binary run again
-//! with a role in `CUFRAMES_GPU_CHILD`), as CUDA IPC requires.
+//! Publishers and subscribers are separate processes (this binary run
+//! again with a role in `CUFRAMES_GPU_CHILD`), as CUDA IPC requires. Every
+//! frame is checked byte for byte after copies that the test enqueues
+//! itself and releases before they ran, so a missing GPU wait on either
+//! side shows as a wrong byte.
 
 use cudarc::driver::sys;
 use cuframes::{LosslessPolicy, Mode, PixelFormat, PublisherOptions, SubscriberOptions};
 use cuframes_cuda::*;
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const CHILD: &str = "CUFRAMES_GPU_CHILD";
@@ -20,7 +25,9 @@ fn enabled() -> bool {
     if std::env::var("CUFRAMES_GPU").as_deref() == Ok("1") {
         return true;
     }
-    println!("skipped: set CUFRAMES_GPU=1 on a machine with an NVIDIA GPU");
+    println!(
+        "skipped: set CUFRAMES_GPU=1 on a machine with an NVIDIA GPU, or run scripts/cuda-sim.sh"
+    );
     false
 }
 
@@ -40,27 +47,183 @@ fn ck(what: &str, r: sys::CUresult) {
     assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "{what}");
 }
 
-fn spawn(role: &str, key: &str, frames: u64) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["gpu_child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, format!("{role},{key},{frames}"))
-        .env("CUFRAMES_GPU", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// Raw driver calls the tests make themselves, as an application would.
+mod drv {
+    use super::ck;
+    use cudarc::driver::sys;
+
+    /// The primary context of `ordinal`, current on this thread.
+    pub fn enter(ordinal: u32) {
+        let mut dev: sys::CUdevice = 0;
+        let mut ctx: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: plain driver calls with valid out-pointers; the context
+        // stays retained (and current) for the life of the test process.
+        unsafe {
+            ck("cuInit", sys::cuInit(0));
+            ck("cuDeviceGet", sys::cuDeviceGet(&mut dev, ordinal as i32));
+            ck("retain", sys::cuDevicePrimaryCtxRetain(&mut ctx, dev));
+            ck("current", sys::cuCtxSetCurrent(ctx));
+        }
+    }
+
+    /// A new non-blocking stream of the current context.
+    pub fn stream() -> sys::CUstream {
+        let mut s: sys::CUstream = std::ptr::null_mut();
+        // SAFETY: writes one stream handle; a context is current.
+        unsafe { ck("cuStreamCreate", sys::cuStreamCreate(&mut s, 1)) };
+        s
+    }
+
+    pub fn sync(s: sys::CUstream) {
+        // SAFETY: `s` is a live stream.
+        unsafe { ck("cuStreamSynchronize", sys::cuStreamSynchronize(s)) };
+    }
+
+    /// `len` bytes of page-locked host memory (never freed: test process).
+    pub fn pinned(len: usize) -> &'static mut [u8] {
+        let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: writes one pointer to `len` bytes the driver allocated
+        // for us; we never free it, so the slice may be 'static.
+        unsafe {
+            ck("cuMemAllocHost", sys::cuMemAllocHost_v2(&mut p, len));
+            std::slice::from_raw_parts_mut(p.cast(), len)
+        }
+    }
+
+    /// `len` bytes of device memory (never freed: test process).
+    pub fn device(len: usize) -> u64 {
+        let mut d = 0;
+        // SAFETY: writes one device pointer.
+        unsafe { ck("cuMemAlloc", sys::cuMemAlloc_v2(&mut d, len)) };
+        d
+    }
+
+    /// Keeps `s` busy for a while: large memsets of a scratch buffer.
+    pub fn busy(s: sys::CUstream, scratch: u64, len: usize, times: usize) {
+        for _ in 0..times {
+            // SAFETY: the scratch buffer is ours, `len` bytes long.
+            unsafe { ck("busy", sys::cuMemsetD8Async(scratch, 0x5a, len, s)) };
+        }
+    }
+
+    /// Fills `len` device bytes at `ptr` with `v` on `s`.
+    pub fn fill(s: sys::CUstream, ptr: u64, len: usize, v: u8) {
+        // SAFETY: the caller passes a range it may write on `s`.
+        unsafe { ck("fill", sys::cuMemsetD8Async(ptr, v, len, s)) };
+    }
+
+    /// Makes `s` wait forever: on a word of pinned host memory that is
+    /// never written.
+    pub fn stall(s: sys::CUstream) {
+        let word = pinned(64);
+        let mut d = 0;
+        // SAFETY: `word` is page-locked memory allocated by the driver,
+        // mapped for the device; we wait for it to become 1, which never
+        // happens.
+        unsafe {
+            ck(
+                "devptr",
+                sys::cuMemHostGetDevicePointer_v2(&mut d, word.as_mut_ptr().cast(), 0),
+            );
+            ck("wait", sys::cuStreamWaitValue64_v2(s, d, 1, 0));
+        }
+    }
+
+    /// Enqueues 2D copies of `planes` (device pointer, pitch, row bytes,
+    /// rows) into `dst`, tightly packed, on `s`.
+    pub fn copy_planes(s: sys::CUstream, planes: &[(u64, usize, usize, usize)], dst: &mut [u8]) {
+        let mut at = 0usize;
+        for &(ptr, pitch, row, rows) in planes {
+            assert!(at + row * rows <= dst.len());
+            let c = sys::CUDA_MEMCPY2D {
+                srcXInBytes: 0,
+                srcY: 0,
+                srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                srcHost: std::ptr::null(),
+                srcDevice: ptr,
+                srcArray: std::ptr::null_mut(),
+                srcPitch: pitch,
+                dstXInBytes: 0,
+                dstY: 0,
+                dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
+                // SAFETY: in bounds (asserted above).
+                dstHost: unsafe { dst.as_mut_ptr().add(at) }.cast(),
+                dstDevice: 0,
+                dstArray: std::ptr::null_mut(),
+                dstPitch: row,
+                WidthInBytes: row,
+                Height: rows,
+            };
+            // SAFETY: the source is a frame plane the caller holds, the
+            // destination `row * rows` bytes of `dst`, which outlives the
+            // copy (the caller synchronises before reading it).
+            unsafe { ck("copy", sys::cuMemcpy2DAsync_v2(&c, s)) };
+            at += row * rows;
+        }
+    }
 }
 
-fn publisher(key: &str, export: ExportRequest, slots: u32) -> CudaPublisher {
-    let opts = CudaPublisherOptions {
+fn spawn_with(role: &str, key: &str, frames: u64, env: &[(&str, &str)], wrap: &[&str]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.args(["gpu_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, format!("{role},{key},{frames}"))
+        .env("CUFRAMES_GPU", "1")
+        .stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn spawn(role: &str, key: &str, frames: u64) -> Child {
+    spawn_with(role, key, frames, &[], &[])
+}
+
+fn lines(kid: &mut Child) -> Lines<BufReader<ChildStdout>> {
+    BufReader::new(kid.stdout.take().unwrap()).lines()
+}
+
+/// Reads `lines` until one contains `what`; panics if the child ends first.
+fn expect_line(lines: &mut Lines<BufReader<ChildStdout>>, what: &str) -> String {
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if l.contains(what) {
+            return l;
+        }
+    }
+    panic!("child ended before printing {what:?}");
+}
+
+fn finish(kid: Child, want: &str) {
+    let out = kid.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(want), "{text}");
+}
+
+fn options(export: ExportRequest, slots: u32, policy: LosslessPolicy) -> CudaPublisherOptions {
+    CudaPublisherOptions {
         ring: PublisherOptions {
             slot_count: slots,
-            policy: LosslessPolicy::Block,
-            block_timeout: Duration::from_secs(10),
+            policy,
+            block_timeout: Duration::from_secs(20),
             ..Default::default()
         },
         export,
         ..Default::default()
-    };
+    }
+}
+
+fn publisher(key: &str, export: ExportRequest, slots: u32) -> CudaPublisher {
+    let opts = options(export, slots, LosslessPolicy::Block);
     CudaPublisher::create(key, PixelFormat::Nv12, W, H, opts).unwrap()
 }
 
@@ -72,10 +235,121 @@ fn wait_subscribers(p: &CudaPublisher, n: usize) {
     }
 }
 
-/// Publisher writes a known pattern (host copies and in-place loans, both
-/// on its stream); two subscriber processes check every byte on their own
-/// streams, releasing each frame before their copy has run, so a publisher
-/// that did not wait on release events would corrupt what they read.
+/// Publishes frame `seq`: odd frames straight from host memory; even ones
+/// through a loan whose slot is first filled with 0xEE by a large memset on
+/// the publisher's stream, so a subscriber that does not wait for the
+/// publisher's writes reads 0xEE (or the slot's previous frame).
+fn publish(p: &mut CudaPublisher, seq: u64) {
+    let len = p.layout().packed_bytes() as usize;
+    let slot_bytes = p.layout().slot_bytes as usize;
+    let data = pattern(seq, len);
+    let got = if seq % 2 == 1 {
+        p.publish_from_host(&data, seq as i64).unwrap()
+    } else {
+        let lease = p.loan().unwrap();
+        assert_eq!(lease.plane(0).pitch % 512, 0);
+        drv::fill(lease.stream(), lease.plane(0).ptr, slot_bytes, 0xee);
+        lease.copy_from_host(&data).unwrap();
+        lease.commit(seq as i64).unwrap()
+    };
+    assert_eq!(got, seq);
+}
+
+/// The test's view of a frame's planes, for `drv::copy_planes`.
+fn planes_of(f: &CudaFrame) -> Vec<(u64, usize, usize, usize)> {
+    f.layout()
+        .planes()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                f.device_ptr(i),
+                f.pitch(i) as usize,
+                p.row_bytes as usize,
+                p.rows as usize,
+            )
+        })
+        .collect()
+}
+
+fn sub_options() -> CudaSubscriberOptions {
+    CudaSubscriberOptions {
+        ring: SubscriberOptions {
+            connect_timeout: Duration::from_secs(20),
+            max_held: 4,
+            ..Default::default()
+        },
+        device: None,
+    }
+}
+
+/// A consumer that checks every frame byte for byte, on its own stream:
+/// busy work first, then copies out, then the release (before the copies
+/// ran: the release must make the publisher wait for them).
+struct Checker {
+    stream: sys::CUstream,
+    host: &'static mut [u8],
+    scratch: u64,
+}
+
+const SCRATCH: usize = 16 << 20;
+
+impl Checker {
+    fn new(ordinal: u32, len: usize) -> Self {
+        drv::enter(ordinal);
+        Checker {
+            stream: drv::stream(),
+            host: drv::pinned(len),
+            scratch: drv::device(SCRATCH),
+        }
+    }
+
+    /// Checks `f` against `pattern(f.seq())` and releases it early.
+    fn check(&mut self, f: CudaFrame) -> u64 {
+        assert_eq!(f.consumer_stream(), self.stream);
+        let seq = f.seq();
+        drv::busy(self.stream, self.scratch, SCRATCH, 2);
+        drv::copy_planes(self.stream, &planes_of(&f), self.host);
+        f.release();
+        drv::sync(self.stream);
+        let want = pattern(seq, self.host.len());
+        if self.host[..] != want[..] {
+            let at = self.host.iter().zip(&want).position(|(a, b)| a != b);
+            panic!("frame {seq} differs from byte {at:?}");
+        }
+        seq
+    }
+
+    fn subscribe(&self, key: &str, name: &str, mode: Mode) -> CudaSubscriber {
+        let mut sub = CudaSubscriber::connect(key, name, mode, sub_options()).unwrap();
+        // SAFETY: our stream lives for the whole test process.
+        unsafe { sub.set_consumer_stream(self.stream) };
+        sub
+    }
+}
+
+fn frame_len() -> usize {
+    (W * H * 3 / 2) as usize
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`
+/// (a GPU wait that never ends would otherwise hang the suite).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {limit:?}"))
+}
+
+/// Publisher writes a known pattern (host copies and in-place loans behind
+/// large memsets, both on its stream); two subscriber processes check every
+/// byte on their own streams, releasing each frame before their copy ran.
 #[test]
 fn two_subscribers_verify_every_byte() {
     if !enabled() {
@@ -87,30 +361,145 @@ fn two_subscribers_verify_every_byte() {
         .enumerate()
     {
         let key = format!("gpu-verify-{i}");
-        let frames = 300u64;
+        let frames = 200u64;
         let mut p = publisher(&key, export, 4);
         let kids = [spawn("verify", &key, frames), spawn("verify", &key, frames)];
         wait_subscribers(&p, 2);
-        let len = p.layout().packed_bytes() as usize;
         for seq in 1..=frames {
-            let data = pattern(seq, len);
-            let got = if seq % 2 == 1 {
-                p.publish_from_host(&data, seq as i64).unwrap()
-            } else {
-                let lease = p.loan().unwrap();
-                assert_eq!(lease.plane(0).pitch % 512, 0);
-                lease.copy_from_host(&data).unwrap();
-                lease.commit(seq as i64).unwrap()
-            };
-            assert_eq!(got, seq);
+            publish(&mut p, seq);
         }
         for kid in kids {
-            let out = kid.wait_with_output().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{text}");
-            assert!(text.contains(&format!("VERIFIED {frames}")), "{text}");
+            finish(kid, &format!("VERIFIED {frames}"));
         }
     }
+}
+
+/// Newest-only readers and a drop-oldest ring on the GPU: whatever frames
+/// a reader gets, in whatever order the ring skips, are intact.
+#[test]
+fn newest_only_and_drop_oldest() {
+    if !enabled() {
+        return;
+    }
+    shm_dir();
+    let key = "gpu-lossy";
+    let frames = 150u64;
+    let opts = options(ExportRequest::Auto, 3, LosslessPolicy::DropOldest);
+    let mut p = CudaPublisher::create(key, PixelFormat::Nv12, W, H, opts).unwrap();
+    let kids = [spawn("newest", key, frames), spawn("lossy", key, frames)];
+    wait_subscribers(&p, 2);
+    for seq in 1..=frames {
+        publish(&mut p, seq);
+    }
+    for kid in kids {
+        finish(kid, &format!("LAST {frames}"));
+    }
+}
+
+/// A decoder-style publisher writes on a stream of its own
+/// ([`CudaPublisher::set_stream`]) from a page-locked buffer it reuses.
+#[test]
+fn publisher_writes_on_its_own_stream() {
+    if !enabled() {
+        return;
+    }
+    shm_dir();
+    let key = "gpu-own-stream";
+    let frames = 60u64;
+    let mut p = publisher(key, ExportRequest::Auto, 3);
+    drv::enter(p.device());
+    let decoder = drv::stream();
+    // SAFETY: the stream is live for the whole test process.
+    unsafe { p.set_stream(decoder) };
+    let kid = spawn("verify", key, frames);
+    wait_subscribers(&p, 1);
+    let len = frame_len();
+    let staging = drv::pinned(len);
+    for seq in 1..=frames {
+        // The staging buffer is read by the previous frame's copies until
+        // the stream passes them.
+        drv::sync(decoder);
+        staging.copy_from_slice(&pattern(seq, len));
+        let lease = p.loan().unwrap();
+        assert_eq!(lease.stream(), decoder);
+        drv::fill(decoder, lease.plane(0).ptr, p_slot_bytes(&lease), 0xee);
+        lease.copy_from_host(staging).unwrap();
+        assert_eq!(lease.commit(seq as i64).unwrap(), seq);
+    }
+    finish(kid, &format!("VERIFIED {frames}"));
+}
+
+fn p_slot_bytes(lease: &CudaWriteLease<'_>) -> usize {
+    lease.layout().slot_bytes as usize
+}
+
+/// Device ordinals differ between processes (`CUDA_VISIBLE_DEVICES`, or
+/// containers): the subscriber finds the publisher's GPU by UUID.
+#[test]
+fn remapped_device_ordinals() {
+    if !enabled() {
+        return;
+    }
+    if device_count().unwrap() < 2 {
+        println!("skipped: needs two GPUs");
+        return;
+    }
+    shm_dir();
+    let key = "gpu-remap";
+    // The publisher sees only the second GPU, as its device 0.
+    let mut kid = spawn_with("publish", key, 30, &[("CUDA_VISIBLE_DEVICES", "1")], &[]);
+    let mut out = lines(&mut kid);
+    expect_line(&mut out, "READY");
+    // Asking for our device 0 is refused: it is not the publisher's GPU.
+    let wrong = CudaSubscriberOptions {
+        device: Some(0),
+        ..sub_options()
+    };
+    let e = CudaSubscriber::connect(key, "wrong", Mode::Queue, wrong).unwrap_err();
+    assert_eq!(e.code(), cuframes::ErrorCode::Cuda, "{e}");
+    assert!(e.message().contains("not the publisher's GPU"), "{e}");
+    let mut c = Checker::new(1, frame_len());
+    let mut sub = c.subscribe(key, "remapped", Mode::Queue);
+    assert_eq!(sub.device(), 1);
+    for want in 1..=30 {
+        let f = sub.next_frame(Duration::from_secs(20)).unwrap();
+        assert_eq!(c.check(f), want);
+    }
+    drop(sub);
+    assert!(kid.wait().unwrap().success());
+}
+
+/// Two subscribers of one legacy-IPC stream in one process (the driver maps
+/// a handle once per process), and a subscriber in the publisher's own
+/// process (the driver refuses to open a handle where it was made).
+#[test]
+fn several_subscribers_in_one_process() {
+    if !enabled() {
+        return;
+    }
+    shm_dir();
+    let key = "gpu-same-process";
+    let frames = 40u64;
+    let mut p = publisher(key, ExportRequest::Ipc, 4);
+    let kid = spawn("verify-pair", key, frames);
+    wait_subscribers(&p, 2);
+    let own = std::thread::spawn({
+        let key = key.to_owned();
+        move || {
+            let mut c = Checker::new(0, frame_len());
+            let mut sub = c.subscribe(&key, "own-process", Mode::Queue);
+            for want in 1..=frames {
+                let f = sub.next_frame(Duration::from_secs(20)).unwrap();
+                assert_eq!(c.check(f), want);
+            }
+        }
+    });
+    wait_subscribers(&p, 3);
+    for seq in 1..=frames {
+        publish(&mut p, seq);
+    }
+    own.join().unwrap();
+    finish(kid, &format!("VERIFIED {frames}"));
 }
 
 /// A subscriber killed with SIGKILL while holding a frame leaves nothing
@@ -129,10 +518,8 @@ fn kill_9_of_a_subscriber_leaves_nothing_held() {
         let mut p = publisher(&key, export, 3);
         let mut kid = spawn("hold", &key, 0);
         wait_subscribers(&p, 1);
-        let len = p.layout().packed_bytes() as usize;
-        p.publish_from_host(&pattern(1, len), 1).unwrap();
-        let mut lines = BufReader::new(kid.stdout.take().unwrap()).lines();
-        assert!(lines.any(|l| l.unwrap().contains("HOLDING")));
+        publish(&mut p, 1);
+        expect_line(&mut lines(&mut kid), "HOLDING");
         assert_eq!(p.host().stats().active().map(|s| s.held).sum::<u32>(), 1);
         kid.kill().unwrap(); // SIGKILL
         kid.wait().unwrap();
@@ -142,10 +529,128 @@ fn kill_9_of_a_subscriber_leaves_nothing_held() {
             std::thread::sleep(Duration::from_millis(20));
         }
         for seq in 2..50 {
-            p.publish_from_host(&pattern(seq, len), seq as i64).unwrap();
+            publish(&mut p, seq);
         }
         assert_eq!(p.host().stats().occupancy, 0);
     }
+}
+
+/// A subscriber killed after releasing a frame whose reads never finish
+/// (its stream is stalled) must not stop the publisher: its release is
+/// settled once it is dead, while a healthy subscriber gets every frame.
+#[test]
+fn subscriber_killed_with_a_release_pending() {
+    if !enabled() {
+        return;
+    }
+    shm_dir();
+    for (i, export) in [ExportRequest::Ipc, ExportRequest::VmmFd]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!("gpu-stalled-{i}");
+        let frames = 60u64;
+        let mut p = publisher(&key, export, 3);
+        let mut stalled = spawn("stall", &key, 0);
+        let healthy = spawn("verify", &key, frames);
+        wait_subscribers(&p, 2);
+        publish(&mut p, 1);
+        expect_line(&mut lines(&mut stalled), "RELEASED");
+        // Slot 0 comes round again: the publisher's stream now waits for
+        // the stalled reader, which is alive.
+        for seq in 2..=5 {
+            publish(&mut p, seq);
+        }
+        stalled.kill().unwrap();
+        stalled.wait().unwrap();
+        for seq in 6..=frames {
+            publish(&mut p, seq);
+        }
+        finish(healthy, &format!("VERIFIED {frames}"));
+    }
+}
+
+/// A publisher killed with SIGKILL while subscribers hold its frames and
+/// wait (on the GPU) for one it never finished: no stream of the
+/// subscriber waits forever, held frames of a VMM stream stay readable,
+/// and the subscriber is told `PublisherGone`.
+#[test]
+fn publisher_kill_9_with_frames_held() {
+    if !enabled() {
+        return;
+    }
+    shm_dir();
+    for (i, export) in ["ipc", "vmm-fd"].into_iter().enumerate() {
+        let key = format!("gpu-pubkill-{i}");
+        let mut kid = spawn_with("publish-stall", &key, 5, &[("EXPORT", export)], &[]);
+        let mut out = lines(&mut kid);
+        expect_line(&mut out, "READY");
+        let mut c = Checker::new(0, frame_len());
+        let mut sub = c.subscribe(&key, "holder", Mode::Queue);
+        let first = sub.next_frame(Duration::from_secs(20)).unwrap();
+        assert_eq!(first.copy_to_host().unwrap(), pattern(1, frame_len()));
+        let mut held = vec![first];
+        for want in 2..=5 {
+            let f = sub.next_frame(Duration::from_secs(20)).unwrap();
+            assert_eq!(c.check(f), want);
+        }
+        expect_line(&mut out, "COMMITTED 6");
+        // Frame 6 is published on the host but never finished on the GPU:
+        // our stream waits for it.
+        held.push(sub.next_frame(Duration::from_secs(20)).unwrap());
+        kid.kill().unwrap();
+        kid.wait().unwrap();
+        let e = sub.next_frame(Duration::from_secs(10)).unwrap_err();
+        assert_eq!(e.code(), cuframes::ErrorCode::PublisherGone, "{e}");
+        let stream = c.stream as usize;
+        within(Duration::from_secs(10), "the consumer stream", move || {
+            drv::sync(stream as sys::CUstream)
+        });
+        if export == "vmm-fd" {
+            // VMM memory lives while we map it.
+            assert_eq!(held[0].copy_to_host().unwrap(), pattern(1, frame_len()));
+        }
+        within(
+            Duration::from_secs(10),
+            "releasing and closing",
+            move || {
+                drop(held);
+                drop(sub);
+            },
+        );
+    }
+}
+
+/// vmm-fd mode works across pid (and user) namespaces, as between
+/// containers; legacy IPC is refused there, with a clear error.
+#[test]
+fn vmm_fd_across_pid_namespaces() {
+    if !enabled() {
+        return;
+    }
+    let unshare = ["unshare", "--user", "--map-root-user", "--pid", "--fork"];
+    let probe = Command::new(unshare[0])
+        .args(&unshare[1..])
+        .arg("true")
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        println!("skipped: unshare of user and pid namespaces is not permitted here");
+        return;
+    }
+    shm_dir();
+    let frames = 40u64;
+    let mut p = publisher("gpu-ns-vmm", ExportRequest::VmmFd, 3);
+    let kid = spawn_with("verify", "gpu-ns-vmm", frames, &[], &unshare);
+    wait_subscribers(&p, 1);
+    for seq in 1..=frames {
+        publish(&mut p, seq);
+    }
+    finish(kid, &format!("VERIFIED {frames}"));
+
+    let _ipc = publisher("gpu-ns-ipc", ExportRequest::Ipc, 3);
+    let kid = spawn_with("expect-error", "gpu-ns-ipc", 0, &[], &unshare);
+    finish(kid, "ERROR Cuda");
 }
 
 /// Child processes (run by the tests above).
@@ -161,110 +666,107 @@ fn gpu_child() {
         it.next().unwrap().parse::<u64>().unwrap(),
     );
     shm_dir();
-    let opts = CudaSubscriberOptions {
-        ring: SubscriberOptions {
-            connect_timeout: Duration::from_secs(20),
-            ..Default::default()
-        },
-        device: None,
-    };
+    let name = format!("{role}-{}", std::process::id());
     match role {
-        "verify" => verify(key, frames, opts),
+        "verify" => {
+            let mut c = Checker::new(0, frame_len());
+            let mut sub = c.subscribe(key, &name, Mode::Queue);
+            for want in 1..=frames {
+                let f = sub.next_frame(Duration::from_secs(20)).unwrap();
+                assert_eq!(c.check(f), want, "queue mode delivers every frame in order");
+            }
+            println!("VERIFIED {frames}");
+        }
+        "verify-pair" => {
+            let mut c = Checker::new(0, frame_len());
+            let mut a = c.subscribe(key, "pair-a", Mode::Queue);
+            let mut b = c.subscribe(key, "pair-b", Mode::Queue);
+            for want in 1..=frames {
+                for sub in [&mut a, &mut b] {
+                    let f = sub.next_frame(Duration::from_secs(20)).unwrap();
+                    assert_eq!(c.check(f), want);
+                }
+            }
+            println!("VERIFIED {frames}");
+        }
+        "newest" | "lossy" => {
+            let mode = if role == "newest" {
+                Mode::NewestOnly
+            } else {
+                Mode::Queue
+            };
+            let mut c = Checker::new(0, frame_len());
+            let mut sub = c.subscribe(key, &name, mode);
+            let mut last = 0;
+            while last < frames {
+                let f = sub.next_frame(Duration::from_secs(20)).unwrap();
+                let seq = c.check(f);
+                assert!(seq > last, "{seq} after {last}");
+                last = seq;
+                if role == "lossy" {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            println!("LAST {last} dropped {}", sub.stats().dropped);
+        }
         "hold" => {
-            let mut sub = CudaSubscriber::connect(key, "holder", Mode::NewestOnly, opts).unwrap();
+            let mut sub =
+                CudaSubscriber::connect(key, "holder", Mode::NewestOnly, sub_options()).unwrap();
             let f = sub.next_frame(Duration::from_secs(20)).unwrap();
             println!("HOLDING {}", f.seq());
             std::thread::sleep(Duration::from_secs(120));
         }
+        "stall" => {
+            drv::enter(0);
+            let stream = drv::stream();
+            let mut sub =
+                CudaSubscriber::connect(key, &name, Mode::NewestOnly, sub_options()).unwrap();
+            // SAFETY: the stream lives as long as this process.
+            unsafe { sub.set_consumer_stream(stream) };
+            let f = sub.next_frame(Duration::from_secs(20)).unwrap();
+            drv::stall(stream);
+            f.release();
+            println!("RELEASED");
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        "publish" | "publish-stall" => {
+            let export = match std::env::var("EXPORT").as_deref() {
+                Ok("ipc") => ExportRequest::Ipc,
+                Ok("vmm-fd") => ExportRequest::VmmFd,
+                _ => ExportRequest::Auto,
+            };
+            let mut p = publisher(key, export, 8);
+            println!("READY");
+            wait_subscribers(&p, 1);
+            for seq in 1..=frames {
+                publish(&mut p, seq);
+            }
+            if role == "publish-stall" {
+                // Frame 6 is committed on the host while the stream can
+                // never reach its writes.
+                drv::enter(p.device());
+                drv::stall(p.stream());
+                publish(&mut p, frames + 1);
+                println!("COMMITTED {}", frames + 1);
+                std::thread::sleep(Duration::from_secs(120));
+            }
+            // Keep the stream up until the subscriber is done.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while p.host().stats().active().count() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        "expect-error" => {
+            let opts = CudaSubscriberOptions {
+                ring: SubscriberOptions {
+                    connect_timeout: Duration::from_secs(5),
+                    ..Default::default()
+                },
+                device: None,
+            };
+            let e = CudaSubscriber::connect(key, &name, Mode::Queue, opts).unwrap_err();
+            println!("ERROR {:?}: {e}", e.code());
+        }
         r => panic!("unknown role {r}"),
-    }
-}
-
-fn verify(key: &str, frames: u64, opts: CudaSubscriberOptions) {
-    let name = format!("verify-{}", std::process::id());
-    let mut sub = CudaSubscriber::connect(key, &name, Mode::Queue, opts).unwrap();
-    let layout = *sub.layout();
-    let len = layout.packed_bytes() as usize;
-    let mut dev: sys::CUdevice = 0;
-    let mut ctx: sys::CUcontext = std::ptr::null_mut();
-    let mut stream: sys::CUstream = std::ptr::null_mut();
-    let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
-    let mut scratch: sys::CUdeviceptr = 0;
-    let scratch_len = 256usize << 20;
-    // SAFETY: plain driver calls with valid out-pointers; the primary
-    // context is made current on this thread for the whole test.
-    unsafe {
-        ck("get", sys::cuDeviceGet(&mut dev, sub.device() as i32));
-        ck("retain", sys::cuDevicePrimaryCtxRetain(&mut ctx, dev));
-        ck("current", sys::cuCtxSetCurrent(ctx));
-        ck("stream", sys::cuStreamCreate(&mut stream, 1));
-        ck("host", sys::cuMemAllocHost_v2(&mut host, len));
-        ck("scratch", sys::cuMemAlloc_v2(&mut scratch, scratch_len));
-        sub.set_consumer_stream(stream);
-    }
-    let mut bases: HashMap<u32, u64> = HashMap::new();
-    for want in 1..=frames {
-        let f = sub.next_frame(Duration::from_secs(20)).unwrap();
-        assert_eq!(f.seq(), want, "queue mode delivers every frame in order");
-        assert_eq!(f.consumer_stream(), stream);
-        let base = *bases.entry(f.slot()).or_insert(f.base_ptr());
-        assert_eq!(f.base_ptr(), base, "a slot's device address never moves");
-        assert_eq!(f.device_ptr(0), base);
-        if want % 50 == 0 {
-            // The convenience path agrees.
-            assert_eq!(f.copy_to_host().unwrap(), pattern(want, len));
-        }
-        let mut dst = 0usize;
-        // SAFETY: busy work on our scratch buffer delays the copy past the
-        // release below; the copies read the frame's planes (inside the
-        // imported allocation) into the pinned buffer of `len` bytes.
-        unsafe {
-            for _ in 0..4 {
-                ck(
-                    "busy",
-                    sys::cuMemsetD8Async(scratch, 0, scratch_len, stream),
-                );
-            }
-            for (i, p) in layout.planes().iter().enumerate() {
-                let c = sys::CUDA_MEMCPY2D {
-                    srcXInBytes: 0,
-                    srcY: 0,
-                    srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                    srcHost: std::ptr::null(),
-                    srcDevice: f.device_ptr(i),
-                    srcArray: std::ptr::null_mut(),
-                    srcPitch: f.pitch(i) as usize,
-                    dstXInBytes: 0,
-                    dstY: 0,
-                    dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
-                    dstHost: host.cast::<u8>().add(dst).cast(),
-                    dstDevice: 0,
-                    dstArray: std::ptr::null_mut(),
-                    dstPitch: p.row_bytes as usize,
-                    WidthInBytes: p.row_bytes as usize,
-                    Height: p.rows as usize,
-                };
-                ck("copy", sys::cuMemcpy2DAsync_v2(&c, stream));
-                dst += (p.row_bytes * p.rows) as usize;
-            }
-        }
-        // Released while the copy is still queued: the release event keeps
-        // the publisher off this slot until the copy is done.
-        f.release();
-        // SAFETY: waits for our stream; then reads the pinned buffer.
-        let got = unsafe {
-            ck("sync", sys::cuStreamSynchronize(stream));
-            std::slice::from_raw_parts(host.cast::<u8>(), len)
-        };
-        assert!(got == pattern(want, len).as_slice(), "frame {want} differs");
-    }
-    println!("VERIFIED {frames}");
-    drop(sub);
-    // SAFETY: frees what we allocated above.
-    unsafe {
-        sys::cuMemFreeHost(host);
-        sys::cuMemFree_v2(scratch);
-        sys::cuStreamDestroy_v2(stream);
-        sys::cuDevicePrimaryCtxRelease_v2(dev);
     }
 }
