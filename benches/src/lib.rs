@@ -4,12 +4,15 @@
 //! from one publisher process to N subscriber processes through cuframes,
 //! iceoryx2, a unix socket, Python shared memory and Python cuframes, with
 //! handoff latency, frames/s, CPU per frame and resident memory measured
-//! in every process. The criterion micro-benchmarks are in `benches/`.
+//! in every process; and, where there is a CUDA device, frames in GPU
+//! memory through cuframes-cuda and `torch.multiprocessing`. The criterion
+//! micro-benchmarks are in `benches/`.
 //!
 //! Children are the calling binary re-executed with the spec of their
 //! role ([`Options::child_prefix`] + spec), or `python3 -c` scripts.
 #![deny(missing_docs)]
 
+pub mod gpu;
 pub mod output;
 pub mod peers;
 pub mod proto;
@@ -102,24 +105,48 @@ pub fn machine() -> String {
 }
 
 /// The cases of a run, in table order, each either to run or skipped
-/// with a reason.
+/// with a reason. The GPU peers (after the host ones) move video frames
+/// only (1080p; 4K too in a full run), to one subscriber.
 pub fn plan(size: Size) -> Vec<(Case, Option<String>)> {
     let (workloads, subs): (&[Workload], &[usize]) = match size {
         Size::Smoke => (&[Workload::SMALL], &[1]),
         Size::Quick => (&[Workload::HD, Workload::SMALL], &[1]),
         Size::Full => (&[Workload::SMALL, Workload::HD, Workload::UHD], &[1, 4, 8]),
     };
+    let gpu_workloads: &[Workload] = match size {
+        Size::Full => &[Workload::HD, Workload::UHD],
+        _ => &[Workload::HD],
+    };
+    let host_peers = [
+        Peer::Cuframes,
+        Peer::Iceoryx2,
+        Peer::UnixSocket,
+        Peer::PythonShm,
+        Peer::PythonCuframes,
+    ];
+    let gpu_peers = [Peer::CuframesCuda, Peer::TorchMp];
     let cores = cores();
     let mut out = Vec::new();
+    for (workloads, subs, peers) in [
+        (workloads, subs, &host_peers[..]),
+        (gpu_workloads, &[1][..], &gpu_peers[..]),
+    ] {
+        add_cases(size, cores, workloads, subs, peers, &mut out);
+    }
+    out
+}
+
+fn add_cases(
+    size: Size,
+    cores: usize,
+    workloads: &[Workload],
+    subs: &[usize],
+    peers: &[Peer],
+    out: &mut Vec<(Case, Option<String>)>,
+) {
     for &workload in workloads {
         for &n in subs {
-            for peer in [
-                Peer::Cuframes,
-                Peer::Iceoryx2,
-                Peer::UnixSocket,
-                Peer::PythonShm,
-                Peer::PythonCuframes,
-            ] {
+            for &peer in peers {
                 for &mode in peer.modes() {
                     for &wake in peer.wakes() {
                         let case = Case {
@@ -142,7 +169,6 @@ pub fn plan(size: Size) -> Vec<(Case, Option<String>)> {
             }
         }
     }
-    out
 }
 
 /// Why a peer cannot run here, if it cannot.
@@ -152,13 +178,16 @@ fn unavailable(peer: Peer) -> Option<String> {
         Peer::PythonCuframes => python::probe("import cuframes")
             .err()
             .map(|e| format!("`import cuframes` failed: {e}")),
-        Peer::CuframesCuda | Peer::TorchMp => {
-            Some(if std::env::var("CUFRAMES_GPU").as_deref() == Ok("1") {
-                "GPU peers are not part of this harness yet (CUFRAMES_GPU=1 set)".into()
-            } else {
-                "no CUDA device (set CUFRAMES_GPU=1 on a machine with one)".into()
-            })
-        }
+        Peer::CuframesCuda => gpu::probe().err(),
+        Peer::TorchMp => match gpu::probe() {
+            Ok(g) if g.sim => Some(format!(
+                "the CUDA device is the driver simulator ({}): torch needs a real GPU",
+                g.name
+            )),
+            _ => python::probe(python::TORCH_PROBE)
+                .err()
+                .map(|e| format!("needs torch with CUDA (torch.cuda.is_available()): {e}")),
+        },
         _ => None,
     }
 }
@@ -255,31 +284,22 @@ fn run_cases(
             row.payload,
             row.subscribers,
             match row.status.as_str() {
-                "ok" => format!(
-                    "p50 {} p99 {} {:.0} fps",
+                s @ ("ok" | output::SIM) => format!(
+                    "{}p50 {} p99 {} {:.0} fps{}",
+                    if s == output::SIM { "sim: " } else { "" },
                     output::human_ns(row.figures.p50_ns),
                     output::human_ns(row.figures.p99_ns),
-                    row.figures.sub_fps
+                    row.figures.sub_fps,
+                    if row.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", row.reason)
+                    }
                 ),
                 s => format!("{s}: {}", row.reason),
             }
         ));
         rows.push(row);
-    }
-    for peer in [Peer::CuframesCuda, Peer::TorchMp] {
-        if !chosen(peer) {
-            continue;
-        }
-        let case = Case {
-            peer,
-            wake: Wake::Block,
-            mode: Mode::Newest,
-            workload: Workload::HD,
-            subscribers: 1,
-            phases: phases(opts.size, Workload::HD),
-        };
-        let reason = why_not(peer).unwrap_or_default();
-        rows.push(skipped_row(&case, &reason));
     }
     let table = format!("{}\n{}", machine(), output::table(&rows));
     let csv = opts.out.join("bench.csv");
@@ -421,13 +441,31 @@ impl Drop for Run {
     }
 }
 
-/// Runs one case; a failure becomes a `failed` row with the reason.
+/// Runs one case; a failure becomes a `failed` row with the reason. A
+/// GPU row measured on the driver simulator has status
+/// [`output::SIM`] (never `ok`) and says so in its reason.
 pub fn run_case(opts: &Options, shm_dir: Option<&Path>, case: &Case, index: usize) -> Row {
     let mut row = skipped_row(case, "");
     match measure(opts, shm_dir, case, index) {
-        Ok(f) => {
+        Ok((f, note)) => {
             row.status = "ok".into();
             row.figures = f;
+            row.reason = note;
+            if case.peer.gpu() {
+                if let Ok(g) = gpu::probe() {
+                    let detail = [g.name.as_str(), row.reason.as_str()]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    row.reason = if g.sim {
+                        row.status = output::SIM.into();
+                        format!("{} ({detail})", gpu::SIM_NOTE)
+                    } else {
+                        detail
+                    };
+                }
+            }
         }
         Err(e) => {
             row.status = "failed".into();
@@ -437,12 +475,14 @@ pub fn run_case(opts: &Options, shm_dir: Option<&Path>, case: &Case, index: usiz
     row
 }
 
+/// The figures of one case and a note (the export mode of a CUDA
+/// publisher).
 fn measure(
     opts: &Options,
     shm_dir: Option<&Path>,
     case: &Case,
     index: usize,
-) -> Result<Figures, String> {
+) -> Result<(Figures, String), String> {
     let key = format!("bench-{}-{index}", std::process::id());
     let rust_child = |role: &str, idx: usize| {
         let spec = ChildSpec {
@@ -462,7 +502,8 @@ fn measure(
     let deadline = Instant::now() + budget;
     let mut run = Run::new(shm_dir);
     let n = case.subscribers;
-    if case.peer == Peer::PythonShm {
+    if matches!(case.peer, Peer::PythonShm | Peer::TorchMp) {
+        // One Python process that starts its subscribers itself.
         let args = [
             format!("bytes={}", case.workload.bytes()),
             format!("subs={n}"),
@@ -471,7 +512,11 @@ fn measure(
             format!("lat_interval_us={}", p.latency_interval_us),
             format!("tput_ms={}", p.throughput_ms),
         ];
-        run.spawn("python-shm", python::shm_command(&args))?;
+        let cmd = match case.peer {
+            Peer::TorchMp => python::torch_mp_command(&args, &opts.out)?,
+            _ => python::shm_command(&args),
+        };
+        run.spawn(case.peer.name(), cmd)?;
     } else {
         run.spawn("publisher", rust_child("pub", 0))?;
         run.wait_line(deadline, |l| l == "ready")?;
@@ -534,5 +579,9 @@ fn measure(
             figures.samples, figures.sub_fps
         ));
     }
-    Ok(figures)
+    let note = publisher
+        .get("export")
+        .map(|m| format!("export {m}"))
+        .unwrap_or_default();
+    Ok((figures, note))
 }

@@ -46,11 +46,12 @@ pub struct Row {
     pub bytes: usize,
     /// Subscriber processes (0 for "all").
     pub subscribers: usize,
-    /// `ok`, `skipped`, `failed` or `reference`.
+    /// `ok`, [`SIM`], `skipped`, `failed` or `reference`.
     pub status: String,
-    /// Why skipped or failed; a note for references.
+    /// Why skipped or failed; a note for references and measured rows
+    /// (the GPU and export mode of GPU rows; the simulator label).
     pub reason: String,
-    /// The figures (zero unless `ok` / `reference`).
+    /// The figures (zero unless `ok`, [`SIM`] or `reference`).
     pub figures: Figures,
 }
 
@@ -75,6 +76,16 @@ impl Row {
         }
     }
 }
+
+/// Status of a GPU row measured on the CUDA driver simulator: its figures
+/// are the harness's and the simulator's call overhead, not a GPU's. The
+/// table prints them with [`SIM_FOOTNOTE`]; the plot leaves them out.
+pub const SIM: &str = "sim";
+
+/// Printed under a table that has [`SIM`] rows.
+pub const SIM_FOOTNOTE: &str = "[sim] measured on the cuframes CUDA driver simulator, not a GPU: \
+the figures are the harness's and the simulator's call overhead only, never GPU figures \
+(status `sim` in bench.csv).";
 
 /// Nanoseconds as a short duration.
 pub fn human_ns(ns: u64) -> String {
@@ -105,7 +116,17 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let f = &r.figures;
         match r.status.as_str() {
-            "ok" => {
+            st @ ("ok" | SIM) => {
+                let mut note: Vec<String> = Vec::new();
+                if st == SIM {
+                    note.push("[sim]".into());
+                }
+                if f.lost > 0 {
+                    note.push(format!("{} lost", f.lost));
+                }
+                if !r.reason.is_empty() {
+                    note.push(r.reason.clone());
+                }
                 let _ = writeln!(
                     s,
                     "{:<15} {:<9} {:<6} {:<6} {:>4} {:>9} {:>9} {:>9} {:>10.0} {:>10.0} {:>10} {:>10} {:>7}Mi {:>7}Mi  {}",
@@ -123,11 +144,7 @@ pub fn table(rows: &[Row]) -> String {
                     human_ns(f.sub_cpu_ns),
                     f.sub_rss_kib / 1024,
                     f.sub_shmem_kib / 1024,
-                    if f.lost > 0 {
-                        format!("{} lost", f.lost)
-                    } else {
-                        String::new()
-                    }
+                    note.join("; ")
                 );
             }
             "reference" => {
@@ -154,6 +171,9 @@ pub fn table(rows: &[Row]) -> String {
                 );
             }
         }
+    }
+    if rows.iter().any(|r| r.status == SIM) {
+        let _ = writeln!(s, "{SIM_FOOTNOTE}");
     }
     s
 }
@@ -204,6 +224,7 @@ pub fn csv(rows: &[Row]) -> String {
 
 /// Plots handoff latency p50 (x) against received frames/s (y), both
 /// log scale, one colour per peer and wake-up mode, a marker per payload.
+/// Only `ok` rows: simulator figures ([`SIM`]) are not plotted.
 pub fn svg(rows: &[Row], path: &Path, title: &str) -> Result<(), String> {
     use plotters::prelude::*;
     let ok: Vec<&Row> = rows
@@ -310,6 +331,21 @@ mod tests {
         assert!(text.contains("\"no CUDA device, nothing to see\""));
         let t = table(&rows);
         assert!(t.contains("skipped: no CUDA device"));
+    }
+
+    #[test]
+    fn sim_rows_are_labelled_and_not_plotted() {
+        let mut sim = row("cuframes-cuda", SIM);
+        sim.reason = "simulator: call overhead only, not a GPU figure (cuframes-sim GPU 0)".into();
+        let t = table(&[row("cuframes", "ok"), sim.clone()]);
+        let line = t.lines().find(|l| l.starts_with("cuframes-cuda")).unwrap();
+        assert!(
+            line.contains("[sim]") && line.contains("not a GPU figure"),
+            "{t}"
+        );
+        assert!(t.contains(SIM_FOOTNOTE), "{t}");
+        assert!(!table(&[row("cuframes", "ok")]).contains(SIM_FOOTNOTE));
+        assert!(csv(&[sim]).contains(",sim,\"simulator: call overhead only"));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub fn child_main(spec: &str) -> Res<()> {
         (Peer::Iceoryx2, "sub") => iox::subscriber(&spec)?,
         (Peer::UnixSocket, "pub") => publish(&spec, SocketPub::new(&spec)?)?,
         (Peer::UnixSocket, "sub") => socket_sub(&spec)?,
+        (Peer::CuframesCuda, "pub") => crate::gpu::publisher(&spec)?,
+        (Peer::CuframesCuda, "sub") => crate::gpu::subscriber(&spec)?,
         (p, r) => return Err(format!("no {r} child for {p}")),
     };
     println!("{line}");
@@ -44,9 +46,46 @@ pub(crate) trait Sink {
     fn finish(&mut self) {}
 }
 
-fn ready() {
+/// Tells the parent that subscribers may connect now.
+pub(crate) fn ready() {
     println!("ready");
     let _ = std::io::stdout().flush();
+}
+
+/// Waits up to 30 s until `count()` says `n` subscribers are connected.
+pub(crate) fn wait_connected(n: usize, count: impl Fn() -> usize) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count() < n {
+        if Instant::now() > deadline {
+            return Err("subscribers did not connect".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// A frame a subscriber took.
+pub(crate) struct Taken {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its phase (`proto::PHASE_*`).
+    pub phase: u64,
+    /// From its commit (or send) to now.
+    pub latency_ns: u64,
+    /// When it was taken (and usable).
+    pub now: u64,
+}
+
+/// A subscriber's run, the same for every peer: takes frames with `take`
+/// (`None`: the stream closed) until the end marker, then reports.
+pub(crate) fn receive(idx: usize, mut take: impl FnMut() -> Res<Option<Taken>>) -> Res<String> {
+    let mut rec = Recorder::default();
+    while let Some(t) = take()? {
+        if rec.observe(t.seq, t.phase, t.latency_ns, t.now) {
+            break;
+        }
+    }
+    Ok(rec.report(idx))
 }
 
 /// The publisher's run, the same for every peer: warm-up, paced latency
@@ -98,6 +137,18 @@ pub(crate) fn publish(spec: &ChildSpec, mut sink: impl Sink) -> Res<String> {
 
 // ---------------------------------------------------------------- cuframes
 
+/// The ring of a cuframes publisher (host or CUDA) for case `c`: enough
+/// slots and subscriber records, lossless waits long enough to never
+/// expire in a healthy run.
+pub(crate) fn ring_options(c: &Case) -> cuframes::PublisherOptions {
+    cuframes::PublisherOptions {
+        slot_count: crate::spec::ring_slots(c.subscribers),
+        subscriber_capacity: (c.subscribers as u32 + 1).max(16),
+        block_timeout: Duration::from_secs(20),
+        ..Default::default()
+    }
+}
+
 pub(crate) struct CuframesPub {
     publisher: cuframes::Publisher,
 }
@@ -106,14 +157,8 @@ impl CuframesPub {
     pub(crate) fn new(spec: &ChildSpec) -> Res<Self> {
         let c = &spec.case;
         let layout = c.workload.layout().map_err(err("layout"))?;
-        let options = cuframes::PublisherOptions {
-            slot_count: crate::spec::ring_slots(c.subscribers),
-            subscriber_capacity: (c.subscribers as u32 + 1).max(16),
-            block_timeout: Duration::from_secs(20),
-            ..Default::default()
-        };
-        let publisher =
-            cuframes::Publisher::create(&spec.key, layout, options).map_err(err("create"))?;
+        let publisher = cuframes::Publisher::create(&spec.key, layout, ring_options(c))
+            .map_err(err("create"))?;
         ready();
         Ok(Self { publisher })
     }
@@ -121,14 +166,7 @@ impl CuframesPub {
 
 impl Sink for CuframesPub {
     fn wait_subscribers(&mut self, n: usize) -> Res<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.publisher.stats().active().count() < n {
-            if Instant::now() > deadline {
-                return Err("subscribers did not connect".into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Ok(())
+        wait_connected(n, || self.publisher.stats().active().count())
     }
 
     fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
@@ -148,34 +186,34 @@ fn cuframes_sub(spec: &ChildSpec) -> Res<String> {
     let name = format!("bench{}", spec.idx);
     let mut sub = cuframes::Subscriber::connect(&spec.key, &name, c.mode.cuframes(), options)
         .map_err(err("connect"))?;
-    let mut rec = Recorder::default();
     let closed = |e: &cuframes::Error| e.code() == cuframes::ErrorCode::Closed;
-    loop {
+    receive(spec.idx, || {
         let frame = match c.wake {
             Wake::Spin => loop {
                 match sub.try_next() {
-                    Ok(Some(f)) => break Some(f),
+                    Ok(Some(f)) => break f,
                     Ok(None) => std::hint::spin_loop(),
-                    Err(e) if closed(&e) => break None,
+                    Err(e) if closed(&e) => return Ok(None),
                     Err(e) => return Err(format!("try_next: {e}")),
                 }
             },
             Wake::Block => match sub.next_frame(Duration::from_secs(20)) {
-                Ok(f) => Some(f),
-                Err(e) if closed(&e) => None,
+                Ok(f) => f,
+                Err(e) if closed(&e) => return Ok(None),
                 Err(e) => return Err(format!("next_frame: {e}")),
             },
         };
-        let Some(frame) = frame else { break };
         let now = now_ns();
         let (seq, _, phase) = get_header(frame.data());
-        let latency = now.saturating_sub(frame.commit_ns());
+        let latency_ns = now.saturating_sub(frame.commit_ns());
         frame.release();
-        if rec.observe(seq, phase, latency, now) {
-            break;
-        }
-    }
-    Ok(rec.report(spec.idx))
+        Ok(Some(Taken {
+            seq,
+            phase,
+            latency_ns,
+            now,
+        }))
+    })
 }
 
 // ------------------------------------------------------------- unix socket
@@ -241,16 +279,22 @@ fn socket_sub(spec: &ChildSpec) -> Res<String> {
         }
     };
     let mut buf = vec![0u8; spec.case.workload.bytes()];
-    let mut rec = Recorder::default();
-    loop {
+    receive(spec.idx, || {
         stream.read_exact(&mut buf).map_err(err("read"))?;
-        let now = now_ns();
-        let (seq, sent, phase) = get_header(&buf);
-        if rec.observe(seq, phase, now.saturating_sub(sent), now) {
-            break;
-        }
+        Ok(Some(sent_header(&buf)))
+    })
+}
+
+/// A frame whose header carries its send time, taken now.
+fn sent_header(buf: &[u8]) -> Taken {
+    let now = now_ns();
+    let (seq, sent, phase) = get_header(buf);
+    Taken {
+        seq,
+        phase,
+        latency_ns: now.saturating_sub(sent),
+        now,
     }
-    Ok(rec.report(spec.idx))
 }
 
 // ---------------------------------------------------------------- iceoryx2
@@ -369,14 +413,7 @@ mod iox {
 
     impl Sink for IoxPub<'_> {
         fn wait_subscribers(&mut self, n: usize) -> Res<()> {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while (self.count)() < n {
-                if Instant::now() > deadline {
-                    return Err("subscribers did not connect".into());
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            Ok(())
+            wait_connected(n, &self.count)
         }
         fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
             (self.send)(seq, phase)
@@ -412,17 +449,9 @@ mod iox {
             .listener_builder()
             .create()
             .map_err(err("iceoryx2 listener"))?;
-        let mut rec = Recorder::default();
-        loop {
+        let report = receive(spec.idx, || loop {
             match subscriber.receive().map_err(err("iceoryx2 receive"))? {
-                Some(sample) => {
-                    let now = now_ns();
-                    let (seq, sent, phase) = get_header(sample.payload());
-                    drop(sample);
-                    if rec.observe(seq, phase, now.saturating_sub(sent), now) {
-                        break;
-                    }
-                }
+                Some(sample) => return Ok(Some(sent_header(sample.payload()))),
                 None => match c.wake {
                     Wake::Spin => std::hint::spin_loop(),
                     Wake::Block => {
@@ -432,8 +461,8 @@ mod iox {
                     }
                 },
             }
-        }
+        });
         drop(subscriber);
-        Ok(rec.report(spec.idx))
+        report
     }
 }

@@ -1,12 +1,16 @@
 //! The Python peers: scripts run with `python3 -c`, printing the same
 //! `result` lines as the Rust children.
 
+use std::path::Path;
 use std::process::Command;
 
-/// Counting and reporting, as `proto::Recorder` does.
+/// Counting and reporting, as `proto::Recorder` does, and the publisher's
+/// phases, as `peers::publish` runs them.
 const PRELUDE: &str = r#"
 import os, sys, time, struct, resource
-ARGS = dict(a.split('=', 1) for a in sys.argv[1:])
+# key=value arguments (a process started by multiprocessing's spawn has
+# others, and none of these).
+ARGS = dict(a.split('=', 1) for a in sys.argv[1:] if '=' in a)
 HDR = struct.Struct('<QQQ')
 
 def cpu_ns():
@@ -55,6 +59,29 @@ class Recorder:
         say(f"result role=sub idx={idx} p50={q(lat, .5)} p99={q(lat, .99)} p999={q(lat, .999)} "
             f"samples={len(lat)} frames={self.n} fps={fps:.3f} cpu_ns={cpu // max(self.n, 1)} "
             f"rss_kib={rss} shmem_kib={shm} lost={self.lost}")
+
+def drive(publish, slots):
+    """Warm-up, paced latency frames, unpaced throughput frames through
+    publish(phase); returns the publisher's result line. The end marker
+    (publish(3)) is the caller's."""
+    def paced(frames, interval_ns, phase):
+        t0 = time.monotonic_ns()
+        for i in range(frames):
+            d = t0 + i * interval_ns - time.monotonic_ns()
+            if d > 0:
+                time.sleep(d / 1e9)
+            publish(phase)
+    paced(2 * slots, 1_000_000, 0)
+    time.sleep(0.02)
+    paced(int(ARGS['lat_frames']), int(ARGS['lat_interval_us']) * 1000, 1)
+    time.sleep(0.02)
+    t0 = time.monotonic_ns(); c0 = cpu_ns(); end = t0 + int(ARGS['tput_ms']) * 1_000_000; n = 0
+    while time.monotonic_ns() < end:
+        publish(2); n += 1
+    dt = time.monotonic_ns() - t0; cpu = cpu_ns() - c0
+    rss, shmk = rss_kib()
+    return (f"result role=pub frames={n} fps={n * 1e9 / dt:.3f} cpu_ns={cpu // max(n, 1)} "
+            f"rss_kib={rss} shmem_kib={shmk}")
 "#;
 
 /// Publisher and subscribers in Python: `multiprocessing.shared_memory`
@@ -108,24 +135,7 @@ def main():
         msg = struct.pack('<QQ', seq, slot)
         for w in pipes:
             w.send_bytes(msg)
-    def paced(frames, interval_ns, phase):
-        t0 = time.monotonic_ns()
-        for i in range(frames):
-            d = t0 + i * interval_ns - time.monotonic_ns()
-            if d > 0:
-                time.sleep(d / 1e9)
-            publish(phase)
-    paced(2 * SLOTS, 1_000_000, 0)
-    time.sleep(0.02)
-    paced(int(ARGS['lat_frames']), int(ARGS['lat_interval_us']) * 1000, 1)
-    time.sleep(0.02)
-    t0 = time.monotonic_ns(); c0 = cpu_ns(); end = t0 + int(ARGS['tput_ms']) * 1_000_000; n = 0
-    while time.monotonic_ns() < end:
-        publish(2); n += 1
-    dt = time.monotonic_ns() - t0; cpu = cpu_ns() - c0
-    rss, shmk = rss_kib()
-    line = (f"result role=pub frames={n} fps={n * 1e9 / dt:.3f} cpu_ns={cpu // max(n, 1)} "
-            f"rss_kib={rss} shmem_kib={shmk}")
+    line = drive(publish, SLOTS)
     publish(3)
     for p in procs:
         p.join()
@@ -177,6 +187,89 @@ rec.report(int(ARGS['idx']))
 sub.close()
 "#;
 
+/// `torch.multiprocessing` handing CUDA tensors from a producer to one
+/// consumer process, the usual idiom: a pool of preallocated CUDA tensors
+/// (one per ring slot) and an interprocess event per slot, shared once
+/// through a queue; the consumer sends back its own "done" events once.
+/// Per frame the producer takes a free slot (the consumer's queue of
+/// returned indices: lossless, as a cuframes QUEUE ring), makes its stream
+/// wait for the consumer's done event, writes the header bytes on the GPU
+/// (`fill_` of 24 bytes: no upload, as the cuframes-cuda publisher's
+/// memset), records the slot's event and sends (seq, slot, phase, send
+/// time). The consumer makes its own stream wait for that event,
+/// synchronises it (the frame is usable: the latency ends here), records
+/// its done event and returns the index. Runs from a file (see
+/// [`torch_mp_command`]): CUDA needs the `spawn` start method, which
+/// re-imports the main module.
+const TORCH_MP_BODY: &str = r#"
+from collections import deque
+import torch
+import torch.multiprocessing as mp
+
+def consumer(setup, back, full, free):
+    pool, ready = setup.get()
+    dev = pool[0].device
+    torch.cuda.set_device(dev)
+    stream = torch.cuda.Stream(device=dev)
+    done = [torch.cuda.Event(interprocess=True) for _ in pool]
+    for e in done:
+        e.record(stream)
+    stream.synchronize()
+    back.put(done)
+    rec = Recorder()
+    while True:
+        seq, slot, phase, sent = full.get()
+        stream.wait_event(ready[slot])
+        stream.synchronize()
+        now = time.monotonic_ns()
+        done[slot].record(stream)
+        free.put(slot)
+        if rec.observe(seq, phase, now - sent, now):
+            break
+    rec.report(0)
+
+def main():
+    size, slots = int(ARGS['bytes']), int(ARGS['slots'])
+    ctx = mp.get_context('spawn')
+    dev = torch.device('cuda', 0)
+    torch.cuda.set_device(dev)
+    stream = torch.cuda.Stream(device=dev)
+    pool = [torch.zeros(size, dtype=torch.uint8, device=dev) for _ in range(slots)]
+    ready = [torch.cuda.Event(interprocess=True) for _ in range(slots)]
+    for e in ready:
+        e.record(stream)
+    torch.cuda.synchronize(dev)
+    setup, back, full, free = ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=consumer, args=(setup, back, full, free), daemon=True)
+    proc.start()
+    setup.put((pool, ready))
+    done = back.get(timeout=120)
+    idle = deque(range(slots))
+    seq = 0
+    def publish(phase):
+        nonlocal seq
+        seq += 1
+        slot = idle.popleft() if idle else free.get(timeout=60)
+        with torch.cuda.stream(stream):
+            stream.wait_event(done[slot])
+            pool[slot][:HDR.size].fill_(seq & 255)
+            ready[slot].record(stream)
+        full.put((seq, slot, phase, time.monotonic_ns()))
+    line = drive(publish, slots)
+    publish(3)
+    proc.join(60)
+    if proc.exitcode != 0:
+        sys.exit(f'torch.multiprocessing consumer exited with {proc.exitcode}')
+    say(line)
+
+if __name__ == '__main__':
+    main()
+"#;
+
+/// The probe of the torch-mp peer: `import torch` works and sees a GPU.
+pub const TORCH_PROBE: &str = "import sys, torch; \
+sys.exit(0 if torch.cuda.is_available() else 'torch.cuda.is_available() is False')";
+
 /// The interpreter: `$CUFRAMES_BENCH_PYTHON` (a virtual environment with
 /// the `cuframes` wheel, say `target/pyenv/bin/python`), else `python3`.
 pub fn interpreter() -> String {
@@ -200,6 +293,18 @@ pub fn cuframes_command(args: &[String]) -> Command {
         .arg(format!("{PRELUDE}{CUFRAMES_BODY}"))
         .args(args);
     c
+}
+
+/// The command for the torch-mp peer: its script is written to
+/// `dir/torch_mp.py` (kept: it can be rerun by hand with the same
+/// arguments), since `spawn` cannot re-import a `-c` script.
+pub fn torch_mp_command(args: &[String], dir: &Path) -> Result<Command, String> {
+    let script = dir.join("torch_mp.py");
+    std::fs::write(&script, format!("{PRELUDE}{TORCH_MP_BODY}"))
+        .map_err(|e| format!("write {}: {e}", script.display()))?;
+    let mut c = Command::new(interpreter());
+    c.arg(&script).args(args);
+    Ok(c)
 }
 
 /// `Ok` if `python3 -c code` runs; otherwise why not (its last line of

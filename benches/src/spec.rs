@@ -57,15 +57,24 @@ impl Workload {
         }
     }
 
-    /// The cuframes layout: rows are multiples of 64 bytes, so the slot is
-    /// exactly [`bytes`](Self::bytes) long.
-    pub fn layout(&self) -> cuframes::Result<FrameLayout> {
-        let format = if self.nv12 {
+    /// The pixel format: NV12, or GRAY8 for the small payload.
+    pub fn format(&self) -> PixelFormat {
+        if self.nv12 {
             PixelFormat::Nv12
         } else {
             PixelFormat::Gray8
-        };
-        Ok(FrameLayout::new(format, self.width, self.height, 64)?)
+        }
+    }
+
+    /// The cuframes layout: rows are multiples of 64 bytes, so the slot is
+    /// exactly [`bytes`](Self::bytes) long.
+    pub fn layout(&self) -> cuframes::Result<FrameLayout> {
+        Ok(FrameLayout::new(
+            self.format(),
+            self.width,
+            self.height,
+            64,
+        )?)
     }
 }
 
@@ -129,9 +138,16 @@ impl Peer {
     /// The delivery modes it has.
     pub fn modes(self) -> &'static [Mode] {
         match self {
-            Peer::Cuframes | Peer::Iceoryx2 | Peer::PythonCuframes => &[Mode::Newest, Mode::Queue],
+            Peer::Cuframes | Peer::Iceoryx2 | Peer::PythonCuframes | Peer::CuframesCuda => {
+                &[Mode::Newest, Mode::Queue]
+            }
             _ => &[Mode::Queue],
         }
+    }
+
+    /// Whether its frames live in GPU memory (it needs a CUDA device).
+    pub fn gpu(self) -> bool {
+        matches!(self, Peer::CuframesCuda | Peer::TorchMp)
     }
 }
 

@@ -95,3 +95,127 @@ fn smoke_run_writes_csv_and_svg() {
     assert!(svg.contains("<svg"));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Runs `cuframes bench --smoke --peers cuframes-cuda,torch-mp` (the GPU
+/// rows only, and the reference rows) and returns its CSV rows and table.
+fn gpu_run() -> (Vec<BTreeMap<String, String>>, String) {
+    let out = std::env::temp_dir().join(format!("cuframes-bench-gpu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let started = std::time::Instant::now();
+    let run = cuframes()
+        .args([
+            "bench",
+            "--smoke",
+            "--peers",
+            "cuframes-cuda,torch-mp",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    eprintln!("GPU rows in {:.1?}:\n{stdout}", started.elapsed());
+    let csv = std::fs::read_to_string(out.join("bench.csv")).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let rows = rows(&csv);
+    // Only the chosen peers (and the reference rows), each listed.
+    for r in &rows {
+        assert!(
+            ["cuframes-cuda", "torch-mp"].contains(&r["peer"].as_str())
+                || r["status"] == "reference",
+            "{r:?}"
+        );
+    }
+    for peer in ["cuframes-cuda", "torch-mp"] {
+        assert!(
+            rows.iter().any(|r| r["peer"] == peer),
+            "{peer} missing:\n{csv}"
+        );
+    }
+    (rows, stdout)
+}
+
+/// Without a CUDA driver both GPU peers are listed, skipped, with the
+/// reason; no figure is made up.
+#[test]
+fn gpu_rows_without_a_driver_are_skipped_with_the_reason() {
+    if cuframes_cuda::is_available() {
+        eprintln!("skipped: this machine has a CUDA driver (see gpu_rows_run_on_a_gpu)");
+        return;
+    }
+    let (rows, table) = gpu_run();
+    for r in rows.iter().filter(|r| r["status"] != "reference") {
+        assert_eq!(r["status"], "skipped", "{r:?}");
+        assert_eq!(r["p50_ns"], "0", "{r:?}");
+        assert_eq!(r["sub_fps"], "0.0", "{r:?}");
+    }
+    let reason = |peer: &str| -> String {
+        rows.iter()
+            .find(|r| r["peer"] == peer)
+            .map(|r| r["reason"].clone())
+            .unwrap()
+    };
+    let cuda = reason("cuframes-cuda");
+    assert!(
+        cuda.contains("libcuda") || cuda.contains("driver"),
+        "{cuda}"
+    );
+    let torch = reason("torch-mp");
+    assert!(torch.contains("torch"), "{torch}");
+    assert!(table.contains("skipped: "), "{table}");
+}
+
+/// With a driver (`CUFRAMES_GPU=1`, a GPU or `scripts/cuda-sim.sh`) the
+/// cuframes-cuda rows are measured; on the simulator they are labelled
+/// as such (status `sim`, the note, the table's footnote) and never `ok`.
+#[test]
+fn gpu_rows_run_on_a_gpu() {
+    if std::env::var("CUFRAMES_GPU").as_deref() != Ok("1") {
+        eprintln!("skipped: set CUFRAMES_GPU=1 on a machine with a CUDA driver (or the simulator)");
+        return;
+    }
+    let (rows, table) = gpu_run();
+    let cuda: Vec<_> = rows
+        .iter()
+        .filter(|r| r["peer"] == "cuframes-cuda")
+        .collect();
+    for mode in ["newest", "queue"] {
+        assert!(cuda.iter().any(|r| r["mode"] == mode), "{table}");
+    }
+    let sim_expected = std::env::var("CUFRAMES_GPU_BACKEND").as_deref() == Ok("sim");
+    for r in &cuda {
+        assert!(
+            ["ok", "sim"].contains(&r["status"].as_str()),
+            "{r:?}\n{table}"
+        );
+        assert!(r["sub_fps"].parse::<f64>().unwrap() > 0.0, "{r:?}");
+        assert!(r["p50_ns"].parse::<u64>().unwrap() > 0, "{r:?}");
+        assert!(r["latency_samples"].parse::<u64>().unwrap() > 0, "{r:?}");
+        if sim_expected {
+            assert_eq!(
+                r["status"], "sim",
+                "a simulator figure passed as a GPU one: {r:?}"
+            );
+        }
+        if r["status"] == "sim" {
+            assert!(
+                r["reason"].contains("simulator") && r["reason"].contains("not a GPU figure"),
+                "{r:?}"
+            );
+            assert!(
+                table.contains("[sim]") && table.contains("driver simulator, not a GPU"),
+                "{table}"
+            );
+        }
+    }
+    // torch-mp runs only with torch on a real GPU; otherwise it says why.
+    for r in rows.iter().filter(|r| r["peer"] == "torch-mp") {
+        match r["status"].as_str() {
+            "ok" => assert!(!sim_expected, "{r:?}"),
+            "skipped" => assert!(!r["reason"].trim().is_empty(), "{r:?}"),
+            s => panic!("torch-mp {s}: {r:?}"),
+        }
+    }
+}
