@@ -346,3 +346,25 @@ fn run(handle: u64, op: Op, rng: &mut Rng) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::satisfied;
+
+    #[test]
+    fn wait_conditions() {
+        // GEQ is cyclic: (int)(value_at_addr - value) >= 0.
+        assert!(satisfied(5, 5, true, 0));
+        assert!(satisfied(6, 5, true, 0));
+        assert!(!satisfied(4, 5, true, 0));
+        assert!(satisfied(1, u64::MAX, true, 0));
+        assert!(satisfied(1, u32::MAX as u64, false, 0));
+        assert!(!satisfied(u32::MAX as u64, 1, false, 0));
+        // EQ, AND, NOR.
+        assert!(satisfied(7, 7, false, 1) && !satisfied(7, 8, false, 1));
+        assert!(satisfied(0b110, 0b010, true, 2) && !satisfied(0b100, 0b010, true, 2));
+        assert!(satisfied(0, 0, false, 3));
+        assert!(!satisfied(u32::MAX as u64, 0, false, 3));
+        assert!(!satisfied(0, u64::MAX, true, 3));
+    }
+}

@@ -44,6 +44,7 @@ fn child_entry() {
         "misuse" => misuse(),
         "legacy" => legacy(),
         "visible" => visible(),
+        "copy2d" => copy2d(),
         r => panic!("unknown role {r}"),
     }
 }
@@ -117,6 +118,112 @@ fn stale() {
     ck!(cu::cuMemcpyDtoHAsync_v2(out.as_mut_ptr().cast(), d, n, s));
     assert!(out == want, "copy to pageable memory returned early");
     assert_eq!(query(s), OK);
+    println!("DONE");
+}
+
+/// 2D copies move exactly the rows asked for, with offsets and pitches, in
+/// every direction and memory type.
+#[test]
+fn copy_2d_geometry() {
+    run("copy2d", &[]).passed_with(&["pitch smaller than the row width"]);
+}
+
+fn copy2d_desc(
+    src: (sys::CUmemorytype, usize, u64, usize),
+    dst: (sys::CUmemorytype, usize, u64, usize),
+    xy: (usize, usize, usize, usize),
+    w: usize,
+    h: usize,
+) -> sys::CUDA_MEMCPY2D {
+    sys::CUDA_MEMCPY2D {
+        srcXInBytes: xy.0,
+        srcY: xy.1,
+        srcMemoryType: src.0,
+        srcHost: src.1 as *const c_void,
+        srcDevice: src.2,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src.3,
+        dstXInBytes: xy.2,
+        dstY: xy.3,
+        dstMemoryType: dst.0,
+        dstHost: dst.1 as *mut c_void,
+        dstDevice: dst.2,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst.3,
+        WidthInBytes: w,
+        Height: h,
+    }
+}
+
+fn copy2d() {
+    use sys::CUmemorytype::*;
+    init();
+    let s = stream(1);
+    let (w, h) = (64usize, 10usize);
+    let src: Vec<u8> = (0..100 * 12).map(|i| (i % 253) as u8).collect();
+    let d = alloc(128 * 12);
+    ck!(cu::cuMemsetD8_v2(d, 0xEE, 128 * 12));
+    // Pageable host (pitch 100, from column 3 row 1) -> device (pitch 128,
+    // to column 5 row 2).
+    let c = copy2d_desc(
+        (CU_MEMORYTYPE_HOST, src.as_ptr() as usize, 0, 100),
+        (CU_MEMORYTYPE_DEVICE, 0, d, 128),
+        (3, 1, 5, 2),
+        w,
+        h,
+    );
+    ck!(cu::cuMemcpy2DAsync_v2(&c, s));
+    // Device -> pinned (pitch 80), unified addressing for the source.
+    let out = pinned(80 * h);
+    let c = copy2d_desc(
+        (CU_MEMORYTYPE_UNIFIED, 0, d + 2 * 128 + 5, 128),
+        (CU_MEMORYTYPE_HOST, out as usize, 0, 80),
+        (0, 0, 0, 0),
+        w,
+        h,
+    );
+    ck!(cu::cuMemcpy2DAsync_v2(&c, s));
+    ck!(cu::cuStreamSynchronize(s));
+    // SAFETY: the stream is idle; 80 * h bytes of pinned memory.
+    let got = unsafe { std::slice::from_raw_parts(out, 80 * h) };
+    for r in 0..h {
+        let want = &src[(r + 1) * 100 + 3..(r + 1) * 100 + 3 + w];
+        assert_eq!(&got[r * 80..r * 80 + w], want, "row {r}");
+    }
+    // Bytes around the rows are untouched on the device.
+    let dev = dtoh(d, 128 * 12);
+    assert_eq!(dev[2 * 128 + 4], 0xEE);
+    assert_eq!(dev[2 * 128 + 5 + w], 0xEE);
+    assert_eq!(dev[128 + 5], 0xEE);
+    // Synchronous 2D device -> device.
+    let d2 = alloc(64 * h);
+    let c = copy2d_desc(
+        (CU_MEMORYTYPE_DEVICE, 0, d + 2 * 128 + 5, 128),
+        (CU_MEMORYTYPE_DEVICE, 0, d2, 64),
+        (0, 0, 0, 0),
+        w,
+        h,
+    );
+    ck!(cu::cuMemcpy2D_v2(&c));
+    assert_eq!(dtoh(d2, w), src[103..103 + w].to_vec());
+    // A pitch below the width is refused.
+    let c = copy2d_desc(
+        (CU_MEMORYTYPE_DEVICE, 0, d, 32),
+        (CU_MEMORYTYPE_DEVICE, 0, d2, 64),
+        (0, 0, 0, 0),
+        w,
+        2,
+    );
+    fails!(CUDA_ERROR_INVALID_VALUE, cu::cuMemcpy2D_v2(&c));
+    // 32-bit and 2D memsets.
+    ck!(cu::cuMemsetD32Async(d2, 0x01020304, 4, s));
+    ck!(cu::cuMemsetD2D8Async(d2 + 16, 64, 9, 8, 2, s));
+    ck!(cu::cuStreamSynchronize(s));
+    let v = dtoh(d2, 128);
+    assert_eq!(&v[..4], &0x01020304u32.to_ne_bytes());
+    assert_eq!(&v[16..24], &[9; 8]);
+    assert_eq!(&v[80..88], &[9; 8]);
+    assert_ne!(v[24], 9);
     println!("DONE");
 }
 
