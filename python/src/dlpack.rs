@@ -85,6 +85,12 @@ struct DlManagedTensorVersioned {
 pub trait Keep: Send + Sync {
     /// Orders CUDA stream `stream` after the data is ready (and the
     /// release after `stream`'s reads). Host memory needs nothing.
+    ///
+    /// Called during `__dlpack__`, on the consumer's thread: the
+    /// per-thread default stream (2) is that thread's, and the frame
+    /// remembers which thread named it (a release on another thread
+    /// synchronises the context instead). Never defer it to the capsule's
+    /// consumption or release, which may run on any thread.
     fn use_on(&self, _stream: usize) -> cuframes::Result<()> {
         Ok(())
     }
@@ -356,7 +362,9 @@ impl Request<'_, '_> {
     }
 
     /// The CUDA stream the consumer will read on, per the protocol: `None`
-    /// is the legacy default stream (handle 1), `-1` asks for no ordering.
+    /// and 1 are the legacy default stream (handle 1), 2 the calling
+    /// thread's per-thread default stream, `-1` asks for no ordering, 0 is
+    /// refused (ambiguous), any other positive value is a stream handle.
     pub fn cuda_stream(&self) -> PyResult<Option<usize>> {
         match self.stream {
             None => Ok(Some(1)),
@@ -446,7 +454,9 @@ impl DLPackView {
     }
 
     /// The answer to a `__dlpack__` call: for a GPU frame, the consumer's
-    /// stream is first ordered after the frame's publish.
+    /// stream is first ordered after the frame's publish, here and now on
+    /// the calling thread (see [`Keep::use_on`]): what the stream names,
+    /// the per-thread stream above all, is resolved at export.
     pub fn answer<'py>(
         &self,
         py: Python<'py>,

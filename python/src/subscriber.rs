@@ -175,6 +175,32 @@ pub struct PySubscriber {
     layout: FrameLayout,
 }
 
+/// `CU_STREAM_PER_THREAD` (`cudaStreamPerThread`): a different stream on
+/// every thread.
+const PER_THREAD_STREAM: usize = 2;
+
+/// The consumer stream from `consumer_stream=`: one stream that every
+/// frame's wait, copy and release is ordered on, whichever thread takes,
+/// reads or releases the frame. The per-thread default stream names
+/// another stream on each thread (a frame taken on one thread and read or
+/// released on another would be ordered on neither), so it is refused
+/// here; DLPack's `stream=2` is the way to read on it, resolved on the
+/// thread that exports.
+fn consumer_stream_handle(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let handle = stream_handle(obj)?;
+    if handle == PER_THREAD_STREAM {
+        return Err(raise(
+            ErrorCode::InvalidArgument,
+            "consumer_stream=2 is the per-thread default stream (cudaStreamPerThread), a \
+             different stream on every thread: frames are taken, read and released on any \
+             thread, so it cannot order them. Pass None or 1 (the legacy default stream) or a \
+             stream you created, and read on the per-thread stream through DLPack: \
+             __dlpack__(stream=2) orders the calling thread's stream when it is called",
+        ));
+    }
+    Ok(handle)
+}
+
 /// A CUDA stream handle from an int, a `torch.cuda.Stream` / `cupy` stream
 /// (`.cuda_stream` / `.ptr`), or the `__cuda_stream__` protocol.
 pub fn stream_handle(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
@@ -329,7 +355,8 @@ impl PySubscriber {
     /// `cuda_device` and `consumer_stream` matter for streams in GPU memory
     /// only: `cuda_device=None` finds the publisher's GPU (by UUID, so it
     /// works whatever `CUDA_VISIBLE_DEVICES` says); `consumer_stream` is the
-    /// stream frames are ordered on (an int handle or a torch/CuPy stream).
+    /// stream frames are ordered on (an int handle or a torch/CuPy stream;
+    /// not 2, the per-thread default stream: `CuframesInvalidArgumentError`).
     ///
     /// `max_held` is how many frames (counting the views of each) may be
     /// held at once. `None` (the default) asks for 2 — the frame being
@@ -350,7 +377,7 @@ impl PySubscriber {
         max_held: Option<u32>,
         allow_other_owner: bool,
     ) -> PyResult<Self> {
-        let consumer_stream = consumer_stream.map_or(Ok(0), stream_handle)?;
+        let consumer_stream = consumer_stream.map_or(Ok(0), consumer_stream_handle)?;
         let connect = |held: u32| {
             let options = SubscriberOptions {
                 connect_timeout: Duration::from_millis(connect_timeout_ms),
