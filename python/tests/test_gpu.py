@@ -137,15 +137,19 @@ class Driver:
         return bytes(buf)
 
 
-_driver: Optional[Driver] = None
-
-
-@pytest.fixture
-def driver() -> Driver:
-    global _driver
-    if _driver is None:
-        _driver = Driver()
-    return _driver
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Driver]:
+    """The driver, initialised, with the publisher's device's primary
+    context kept for the module: creating a context costs a real GPU
+    hundreds of milliseconds, which a subscriber would otherwise pay (and
+    miss frames) in every test."""
+    drv = Driver()
+    dev = ctypes.c_int()
+    drv.check("cuDeviceGet", ctypes.byref(dev), 0)
+    ctx = ctypes.c_void_p()
+    drv.check("cuDevicePrimaryCtxRetain", ctypes.byref(ctx), dev.value)
+    yield drv
+    drv.check("cuDevicePrimaryCtxRelease_v2", dev.value)
 
 
 # --- DLPack capsules, read through the C API ---------------------------------
@@ -469,15 +473,18 @@ def reads_match(
             for _ in range(frames):
                 frame = sub.next_frame(int(WAIT_S * 1000))
 
-                def export() -> List[Tensor]:
+                def export() -> List[Any]:
+                    # The capsules stay alive until read: the order must
+                    # be in place when __dlpack__ returns, not when a
+                    # capsule is consumed or freed.
                     views = (frame.plane(0), frame.plane(1), frame)
-                    return [parse(v.__dlpack__(stream=dlpack_stream)) for v in views]
+                    return [v.__dlpack__(stream=dlpack_stream) for v in views]
 
-                def read(tensors: List[Tensor]) -> List[bytes]:
+                def read(capsules: List[Any]) -> List[bytes]:
                     with contextlib.ExitStack() as ctx:
                         if read_on != "main":
                             ctx.enter_context(driver.context(ordinal))
-                        return [t.rows(driver, copy_stream) for t in tensors]
+                        return [parse(c).rows(driver, copy_stream) for c in capsules]
 
                 if export_on == read_on:
                     if read_on == "main":
@@ -485,8 +492,9 @@ def reads_match(
                     else:
                         got = on_thread(lambda: read(export()))
                 else:
-                    tensors = export() if export_on == "main" else on_thread(export)
-                    got = read(tensors) if read_on == "main" else on_thread(lambda: read(tensors))
+                    capsules = export() if export_on == "main" else on_thread(export)
+                    got = read(capsules) if read_on == "main" else on_thread(lambda: read(capsules))
+                    del capsules
                 want = frame.to_bytes()
                 results.append(got == [want[: W * H], want[W * H :], want])
                 frame.verify_test_pattern()
@@ -557,7 +565,7 @@ def test_per_thread_export_then_release_on_another_thread(publish: Publish, key:
     release cannot name the exporter's stream, so it synchronises the
     context. It must finish (no hang, no driver misuse) and give the slot
     back, whichever thread drops the last reference."""
-    frames = 24
+    frames = 40
     p = publish(frames, export="ipc", fps=120)
     seqs: List[int] = []
     with subscribe(key, "cross-thread", consumer_stream=LEGACY, max_held=1) as sub:
