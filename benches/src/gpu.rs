@@ -161,6 +161,73 @@ impl Drop for Stream {
     }
 }
 
+/// An event of the current context (no timing), destroyed on drop.
+struct Event(sys::CUevent);
+
+impl Event {
+    fn new(_ctx: &Context) -> Res<Self> {
+        let mut e: sys::CUevent = std::ptr::null_mut();
+        // SAFETY: writes one event handle; the context is current (`_ctx`).
+        check("cuEventCreate", || unsafe {
+            sys::cuEventCreate(
+                &mut e,
+                sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as std::ffi::c_uint,
+            )
+        })?;
+        Ok(Self(e))
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: our own event; destroying one with work pending is
+        // allowed (the driver frees it once the work completes).
+        let _ = check("cuEventDestroy", || unsafe {
+            sys::cuEventDestroy_v2(self.0)
+        });
+    }
+}
+
+/// Keeps a publisher at most `depth` frames ahead of its GPU, as a
+/// decoder with that many output surfaces is: an event per frame, and the
+/// one recorded `depth` frames ago is waited for before it is reused.
+/// Without it an unpaced loop would measure how fast the CPU enqueues
+/// work the GPU has not done.
+struct Pipeline {
+    events: Vec<Event>,
+    next: usize,
+    full: bool,
+}
+
+impl Pipeline {
+    fn new(ctx: &Context, depth: usize) -> Res<Self> {
+        Ok(Self {
+            events: (0..depth.max(1))
+                .map(|_| Event::new(ctx))
+                .collect::<Res<_>>()?,
+            next: 0,
+            full: false,
+        })
+    }
+
+    /// After a frame's work was enqueued on `stream`.
+    fn mark(&mut self, stream: sys::CUstream) -> Res<()> {
+        let e = self.events[self.next].0;
+        if self.full {
+            // SAFETY: our event, recorded `depth` frames ago.
+            check("cuEventSynchronize", || unsafe {
+                sys::cuEventSynchronize(e)
+            })?;
+        }
+        // SAFETY: our event and the publisher's live stream, both of the
+        // current context.
+        check("cuEventRecord", || unsafe { sys::cuEventRecord(e, stream) })?;
+        self.next = (self.next + 1) % self.events.len();
+        self.full |= self.next == 0;
+        Ok(())
+    }
+}
+
 fn synchronize(stream: sys::CUstream) -> Res<()> {
     // SAFETY: a live stream of the current context.
     check("cuStreamSynchronize", || unsafe {
@@ -170,11 +237,13 @@ fn synchronize(stream: sys::CUstream) -> Res<()> {
 
 /// The publisher: every frame is a loan, a [`HEADER`]-byte device memset
 /// on the loan's stream (the frame's producer writing in place, as a
-/// decoder would; nothing is uploaded from the host), and a commit.
+/// decoder would; nothing is uploaded from the host), and a commit; at
+/// most a ring's worth of frames ahead of the GPU ([`Pipeline`]).
 struct CudaPub {
     // Dropped first: the publisher finishes its stream and closes the ring
     // while the context is still ours.
     publisher: CudaPublisher,
+    pipeline: Pipeline,
     _ctx: Context,
 }
 
@@ -196,7 +265,7 @@ impl Sink for CudaPub {
         lease
             .commit(phase as i64)
             .map_err(|e| format!("commit: {e}"))?;
-        Ok(())
+        self.pipeline.mark(stream)
     }
 }
 
@@ -218,12 +287,14 @@ pub(crate) fn publisher(spec: &ChildSpec) -> Res<String> {
     )
     .map_err(|e| format!("create: {e}"))?;
     let ctx = Context::enter(publisher.device())?;
+    let pipeline = Pipeline::new(&ctx, crate::spec::ring_slots(c.subscribers) as usize)?;
     let export = publisher.export_mode().name();
     ready();
     let line = publish(
         spec,
         CudaPub {
             publisher,
+            pipeline,
             _ctx: ctx,
         },
     )?;
