@@ -1,5 +1,8 @@
 //! `cuframes bench`: handoff latency, frames/s, CPU and memory through real
-//! processes, against iceoryx2, a unix socket and Python shared memory.
+//! processes, against iceoryx2, a unix socket and Python shared memory; and,
+//! on a machine with a CUDA device, GPU frames through cuframes-cuda against
+//! `torch.multiprocessing` (rows measured on the driver simulator are
+//! labelled `sim`, never passed off as GPU figures).
 //! The harness itself is the `cuframes-bench` crate, built only with the
 //! `bench` feature of this crate, so that a plain install of the command
 //! builds neither it nor iceoryx2. Without the feature the subcommand is
@@ -32,7 +35,8 @@ mod with_harness {
         #[arg(long, default_value = "target/bench")]
         pub out: PathBuf,
         /// Only these peers, comma-separated (cuframes, iceoryx2, unix-socket,
-        /// python-shm, python-cuframes, cuframes-cuda, torch-mp).
+        /// python-shm, python-cuframes, cuframes-cuda, torch-mp). The GPU
+        /// rows alone: `--quick --peers cuframes-cuda,torch-mp` (seconds).
         #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
         pub peers: Vec<Peer>,
         /// Runs one publisher or subscriber process of the harness.
