@@ -82,14 +82,35 @@ pub fn check_peer(peer: &PeerCred, policy: &PeerPolicy) -> Result<()> {
     ))
 }
 
-/// `SO_PEERCRED` of a connected unix socket.
+/// `SO_PEERCRED` of a connected unix socket. The pid is 0 when the peer's
+/// process is not visible in our pid namespace (another container); the
+/// ids are mapped into our user namespace.
 pub fn peer_cred(sock: &UnixStream) -> Result<PeerCred> {
-    let c = rustix::net::sockopt::socket_peercred(sock)
-        .map_err(|e| Error::io("SO_PEERCRED", e.into()))?;
+    use std::os::fd::AsRawFd;
+    let mut c = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the socket is open for the call; the kernel writes at most
+    // `len` bytes into `c`, a properly sized and aligned ucred.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut c as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(Error::io("SO_PEERCRED", std::io::Error::last_os_error()));
+    }
     Ok(PeerCred {
-        pid: c.pid.as_raw_nonzero().get() as u32,
-        uid: c.uid.as_raw(),
-        gid: c.gid.as_raw(),
+        pid: c.pid.max(0) as u32,
+        uid: c.uid,
+        gid: c.gid,
     })
 }
 

@@ -175,7 +175,10 @@ impl CudaSubscriber {
 
     /// Makes frames wait (and release) on `stream` instead of the legacy
     /// default stream: pass the stream your kernels run on (PyTorch:
-    /// `torch.cuda.current_stream().cuda_stream`).
+    /// `torch.cuda.current_stream().cuda_stream`). Not the per-thread
+    /// default stream (`CU_STREAM_PER_THREAD`, 2): frames move between
+    /// threads, and it names a different stream on each, so taking a frame
+    /// with it fails with `InvalidArgument`.
     ///
     /// # Safety
     /// `stream` must be a live stream of the device's primary context (or
@@ -224,12 +227,19 @@ impl CudaSubscriber {
         if r.as_ref()
             .is_err_and(|e| e.code() == ErrorCode::PublisherGone)
         {
-            self.shared.settle_publisher();
+            self.shared.settle_publisher(self.sub.ring_stats().head_seq);
         }
         r
     }
 
     fn wrap(&mut self, frame: Frame) -> Result<CudaFrame> {
+        if self.stream as usize == driver::PER_THREAD_STREAM {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "the per-thread default stream (2) names another stream on every thread: \
+                 pass an explicit stream as the consumer stream",
+            ));
+        }
         let (slot, seq) = (frame.slot(), frame.seq());
         let sh = &self.shared;
         let written = sh.sync.publish(slot).load(Ordering::Acquire) >= seq;
@@ -237,7 +247,7 @@ impl CudaSubscriber {
             // Usually the publisher's GPU is still writing; but if its
             // process is gone the frame is never finished.
             if !self.sub.publisher_alive() {
-                sh.settle_publisher();
+                sh.settle_publisher(self.sub.ring_stats().head_seq);
                 return Err(Error::new(
                     ErrorCode::PublisherGone,
                     format!("the publisher died before frame {seq} was complete on the GPU"),
@@ -282,15 +292,17 @@ impl CudaSubscriber {
 }
 
 impl Shared {
-    /// Marks every slot's frame complete: for a publisher that died, whose
-    /// stream will never write the counters our streams may wait on. What
-    /// such a frame holds is undefined; it was handed out before the death
-    /// was known (docs/cuda.md).
-    fn settle_publisher(&self) {
+    /// Marks every frame up to `head` (the last seq committed) complete:
+    /// for a publisher that died, whose stream will never write the
+    /// counters our streams may wait on. What such a frame holds is
+    /// undefined; it was handed out before the death was known
+    /// (docs/cuda.md). Not a larger value: the driver compares with
+    /// wrap-around (`(int64_t)(*addr - value) >= 0`).
+    fn settle_publisher(&self, head: u64) {
         let (slots, _) = self.sync.shape();
         let mut n = 0;
         for slot in 0..slots {
-            if self.sync.publish(slot).swap(u64::MAX, Ordering::AcqRel) != u64::MAX {
+            if self.sync.publish(slot).fetch_max(head, Ordering::AcqRel) < head {
                 n += 1;
             }
         }
@@ -306,7 +318,7 @@ impl Shared {
 impl Drop for CudaSubscriber {
     fn drop(&mut self) {
         if !self.sub.publisher_alive() {
-            self.shared.settle_publisher();
+            self.shared.settle_publisher(self.sub.ring_stats().head_seq);
         }
         self.shared.subscriber_alive.store(false, Ordering::Release);
         if let Ok(_g) = self.shared.dev.enter() {

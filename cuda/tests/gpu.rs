@@ -222,9 +222,13 @@ fn options(export: ExportRequest, slots: u32, policy: LosslessPolicy) -> CudaPub
     }
 }
 
+/// A publisher, with its device's context current on this thread (for
+/// the raw calls `publish` makes).
 fn publisher(key: &str, export: ExportRequest, slots: u32) -> CudaPublisher {
     let opts = options(export, slots, LosslessPolicy::Block);
-    CudaPublisher::create(key, PixelFormat::Nv12, W, H, opts).unwrap()
+    let p = CudaPublisher::create(key, PixelFormat::Nv12, W, H, opts).unwrap();
+    drv::enter(p.device());
+    p
 }
 
 fn wait_subscribers(p: &CudaPublisher, n: usize) {
@@ -276,7 +280,7 @@ fn sub_options() -> CudaSubscriberOptions {
     CudaSubscriberOptions {
         ring: SubscriberOptions {
             connect_timeout: Duration::from_secs(20),
-            max_held: 4,
+            max_held: 1,
             ..Default::default()
         },
         device: None,
@@ -321,7 +325,17 @@ impl Checker {
     }
 
     fn subscribe(&self, key: &str, name: &str, mode: Mode) -> CudaSubscriber {
-        let mut sub = CudaSubscriber::connect(key, name, mode, sub_options()).unwrap();
+        self.subscribe_with(key, name, mode, sub_options())
+    }
+
+    fn subscribe_with(
+        &self,
+        key: &str,
+        name: &str,
+        mode: Mode,
+        opts: CudaSubscriberOptions,
+    ) -> CudaSubscriber {
+        let mut sub = CudaSubscriber::connect(key, name, mode, opts).unwrap();
         // SAFETY: our stream lives for the whole test process.
         unsafe { sub.set_consumer_stream(self.stream) };
         sub
@@ -384,8 +398,9 @@ fn newest_only_and_drop_oldest() {
     shm_dir();
     let key = "gpu-lossy";
     let frames = 150u64;
-    let opts = options(ExportRequest::Auto, 3, LosslessPolicy::DropOldest);
+    let opts = options(ExportRequest::Auto, 4, LosslessPolicy::DropOldest);
     let mut p = CudaPublisher::create(key, PixelFormat::Nv12, W, H, opts).unwrap();
+    drv::enter(p.device());
     let kids = [spawn("newest", key, frames), spawn("lossy", key, frames)];
     wait_subscribers(&p, 2);
     for seq in 1..=frames {
@@ -480,7 +495,7 @@ fn several_subscribers_in_one_process() {
     shm_dir();
     let key = "gpu-same-process";
     let frames = 40u64;
-    let mut p = publisher(key, ExportRequest::Ipc, 4);
+    let mut p = publisher(key, ExportRequest::Ipc, 5);
     let kid = spawn("verify-pair", key, frames);
     wait_subscribers(&p, 2);
     let own = std::thread::spawn({
@@ -550,7 +565,7 @@ fn subscriber_killed_with_a_release_pending() {
     {
         let key = format!("gpu-stalled-{i}");
         let frames = 60u64;
-        let mut p = publisher(&key, export, 3);
+        let mut p = publisher(&key, export, 4);
         let mut stalled = spawn("stall", &key, 0);
         let healthy = spawn("verify", &key, frames);
         wait_subscribers(&p, 2);
@@ -558,12 +573,12 @@ fn subscriber_killed_with_a_release_pending() {
         expect_line(&mut lines(&mut stalled), "RELEASED");
         // Slot 0 comes round again: the publisher's stream now waits for
         // the stalled reader, which is alive.
-        for seq in 2..=5 {
+        for seq in 2..=6 {
             publish(&mut p, seq);
         }
         stalled.kill().unwrap();
         stalled.wait().unwrap();
-        for seq in 6..=frames {
+        for seq in 7..=frames {
             publish(&mut p, seq);
         }
         finish(healthy, &format!("VERIFIED {frames}"));
@@ -586,7 +601,9 @@ fn publisher_kill_9_with_frames_held() {
         let mut out = lines(&mut kid);
         expect_line(&mut out, "READY");
         let mut c = Checker::new(0, frame_len());
-        let mut sub = c.subscribe(&key, "holder", Mode::Queue);
+        let mut opts = sub_options();
+        opts.ring.max_held = 3;
+        let mut sub = c.subscribe_with(&key, "holder", Mode::Queue, opts);
         let first = sub.next_frame(Duration::from_secs(20)).unwrap();
         assert_eq!(first.copy_to_host().unwrap(), pattern(1, frame_len()));
         let mut held = vec![first];
