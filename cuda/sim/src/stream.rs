@@ -320,19 +320,32 @@ fn run(handle: u64, op: Op, rng: &mut Rng) {
             cond,
         } => {
             let start = Instant::now();
-            let mut told = false;
+            let (mut told, mut cyclic_told) = (false, false);
+            let name = if wide {
+                "cuStreamWaitValue64"
+            } else {
+                "cuStreamWaitValue32"
+            };
             loop {
                 let cur = load(&at, wide);
                 if satisfied(cur, value, wide, cond) {
                     break;
                 }
-                if !told && start.elapsed() > util::hang_after() {
+                // A 64-bit GEQ wait that an unsigned comparison would call
+                // satisfied but the cyclic one does not (the value is 2^63 or
+                // more ahead): a sentinel such as u64::MAX written to release
+                // a GEQ wait releases nothing on a GPU.
+                if wide && cond == 0 && !cyclic_told && cur > value {
+                    cyclic_told = true;
+                    report_violation(
+                        &format!("{name} (stream {handle:#x})"),
+                        &format!(
+                            "GEQ wait for {value:#x} sees {cur:#x}: CU_STREAM_WAIT_VALUE_GEQ is a cyclic comparison ((int64_t)(*addr - value) >= 0), so this value never satisfies it; the wait hangs"
+                        ),
+                    );
+                }
+                if !told && !cyclic_told && start.elapsed() > util::hang_after() {
                     told = true;
-                    let name = if wide {
-                        "cuStreamWaitValue64"
-                    } else {
-                        "cuStreamWaitValue32"
-                    };
                     report_violation(
                         &format!("{name} (stream {handle:#x})"),
                         &format!(

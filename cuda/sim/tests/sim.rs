@@ -45,6 +45,7 @@ fn child_entry() {
         "legacy" => legacy(),
         "visible" => visible(),
         "copy2d" => copy2d(),
+        "geq_sentinel" => geq_sentinel(),
         r => panic!("unknown role {r}"),
     }
 }
@@ -856,6 +857,34 @@ fn write_value() {
     ck!(cu::cuStreamSynchronize(s));
     ck!(cu::cuMemHostUnregister(p.cast()));
     println!("WROTE");
+}
+
+/// GEQ waits are cyclic: u64::MAX does not release a wait for 6 (it is
+/// "behind" it), which is reported at once; the wait goes on until a value
+/// that satisfies it arrives.
+#[test]
+fn geq_wait_is_cyclic() {
+    run("geq_sentinel", &[]).passed_with(&["CU_STREAM_WAIT_VALUE_GEQ is a cyclic comparison"]);
+}
+
+fn geq_sentinel() {
+    init();
+    let d = alloc(8);
+    htod(d, &u64::MAX.to_ne_bytes());
+    let (s, rel) = (stream(1), stream(1));
+    ck!(cu::cuStreamWaitValue64_v2(s, d, 6, 0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !violations_now().contains("cyclic") {
+        assert!(
+            Instant::now() < deadline,
+            "the cyclic GEQ misuse was not reported"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(query(s), CUresult::CUDA_ERROR_NOT_READY);
+    ck!(cu::cuStreamWriteValue64_v2(rel, d, 7, 0));
+    ck!(cu::cuStreamSynchronize(s));
+    println!("DONE");
 }
 
 // ---------------------------------------------------------------- contexts and misuse
