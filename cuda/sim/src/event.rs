@@ -153,7 +153,7 @@ pub(crate) fn wait_event(mem: &EvMem, n: u64, rng: &mut Rng, call: &str) {
             let p = b.recorder_pid.load(Ordering::Acquire);
             if !dead_told
                 && p != util::pid()
-                && !util::pid_alive(p, b.recorder_start.load(Ordering::Acquire))
+                && util::pid_alive(p, b.recorder_start.load(Ordering::Acquire)) == Some(false)
                 && !mem.done(n)
             {
                 dead_told = true;

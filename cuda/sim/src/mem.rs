@@ -271,7 +271,8 @@ impl Backing {
             for (i, s) in self.header().importers.iter().enumerate() {
                 let cur = s.pid.load(Ordering::Acquire);
                 let free = cur == 0
-                    || (pass == 1 && !util::pid_alive(cur, s.start.load(Ordering::Acquire)));
+                    || (pass == 1
+                        && util::pid_alive(cur, s.start.load(Ordering::Acquire)) == Some(false));
                 if free
                     && s.pid
                         .compare_exchange(cur, me, Ordering::AcqRel, Ordering::Acquire)
@@ -300,7 +301,9 @@ impl Backing {
             .iter()
             .filter(|s| {
                 let p = s.pid.load(Ordering::Acquire);
-                p != 0 && p != me && util::pid_alive(p, s.start.load(Ordering::Acquire))
+                p != 0
+                    && p != me
+                    && util::pid_alive(p, s.start.load(Ordering::Acquire)) == Some(true)
             })
             .count()
     }

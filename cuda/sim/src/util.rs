@@ -139,19 +139,34 @@ pub(crate) fn my_start_time() -> u64 {
     c.1
 }
 
-/// Whether `pid` names a live (not zombie) process that started at `start`
-/// (0: any start time).
-pub(crate) fn pid_alive(pid: u32, start: u64) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat"))
+/// Whether /proc shows this process's pid namespace (not so in a child
+/// namespace without its own /proc mount): only then do pids read from
+/// shared state name the processes /proc shows.
+fn proc_is_ours() -> bool {
+    std::fs::read_link("/proc/self")
         .ok()
-        .and_then(|t| parse_stat(&t))
-    {
-        None => false,
-        Some((state, st)) => !matches!(state, 'Z' | 'X' | 'x') && (start == 0 || st == start),
+        .and_then(|p| p.to_str().and_then(|s| s.parse::<u32>().ok()))
+        == Some(pid())
+}
+
+/// Whether `pid` names a live (not zombie) process that started at `start`
+/// (0: any start time); `None` when this process cannot tell.
+pub(crate) fn pid_alive(pid: u32, start: u64) -> Option<bool> {
+    if pid == 0 {
+        return Some(false);
     }
+    if !proc_is_ours() {
+        return None;
+    }
+    Some(
+        match std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|t| parse_stat(&t))
+        {
+            None => false,
+            Some((state, st)) => !matches!(state, 'Z' | 'X' | 'x') && (start == 0 || st == start),
+        },
+    )
 }
 
 /// SplitMix64: small, seedable, good enough for delays.
