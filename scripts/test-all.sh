@@ -39,6 +39,13 @@ cargo build --release -p cuframes-cli
 cargo test --workspace
 cargo test -p cuframes-cli --features bench --test bench
 
+step "GPU path under the CUDA driver simulator (docs/cuda-sim.md; no figure here is a GPU figure)"
+# The same tests a real GPU runs (scripts/test-gpu.sh), against a driver
+# stricter than the real one; any misuse of the driver API fails the step.
+timeout 900 ./scripts/cuda-sim.sh cargo test -p cuframes-cuda --test gpu
+timeout 300 ./scripts/cuda-sim.sh cargo test -p cuframes-cli --test gpu
+timeout 300 ./scripts/cuda-sim.sh cargo test -p cuframes-cli --features bench --test bench
+
 step "exhaustive crash model check (release)"
 cargo test -p cuframes-verification --test crash_model --release -- --nocapture
 

@@ -489,7 +489,9 @@ impl CudaFrame {
     /// for the work it has enqueued by then. What DLPack's `stream`
     /// argument asks of a producer.
     pub fn use_on(&self, stream: RawStream) -> Result<()> {
-        if stream == self.stream {
+        // Null and CU_STREAM_LEGACY (1) both name the legacy default stream.
+        let legacy = |s: RawStream| s as usize <= 1;
+        if stream == self.stream || (legacy(stream) && legacy(self.stream)) {
             return Ok(());
         }
         driver::order_after(&self.shared.dev, self.stream, stream)?;
