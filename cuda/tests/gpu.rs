@@ -231,6 +231,18 @@ fn publisher(key: &str, export: ExportRequest, slots: u32) -> CudaPublisher {
     p
 }
 
+/// Waits for `kids` to subscribe, publishes frames 1..=`frames`, and
+/// checks that every child succeeded and printed `want`.
+fn publish_to(p: &mut CudaPublisher, kids: Vec<Child>, frames: u64, want: &str) {
+    wait_subscribers(p, kids.len());
+    for seq in 1..=frames {
+        publish(p, seq);
+    }
+    for kid in kids {
+        finish(kid, want);
+    }
+}
+
 fn wait_subscribers(p: &CudaPublisher, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while p.host().stats().active().count() < n {
@@ -377,14 +389,8 @@ fn two_subscribers_verify_every_byte() {
         let key = format!("gpu-verify-{i}");
         let frames = 200u64;
         let mut p = publisher(&key, export, 4);
-        let kids = [spawn("verify", &key, frames), spawn("verify", &key, frames)];
-        wait_subscribers(&p, 2);
-        for seq in 1..=frames {
-            publish(&mut p, seq);
-        }
-        for kid in kids {
-            finish(kid, &format!("VERIFIED {frames}"));
-        }
+        let kids = vec![spawn("verify", &key, frames), spawn("verify", &key, frames)];
+        publish_to(&mut p, kids, frames, &format!("VERIFIED {frames}"));
     }
 }
 
@@ -401,14 +407,8 @@ fn newest_only_and_drop_oldest() {
     let opts = options(ExportRequest::Auto, 4, LosslessPolicy::DropOldest);
     let mut p = CudaPublisher::create(key, PixelFormat::Nv12, W, H, opts).unwrap();
     drv::enter(p.device());
-    let kids = [spawn("newest", key, frames), spawn("lossy", key, frames)];
-    wait_subscribers(&p, 2);
-    for seq in 1..=frames {
-        publish(&mut p, seq);
-    }
-    for kid in kids {
-        finish(kid, &format!("LAST {frames}"));
-    }
+    let kids = vec![spawn("newest", key, frames), spawn("lossy", key, frames)];
+    publish_to(&mut p, kids, frames, &format!("LAST {frames}"));
 }
 
 /// A decoder-style publisher writes on a stream of its own
@@ -659,11 +659,7 @@ fn vmm_fd_across_pid_namespaces() {
     let frames = 40u64;
     let mut p = publisher("gpu-ns-vmm", ExportRequest::VmmFd, 3);
     let kid = spawn_with("verify", "gpu-ns-vmm", frames, &[], &unshare);
-    wait_subscribers(&p, 1);
-    for seq in 1..=frames {
-        publish(&mut p, seq);
-    }
-    finish(kid, &format!("VERIFIED {frames}"));
+    publish_to(&mut p, vec![kid], frames, &format!("VERIFIED {frames}"));
 
     let _ipc = publisher("gpu-ns-ipc", ExportRequest::Ipc, 3);
     let kid = spawn_with("expect-error", "gpu-ns-ipc", 0, &[], &unshare);

@@ -1214,30 +1214,6 @@ entry! {
     }
 }
 
-entry! {
-    fn cuStreamWriteValue64(h: CUstream, addr: CUdeviceptr, value: u64, flags: c_uint) {
-        write_value(h, addr, value, flags, true)
-    }
-}
-
-entry! {
-    fn cuStreamWriteValue32(h: CUstream, addr: CUdeviceptr, value: c_uint, flags: c_uint) {
-        write_value(h, addr, u64::from(value), flags, false)
-    }
-}
-
-entry! {
-    fn cuStreamWaitValue64(h: CUstream, addr: CUdeviceptr, value: u64, flags: c_uint) {
-        wait_value(h, addr, value, flags, true)
-    }
-}
-
-entry! {
-    fn cuStreamWaitValue32(h: CUstream, addr: CUdeviceptr, value: c_uint, flags: c_uint) {
-        wait_value(h, addr, u64::from(value), flags, false)
-    }
-}
-
 // ---------------------------------------------------------------- events
 
 entry! {
