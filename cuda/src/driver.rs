@@ -467,6 +467,48 @@ pub(crate) unsafe fn copy_2d(c: &Copy2d, to_device: bool, stream: RawStream) -> 
     })
 }
 
+/// Enqueues a device-to-device 2D copy (`width` bytes per row, `height`
+/// rows) on `stream`.
+///
+/// # Safety
+/// Both ranges (`pitch * (height - 1) + width` bytes from each pointer)
+/// must be device memory of the current context, the source readable and
+/// the destination writable, until the copy completes.
+pub(crate) unsafe fn copy_2d_device(
+    src: DevicePtr,
+    src_pitch: usize,
+    dst: DevicePtr,
+    dst_pitch: usize,
+    width: usize,
+    height: usize,
+    stream: RawStream,
+) -> Result<()> {
+    let dev_t = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+    let p = sys::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: dev_t,
+        srcHost: std::ptr::null(),
+        srcDevice: src,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src_pitch,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: dev_t,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: dst,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst_pitch,
+        WidthInBytes: width,
+        Height: height,
+    };
+    // SAFETY: the caller guarantees both ranges; the descriptor lives
+    // across the call, which copies it.
+    call("cuMemcpy2DAsync", || unsafe {
+        sys::cuMemcpy2DAsync_v2(&p, stream)
+    })
+}
+
 /// Whether host memory at `ptr` is page-locked (registered or allocated by
 /// CUDA): async copies from it read it later, so the caller must wait.
 pub(crate) fn is_page_locked(ptr: *const u8) -> bool {

@@ -469,6 +469,58 @@ impl CudaPublisher {
         self.ring_mut().commit_detached(pts_ns)
     }
 
+    /// [`CudaWriteLease::copy_from_device`] for a detached loan.
+    ///
+    /// # Safety
+    /// As for [`CudaWriteLease::copy_from_device`]; `lease` must be the
+    /// loan still pending.
+    pub unsafe fn copy_from_device_detached(
+        &self,
+        lease: &CudaDetachedLease,
+        src: &[DevicePlane],
+        src_stream: RawStream,
+    ) -> Result<()> {
+        let planes = &lease.planes[..lease.plane_count];
+        if self.pending.map(|(slot, _)| slot) != Some(lease.slot) {
+            return Err(invalid("that slot is not the pending loan"));
+        }
+        if src.len() != planes.len() {
+            return Err(invalid(format!(
+                "{} source planes for a {}-plane layout",
+                src.len(),
+                planes.len()
+            )));
+        }
+        for (i, (s, d)) in src.iter().zip(planes).enumerate() {
+            if s.row_bytes != d.row_bytes || s.rows != d.rows || s.pitch < s.row_bytes {
+                return Err(invalid(format!(
+                    "source plane {i} is {} rows of {} bytes (pitch {}); the layout needs {} rows of {}",
+                    s.rows, s.row_bytes, s.pitch, d.rows, d.row_bytes
+                )));
+            }
+        }
+        if src_stream != lease.stream {
+            driver::order_after(&self.dev, src_stream, lease.stream)?;
+        }
+        let _g = self.dev.enter()?;
+        for (s, d) in src.iter().zip(planes) {
+            // SAFETY: the caller guarantees the source range; the
+            // destination is the plane inside the loaned slot.
+            unsafe {
+                driver::copy_2d_device(
+                    s.ptr,
+                    s.pitch as usize,
+                    d.ptr,
+                    d.pitch as usize,
+                    d.row_bytes as usize,
+                    d.rows as usize,
+                    lease.stream,
+                )
+            }?;
+        }
+        Ok(())
+    }
+
     /// Gives the detached loan back unpublished; false if there was none.
     pub fn abort_detached(&mut self) -> bool {
         self.pending = None;
@@ -657,8 +709,31 @@ impl CudaWriteLease<'_> {
         Ok(())
     }
 
-    /// Records the slot's publish event on the stream and publishes the
-    /// frame; returns its seq.
+    /// Enqueues copies of a picture already in device memory into the
+    /// slot: plane `i` from `src[i]` (its `ptr` and `pitch`; `row_bytes`
+    /// and `rows` must match the layout's), after the work enqueued so far
+    /// on `src_stream` (the producer's stream: a decoder's, or the stream a
+    /// DLPack producer named), on the lease's stream.
+    ///
+    /// # Safety
+    /// Each `src[i]` must address `pitch * (rows - 1) + row_bytes` readable
+    /// bytes of device memory of this device's primary context, unchanged
+    /// until the copy has run (order later writes after the lease's
+    /// stream); `src_stream` must be a live stream of that context (or null).
+    pub unsafe fn copy_from_device(
+        &self,
+        src: &[DevicePlane],
+        src_stream: RawStream,
+    ) -> Result<()> {
+        // SAFETY: the caller's guarantees, passed on.
+        unsafe {
+            self.publisher
+                .copy_from_device_detached(&self.lease, src, src_stream)
+        }
+    }
+
+    /// Marks the frame complete on the stream (after the writes enqueued so
+    /// far) and publishes it; returns its seq.
     pub fn commit(mut self, pts_ns: i64) -> Result<u64> {
         self.done = true;
         self.publisher.commit_detached(pts_ns)

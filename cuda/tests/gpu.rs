@@ -444,6 +444,64 @@ fn publisher_writes_on_its_own_stream() {
     finish(kid, &format!("VERIFIED {frames}"));
 }
 
+/// Frames already in device memory (a decoder's output, a tensor) copied
+/// into loans after the producer's stream.
+#[test]
+fn publish_from_device_memory() {
+    if !enabled() {
+        return;
+    }
+    shm_dir();
+    let key = "gpu-from-device";
+    let frames = 40u64;
+    let mut p = publisher(key, ExportRequest::Auto, 3);
+    let producer = drv::stream();
+    let len = frame_len();
+    let src = drv::device(len);
+    let kid = spawn("verify", key, frames);
+    wait_subscribers(&p, 1);
+    for seq in 1..=frames {
+        // The previous frame's copy out of `src` runs on the publisher's
+        // stream: wait for it before the producer overwrites `src`.
+        drv::sync(p.stream());
+        let data = pattern(seq, len);
+        // SAFETY: `src` is `len` bytes of our device memory; pageable
+        // sources are staged at the call.
+        unsafe {
+            ck(
+                "upload",
+                sys::cuMemcpyHtoDAsync_v2(src, data.as_ptr().cast(), len, producer),
+            )
+        };
+        let lease = p.loan().unwrap();
+        let mut at = 0u64;
+        let planes: Vec<DevicePlane> = lease
+            .layout()
+            .planes()
+            .iter()
+            .map(|pl| {
+                let d = DevicePlane {
+                    ptr: src + at,
+                    pitch: pl.row_bytes,
+                    row_bytes: pl.row_bytes,
+                    rows: pl.rows,
+                };
+                at += u64::from(pl.row_bytes) * u64::from(pl.rows);
+                d
+            })
+            .collect();
+        // A wrong shape is refused before anything is enqueued.
+        // SAFETY: as below (and nothing is read: the call refuses).
+        let e = unsafe { lease.copy_from_device(&planes[..1], producer) }.unwrap_err();
+        assert_eq!(e.code(), cuframes::ErrorCode::InvalidArgument);
+        // SAFETY: the planes lie in `src`, unchanged until the publisher's
+        // stream has copied them (synchronised above, next round).
+        unsafe { lease.copy_from_device(&planes, producer) }.unwrap();
+        assert_eq!(lease.commit(seq as i64).unwrap(), seq);
+    }
+    finish(kid, &format!("VERIFIED {frames}"));
+}
+
 fn p_slot_bytes(lease: &CudaWriteLease<'_>) -> usize {
     lease.layout().slot_bytes as usize
 }

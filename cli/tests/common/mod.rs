@@ -38,7 +38,8 @@ pub fn shm() -> &'static PathBuf {
 /// `cuframes` with the private shm directory (`CUFRAMES_BIN` names another
 /// build of it, for test binaries run away from their build tree).
 pub fn cuframes() -> Command {
-    let bin = std::env::var_os("CUFRAMES_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cuframes").into());
+    let bin =
+        std::env::var_os("CUFRAMES_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_cuframes").into());
     let mut c = Command::new(bin);
     c.env("CUFRAMES_SHM_DIR", shm()).stdin(Stdio::null());
     c
