@@ -42,7 +42,7 @@ pub fn probe() -> Result<Gpu, String> {
         if count == 0 {
             return Err("the CUDA driver sees no device".into());
         }
-        let name = device_name(0)?;
+        let name = cuframes_cuda::device_name(0).map_err(|e| e.message().to_owned())?;
         let sim = name.starts_with("cuframes-sim")
             || std::env::var("CUFRAMES_GPU_BACKEND").as_deref() == Ok("sim");
         Ok(Gpu { name, sim })
@@ -83,20 +83,6 @@ fn device(ordinal: u32) -> Res<sys::CUdevice> {
         sys::cuDeviceGet(&mut dev, ordinal as i32)
     })?;
     Ok(dev)
-}
-
-fn device_name(ordinal: u32) -> Res<String> {
-    let dev = device(ordinal)?;
-    let mut buf = [0 as std::ffi::c_char; 256];
-    // SAFETY: the driver writes at most `len` bytes, NUL included, into
-    // our buffer of that size.
-    check("cuDeviceGetName", || unsafe {
-        sys::cuDeviceGetName(buf.as_mut_ptr(), buf.len() as i32, dev)
-    })?;
-    // SAFETY: the buffer is NUL-terminated (zeroed, and the driver
-    // terminates what it writes within `len`).
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Ok(name.to_string_lossy().into_owned())
 }
 
 /// The device's primary context (the one cuframes-cuda uses), retained

@@ -98,6 +98,25 @@ fn ls_row(s: &StreamStatus) -> String {
     )
 }
 
+/// The GPU of a stream in GPU memory: its UUID as `nvidia-smi -L` prints
+/// it, and its ordinal in the publisher's process.
+fn device(s: &StreamStatus) -> Option<(String, u32)> {
+    if s.info.memory == cuframes::MemoryKind::Host {
+        return None;
+    }
+    let h = &s.info.header;
+    let hex: String = h.device_uuid.iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    Some((uuid, h.device_ordinal))
+}
+
 /// `open`, `closed` or `starting`; `stale` whenever the publisher is dead
 /// (its lock on byte 63 of the segment file is not held).
 fn state_name(s: &StreamStatus) -> &'static str {
@@ -152,6 +171,9 @@ pub fn stat(args: &StatArgs) -> Result<()> {
         s.info.memory.name(),
         h.segment_len
     );
+    if let Some((uuid, ordinal)) = device(&s) {
+        println!("device      {uuid} (device {ordinal} in the publisher's process)");
+    }
     println!(
         "ring        {} slots, occupancy {}, {} subscriber records, policy {:?}",
         h.slot_count, s.stats.occupancy, h.subscriber_capacity, s.info.policy
@@ -241,6 +263,8 @@ struct StreamJson {
     width: u32,
     height: u32,
     memory: &'static str,
+    device_uuid: Option<String>,
+    device_ordinal: Option<u32>,
     policy: &'static str,
     slot_count: u32,
     subscriber_capacity: u32,
@@ -288,6 +312,8 @@ impl StreamJson {
             width: h.layout.width,
             height: h.layout.height,
             memory: s.info.memory.name(),
+            device_uuid: device(s).map(|(uuid, _)| uuid),
+            device_ordinal: device(s).map(|(_, ordinal)| ordinal),
             policy: s.info.policy.name(),
             slot_count: h.slot_count,
             subscriber_capacity: h.subscriber_capacity,

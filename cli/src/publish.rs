@@ -247,6 +247,25 @@ impl Sink {
     }
 }
 
+/// Whether ffmpeg can decode on GPU `device`, or why not.
+fn gpu_decoder(device: u32) -> std::result::Result<(), String> {
+    if cuframes_cuda::is_simulator(device) {
+        return Err("the CUDA driver is the cuframes simulator, which has no video decoder".into());
+    }
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-hwaccels"])
+        .output()
+        .map_err(|e| format!("ffmpeg -hwaccels: {e}"))?;
+    let listed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "cuda");
+    if listed {
+        Ok(())
+    } else {
+        Err("this ffmpeg has no CUDA hardware decoder (ffmpeg -hwaccels)".into())
+    }
+}
+
 /// The ffmpeg pixel format name for ours.
 fn ffmpeg_pix_fmt(f: PixelFormat) -> &'static str {
     match f {
@@ -337,6 +356,26 @@ fn publish_file(
     }
     if args.loop_input {
         cmd.args(["-stream_loop", "-1"]);
+    }
+    if args.cuda {
+        let how = match gpu_decoder(args.device) {
+            Ok(()) => {
+                cmd.args([
+                    "-hwaccel",
+                    "cuda",
+                    "-hwaccel_device",
+                    &args.device.to_string(),
+                ]);
+                "decoding on the GPU with ffmpeg's CUDA decoder (-hwaccel cuda; ffmpeg \
+                 decodes on the CPU instead if the GPU cannot decode this stream), then \
+                 uploading each frame"
+                    .to_owned()
+            }
+            Err(why) => format!("{why}: decoding on the CPU, then uploading each frame"),
+        };
+        if !args.quiet {
+            println!("{how}");
+        }
     }
     cmd.arg("-i").arg(input);
     cmd.args([

@@ -3,9 +3,11 @@
 use crate::latency::{human_ns, Samples};
 use crate::stdout_is_tty;
 use cuframes::{
-    testsrc, Error, ErrorCode, Frame, Mode, PixelFormat, ReconnectingSubscriber, Result,
-    SubscriberOptions,
+    testsrc, Error, ErrorCode, Frame, FrameLayout, MemoryKind, Mode, PixelFormat,
+    ReconnectingSubscriber, Result, SubscriberOptions,
 };
+use cuframes_cuda::{CudaFrame, CudaSubscriber, CudaSubscriberOptions};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -51,6 +53,13 @@ pub struct Args {
     /// Machine-readable `report` lines instead of human ones.
     #[arg(long)]
     pub report: bool,
+    /// Read a stream whose frames are in GPU memory (the default for such
+    /// streams; `--verify` and `--dump` copy each frame to the host).
+    #[arg(long)]
+    pub cuda: bool,
+    /// CUDA device to read on (default: the publisher's GPU, found by UUID).
+    #[arg(long, requires = "cuda")]
+    pub device: Option<u32>,
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -58,6 +67,119 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
         "newest" | "newest-only" => Ok(Mode::NewestOnly),
         "queue" => Ok(Mode::Queue),
         _ => Err(format!("{s:?}: newest or queue")),
+    }
+}
+
+/// Where frames come from: a host-memory stream, or one in GPU memory.
+enum Source {
+    Host(ReconnectingSubscriber),
+    Cuda {
+        sub: Option<CudaSubscriber>,
+        options: CudaSubscriberOptions,
+    },
+}
+
+/// A frame of either kind.
+enum Taken {
+    Host(Frame),
+    Cuda(CudaFrame),
+}
+
+impl Taken {
+    fn host(&self) -> &Frame {
+        match self {
+            Taken::Host(f) => f,
+            Taken::Cuda(f) => f.as_ref(),
+        }
+    }
+
+    /// The picture in its slot layout, in host memory (copied from the GPU
+    /// for device frames).
+    fn image(&self) -> Result<Cow<'_, [u8]>> {
+        match self {
+            Taken::Host(f) => Ok(Cow::Borrowed(f.data())),
+            Taken::Cuda(f) => {
+                let layout = f.layout();
+                let packed = f.copy_to_host()?;
+                let mut image = vec![0u8; layout.slot_bytes as usize];
+                for (slot, p, len) in layout.packed_rows() {
+                    let (slot, p, len) = (slot as usize, p as usize, len as usize);
+                    image[slot..slot + len].copy_from_slice(&packed[p..p + len]);
+                }
+                Ok(Cow::Owned(image))
+            }
+        }
+    }
+}
+
+impl Source {
+    fn open(args: &Args, name: &str, options: &SubscriberOptions) -> Result<Self> {
+        // A stream in GPU memory is read with the CUDA backend, asked for
+        // or not: wait (within the connect timeout) for the stream to say
+        // where its frames live.
+        let deadline = Instant::now() + options.connect_timeout;
+        let on_gpu = args.cuda
+            || loop {
+                match cuframes::stream_status(&args.key) {
+                    Ok(s) => break s.info.memory != MemoryKind::Host,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(_) => break false,
+                }
+            };
+        if !on_gpu {
+            let mut sub = ReconnectingSubscriber::new(&args.key, name, args.mode, options.clone());
+            sub.ensure_connected(options.connect_timeout)?;
+            return Ok(Source::Host(sub));
+        }
+        let options = CudaSubscriberOptions {
+            ring: options.clone(),
+            device: args.device,
+        };
+        let sub = CudaSubscriber::connect(&args.key, name, args.mode, options.clone())?;
+        Ok(Source::Cuda {
+            sub: Some(sub),
+            options,
+        })
+    }
+
+    fn stats(&self) -> cuframes::SubscriberStats {
+        match self {
+            Source::Host(s) => s.subscriber().map(|s| s.stats()).unwrap_or_default(),
+            Source::Cuda { sub, .. } => sub.as_ref().map(|s| s.stats()).unwrap_or_default(),
+        }
+    }
+
+    /// One wait of at most `slice`; with `reconnect`, a CUDA stream whose
+    /// publisher went away is connected again on the next call.
+    fn next(&mut self, args: &Args, name: &str, slice: Duration) -> Result<Taken> {
+        match self {
+            Source::Host(sub) => {
+                let got = if args.reconnect {
+                    sub.next_frame(slice)
+                } else {
+                    sub.ensure_connected(slice)
+                        .and_then(|s| s.next_frame(slice))
+                };
+                got.map(Taken::Host)
+            }
+            Source::Cuda { sub, options } => {
+                if sub.is_none() {
+                    let mut o = options.clone();
+                    o.ring.connect_timeout = slice;
+                    *sub = Some(CudaSubscriber::connect(&args.key, name, args.mode, o)?);
+                }
+                let got = sub.as_mut().expect("connected").next_frame(slice);
+                if got.as_ref().is_err_and(|e| {
+                    args.reconnect
+                        && matches!(e.code(), ErrorCode::Closed | ErrorCode::PublisherGone)
+                }) {
+                    *sub = None;
+                }
+                got.map(Taken::Cuda)
+            }
+        }
     }
 }
 
@@ -83,8 +205,7 @@ pub fn run(args: Args) -> Result<()> {
         allow_other_owner: args.allow_other_owner,
         ..Default::default()
     };
-    let mut sub = ReconnectingSubscriber::new(&args.key, &name, args.mode, options.clone());
-    sub.ensure_connected(options.connect_timeout)?;
+    let mut sub = Source::open(&args, &name, &options)?;
     let timeout = Duration::from_millis(args.timeout_ms);
     let tty = stdout_is_tty() && !args.report;
     let mut t = Tally::default();
@@ -95,9 +216,10 @@ pub fn run(args: Args) -> Result<()> {
         if stop.load(Ordering::Relaxed) || args.frames.is_some_and(|n| t.frames >= n) {
             break Ok(());
         }
-        let got = next_frame(&mut sub, &args, timeout, &stop);
+        let got = next_frame(&mut sub, &args, &name, timeout, &stop);
         match got {
-            Ok(frame) => {
+            Ok(taken) => {
+                let frame = taken.host();
                 let latency = cuframes::now_ns().saturating_sub(frame.commit_ns());
                 if args.mode == Mode::Queue
                     && last_seq != 0
@@ -108,15 +230,16 @@ pub fn run(args: Args) -> Result<()> {
                     eprintln!("frame {} after {}: out of order", frame.seq(), last_seq);
                 }
                 last_seq = frame.seq();
+                let layout = *frame.layout();
                 if args.verify {
-                    if let Err(d) = testsrc::verify(frame.layout(), frame.data(), frame.seq()) {
+                    if let Err(d) = testsrc::verify(&layout, &taken.image()?, frame.seq()) {
                         t.bad += 1;
                         eprintln!("frame {}: damaged: {d:?}", frame.seq());
                     }
                 }
                 if !dumped {
                     let dir = args.dump.as_deref().expect("dump dir");
-                    let path = dump_png(&frame, dir, &args.key)?;
+                    let path = dump_png(&layout, &taken.image()?, frame.seq(), dir, &args.key)?;
                     if !args.report {
                         println!("wrote {}", path.display());
                     }
@@ -125,13 +248,13 @@ pub fn run(args: Args) -> Result<()> {
                 if args.hold_ms > 0 {
                     std::thread::sleep(Duration::from_millis(args.hold_ms));
                     if args.verify {
-                        if let Err(d) = testsrc::verify(frame.layout(), frame.data(), frame.seq()) {
+                        if let Err(d) = testsrc::verify(&layout, &taken.image()?, frame.seq()) {
                             t.bad += 1;
                             eprintln!("frame {}: rewritten while held: {d:?}", frame.seq());
                         }
                     }
                 }
-                frame.release();
+                drop(taken);
                 t.frames += 1;
                 t.window_frames += 1;
                 t.window.push(latency);
@@ -150,7 +273,7 @@ pub fn run(args: Args) -> Result<()> {
             Err(e) => break Err(e),
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
-            let stats = sub.subscriber().map(|s| s.stats()).unwrap_or_default();
+            let stats = sub.stats();
             print_line(
                 &name,
                 &mut t,
@@ -165,7 +288,7 @@ pub fn run(args: Args) -> Result<()> {
             t.window_frames = 0;
         }
     };
-    let stats = sub.subscriber().map(|s| s.stats()).unwrap_or_default();
+    let stats = sub.stats();
     if tty {
         println!();
     }
@@ -194,21 +317,17 @@ pub fn run(args: Args) -> Result<()> {
 /// wait promptly; with `--reconnect`, a vanished publisher is waited out
 /// within the same timeout.
 fn next_frame(
-    sub: &mut ReconnectingSubscriber,
+    sub: &mut Source,
     args: &Args,
+    name: &str,
     timeout: Duration,
     stop: &std::sync::atomic::AtomicBool,
-) -> Result<Frame> {
+) -> Result<Taken> {
     let started = Instant::now();
     loop {
         let left = timeout.saturating_sub(started.elapsed());
         let slice = left.min(Duration::from_millis(100));
-        let got = if args.reconnect {
-            sub.next_frame(slice)
-        } else {
-            sub.ensure_connected(slice)
-                .and_then(|s| s.next_frame(slice))
-        };
+        let got = sub.next(args, name, slice);
         let waitable = |code| {
             code == ErrorCode::Timeout
                 || (args.reconnect
@@ -270,12 +389,19 @@ fn print_line(
     crate::live::status_line(tty, &line);
 }
 
-/// Writes a frame as an 8-bit PNG (RGB, or grey for GRAY8).
-fn dump_png(frame: &Frame, dir: &Path, key: &str) -> Result<PathBuf> {
+/// Writes a frame (its slot-shaped `image`) as an 8-bit PNG (RGB, or grey
+/// for GRAY8).
+fn dump_png(
+    layout: &FrameLayout,
+    image: &[u8],
+    seq: u64,
+    dir: &Path,
+    key: &str,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let path = dir.join(format!("{key}-{}.png", frame.seq()));
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
-    let (color, pixels) = to_rgb(frame, w, h);
+    let path = dir.join(format!("{key}-{seq}.png"));
+    let (w, h) = (layout.width as usize, layout.height as usize);
+    let (color, pixels) = to_rgb(layout, image, w, h);
     let file = std::fs::File::create(&path)
         .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w as u32, h as u32);
@@ -287,13 +413,15 @@ fn dump_png(frame: &Frame, dir: &Path, key: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn to_rgb(frame: &Frame, w: usize, h: usize) -> (png::ColorType, Vec<u8>) {
+fn to_rgb(layout: &FrameLayout, image: &[u8], w: usize, h: usize) -> (png::ColorType, Vec<u8>) {
+    let planes = layout.planes();
     let row = |plane: usize, r: usize| {
-        let p = frame.pitch(plane) as usize;
-        &frame.plane(plane)[r * p..]
+        let p = &planes[plane];
+        &image[p.offset as usize + r * p.pitch as usize..]
     };
     let mut out = Vec::with_capacity(w * h * 3);
-    match frame.format() {
+    // A validated layout (the subscriber checked it) names a format.
+    match layout.pixel_format().unwrap_or(PixelFormat::Gray8) {
         PixelFormat::Gray8 => {
             (0..h).for_each(|r| out.extend_from_slice(&row(0, r)[..w]));
             return (png::ColorType::Grayscale, out);

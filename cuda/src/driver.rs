@@ -125,6 +125,38 @@ pub fn device_count() -> Result<u32> {
     Ok(n.max(0) as u32)
 }
 
+/// The name of device `ordinal` (e.g. `NVIDIA H200`; the driver simulator
+/// names its devices `cuframes-sim GPU <n>`).
+///
+/// ```
+/// if let Ok(name) = cuframes_cuda::device_name(0) {
+///     println!("GPU 0 is {name}");
+/// }
+/// ```
+pub fn device_name(ordinal: u32) -> Result<String> {
+    driver_version()?;
+    let mut dev: sys::CUdevice = 0;
+    // SAFETY: writes one device handle; the driver checks the ordinal.
+    call("cuDeviceGet", || unsafe {
+        sys::cuDeviceGet(&mut dev, ordinal as i32)
+    })?;
+    let mut buf = [0 as std::ffi::c_char; 256];
+    // SAFETY: the driver writes a NUL-terminated name of at most `len`
+    // bytes into `buf`.
+    call("cuDeviceGetName", || unsafe {
+        sys::cuDeviceGetName(buf.as_mut_ptr(), buf.len() as i32, dev)
+    })?;
+    // SAFETY: NUL-terminated within the buffer (the driver truncates).
+    let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
+    Ok(name.to_string_lossy().into_owned())
+}
+
+/// Whether device `ordinal` is the cuframes driver simulator rather than
+/// a GPU (its figures are never GPU figures; it has no video decoder).
+pub fn is_simulator(ordinal: u32) -> bool {
+    device_name(ordinal).is_ok_and(|n| n.starts_with("cuframes-sim"))
+}
+
 /// A device and its retained primary context (the context the CUDA runtime,
 /// PyTorch and CuPy use, so pointers and streams are shared with them).
 pub(crate) struct Device {

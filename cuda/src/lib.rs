@@ -44,7 +44,9 @@ mod subscriber;
 pub use area::{
     parse_area, AreaHeader, AreaInfo, ExportMode, AREA_MAGIC, AREA_VERSION, SYNC_OFFSET,
 };
-pub use driver::{device_count, driver_version, is_available, DevicePtr, RawStream};
+pub use driver::{
+    device_count, device_name, driver_version, is_available, is_simulator, DevicePtr, RawStream,
+};
 pub use publisher::{
     CudaDetachedLease, CudaPublisher, CudaPublisherOptions, CudaWriteLease, DevicePlane,
     ExportRequest,
