@@ -31,8 +31,13 @@ fn enabled() -> bool {
     false
 }
 
+/// A shm directory of this test process (children get it through the
+/// environment), so concurrent runs never share keys.
 fn shm_dir() {
-    let dir = std::env::temp_dir().join("cuframes-cuda-gpu");
+    if std::env::var_os(CHILD).is_some() {
+        return; // inherited from the test process
+    }
+    let dir = std::env::temp_dir().join(format!("cuframes-cuda-gpu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::env::set_var("CUFRAMES_SHM_DIR", &dir);
 }
