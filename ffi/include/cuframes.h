@@ -102,6 +102,49 @@
 // Most planes a frame has (array size in `cuframes_lease_t`).
 #define CUFRAMES_MAX_PLANES 4
 
+// Export mode: VMM memory passed as a file descriptor where the device
+// supports it, else legacy CUDA IPC.
+#define CUFRAMES_CUDA_EXPORT_AUTO 0
+
+// Export mode: legacy CUDA IPC (`cuMemAlloc` + `cuIpcGetMemHandle`);
+// subscribers must share the publisher's pid and IPC namespaces.
+#define CUFRAMES_CUDA_EXPORT_IPC 1
+
+// Export mode: a VMM allocation (`cuMemCreate`) whose file descriptor is
+// passed over the stream's unix socket; works across pid namespaces.
+#define CUFRAMES_CUDA_EXPORT_VMM_FD 2
+
+// `device` argument of `cuframes_cuda_subscriber_create`: the GPU whose
+// UUID is the publisher's (ordinals differ between processes).
+#define CUFRAMES_CUDA_DEVICE_AUTO -1
+
+// Stream handle of the legacy default stream (`CU_STREAM_LEGACY`; 0
+// names it too).
+#define CUFRAMES_CUDA_STREAM_LEGACY 1
+
+// Stream handle of the calling thread's per-thread default stream
+// (`CU_STREAM_PER_THREAD`). Refused as a publisher stream and as a
+// consumer stream (`CUFRAMES_ERR_INVALID_ARGUMENT`); accepted by
+// `cuframes_cuda_frame_use_on`.
+#define CUFRAMES_CUDA_STREAM_PER_THREAD 2
+
+// A frame held in place in GPU memory. Opaque; handed out by
+// `cuframes_cuda_subscriber_next`, given back with
+// `cuframes_cuda_frame_release`. The publisher does not rewrite its slot
+// until the reads enqueued on its consumer stream (and on streams given
+// to `cuframes_cuda_frame_use_on`) before the release have run.
+typedef struct cuframes_cuda_frame_t cuframes_cuda_frame_t;
+
+// A stream published from GPU memory. Opaque; made by
+// `cuframes_cuda_publisher_create`, freed by
+// `cuframes_cuda_publisher_destroy`.
+typedef struct cuframes_cuda_publisher_t cuframes_cuda_publisher_t;
+
+// A connection to a stream whose frames live in GPU memory. Opaque; made
+// by `cuframes_cuda_subscriber_create`, freed by
+// `cuframes_cuda_subscriber_destroy`.
+typedef struct cuframes_cuda_subscriber_t cuframes_cuda_subscriber_t;
+
 // A frame held in place in shared memory. Opaque; handed out by
 // `cuframes_subscriber_next`, given back with `cuframes_frame_release`.
 // Its slot is not reused until then.
@@ -115,62 +158,74 @@ typedef struct cuframes_publisher_t cuframes_publisher_t;
 // freed by `cuframes_subscriber_destroy`.
 typedef struct cuframes_subscriber_t cuframes_subscriber_t;
 
-// Publisher settings. Fill with `cuframes_publisher_options_init` first,
-// then change what you need.
-typedef struct cuframes_publisher_options_t {
-  // Slots in the ring (2..=64; default 8). Must cover the frames all
-  // subscribers may hold at once plus two.
+// CUDA publisher settings. Fill with
+// `cuframes_cuda_publisher_options_init` first, then change what you need.
+typedef struct cuframes_cuda_publisher_options_t {
+  // CUDA device ordinal (default 0).
+  uint32_t device;
+  // `CUFRAMES_CUDA_EXPORT_AUTO` (default), `CUFRAMES_CUDA_EXPORT_IPC` or
+  // `CUFRAMES_CUDA_EXPORT_VMM_FD`.
+  uint32_t export_mode;
+  // Row and plane alignment in device memory: a power of two from 256
+  // to 1 MiB (default 512, what NVDEC and NPP want).
+  uint32_t pitch_align;
+  // Slots in the ring (2..=64; default 8).
   uint32_t slot_count;
   // Subscriber records (1..=63; default 16).
   uint32_t subscriber_capacity;
   // `CUFRAMES_POLICY_BLOCK` (default) or `CUFRAMES_POLICY_DROP_OLDEST`.
   uint32_t policy;
-  // How long `cuframes_publisher_loan` waits for a free slot before
-  // `CUFRAMES_ERR_TIMEOUT` (default 1000).
+  // How long `cuframes_cuda_publisher_loan` waits for a free slot
+  // before `CUFRAMES_ERR_TIMEOUT` (default 1000).
   uint32_t block_timeout_ms;
-  // File mode of the segment (default 0600; 0660 shares with the group;
-  // world access is refused).
+  // File mode of the segment and the descriptor socket (default 0600;
+  // 0660 shares with the group).
   uint32_t mode;
-  // Row alignment of each plane in bytes, a power of two (default 64).
-  uint32_t pitch_align;
-  // Heartbeat and dead-subscriber sweep period (default 100, must be > 0).
+  // Heartbeat and dead-subscriber sweep period (default 100, > 0).
   uint32_t heartbeat_ms;
-  // Under `CUFRAMES_POLICY_BLOCK`, once a QUEUE subscriber has held the
-  // publisher back for the whole block timeout: 1 (default) evicts it
-  // from lossless duty (it gets `CUFRAMES_ERR_LAGGED` once and goes on
-  // from the newest frame; frames it holds stay intact) and the loan
-  // goes on; 0 fails the loan with `CUFRAMES_ERR_TIMEOUT`.
+  // As in `cuframes_publisher_options_t` (default 1).
   uint32_t evict_lagging;
-} cuframes_publisher_options_t;
+  // IPC mode: how long destroying the publisher waits for subscribers
+  // to finish reading and detach before it frees the memory (default
+  // 2000).
+  uint32_t close_grace_ms;
+} cuframes_cuda_publisher_options_t;
 
-// A loaned slot: where to write the next frame. Valid from
-// `cuframes_publisher_loan` until `cuframes_publisher_commit`,
-// `cuframes_publisher_abort` or `cuframes_publisher_destroy`; the memory
-// belongs to the stream, do not free it.
-typedef struct cuframes_lease_t {
+// A loaned slot in GPU memory: where to write the next frame and the
+// stream to write on. Valid from `cuframes_cuda_publisher_loan` until
+// `cuframes_cuda_publisher_commit`, `cuframes_cuda_publisher_abort` or
+// `cuframes_cuda_publisher_destroy`; the memory belongs to the stream.
+typedef struct cuframes_cuda_lease_t {
   // The sequence number the frame will get.
   uint64_t seq;
-  // First byte of the slot.
-  uint8_t *data;
-  // Bytes of the slot (all planes with their padding).
-  size_t size;
+  // The slot index.
+  uint32_t slot;
   // `CUFRAMES_FORMAT_*`.
   uint32_t format;
   // Width in pixels.
   uint32_t width;
   // Height in pixels.
   uint32_t height;
-  // Planes in use (entries past it are NULL / 0).
+  // Planes in use (entries past it are 0).
   uint32_t plane_count;
-  // First byte of each plane.
-  uint8_t *planes[CUFRAMES_MAX_PLANES];
-  // Bytes from one row to the next, per plane.
+  // CUDA device ordinal of the memory (in this process).
+  uint32_t device;
+  // Device address (`CUdeviceptr`) of each plane's first row.
+  uint64_t device_ptr[CUFRAMES_MAX_PLANES];
+  // Bytes from one row to the next, per plane (a multiple of
+  // `pitch_align`).
   uint32_t pitch[CUFRAMES_MAX_PLANES];
   // Rows per plane.
   uint32_t rows[CUFRAMES_MAX_PLANES];
   // Meaningful bytes per row, per plane (<= pitch).
   uint32_t row_bytes[CUFRAMES_MAX_PLANES];
-} cuframes_lease_t;
+  // The stream to write on (`CUstream`; 0: the legacy default stream):
+  // the publisher's own, or the one given to
+  // `cuframes_cuda_publisher_set_stream`. It already waits (on the GPU)
+  // for every subscriber to be done with the slot: enqueue the writes
+  // on it, or on a stream ordered after it and before the commit.
+  uintptr_t stream;
+} cuframes_cuda_lease_t;
 
 // Ring-wide counters seen by the publisher.
 typedef struct cuframes_publisher_stats_t {
@@ -230,6 +285,63 @@ typedef struct cuframes_subscriber_stats_t {
   uint32_t slot_count;
 } cuframes_subscriber_stats_t;
 
+// Publisher settings. Fill with `cuframes_publisher_options_init` first,
+// then change what you need.
+typedef struct cuframes_publisher_options_t {
+  // Slots in the ring (2..=64; default 8). Must cover the frames all
+  // subscribers may hold at once plus two.
+  uint32_t slot_count;
+  // Subscriber records (1..=63; default 16).
+  uint32_t subscriber_capacity;
+  // `CUFRAMES_POLICY_BLOCK` (default) or `CUFRAMES_POLICY_DROP_OLDEST`.
+  uint32_t policy;
+  // How long `cuframes_publisher_loan` waits for a free slot before
+  // `CUFRAMES_ERR_TIMEOUT` (default 1000).
+  uint32_t block_timeout_ms;
+  // File mode of the segment (default 0600; 0660 shares with the group;
+  // world access is refused).
+  uint32_t mode;
+  // Row alignment of each plane in bytes, a power of two (default 64).
+  uint32_t pitch_align;
+  // Heartbeat and dead-subscriber sweep period (default 100, must be > 0).
+  uint32_t heartbeat_ms;
+  // Under `CUFRAMES_POLICY_BLOCK`, once a QUEUE subscriber has held the
+  // publisher back for the whole block timeout: 1 (default) evicts it
+  // from lossless duty (it gets `CUFRAMES_ERR_LAGGED` once and goes on
+  // from the newest frame; frames it holds stay intact) and the loan
+  // goes on; 0 fails the loan with `CUFRAMES_ERR_TIMEOUT`.
+  uint32_t evict_lagging;
+} cuframes_publisher_options_t;
+
+// A loaned slot: where to write the next frame. Valid from
+// `cuframes_publisher_loan` until `cuframes_publisher_commit`,
+// `cuframes_publisher_abort` or `cuframes_publisher_destroy`; the memory
+// belongs to the stream, do not free it.
+typedef struct cuframes_lease_t {
+  // The sequence number the frame will get.
+  uint64_t seq;
+  // First byte of the slot.
+  uint8_t *data;
+  // Bytes of the slot (all planes with their padding).
+  size_t size;
+  // `CUFRAMES_FORMAT_*`.
+  uint32_t format;
+  // Width in pixels.
+  uint32_t width;
+  // Height in pixels.
+  uint32_t height;
+  // Planes in use (entries past it are NULL / 0).
+  uint32_t plane_count;
+  // First byte of each plane.
+  uint8_t *planes[CUFRAMES_MAX_PLANES];
+  // Bytes from one row to the next, per plane.
+  uint32_t pitch[CUFRAMES_MAX_PLANES];
+  // Rows per plane.
+  uint32_t rows[CUFRAMES_MAX_PLANES];
+  // Meaningful bytes per row, per plane (<= pitch).
+  uint32_t row_bytes[CUFRAMES_MAX_PLANES];
+} cuframes_lease_t;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -261,6 +373,553 @@ const char *cuframes_error_name(int code);
 //
 // Thread safety: any thread; each thread has its own message.
 const char *cuframes_last_error_message(void);
+
+// 1 if a CUDA driver loaded and initialised in this process, else 0. The
+// first call loads the driver (`dlopen("libcuda.so")` and `cuInit`);
+// later calls give the same answer.
+//
+// Thread safety: any thread, any time.
+int cuframes_cuda_available(void);
+
+// Stores the CUDA driver version (e.g. 12080 for 12.8) in `*version`
+// (0 on failure).
+//
+// Errors: `INVALID_ARGUMENT` (NULL), `CUDA` (no driver: the message names
+// `libcuda.so`; or `cuInit` failed).
+//
+// Thread safety: any thread, any time.
+//
+// # Safety
+// `version` is NULL or writable.
+int cuframes_cuda_driver_version(int *version);
+
+// Stores the number of CUDA devices this process sees in `*count` (0 on
+// failure).
+//
+// Errors: `INVALID_ARGUMENT` (NULL), `CUDA` (no driver).
+//
+// Thread safety: any thread, any time.
+//
+// # Safety
+// `count` is NULL or writable.
+int cuframes_cuda_device_count(uint32_t *count);
+
+// Fills `options` with the defaults.
+//
+// Thread safety: any thread.
+int cuframes_cuda_publisher_options_init(struct cuframes_cuda_publisher_options_t *options);
+
+// Creates the stream `key` for `width` x `height` frames of `format`
+// (`CUFRAMES_FORMAT_*`) in one allocation on GPU `options->device`,
+// exported as `options->export_mode` says, planes pitched to
+// `options->pitch_align`. `options` may be NULL for the defaults. On
+// success `*out` is the new publisher; on failure NULL, and nothing is
+// left in the shm directory.
+//
+// Errors: `INVALID_ARGUMENT` (NULL, bad key, format, size or option),
+// `CUDA` (no driver, no such device, no VMM support for
+// `CUFRAMES_CUDA_EXPORT_VMM_FD`, out of memory: the message has the
+// driver's words), `ALREADY_EXISTS`, `PERMISSION`, `IO`.
+//
+// Thread safety: any thread.
+//
+// # Safety
+// `key` is NULL or a NUL-terminated string; `options` is NULL or valid;
+// `out` is NULL or writable.
+int cuframes_cuda_publisher_create(const char *key,
+                                   uint32_t format,
+                                   uint32_t width,
+                                   uint32_t height,
+                                   const struct cuframes_cuda_publisher_options_t *options,
+                                   struct cuframes_cuda_publisher_t **out);
+
+// Loans the next free slot for in-place writes (a decoder's output, a
+// kernel, a copy), waiting up to the block timeout; fills `*lease` with
+// the device address, pitch, rows and row bytes of each plane and the
+// stream to write on, which already waits (on the GPU) until every
+// subscriber's reads of the slot are complete. Enqueue the writes, then
+// `cuframes_cuda_publisher_commit`, or give the slot back with
+// `cuframes_cuda_publisher_abort`. On failure `*lease` is zeroed.
+//
+// Errors: `INVALID_ARGUMENT` (NULL, or a slot is already loaned),
+// `TIMEOUT` (no free slot), `CAPACITY`, `CLOSED`, `CUDA`.
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live publisher; `lease` is NULL or writable.
+int cuframes_cuda_publisher_loan(struct cuframes_cuda_publisher_t *publisher,
+                                 struct cuframes_cuda_lease_t *lease);
+
+// Publishes the loaned slot with presentation time `pts_ns`: enqueues on
+// the lease's stream the write of the slot's publish counter (after the
+// writes enqueued there so far; subscribers' consumer streams wait for
+// it) and publishes the frame on the host ring at once, without waiting
+// for the GPU. Stores the seq in `*seq` unless `seq` is NULL. The lease
+// is invalid afterwards, also when the call fails (the slot then goes
+// back unpublished).
+//
+// Errors: `INVALID_ARGUMENT` (NULL publisher, or no slot is loaned),
+// `CUDA`.
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live publisher; `seq` is NULL or writable.
+int cuframes_cuda_publisher_commit(struct cuframes_cuda_publisher_t *publisher,
+                                   int64_t pts_ns,
+                                   uint64_t *seq);
+
+// Gives the loaned slot back unpublished. Writes already enqueued to it
+// are harmless: the slot's next frame is written on the publisher's
+// stream after them (when the stream is the same).
+//
+// Errors: `INVALID_ARGUMENT` (NULL, or no slot is loaned).
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live publisher.
+int cuframes_cuda_publisher_abort(struct cuframes_cuda_publisher_t *publisher);
+
+// Enqueues copies of a picture already in device memory (a decoder's
+// surface, a tensor) into the loaned slot: plane `i` from `src_ptr[i]`
+// with row pitch `src_pitch[i]` (>= the plane's row bytes), rows and row
+// bytes as in the lease. The copies run on the lease's stream after the
+// work enqueued so far on `src_stream` (the stream that produced the
+// source; any stream of the device's primary context). Returns without
+// waiting for the GPU; commit as usual.
+//
+// Errors: `INVALID_ARGUMENT` (NULL, no slot is loaned, `plane_count` is
+// not the frame's, a 0 address, a pitch below the row bytes), `CUDA`
+// (the driver refused the copy, e.g. memory of another device).
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live publisher; `src_ptr` and `src_pitch` are
+// NULL or readable for `plane_count` elements; each source plane is
+// `src_pitch[i] * (rows - 1) + row_bytes` readable bytes of device memory
+// of the publisher's device (primary context), unchanged until the copy
+// has run (order later writes after the lease's stream); `src_stream` is
+// 0 or a live stream of that context.
+int cuframes_cuda_publisher_copy_from_device(struct cuframes_cuda_publisher_t *publisher,
+                                             const uint64_t *src_ptr,
+                                             const uint32_t *src_pitch,
+                                             uint32_t plane_count,
+                                             uintptr_t src_stream);
+
+// Loans a slot, copies a picture in device memory into it as
+// `cuframes_cuda_publisher_copy_from_device` does, and commits it with
+// `pts_ns`; stores the seq in `*seq` unless `seq` is NULL. On failure
+// nothing is published.
+//
+// Errors: those of `cuframes_cuda_publisher_loan` (a slot already loaned
+// is `INVALID_ARGUMENT`) and `cuframes_cuda_publisher_copy_from_device`.
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// As for `cuframes_cuda_publisher_copy_from_device`; `seq` is NULL or
+// writable.
+int cuframes_cuda_publisher_publish_from_device(struct cuframes_cuda_publisher_t *publisher,
+                                                const uint64_t *src_ptr,
+                                                const uint32_t *src_pitch,
+                                                uint32_t plane_count,
+                                                uintptr_t src_stream,
+                                                int64_t pts_ns,
+                                                uint64_t *seq);
+
+// Copies a tightly packed frame in host memory (each plane's rows back to
+// back, planes in order: `cuframes_cuda_publisher_packed_size` bytes)
+// into a free slot on the publisher's stream and publishes it with
+// `pts_ns`; stores the seq in `*seq` unless `seq` is NULL. Returns once
+// the copy has read `data` (the buffer may be reused then; at once for
+// ordinary memory, which the driver stages).
+//
+// Errors: `INVALID_ARGUMENT` (NULL, wrong `len`, a slot is loaned),
+// `TIMEOUT`, `CAPACITY`, `CLOSED`, `CUDA`.
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live publisher; `data` is NULL or readable for
+// `len` bytes; `seq` is NULL or writable.
+int cuframes_cuda_publisher_publish_from_host(struct cuframes_cuda_publisher_t *publisher,
+                                              const uint8_t *data,
+                                              size_t len,
+                                              int64_t pts_ns,
+                                              uint64_t *seq);
+
+// Makes the publisher write on `stream` (a decoder's stream, say) instead
+// of its own: later loans make it wait for subscribers' reads and hand it
+// out as `lease.stream`; commits mark frames complete on it; destroy
+// waits for it. 0 (or 1) selects the legacy default stream. To go back,
+// pass the value `cuframes_cuda_publisher_stream` returned before. Work
+// already enqueued on the previous stream is not ordered before the new
+// one.
+//
+// Errors: `INVALID_ARGUMENT` (NULL publisher; a slot is loaned: its
+// ordering was set up on the old stream; `stream` is 2, the per-thread
+// default stream, which names another stream on every thread).
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live publisher; `stream` is 0, 1 or a live
+// stream of the publisher's device's primary context that outlives its
+// use by this publisher (until another `set_stream` or `destroy`).
+int cuframes_cuda_publisher_set_stream(struct cuframes_cuda_publisher_t *publisher,
+                                       uintptr_t stream);
+
+// The stream the publisher writes on now (its own until
+// `cuframes_cuda_publisher_set_stream`); 0 for NULL.
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live publisher.
+uintptr_t cuframes_cuda_publisher_stream(const struct cuframes_cuda_publisher_t *publisher);
+
+// The export mode in use: `CUFRAMES_CUDA_EXPORT_IPC` or
+// `CUFRAMES_CUDA_EXPORT_VMM_FD` (what `AUTO` chose); 0 for NULL.
+//
+// Thread safety: any thread (reads immutable state).
+//
+// # Safety
+// `publisher` is NULL or a live publisher.
+uint32_t cuframes_cuda_publisher_export_mode(const struct cuframes_cuda_publisher_t *publisher);
+
+// Bytes of a tightly packed frame for
+// `cuframes_cuda_publisher_publish_from_host`; 0 for NULL.
+//
+// Thread safety: any thread (reads immutable state).
+//
+// # Safety
+// `publisher` is NULL or a live publisher.
+size_t cuframes_cuda_publisher_packed_size(const struct cuframes_cuda_publisher_t *publisher);
+
+// Ring-wide counters, as `cuframes_publisher_stats`. On failure `*stats`
+// is zeroed.
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live publisher; `stats` is NULL or writable.
+int cuframes_cuda_publisher_stats(const struct cuframes_cuda_publisher_t *publisher,
+                                  struct cuframes_publisher_stats_t *stats);
+
+// Finishes the publisher's stream, closes the ring (subscribers drain
+// what is left, then get `CUFRAMES_ERR_CLOSED`) and frees the publisher
+// and its GPU memory — in IPC mode after waiting up to `close_grace_ms`
+// for subscribers to finish reading and detach (memory still mapped by
+// live subscribers after that is left to the driver's cleanup at process
+// exit). A loaned slot is dropped unpublished. NULL is ignored.
+//
+// Thread safety: no other call on this publisher may run or follow.
+//
+// # Safety
+// `publisher` is NULL or a live publisher, not used afterwards.
+void cuframes_cuda_publisher_destroy(struct cuframes_cuda_publisher_t *publisher);
+
+// Connects to the GPU-memory stream `key` as `name` in `mode`
+// (`CUFRAMES_MODE_*`) and opens its device memory once (CUDA IPC, or the
+// VMM descriptor from the stream's socket). `device` is the CUDA device
+// ordinal to use, or `CUFRAMES_CUDA_DEVICE_AUTO` (-1) for the GPU whose
+// UUID is the publisher's. Frames are ordered on `consumer_stream` (0:
+// the legacy default stream; change it later with
+// `cuframes_cuda_subscriber_set_consumer_stream`). `options` (the host
+// subscriber's) may be NULL for the defaults. On success `*out` is the
+// new subscriber; on failure NULL.
+//
+// Errors: those of `cuframes_subscriber_create` (`NOT_FOUND`, `CLOSED`,
+// `PUBLISHER_GONE`, `CAPACITY`, `PERMISSION`, `INCOMPATIBLE`, `CORRUPT`);
+// `INVALID_ARGUMENT` also for a host-memory stream (use
+// `cuframes_subscriber_create`), a device below -1, or
+// `consumer_stream` 2 (the per-thread default stream); `CUDA` (no driver,
+// no such device, `device` is not the publisher's GPU, the publisher's GPU
+// is not visible, the import failed); `PERMISSION` also when the
+// descriptor socket refuses us.
+//
+// Thread safety: any thread. Blocks up to the connect timeout.
+//
+// # Safety
+// `key` and `name` are NULL or NUL-terminated strings; `consumer_stream`
+// is 0, 1 or a live stream of the device's primary context that outlives
+// its use (the subscriber and the frames taken with it); `options` is
+// NULL or valid; `out` is NULL or writable.
+int cuframes_cuda_subscriber_create(const char *key,
+                                    const char *name,
+                                    uint32_t mode,
+                                    int32_t device,
+                                    uintptr_t consumer_stream,
+                                    const struct cuframes_subscriber_options_t *options,
+                                    struct cuframes_cuda_subscriber_t **out);
+
+// Makes frames taken from now on wait (and release) on `stream` (0 or 1:
+// the legacy default stream). Frames already held keep theirs.
+//
+// Errors: `INVALID_ARGUMENT` (NULL; `stream` 2, the per-thread default
+// stream: frames are taken, read and released on any thread, so it
+// cannot order them — read on it with `cuframes_cuda_frame_use_on`).
+//
+// Thread safety: one call at a time per subscriber.
+//
+// # Safety
+// `subscriber` is NULL or a live subscriber; `stream` is 0, 1 or a live
+// stream of the device's primary context that outlives its use (the
+// subscriber and the frames taken with it).
+int cuframes_cuda_subscriber_set_consumer_stream(struct cuframes_cuda_subscriber_t *subscriber,
+                                                 uintptr_t stream);
+
+// The consumer stream new frames are ordered on; 0 for NULL (and for the
+// legacy default stream given as 0).
+//
+// Thread safety: one call at a time per subscriber.
+//
+// # Safety
+// `subscriber` is NULL or a live subscriber.
+uintptr_t cuframes_cuda_subscriber_consumer_stream(const struct cuframes_cuda_subscriber_t *subscriber);
+
+// The CUDA device ordinal (in this process) the frames live on; -1 for
+// NULL.
+//
+// Thread safety: any thread (reads immutable state).
+//
+// # Safety
+// `subscriber` is NULL or a live subscriber.
+int32_t cuframes_cuda_subscriber_device(const struct cuframes_cuda_subscriber_t *subscriber);
+
+// The export mode the publisher offers and this subscriber uses:
+// `CUFRAMES_CUDA_EXPORT_IPC` or `CUFRAMES_CUDA_EXPORT_VMM_FD`; 0 for NULL.
+//
+// Thread safety: any thread (reads immutable state).
+//
+// # Safety
+// `subscriber` is NULL or a live subscriber.
+uint32_t cuframes_cuda_subscriber_export_mode(const struct cuframes_cuda_subscriber_t *subscriber);
+
+// Waits up to `timeout_ms` for the next frame (the newest, or the next in
+// order, per the mode) and stores it in `*frame_out` (NULL on failure).
+// Unless the publisher's writes to it are already complete, it enqueues
+// on the consumer stream a wait for them: work enqueued on that stream
+// afterwards sees the whole frame; the CPU never waits for the GPU.
+// Release it with `cuframes_cuda_frame_release`.
+//
+// Errors: `TIMEOUT`, `CLOSED`, `PUBLISHER_GONE` (also for a frame the
+// publisher died before finishing on the GPU), `CAPACITY` (already
+// holding `max_held` frames), `LAGGED`, `CORRUPT`, `CUDA`,
+// `INVALID_ARGUMENT`.
+//
+// Thread safety: one call at a time per subscriber (any thread).
+//
+// # Safety
+// `subscriber` is NULL or a live subscriber; `frame_out` is NULL or
+// writable.
+int cuframes_cuda_subscriber_next(struct cuframes_cuda_subscriber_t *subscriber,
+                                  uint32_t timeout_ms,
+                                  struct cuframes_cuda_frame_t **frame_out);
+
+// Takes a frame if one is ready, without waiting:
+// `CUFRAMES_ERR_WOULD_BLOCK` when none is. Otherwise as
+// `cuframes_cuda_subscriber_next`.
+//
+// Thread safety: one call at a time per subscriber (any thread).
+//
+// # Safety
+// As for `cuframes_cuda_subscriber_next`.
+int cuframes_cuda_subscriber_try_next(struct cuframes_cuda_subscriber_t *subscriber,
+                                      struct cuframes_cuda_frame_t **frame_out);
+
+// This subscriber's counters, as `cuframes_subscriber_stats`. On failure
+// `*stats` is zeroed.
+//
+// Thread safety: one call at a time per subscriber (not concurrently with
+// `cuframes_cuda_subscriber_next`).
+//
+// # Safety
+// `subscriber` is NULL or a live subscriber; `stats` is NULL or writable.
+int cuframes_cuda_subscriber_stats(const struct cuframes_cuda_subscriber_t *subscriber,
+                                   struct cuframes_subscriber_stats_t *stats);
+
+// Synchronises the consumer stream (released frames' reads may still be
+// running), disconnects and frees the subscriber. Frames still held stay
+// valid until released (they keep the GPU memory open). NULL is ignored.
+//
+// Thread safety: no other call on this subscriber may run or follow.
+//
+// # Safety
+// `subscriber` is NULL or a live subscriber, not used afterwards.
+void cuframes_cuda_subscriber_destroy(struct cuframes_cuda_subscriber_t *subscriber);
+
+// Sequence number (1, 2, ...); 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint64_t cuframes_cuda_frame_seq(const struct cuframes_cuda_frame_t *frame);
+
+// Presentation timestamp given by the publisher; 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+int64_t cuframes_cuda_frame_pts_ns(const struct cuframes_cuda_frame_t *frame);
+
+// Monotonic (CLOCK_MONOTONIC) nanoseconds of the host-side commit (the
+// GPU writes may complete later); 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint64_t cuframes_cuda_frame_commit_ns(const struct cuframes_cuda_frame_t *frame);
+
+// Width in pixels; 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint32_t cuframes_cuda_frame_width(const struct cuframes_cuda_frame_t *frame);
+
+// Height in pixels; 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint32_t cuframes_cuda_frame_height(const struct cuframes_cuda_frame_t *frame);
+
+// `CUFRAMES_FORMAT_*`; 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint32_t cuframes_cuda_frame_format(const struct cuframes_cuda_frame_t *frame);
+
+// Number of planes; 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint32_t cuframes_cuda_frame_plane_count(const struct cuframes_cuda_frame_t *frame);
+
+// CUDA device ordinal (in this process) of the frame's memory; -1 for
+// NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+int32_t cuframes_cuda_frame_device(const struct cuframes_cuda_frame_t *frame);
+
+// The consumer stream the frame is ordered on (the subscriber's when it
+// was taken); 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uintptr_t cuframes_cuda_frame_consumer_stream(const struct cuframes_cuda_frame_t *frame);
+
+// Device address (`CUdeviceptr`) of plane `plane_index`'s first row: row
+// `r` starts `r * cuframes_cuda_frame_pitch(frame, plane_index)` bytes
+// further. Read-only (in VMM mode the mapping is read-only: a write
+// faults), valid until the frame is released, for work ordered after the
+// consumer stream's wait. 0 for a NULL frame or a plane the format lacks
+// (then `cuframes_last_error_message` says which).
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint64_t cuframes_cuda_frame_device_ptr(const struct cuframes_cuda_frame_t *frame,
+                                        uint32_t plane_index);
+
+// Bytes from one row of plane `plane_index` to the next in device memory.
+// 0 for a NULL frame or a plane the format lacks.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint32_t cuframes_cuda_frame_pitch(const struct cuframes_cuda_frame_t *frame, uint32_t plane_index);
+
+// Rows of plane `plane_index`. 0 for a NULL frame or a plane the format
+// lacks.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint32_t cuframes_cuda_frame_rows(const struct cuframes_cuda_frame_t *frame, uint32_t plane_index);
+
+// Meaningful bytes per row of plane `plane_index` (<= pitch). 0 for a
+// NULL frame or a plane the format lacks.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `frame` is NULL or a live (unreleased) frame.
+uint32_t cuframes_cuda_frame_row_bytes(const struct cuframes_cuda_frame_t *frame,
+                                       uint32_t plane_index);
+
+// Lets `stream` read the frame too: enqueues on `stream` a wait for the
+// frame to be ready on the consumer stream, and makes the release wait
+// for the work enqueued on `stream` by then. The consumer stream itself
+// (and 0/1 when that is the legacy default stream) does nothing. 2 (the
+// per-thread default stream) names the calling thread's; if the frame is
+// released on another thread, the release synchronises the context.
+//
+// Errors: `INVALID_ARGUMENT` (NULL frame), `CUDA`.
+//
+// Thread safety: any thread, concurrently with accessors (not with the
+// release).
+//
+// # Safety
+// `frame` is NULL or a live frame; `stream` is 0, 1, 2 or a live stream
+// of the frame's device's primary context that outlives the frame.
+int cuframes_cuda_frame_use_on(const struct cuframes_cuda_frame_t *frame, uintptr_t stream);
+
+// Copies the picture to host memory, tightly packed (each plane's rows
+// back to back, planes in order), on the consumer stream, and waits for
+// the copy (it synchronises the CPU with the GPU: for checks, tests and
+// debugging, not for a pipeline). `len` must be the packed size (NV12:
+// width * height * 3 / 2; `cuframes_cuda_publisher_packed_size` on the
+// publisher's side).
+//
+// Errors: `INVALID_ARGUMENT` (NULL, wrong `len`), `CUDA`.
+//
+// Thread safety: any thread, concurrently with accessors (not with the
+// release).
+//
+// # Safety
+// `frame` is NULL or a live frame; `dst` is NULL or writable for `len`
+// bytes.
+int cuframes_cuda_frame_copy_to_host(const struct cuframes_cuda_frame_t *frame,
+                                     uint8_t *dst,
+                                     size_t len);
+
+// Releases the frame: the consumer stream waits for the streams given to
+// `cuframes_cuda_frame_use_on`, then counts this subscriber's release of
+// the slot (a stream memory write) after the reads enqueued before; the
+// publisher's next write to the slot waits for that. Returns without
+// waiting for the GPU (unless the subscriber is already destroyed: then
+// it synchronises the consumer stream). Device pointers from the frame
+// must not be used by work enqueued afterwards. NULL is ignored;
+// releasing twice is undefined, like `free`.
+//
+// Thread safety: any thread, once, after every other call on this frame
+// has returned. It may outlive its subscriber.
+//
+// # Safety
+// `frame` is NULL or a live frame, not used afterwards.
+void cuframes_cuda_frame_release(struct cuframes_cuda_frame_t *frame);
 
 // Fills `options` with the defaults.
 //

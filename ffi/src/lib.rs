@@ -12,6 +12,9 @@
 //! - Every pointer argument is checked: NULL gives
 //!   `CUFRAMES_ERR_INVALID_ARGUMENT`, never a crash. Out-pointers are set
 //!   to NULL (or zeroed) when a call fails.
+//! - Streams whose frames live in GPU memory have their own calls
+//!   (`cuframes_cuda_*`, module `cuda`) with the same rules; without a
+//!   CUDA driver they fail with `CUFRAMES_ERR_CUDA`.
 //! - No Rust panic crosses the boundary: every entry runs under
 //!   [`guard`]; a caught panic is reported as `CUFRAMES_ERR_INTERNAL`.
 #![allow(non_camel_case_types)]
@@ -22,11 +25,18 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
+mod cuda;
 mod publisher;
 mod subscriber;
 
+pub use cuda::*;
 pub use publisher::*;
 pub use subscriber::*;
+
+/// The C type `size_t` (stddef.h), for byte counts. A Rust alias of that
+/// name, so cbindgen writes `size_t` (and `uintptr_t` for a plain `usize`,
+/// see `cuda::uintptr_t`); not emitted in the header: C has it.
+pub type size_t = usize;
 
 /// Success.
 pub const CUFRAMES_OK: c_int = 0;

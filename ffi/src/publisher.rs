@@ -1,7 +1,8 @@
 //! Publisher calls.
 
 use crate::{
-    arg, arg_mut, c_str, call, hand_out, invalid, out_ptr, take_back, value, CUFRAMES_MAX_PLANES,
+    arg, arg_mut, c_str, call, hand_out, invalid, out_ptr, size_t, take_back, value,
+    CUFRAMES_MAX_PLANES,
 };
 use cuframes::{FrameLayout, LosslessPolicy, PixelFormat, Publisher, PublisherOptions, Result};
 use std::ffi::{c_char, c_int};
@@ -43,7 +44,8 @@ pub struct cuframes_publisher_options_t {
     pub evict_lagging: u32,
 }
 
-fn ms(v: Duration) -> u32 {
+/// Milliseconds of `v`, saturated to `u32`.
+pub(crate) fn ms(v: Duration) -> u32 {
     v.as_millis().min(u32::MAX as u128) as u32
 }
 
@@ -63,7 +65,7 @@ impl From<PublisherOptions> for cuframes_publisher_options_t {
 }
 
 impl cuframes_publisher_options_t {
-    fn to_rust(self) -> Result<PublisherOptions> {
+    pub(crate) fn to_rust(self) -> Result<PublisherOptions> {
         let policy = LosslessPolicy::from_u32(self.policy)
             .ok_or_else(|| invalid(format!("policy {} is not a CUFRAMES_POLICY_*", self.policy)))?;
         if self.heartbeat_ms == 0 {
@@ -94,7 +96,7 @@ pub struct cuframes_lease_t {
     /// First byte of the slot.
     pub data: *mut u8,
     /// Bytes of the slot (all planes with their padding).
-    pub size: usize,
+    pub size: size_t,
     /// `CUFRAMES_FORMAT_*`.
     pub format: u32,
     /// Width in pixels.
@@ -131,6 +133,20 @@ pub struct cuframes_publisher_stats_t {
     pub slot_count: u32,
     /// 1 while a slot is loaned.
     pub writing: u32,
+}
+
+/// The C view of a publisher's ring counters.
+pub(crate) fn stats_of(p: &Publisher) -> cuframes_publisher_stats_t {
+    let s = p.stats();
+    cuframes_publisher_stats_t {
+        head_seq: s.head_seq,
+        published: s.published,
+        rate_mfps: s.rate_mfps,
+        subscribers: s.active().count() as u32,
+        occupancy: s.occupancy,
+        slot_count: s.slot_count,
+        writing: s.writing.into(),
+    }
 }
 
 /// Fills `options` with the defaults.
@@ -321,7 +337,7 @@ pub unsafe extern "C" fn cuframes_publisher_abort(publisher: *mut cuframes_publi
 pub unsafe extern "C" fn cuframes_publisher_publish(
     publisher: *mut cuframes_publisher_t,
     data: *const u8,
-    len: usize,
+    len: size_t,
     pts_ns: i64,
 ) -> c_int {
     call(|| {
@@ -346,7 +362,7 @@ pub unsafe extern "C" fn cuframes_publisher_publish(
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_packed_size(
     publisher: *const cuframes_publisher_t,
-) -> usize {
+) -> size_t {
     value(0, || {
         // SAFETY: per the contract.
         let p = &unsafe { arg(publisher, "publisher") }?.publisher;
@@ -372,18 +388,8 @@ pub unsafe extern "C" fn cuframes_publisher_stats(
         unsafe { stats.write(Default::default()) };
         // SAFETY: per the contract.
         let p = &unsafe { arg(publisher, "publisher") }?.publisher;
-        let s = p.stats();
-        let out = cuframes_publisher_stats_t {
-            head_seq: s.head_seq,
-            published: s.published,
-            rate_mfps: s.rate_mfps,
-            subscribers: s.active().count() as u32,
-            occupancy: s.occupancy,
-            slot_count: s.slot_count,
-            writing: s.writing.into(),
-        };
         // SAFETY: as above.
-        unsafe { stats.write(out) };
+        unsafe { stats.write(stats_of(p)) };
         Ok(())
     })
 }

@@ -1,7 +1,8 @@
 //! Subscriber and frame calls.
 
-use crate::{arg, arg_mut, c_str, call, hand_out, invalid, out_ptr, take_back, value};
-use cuframes::{Frame, Mode, Result, Subscriber, SubscriberOptions};
+use crate::publisher::ms;
+use crate::{arg, arg_mut, c_str, call, hand_out, invalid, out_ptr, size_t, take_back, value};
+use cuframes::{Frame, Mode, Result, Subscriber, SubscriberOptions, SubscriberStats};
 use std::ffi::{c_char, c_int};
 use std::time::Duration;
 
@@ -62,10 +63,6 @@ pub struct cuframes_subscriber_stats_t {
     pub slot_count: u32,
 }
 
-fn ms(v: Duration) -> u32 {
-    v.as_millis().min(u32::MAX as u128) as u32
-}
-
 impl From<SubscriberOptions> for cuframes_subscriber_options_t {
     fn from(o: SubscriberOptions) -> Self {
         Self {
@@ -77,8 +74,25 @@ impl From<SubscriberOptions> for cuframes_subscriber_options_t {
     }
 }
 
+impl From<SubscriberStats> for cuframes_subscriber_stats_t {
+    fn from(s: SubscriberStats) -> Self {
+        Self {
+            frames_received: s.frames_received,
+            timeouts: s.timeouts,
+            errors: s.errors,
+            last_seq: s.last_seq,
+            gap_count: s.gap_count,
+            dropped: s.dropped,
+            last_frame_pts_ns: s.last_frame_pts_ns,
+            last_latency_ns: s.last_latency_ns,
+            ring_occupancy: s.ring_occupancy,
+            slot_count: s.slot_count,
+        }
+    }
+}
+
 impl cuframes_subscriber_options_t {
-    fn to_rust(self) -> Result<SubscriberOptions> {
+    pub(crate) fn to_rust(self) -> Result<SubscriberOptions> {
         if self.liveness_interval_ms == 0 {
             return Err(invalid("liveness_interval_ms must be > 0"));
         }
@@ -241,20 +255,8 @@ pub unsafe extern "C" fn cuframes_subscriber_stats(
         unsafe { stats.write(Default::default()) };
         // SAFETY: per the contract.
         let s = unsafe { arg(subscriber, "subscriber") }?.subscriber.stats();
-        let out = cuframes_subscriber_stats_t {
-            frames_received: s.frames_received,
-            timeouts: s.timeouts,
-            errors: s.errors,
-            last_seq: s.last_seq,
-            gap_count: s.gap_count,
-            dropped: s.dropped,
-            last_frame_pts_ns: s.last_frame_pts_ns,
-            last_latency_ns: s.last_latency_ns,
-            ring_occupancy: s.ring_occupancy,
-            slot_count: s.slot_count,
-        };
         // SAFETY: as above.
-        unsafe { stats.write(out) };
+        unsafe { stats.write(s.into()) };
         Ok(())
     })
 }
@@ -398,7 +400,7 @@ pub unsafe extern "C" fn cuframes_frame_plane_count(frame: *const cuframes_frame
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
 #[no_mangle]
-pub unsafe extern "C" fn cuframes_frame_size(frame: *const cuframes_frame_t) -> usize {
+pub unsafe extern "C" fn cuframes_frame_size(frame: *const cuframes_frame_t) -> size_t {
     // SAFETY: per the contract.
     unsafe { with_frame(frame, 0, |f| Ok(f.data().len())) }
 }
