@@ -5,9 +5,19 @@
 #   - the C test (publisher and subscribers in separate processes, error
 #     paths, panic guard), plain, with AddressSanitizer + UBSan, and under
 #     valgrind (memcheck, definite leaks are errors);
+#     The C test also checks the GPU calls without a driver;
+#   - the header check and the crate's unit tests (cargo test);
+#   - the GPU calls under the CUDA driver simulator (scripts/cuda-sim.sh,
+#     which fails on any misuse of the driver API): the C GPU test
+#     (test_cuda.c: C publisher and C subscriber processes in both export
+#     modes, every byte verified; error paths), shared and static; the
+#     crate's GPU unit tests; a Rust subscriber reading a C publisher; the
+#     GPU example publisher and subscriber. Plain runs only (the simulator
+#     is not run under the sanitizers or valgrind);
 #   - the example publisher and subscriber as two processes;
 #   - the per-frame cost of the C API (next to the Rust API's with
-#     CUFRAMES_BENCH=1).
+#     CUFRAMES_BENCH=1), and of the C GPU calls under the simulator (call
+#     overhead only, never a GPU figure).
 # Installs cc, pkg-config and valgrind with apt-get when root and missing.
 # Exits non-zero on any failure.
 set -euo pipefail
@@ -76,9 +86,19 @@ build test_ffi_asan ffi/tests/c/test_ffi.c -fsanitize=address,undefined -fno-omi
 build publisher ffi/examples/publisher.c $libs $rpath
 build subscriber ffi/examples/subscriber.c $libs $rpath
 build bench_next ffi/examples/bench_next.c $libs $rpath
-if ldd "$work/test_ffi_static" | grep -q libcuframes; then
-  echo "test_ffi_static links libcuframes dynamically" >&2; exit 1
-fi
+# The GPU test reaches the driver itself through dlopen (no CUDA headers).
+build test_cuda ffi/tests/c/test_cuda.c $libs $rpath -ldl
+build test_cuda_static ffi/tests/c/test_cuda.c "$prefix/lib/libcuframes.a" $static_libs -ldl
+build cuda_publisher ffi/examples/cuda_publisher.c $libs $rpath
+build cuda_subscriber ffi/examples/cuda_subscriber.c $libs $rpath
+for prog in test_ffi_static test_cuda_static; do
+  if ldd "$work/$prog" | grep -q libcuframes; then
+    echo "$prog links libcuframes dynamically" >&2; exit 1
+  fi
+done
+
+step "header check and unit tests (cargo test -p cuframes-ffi)"
+cargo test -p cuframes-ffi
 
 step "C test (shared library)"
 "$work/test_ffi"
@@ -109,6 +129,40 @@ else
   echo "valgrind skipped: not installed and it could not be installed here (not root or no apt-get)"
 fi
 
+step "GPU: C test under the CUDA driver simulator (shared, then static library)"
+# scripts/cuda-sim.sh fails the step on any misuse of the driver API, even
+# when the test passed.
+timeout 600 scripts/cuda-sim.sh "$work/test_cuda"
+timeout 600 scripts/cuda-sim.sh "$work/test_cuda_static"
+
+step "GPU: unit tests of the C calls under the simulator (in-process, both export modes)"
+timeout 600 scripts/cuda-sim.sh cargo test -p cuframes-ffi --lib cuda
+
+step "GPU: a Rust subscriber reading a C publisher, under the simulator"
+cargo build -p cuframes-ffi --example cuda_read_rust
+reader="$target/debug/examples/cuda_read_rust"
+timeout 600 scripts/cuda-sim.sh bash -c '
+  set -e
+  for mode in ipc vmm-fd; do
+    "$1" publish "c-to-rust-$mode-$$" 40 "$mode" 1 & pub=$!
+    "$2" "c-to-rust-$mode-$$" 40
+    wait $pub
+  done' _ "$work/test_cuda" "$reader"
+
+step "GPU examples: publisher and subscriber processes, under the simulator"
+key="c-gpu-example-$$"
+timeout 600 scripts/cuda-sim.sh bash -c '
+  "$1" "$3" 60 200 vmm-fd > "$4/cuda_publisher.log" & pub=$!
+  "$2" "$3" 0 queue > "$4/cuda_subscriber.log"; sub=$?
+  wait $pub && exit $sub' _ "$work/cuda_publisher" "$work/cuda_subscriber" "$key" "$work"
+tail -2 "$work/cuda_subscriber.log"
+cat "$work/cuda_publisher.log"
+seqs="$(awk '/^seq /{print $2}' "$work/cuda_subscriber.log")"
+first="$(echo "$seqs" | head -1)" last="$(echo "$seqs" | tail -1)" count="$(echo "$seqs" | wc -l)"
+if [ "$last" != 60 ] || [ "$count" != $((last - first + 1)) ] || [ "$count" -lt 50 ]; then
+  echo "the GPU example subscriber saw $count frames, seq $first..$last of 1..60" >&2; exit 1
+fi
+
 step "examples: publisher and subscriber processes"
 key="c-example-$$"
 "$work/publisher" "$key" 60 200 640 360 > "$work/publisher.log" &
@@ -131,6 +185,16 @@ if [ "${CUFRAMES_BENCH:-0}" = 1 ]; then
   # in release: slow on a cold cache, so only on request.
   cargo build --release -p cuframes-ffi --example bench_rust
   "$target/release/examples/bench_rust" 100000
+else
+  echo "the same loop through the Rust API: CUFRAMES_BENCH=1 $0"
+fi
+
+step "per-frame cost of the GPU calls under the simulator (call overhead only, never a GPU figure)"
+# No stream delays, so the simulator's queues keep up with the loop.
+CUFRAMES_SIM_DELAY_US=0 timeout 600 scripts/cuda-sim.sh "$work/test_cuda" bench 20000
+if [ "${CUFRAMES_BENCH:-0}" = 1 ]; then
+  cargo build --release -p cuframes-ffi --example bench_cuda_rust
+  CUFRAMES_SIM_DELAY_US=0 timeout 600 scripts/cuda-sim.sh "$target/release/examples/bench_cuda_rust" 20000
 else
   echo "the same loop through the Rust API: CUFRAMES_BENCH=1 $0"
 fi

@@ -8,6 +8,11 @@
  *   test_ffi subscribe KEY N MODE child: reads and checks frames
  *   test_ffi hold KEY            child: creates KEY and sleeps until killed
  *
+ * The GPU calls (cuframes_cuda_*) are checked here without a driver:
+ * argument checks, the error without one, refusals; their GPU tests are
+ * test_cuda.c. With CUFRAMES_GPU=1, or where a driver loads, the
+ * no-driver checks are skipped.
+ *
  * Every frame carries its seq in its pixels: the first 8 bytes of plane 0
  * hold it, every other byte is pattern(seq, plane, row, column).
  */
@@ -523,6 +528,105 @@ static void test_cross_process(void) {
   unlink(path);
 }
 
+/* ---- GPU calls without a driver ------------------------------------------- */
+
+static int file_exists(const char *fmt, const char *key) {
+  char path[256], name[160];
+  const char *dir = getenv("CUFRAMES_SHM_DIR");
+  snprintf(name, sizeof name, fmt, key);
+  snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "/dev/shm", name);
+  return access(path, F_OK) == 0;
+}
+
+static void test_cuda_without_driver(void) {
+  /* Argument checks come before the driver is needed. */
+  cuframes_cuda_publisher_t *pub = (cuframes_cuda_publisher_t *)&pub; /* must be cleared */
+  cuframes_cuda_subscriber_t *sub = (cuframes_cuda_subscriber_t *)&sub;
+  cuframes_cuda_frame_t *frame = (cuframes_cuda_frame_t *)&frame;
+  cuframes_cuda_lease_t lease;
+  memset(&lease, 0xff, sizeof lease);
+  uint64_t ptr = 1;
+  uint32_t pitch = 1;
+  uint8_t byte = 0;
+  CHECK_RC(cuframes_cuda_publisher_options_init(NULL), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK_RC(cuframes_cuda_publisher_create(NULL, CUFRAMES_FORMAT_NV12, W, H, NULL, &pub), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK(pub == NULL, "out not cleared on failure");
+  CHECK_RC(cuframes_cuda_publisher_loan(NULL, &lease), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK(lease.seq == 0 && lease.device_ptr[0] == 0 && lease.stream == 0, "lease not zeroed on failure");
+  CHECK_RC(cuframes_cuda_publisher_commit(NULL, 0, NULL), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK_RC(cuframes_cuda_publisher_abort(NULL), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK_RC(cuframes_cuda_publisher_publish_from_host(NULL, &byte, 1, 0, NULL), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK_RC(cuframes_cuda_publisher_copy_from_device(NULL, &ptr, &pitch, 1, 0), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK_RC(cuframes_cuda_publisher_publish_from_device(NULL, &ptr, &pitch, 1, 0, 0, NULL),
+           CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK_RC(cuframes_cuda_publisher_set_stream(NULL, 0), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK(cuframes_cuda_publisher_stream(NULL) == 0 && cuframes_cuda_publisher_export_mode(NULL) == 0 &&
+            cuframes_cuda_publisher_packed_size(NULL) == 0,
+        "publisher accessors of NULL");
+  cuframes_cuda_publisher_destroy(NULL);
+  CHECK_RC(cuframes_cuda_subscriber_create("ctest-null", "n", CUFRAMES_MODE_QUEUE, -2, 0, NULL, &sub),
+           CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK(sub == NULL, "out not cleared on failure");
+  CHECK_RC(cuframes_cuda_subscriber_create("ctest-null", "n", CUFRAMES_MODE_QUEUE, CUFRAMES_CUDA_DEVICE_AUTO,
+                                           CUFRAMES_CUDA_STREAM_PER_THREAD, NULL, &sub),
+           CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK(strstr(cuframes_last_error_message(), "per-thread") != NULL, "%s", cuframes_last_error_message());
+  CHECK_RC(cuframes_cuda_subscriber_next(NULL, 0, &frame), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK(frame == NULL, "frame_out not cleared on failure");
+  CHECK_RC(cuframes_cuda_subscriber_set_consumer_stream(NULL, 0), CUFRAMES_ERR_INVALID_ARGUMENT);
+  cuframes_cuda_subscriber_destroy(NULL);
+  CHECK(cuframes_cuda_frame_device_ptr(NULL, 0) == 0 && cuframes_cuda_frame_pitch(NULL, 0) == 0 &&
+            cuframes_cuda_frame_seq(NULL) == 0 && cuframes_cuda_frame_device(NULL) == -1 &&
+            cuframes_cuda_frame_consumer_stream(NULL) == 0,
+        "frame accessors of NULL");
+  CHECK_RC(cuframes_cuda_frame_use_on(NULL, 0), CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK_RC(cuframes_cuda_frame_copy_to_host(NULL, &byte, 1), CUFRAMES_ERR_INVALID_ARGUMENT);
+  cuframes_cuda_frame_release(NULL);
+
+  /* A CUDA subscriber refuses a host-memory stream before touching the driver. */
+  char key[64];
+  make_key(key, sizeof key, "cuda-host");
+  cuframes_publisher_t *hp = NULL;
+  CHECK_RC(cuframes_publisher_create(key, CUFRAMES_FORMAT_NV12, W, H, NULL, &hp), CUFRAMES_OK);
+  cuframes_subscriber_options_t so;
+  cuframes_subscriber_options_init(&so);
+  so.connect_timeout_ms = 100;
+  sub = (cuframes_cuda_subscriber_t *)&sub;
+  CHECK_RC(cuframes_cuda_subscriber_create(key, "gpu", CUFRAMES_MODE_QUEUE, CUFRAMES_CUDA_DEVICE_AUTO, 0, &so, &sub),
+           CUFRAMES_ERR_INVALID_ARGUMENT);
+  CHECK(sub == NULL && strstr(cuframes_last_error_message(), "host memory") != NULL, "%s",
+        cuframes_last_error_message());
+  cuframes_publisher_stats_t pst;
+  CHECK_RC(cuframes_publisher_stats(hp, &pst), CUFRAMES_OK);
+  CHECK(pst.subscribers == 0, "the refused subscriber left its record (%u)", pst.subscribers);
+  cuframes_publisher_destroy(hp);
+
+  const char *gpu = getenv("CUFRAMES_GPU");
+  if ((gpu && strcmp(gpu, "1") == 0) || cuframes_cuda_available()) {
+    printf("  (a CUDA driver is present: the no-driver checks are skipped; test_cuda runs the GPU tests)\n");
+    return;
+  }
+  int version = 7;
+  uint32_t count = 7;
+  CHECK_RC(cuframes_cuda_driver_version(&version), CUFRAMES_ERR_CUDA);
+  CHECK(version == 0, "version %d not zeroed", version);
+  CHECK(strstr(cuframes_last_error_message(), "libcuda") != NULL, "%s", cuframes_last_error_message());
+  CHECK_RC(cuframes_cuda_device_count(&count), CUFRAMES_ERR_CUDA);
+  CHECK(count == 0, "count %u not zeroed", count);
+  make_key(key, sizeof key, "cuda-nodrv");
+  pub = (cuframes_cuda_publisher_t *)&pub;
+  CHECK_RC(cuframes_cuda_publisher_create(key, CUFRAMES_FORMAT_NV12, W, H, NULL, &pub), CUFRAMES_ERR_CUDA);
+  CHECK(pub == NULL, "no publisher on failure");
+  CHECK(strstr(cuframes_last_error_message(), "libcuda") != NULL, "%s", cuframes_last_error_message());
+  CHECK(!file_exists("cuframes.%s", key), "segment of %s left behind", key);
+  CHECK(!file_exists(".cuframes.%s.sock", key), "socket of %s left behind", key);
+  /* A host publisher's stream stays usable; a CUDA subscriber of a missing
+   * stream says NOT_FOUND as the host one does. */
+  so.connect_timeout_ms = 20;
+  CHECK_RC(cuframes_cuda_subscriber_create(key, "gpu", CUFRAMES_MODE_QUEUE, CUFRAMES_CUDA_DEVICE_AUTO, 0, &so, &sub),
+           CUFRAMES_ERR_NOT_FOUND);
+}
+
 static void run(const char *name, void (*test)(void)) {
   int before = failures;
   double t0 = now_ms();
@@ -551,6 +655,7 @@ int main(int argc, char **argv) {
   run("panic_guard", test_panic_guard);
   run("publisher_killed", test_publisher_killed);
   run("cross_process", test_cross_process);
+  run("cuda_without_driver", test_cuda_without_driver);
   printf("test_ffi: %d checks, %d passed, %d failed\n", checks, checks - failures, failures);
   return failures ? 1 : 0;
 }
