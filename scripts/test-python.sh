@@ -4,8 +4,8 @@
 #     target/wheels;
 #  2. pytest and mypy --strict against that wheel installed into a virtual
 #     environment created for this run (never reused, never the sources),
-#     and the GPU tests (python/tests/test_gpu.py) under the CUDA driver
-#     simulator (scripts/cuda-sim.sh);
+#     and the GPU tests (python/tests/test_gpu.py, test_gpu_publish.py)
+#     under the CUDA driver simulator (scripts/cuda-sim.sh);
 #  3. the same wheel installed into every other CPython >= 3.9 found on this
 #     machine (PATH, pyenv), with a round trip in each;
 #  4. the source distribution (maturin sdist, into target/sdist) installed
@@ -76,7 +76,7 @@ step "pytest against the installed wheel"
 # sources) is what the tests import.
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"
 
-step "GPU tests (python/tests/test_gpu.py) under the CUDA driver simulator"
+step "GPU tests (python/tests/test_gpu.py, test_gpu_publish.py) under the CUDA driver simulator"
 # The same tests a GPU machine runs with CUFRAMES_GPU=1, here against the
 # simulator standing in for libcuda (scripts/cuda-sim.sh builds it, and
 # fails the step when the driver API was misused). They use the CLI's GPU
@@ -86,7 +86,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 elif [ ! -f cuda/sim/Cargo.toml ] || [ ! -x scripts/cuda-sim.sh ]; then
   echo "skipped: this tree has no CUDA driver simulator (cuda/sim, scripts/cuda-sim.sh)"
 else
-  scripts/cuda-sim.sh "$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests/test_gpu.py
+  scripts/cuda-sim.sh "$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests/test_gpu.py \
+    python/tests/test_gpu_publish.py
 fi
 
 step "mypy --strict over the tests and the installed package"

@@ -22,7 +22,7 @@ const DLPACK_MINOR: u32 = 0;
 /// `DLPACK_FLAG_BITMASK_READ_ONLY`.
 const FLAG_READ_ONLY: u64 = 1;
 /// `kDLUInt`: frames are unsigned integers.
-const KDL_UINT: u8 = 1;
+pub const KDL_UINT: u8 = 1;
 
 /// `DLDevice`: where the data lives.
 #[repr(C)]
@@ -37,47 +37,67 @@ pub struct DlDevice {
 /// `DLDataType`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct DlDataType {
-    code: u8,
-    bits: u8,
-    lanes: u16,
+pub struct DlDataType {
+    /// Type code (`kDLUInt` = 1, ...).
+    pub code: u8,
+    /// Bits per lane.
+    pub bits: u8,
+    /// Lanes (1 for scalars).
+    pub lanes: u16,
 }
 
 /// `DLTensor`: a strided array.
 #[repr(C)]
-struct DlTensor {
-    data: *mut c_void,
-    device: DlDevice,
-    ndim: i32,
-    dtype: DlDataType,
-    shape: *mut i64,
-    strides: *mut i64,
-    byte_offset: u64,
+pub struct DlTensor {
+    /// Data pointer (host or device address).
+    pub data: *mut c_void,
+    /// Where the data lives.
+    pub device: DlDevice,
+    /// Number of dimensions.
+    pub ndim: i32,
+    /// Element type.
+    pub dtype: DlDataType,
+    /// `ndim` sizes.
+    pub shape: *mut i64,
+    /// `ndim` strides in elements, or null for a compact row-major array.
+    pub strides: *mut i64,
+    /// Bytes from `data` to the first element.
+    pub byte_offset: u64,
 }
 
 /// `DLManagedTensor`: the legacy (`dltensor`) capsule payload.
 #[repr(C)]
-struct DlManagedTensor {
-    dl_tensor: DlTensor,
+pub struct DlManagedTensor {
+    /// The tensor.
+    pub dl_tensor: DlTensor,
+    /// The producer's context.
     manager_ctx: *mut c_void,
+    /// Frees the tensor.
     deleter: Option<unsafe extern "C" fn(*mut DlManagedTensor)>,
 }
 
 /// `DLPackVersion`.
 #[repr(C)]
-struct DlPackVersion {
-    major: u32,
-    minor: u32,
+pub struct DlPackVersion {
+    /// Major version (1).
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
 }
 
 /// `DLManagedTensorVersioned`: the `dltensor_versioned` payload.
 #[repr(C)]
-struct DlManagedTensorVersioned {
-    version: DlPackVersion,
+pub struct DlManagedTensorVersioned {
+    /// The DLPack version of the producer.
+    pub version: DlPackVersion,
+    /// The producer's context.
     manager_ctx: *mut c_void,
+    /// Frees the tensor.
     deleter: Option<unsafe extern "C" fn(*mut DlManagedTensorVersioned)>,
+    /// `DLPACK_FLAG_BITMASK_*`.
     flags: u64,
-    dl_tensor: DlTensor,
+    /// The tensor.
+    pub dl_tensor: DlTensor,
 }
 
 /// What an exported view keeps alive, and how it lets another GPU stream

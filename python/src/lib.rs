@@ -1,6 +1,7 @@
 //! The `cuframes._native` extension module behind the `cuframes` Python
 //! package. See `docs/python.md`.
 
+mod cuda;
 mod dlpack;
 mod enums;
 mod errors;
@@ -9,6 +10,7 @@ mod holds;
 mod logging;
 mod planes;
 mod publisher;
+mod source;
 mod streams;
 mod subscriber;
 
