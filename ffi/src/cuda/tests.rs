@@ -11,6 +11,7 @@ use crate::{
     cuframes_subscriber_create, cuframes_subscriber_options_init, cuframes_subscriber_options_t,
     CUFRAMES_ERR_CUDA, CUFRAMES_ERR_INCOMPATIBLE, CUFRAMES_ERR_INVALID_ARGUMENT, CUFRAMES_OK,
 };
+use cuframes_cuda::ExportRequest;
 use std::ffi::{CStr, CString};
 use std::ptr::{null, null_mut};
 
@@ -214,8 +215,6 @@ fn options_round_trip_and_are_checked() {
         assert_eq!(bad.to_rust().unwrap_err().code() as c_int, BAD);
     }
 }
-
-use cuframes_cuda::ExportRequest;
 
 #[test]
 fn without_a_driver_create_fails_cleanly() {
