@@ -11,6 +11,7 @@ use cuframes::{Error, ErrorCode, Result};
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// A raw CUDA stream handle (`CUstream`, the same value as a runtime
 /// `cudaStream_t`). Null is the legacy default stream.
@@ -386,6 +387,47 @@ pub(crate) const PER_THREAD_STREAM: usize = 2;
 pub(crate) fn synchronize_context() -> Result<()> {
     // SAFETY: no arguments; the caller made a context current.
     call("cuCtxSynchronize", || unsafe { sys::cuCtxSynchronize() })
+}
+
+/// Whether `stream` has finished all its work (`cuStreamQuery`).
+pub(crate) fn is_idle(stream: RawStream) -> Result<bool> {
+    // SAFETY: the caller passes a stream valid in the current context.
+    match catch_unwind(AssertUnwindSafe(|| unsafe { sys::cuStreamQuery(stream) })) {
+        Ok(sys::CUresult::CUDA_SUCCESS) => Ok(true),
+        Ok(sys::CUresult::CUDA_ERROR_NOT_READY) => Ok(false),
+        Ok(code) => Err(cuda_error("cuStreamQuery", code)),
+        Err(_) => Err(Error::new(
+            ErrorCode::Cuda,
+            "cuStreamQuery: the driver cannot serve this call",
+        )),
+    }
+}
+
+/// Waits on the host until `stream` is idle, polling (so `tick` can clear
+/// what the stream waits on, e.g. settle a dead peer's counters), until
+/// `deadline`: false if the stream is still busy then.
+pub(crate) fn wait_idle(
+    stream: RawStream,
+    deadline: Instant,
+    mut tick: impl FnMut(),
+) -> Result<bool> {
+    let mut nap = Duration::from_micros(20);
+    let mut last_tick = Instant::now();
+    loop {
+        if is_idle(stream)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        if now - last_tick >= Duration::from_millis(20) {
+            tick();
+            last_tick = now;
+        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(Duration::from_millis(1));
+    }
 }
 
 /// Waits on the host until `stream` has finished its work.

@@ -7,8 +7,9 @@ use crate::fdpass::{self, FdServer, PeerPolicy};
 use crate::memory::{vmm_granularity, HostRegistration, Legacy, Vmm};
 use cudarc::driver::sys;
 use cuframes::core::{Backend, PixelFormat};
+use cuframes::MappingGuard;
 use cuframes::{Error, ErrorCode, FrameLayout, Publisher, PublisherOptions, Result};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
@@ -136,11 +137,12 @@ pub struct CudaPublisher {
     // Drop (below) closes the ring, waits for subscribers, then lets the
     // fields go in this order: the registration before the ring's mapping.
     server: Option<FdServer>,
-    /// The loaned slot and the seq it will get.
-    pending: Option<(u32, u64)>,
-    /// Releases the stream was made to wait for: (row, slot, value), kept
-    /// until they complete so a reader that dies first is noticed.
-    outstanding: Vec<(u32, u32, u64)>,
+    /// Settles dead readers' releases while this thread may be blocked.
+    settler: Option<Settler>,
+    /// The loaned slot, the seq it will get, and the stream its writes are
+    /// ordered on (the commit marks it there, whatever `set_stream` does
+    /// meanwhile).
+    pending: Option<(u32, u64, RawStream)>,
     sync: SyncTable,
     registration: Option<HostRegistration>,
     inner: Option<Publisher>,
@@ -325,8 +327,8 @@ impl CudaPublisher {
         drop(_g);
         Ok(Self {
             server,
+            settler: Some(Settler::start(sync, inner.mapping_guard())),
             pending: None,
-            outstanding: Vec::new(),
             sync,
             registration: Some(registration),
             inner: Some(inner),
@@ -440,7 +442,7 @@ impl CudaPublisher {
             self.ring_mut().abort_detached();
             return Err(e);
         }
-        self.pending = Some((d.slot, d.seq));
+        self.pending = Some((d.slot, d.seq, self.stream));
         let (planes, plane_count) = self.planes_of(d.slot);
         Ok(CudaDetachedLease {
             seq: d.seq,
@@ -454,14 +456,14 @@ impl CudaPublisher {
     /// Makes the stream mark the loaned slot's frame complete after the
     /// writes enqueued so far, then publishes it; returns its seq.
     pub fn commit_detached(&mut self, pts_ns: i64) -> Result<u64> {
-        let (slot, seq) = self
+        let (slot, seq, stream) = self
             .pending
             .take()
             .ok_or_else(|| invalid("no slot is loaned"))?;
         let marked = self
             .dev
             .enter()
-            .and_then(|_g| driver::write_value(self.stream, self.sync.publish_device(slot), seq));
+            .and_then(|_g| driver::write_value(stream, self.sync.publish_device(slot), seq));
         if let Err(e) = marked {
             self.ring_mut().abort_detached();
             return Err(e);
@@ -481,7 +483,7 @@ impl CudaPublisher {
         src_stream: RawStream,
     ) -> Result<()> {
         let planes = &lease.planes[..lease.plane_count];
-        if self.pending.map(|(slot, _)| slot) != Some(lease.slot) {
+        if self.pending.map(|(slot, _, _)| slot) != Some(lease.slot) {
             return Err(invalid("that slot is not the pending loan"));
         }
         if src.len() != planes.len() {
@@ -547,54 +549,22 @@ impl CudaPublisher {
     /// Makes the stream wait until every subscriber's reads of `slot` are
     /// complete. A reader that died with reads pending never completes
     /// them (its GPU work died with it): its releases are settled instead,
-    /// here or at a later loan, so the stream never waits on the dead.
+    /// here or by the settler thread (this thread may be blocked behind the
+    /// wait), so the stream never waits on the dead for long.
     fn wait_release(&mut self, slot: u32) -> Result<()> {
         let _g = self.dev.enter()?;
-        self.settle_dead();
         let (_, rows) = self.sync.shape();
         for row in 0..rows {
             let Err(want) = self.sync.released(row, slot) else {
                 continue;
             };
             if !self.ring().subscriber_alive(row) {
-                self.settle(row);
+                settle(&self.sync, row, self.ring().key());
                 continue;
             }
             driver::wait_value(self.stream, self.sync.done_device(row, slot), want)?;
-            self.outstanding.push((row, slot, want));
         }
         Ok(())
-    }
-
-    /// Drops completed waits and settles the rows of readers that died.
-    fn settle_dead(&mut self) {
-        let mut dead = Vec::new();
-        let (sync, ring) = (&self.sync, self.inner.as_ref());
-        self.outstanding.retain(|&(row, slot, want)| {
-            if sync.done(row, slot).load(Ordering::Acquire) >= want {
-                return false;
-            }
-            if ring.is_some_and(|r| r.subscriber_alive(row)) {
-                return true;
-            }
-            dead.push(row);
-            false
-        });
-        for row in dead {
-            self.settle(row);
-        }
-    }
-
-    fn settle(&mut self, row: u32) {
-        let n = self.sync.settle_row(row);
-        if n > 0 {
-            tracing::warn!(
-                key = self.ring().key(),
-                record = row,
-                slots = n,
-                "a subscriber died with GPU reads pending; its releases are settled"
-            );
-        }
     }
 
     /// Waits up to the close grace for [`readers_gone`](Self::readers_gone).
@@ -633,9 +603,65 @@ impl CudaPublisher {
             }
         }
         for row in dead {
-            self.settle(row);
+            settle(&self.sync, row, ring.key());
         }
         gone
+    }
+}
+
+/// Settles the pending releases of subscriber record `row`, whose owner
+/// is dead (its GPU work died with it), and says so.
+fn settle(sync: &SyncTable, row: u32, key: &str) {
+    let n = sync.settle_row(row);
+    if n > 0 {
+        tracing::warn!(
+            key,
+            record = row,
+            slots = n,
+            "a subscriber died with GPU reads pending; its releases are settled"
+        );
+    }
+}
+
+/// A thread that settles dead readers' releases every few milliseconds:
+/// the publisher's own thread can be blocked behind a GPU wait on one (a
+/// copy from pageable memory may wait for the stream, and so does Drop).
+struct Settler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Settler {
+    fn start(sync: SyncTable, guard: MappingGuard) -> Settler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cuframes-settle".into())
+            .spawn(move || {
+                // `guard` keeps the segment, and so the sync table, mapped.
+                let (slots, rows) = sync.shape();
+                while !flag.load(Ordering::Acquire) {
+                    for row in 0..rows {
+                        let pending = (0..slots).any(|s| sync.released(row, s).is_err());
+                        if pending && !guard.subscriber_alive(row) {
+                            settle(&sync, row, "");
+                        }
+                    }
+                    std::thread::park_timeout(Duration::from_millis(10));
+                }
+            })
+            .ok();
+        Settler { stop, thread }
+    }
+}
+
+impl Drop for Settler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
 }
 
@@ -750,28 +776,40 @@ impl Drop for CudaWriteLease<'_> {
 
 impl Drop for CudaPublisher {
     fn drop(&mut self) {
-        // Finish our writes, so every published frame is complete, then
-        // close: subscribers drain and get `Closed`.
-        if let Ok(_g) = self.dev.enter() {
-            let _ = driver::synchronize(self.stream);
-        }
+        // Finish our writes, so every published frame is complete (the
+        // settler clears waits on dead readers meanwhile; a live reader
+        // that never finishes is given the close grace), then close:
+        // subscribers drain and get `Closed`.
+        let deadline = Instant::now() + self.close_grace;
+        let idle = self
+            .dev
+            .enter()
+            .and_then(|_g| driver::wait_idle(self.stream, deadline, || {}))
+            .unwrap_or(false);
         if let Some(ring) = self.inner.as_mut() {
             ring.close_keep_mapped();
         }
         // Legacy IPC memory must outlive every importer: wait for
         // subscribers to finish reading and detach. (VMM memory lives on
         // while any process maps it; the counters live in the segment.)
-        if self.mode == ExportMode::Ipc && !self.wait_readers_gone() {
-            // Freeing legacy IPC memory under an importer is undefined:
-            // leave it to the driver's cleanup at process exit.
+        let importers_gone = self.mode != ExportMode::Ipc || self.wait_readers_gone();
+        if !idle || !importers_gone {
+            // Freeing memory the GPU may still write, or that an importer
+            // maps, is undefined: leave it to the driver's cleanup at
+            // process exit.
             tracing::warn!(
                 key = self.ring().key(),
-                "subscribers still map the stream's GPU memory after {:?}; \
+                stream_idle = idle,
+                importers_gone,
+                "GPU work or subscribers still use the stream's memory after {:?}; \
                  it is left allocated until this process exits",
                 self.close_grace
             );
             std::mem::forget(self.memory.take());
+            std::mem::forget(self.registration.take());
+            std::mem::forget(self.own_stream.take());
         }
+        self.settler.take();
         self.server.take();
         self.registration.take();
         self.inner.take();

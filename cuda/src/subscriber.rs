@@ -6,10 +6,11 @@ use crate::driver::{self, device_count, Device, DevicePtr, RawStream};
 use crate::fdpass::{self, Expect};
 use crate::memory::{HostRegistration, IpcImport, Vmm};
 use cuframes::{
-    Error, ErrorCode, Frame, FrameLayout, Mode, PixelFormat, Result, Subscriber, SubscriberOptions,
-    SubscriberStats,
+    Error, ErrorCode, Frame, FrameLayout, Mode, Monitor, PixelFormat, Result, Subscriber,
+    SubscriberOptions, SubscriberStats,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::mem::ManuallyDrop;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,18 +49,17 @@ impl Import {
 /// only after this process let go of the memory: what the publisher waits
 /// for before freeing legacy IPC memory.
 struct Shared {
-    // Drop order: the registration and the memory before the device.
+    // Dropped by hand (see Drop), before the device; leaked if the GPU
+    // never finishes with them.
     /// Keeps the sync region mapped for the GPU.
-    _registration: HostRegistration,
-    memory: Import,
+    registration: ManuallyDrop<HostRegistration>,
+    memory: ManuallyDrop<Import>,
     sync: SyncTable,
     /// Our subscriber record: the row of the release table we own.
     row: u32,
     area: AreaInfo,
-    /// False once the `CudaSubscriber` is gone: the last frames then
-    /// synchronise before letting go, because a freed record no longer
-    /// makes the publisher wait for our reads.
-    subscriber_alive: AtomicBool,
+    /// The publisher's liveness and head seq, from any thread.
+    monitor: Monitor,
     dev: Arc<Device>,
 }
 
@@ -119,6 +119,13 @@ impl CudaSubscriber {
         let bytes = unsafe { snapshot(area_ptr, area_len) };
         let area = parse_area(&bytes)?;
         area.check_segment(&seg)?;
+        // Our record was free before we claimed it: a previous owner that
+        // died with reads pending never completes them. Settle at once
+        // (CPU only): until then the publisher waits for them.
+        let row = sub.record_index();
+        // SAFETY: the validated backend area of our mapping (page-aligned),
+        // laid out as `area` says; the host subscriber keeps it mapped.
+        unsafe { SyncTable::new(area_ptr, 0, &area.header) }.settle_row(row);
         debug_assert_eq!(area.mode, export);
         let dev = open_device(options.device, &area.header.device_uuid)?;
         let _g = dev.enter()?;
@@ -153,19 +160,15 @@ impl CudaSubscriber {
         };
         // SAFETY: as above; the registration maps the sync region.
         let sync = unsafe { SyncTable::new(area_ptr, registration.device, &area.header) };
-        // The record was free before we claimed it: a previous owner that
-        // died with reads pending never completes them.
-        let row = sub.record_index();
-        sync.settle_row(row);
         drop(_g);
         Ok(Self {
             shared: Arc::new(Shared {
-                _registration: registration,
-                memory,
+                registration: ManuallyDrop::new(registration),
+                memory: ManuallyDrop::new(memory),
                 sync,
                 row,
                 area,
-                subscriber_alive: AtomicBool::new(true),
+                monitor: sub.monitor(),
                 dev,
             }),
             sub,
@@ -224,8 +227,12 @@ impl CudaSubscriber {
     /// Passes `r` on; a dead publisher's unfinished frames are settled
     /// first, so no stream of ours waits for them forever.
     fn gone_check<T>(&self, r: Result<T>) -> Result<T> {
+        // `PublisherGone` also means a replaced stream or a lost record,
+        // with the publisher alive and still writing: only a dead one's
+        // frames are settled.
         if r.as_ref()
             .is_err_and(|e| e.code() == ErrorCode::PublisherGone)
+            && !self.sub.publisher_alive()
         {
             self.shared.settle_publisher(self.sub.ring_stats().head_seq);
         }
@@ -292,6 +299,31 @@ impl CudaSubscriber {
 }
 
 impl Shared {
+    /// Settles a dead publisher's unfinished frames (see
+    /// [`settle_publisher`](Self::settle_publisher)).
+    fn settle_if_publisher_dead(&self) {
+        if !self.monitor.publisher_alive() {
+            self.settle_publisher(self.monitor.ring_stats().head_seq);
+        }
+    }
+
+    /// Waits on the host until `stream` is idle, settling a dead
+    /// publisher's frames it may be waiting for.
+    fn wait_idle(&self, stream: RawStream) -> Result<()> {
+        let limit = Duration::from_secs(60);
+        let idle = driver::wait_idle(stream, Instant::now() + limit, || {
+            self.settle_if_publisher_dead()
+        })?;
+        if idle {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::Timeout,
+                format!("the consumer stream did not finish within {limit:?}"),
+            ))
+        }
+    }
+
     /// Marks every frame up to `head` (the last seq committed) complete:
     /// for a publisher that died, whose stream will never write the
     /// counters our streams may wait on. What such a frame holds is
@@ -317,14 +349,44 @@ impl Shared {
 
 impl Drop for CudaSubscriber {
     fn drop(&mut self) {
-        if !self.sub.publisher_alive() {
-            self.shared.settle_publisher(self.sub.ring_stats().head_seq);
+        self.shared.settle_if_publisher_dead();
+        // Frames still held keep `Shared`; the last of them waits for our
+        // reads (see `Drop for Shared`).
+    }
+}
+
+/// How long the last holder of a subscriber's memory waits for its GPU
+/// reads before it leaks the mapping instead of unmapping it under them.
+const READS_GRACE: Duration = Duration::from_secs(10);
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Every release we asked for must be complete before the memory and
+        // the counters' registration go, and before our record is freed
+        // (after that the publisher no longer waits for us): on whichever
+        // stream each was enqueued. The counters are host memory.
+        let deadline = Instant::now() + READS_GRACE;
+        let (slots, _) = self.sync.shape();
+        let mut last_check = Instant::now();
+        while (0..slots).any(|s| self.sync.released(self.row, s).is_err()) {
+            if Instant::now() >= deadline {
+                tracing::error!(
+                    "GPU reads of released frames did not finish within {READS_GRACE:?}; \
+                     the stream's memory stays mapped until this process exits"
+                );
+                return; // both stay ManuallyDrop: leaked
+            }
+            if last_check.elapsed() >= Duration::from_millis(20) {
+                self.settle_if_publisher_dead();
+                last_check = Instant::now();
+            }
+            std::thread::sleep(Duration::from_micros(200));
         }
-        self.shared.subscriber_alive.store(false, Ordering::Release);
-        if let Ok(_g) = self.shared.dev.enter() {
-            // Released frames' reads may still run; once we deregister the
-            // publisher stops waiting on our release events.
-            let _ = driver::synchronize(self.stream);
+        // SAFETY: dropped once, here, and never used again (`self` goes);
+        // the registration before the memory, every GPU use of both done.
+        unsafe {
+            ManuallyDrop::drop(&mut self.registration);
+            ManuallyDrop::drop(&mut self.memory);
         }
     }
 }
@@ -480,7 +542,7 @@ impl CudaFrame {
             unsafe { driver::copy_2d(&c, false, self.stream) }?;
             dst += rb * rows;
         }
-        driver::synchronize(self.stream)?;
+        self.shared.wait_idle(self.stream)?;
         Ok(out)
     }
 
@@ -525,11 +587,6 @@ impl CudaFrame {
         let want = requested.load(Ordering::Relaxed) + 1;
         driver::write_value(self.stream, sh.sync.done_device(sh.row, slot), want)?;
         requested.store(want, Ordering::Release);
-        if !sh.subscriber_alive.load(Ordering::Acquire) {
-            // This may be the last hold on the record: once it is freed
-            // the publisher stops waiting on our reads, so finish them.
-            driver::synchronize(self.stream)?;
-        }
         Ok(())
     }
 }

@@ -37,7 +37,9 @@ fn shm_dir() {
     if std::env::var_os(CHILD).is_some() {
         return; // inherited from the test process
     }
-    let dir = std::env::temp_dir().join(format!("cuframes-cuda-gpu-{}", std::process::id()));
+    // tmpfs, as in production: the driver pins the sync region's pages.
+    let dir =
+        std::path::PathBuf::from(format!("/dev/shm/cuframes-cuda-gpu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::env::set_var("CUFRAMES_SHM_DIR", &dir);
 }
@@ -634,16 +636,24 @@ fn subscriber_killed_with_a_release_pending() {
         wait_subscribers(&p, 2);
         publish(&mut p, 1);
         expect_line(&mut lines(&mut stalled), "RELEASED");
-        // Slot 0 comes round again: the publisher's stream now waits for
-        // the stalled reader, which is alive.
-        for seq in 2..=6 {
-            publish(&mut p, seq);
-        }
+        // Slot 0 comes round again at frame 5: the publisher's stream then
+        // waits for the stalled reader, and so does the publisher's thread
+        // (a copy from pageable memory may wait for the stream). Only the
+        // reader's death, noticed by another thread, can end that.
+        let publishing = std::thread::spawn(move || {
+            drv::enter(p.device());
+            for seq in 2..=frames {
+                publish(&mut p, seq);
+            }
+            p
+        });
+        std::thread::sleep(Duration::from_millis(300));
         stalled.kill().unwrap();
         stalled.wait().unwrap();
-        for seq in 7..=frames {
-            publish(&mut p, seq);
-        }
+        let p = within(Duration::from_secs(60), "publishing", move || {
+            publishing.join().unwrap()
+        });
+        assert_eq!(p.host().stats().head_seq, frames);
         finish(healthy, &format!("VERIFIED {frames}"));
     }
 }
@@ -822,7 +832,11 @@ fn gpu_child() {
                 // never reach its writes.
                 drv::enter(p.device());
                 drv::stall(p.stream());
-                publish(&mut p, frames + 1);
+                // Only asynchronous work: a copy from pageable memory
+                // could wait for the (stalled) stream.
+                let lease = p.loan().unwrap();
+                drv::fill(lease.stream(), lease.plane(0).ptr, 4096, 0xee);
+                assert_eq!(lease.commit(0).unwrap(), frames + 1);
                 println!("COMMITTED {}", frames + 1);
                 std::thread::sleep(Duration::from_secs(120));
             }

@@ -432,12 +432,14 @@ impl Publisher {
     /// let layout = FrameLayout::new(PixelFormat::Gray8, 16, 16, 64)?;
     /// let mut p = Publisher::create("doc-close-mapped", layout, Default::default())?;
     /// p.close_keep_mapped();
-    /// assert_eq!(p.loan().unwrap_err().code(), ErrorCode::Closed);
+    /// assert_eq!(p.loan().err().map(|e| e.code()), Some(ErrorCode::Closed));
     /// assert_eq!(p.stats().active().count(), 0);
     /// # Ok::<(), Error>(())
     /// ```
     pub fn close_keep_mapped(&mut self) {
-        self.writer.close();
+        if sys::fork_generation() == self.forks {
+            self.writer.close();
+        }
     }
 }
 
@@ -622,6 +624,12 @@ impl MappingGuard {
     /// it closed the stream).
     pub fn ring_stats(&self) -> cuframes_core::RingStats {
         self.0.ring().stats()
+    }
+
+    /// Whether subscriber record `index` has a live owner (see
+    /// [`Publisher::subscriber_alive`]), from any thread.
+    pub fn subscriber_alive(&self, index: u32) -> bool {
+        self.0.record_locked_by_other(index)
     }
 }
 

@@ -490,6 +490,12 @@ impl Monitor {
         }
     }
 
+    /// Whether the publisher's process is alive (see
+    /// [`Subscriber::publisher_alive`]), from any thread.
+    pub fn publisher_alive(&self) -> bool {
+        self.0.shared.publisher_alive()
+    }
+
     /// Ring-wide statistics of the stream.
     pub fn ring_stats(&self) -> cuframes_core::RingStats {
         self.0.ring().stats()

@@ -717,18 +717,23 @@ fn copy(s: &mut Sim, c: Copy2, stream: CUstream, sync: bool) -> R<Wait> {
     };
     let (src_end, dst_end) = (unify(c.src), unify(c.dst));
     let mut spitch = c.spitch;
+    let mut wait = sync;
     let src = match src_end {
         End::Dev(a) => Src::At(s.table.resolve(&s.space, a, sext as u64, st.phys, false)?),
         End::Host(p) => match s.table.host(&s.space, p, sext, false)? {
             Host::Pinned(sp) => Src::At(sp),
             Host::Pageable => {
+                // The driver stages pageable memory and "may synchronize
+                // with the stream" (API synchronization behavior): the
+                // strict reading is that the call returns only once the
+                // stream has run everything before it and the copy.
+                wait = true;
                 spitch = c.width;
                 Src::Snap(snapshot(p, c.spitch, c.width, c.height))
             }
         },
         End::Unified(_) => unreachable!("unified resolved above"),
     };
-    let mut wait = sync;
     let dst = match dst_end {
         End::Dev(a) => s.table.resolve(&s.space, a, dext as u64, st.phys, true)?,
         End::Host(p) => match s.table.host(&s.space, p, dext, true)? {
