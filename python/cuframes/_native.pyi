@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Awaitable, Callable, Dict, List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import numpy.typing as npt
 
@@ -177,12 +177,20 @@ class CuframesSubscriber:
     def stats(self) -> Dict[str, int]: ...
 
 class WriteLease:
-    """A loaned slot; write its planes, then commit."""
+    """A loaned slot; write its planes, then commit. For a GPU stream, the
+    planes are device DLPack tensors (``plane(i)``) and writes are ordered
+    on ``cuda_stream`` or on the stream given to ``__dlpack__``."""
 
     @property
     def seq(self) -> int: ...
     @property
     def pitches(self) -> List[int]: ...
+    @property
+    def memory(self) -> Literal["host", "cuda"]: ...
+    @property
+    def cuda_stream(self) -> Optional[int]: ...
+    @property
+    def cuda_ptr(self) -> int: ...
     @property
     def y(self) -> npt.NDArray[Any]: ...
     @property
@@ -201,7 +209,7 @@ class WriteLease:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
-    ) -> bool: ...
+    ) -> Literal[False]: ...
 
 class Publisher:
     """Creates a stream and writes frames into it."""
@@ -217,12 +225,21 @@ class Publisher:
         subscriber_capacity: int = 16,
         policy: Union[LosslessPolicy, int] = LosslessPolicy.BLOCK,
         block_timeout_ms: int = 1000,
-        pitch_align: int = 64,
+        pitch_align: Optional[int] = None,
         mode: int = 0o600,
         evict_lagging: bool = True,
+        cuda_device: Optional[int] = None,
+        export: Literal["auto", "ipc", "vmm-fd"] = "auto",
     ) -> None: ...
     def loan(self) -> WriteLease: ...
     def publish(self, data: Any, pts_ns: int = 0) -> int: ...
+    def publish_from(
+        self,
+        data: Union[Any, Sequence[Any]],
+        *,
+        stream: Optional[Any] = None,
+        pts_ns: int = 0,
+    ) -> int: ...
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
@@ -232,7 +249,7 @@ class Publisher:
         exc_type: Optional[Type[BaseException]],
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
-    ) -> bool: ...
+    ) -> Literal[False]: ...
     @property
     def key(self) -> str: ...
     @property
@@ -245,6 +262,14 @@ class Publisher:
     def pitches(self) -> List[int]: ...
     @property
     def frame_bytes(self) -> int: ...
+    @property
+    def memory(self) -> Literal["host", "cuda"]: ...
+    @property
+    def cuda_device(self) -> Optional[int]: ...
+    @property
+    def export_mode(self) -> Optional[Literal["ipc", "vmm-fd"]]: ...
+    @property
+    def cuda_stream(self) -> Optional[int]: ...
     def stats(self) -> Dict[str, Any]: ...
 
 def stream_status(key: str) -> Dict[str, Any]: ...

@@ -98,6 +98,9 @@ class Cuda:
         "cuMemHostUnregister": [P],
         "cuMemHostGetDevicePointer_v2": [ctypes.POINTER(ctypes.c_uint64), P, U],
         "cuStreamWaitValue32_v2": [P, ctypes.c_uint64, ctypes.c_uint32, U],
+        "cuMemAllocHost_v2": [ctypes.POINTER(P), S],
+        "cuMemFreeHost": [P],
+        "cuCtxSynchronize": [],
     }
 
     def __init__(self) -> None:
@@ -120,6 +123,8 @@ class Cuda:
             f.restype = ctypes.c_int
         self.check("cuInit", 0)
         self.ctx = ctypes.c_void_p()
+        #: Page-locked staging buffers of writes, freed by `flush()`.
+        self.staged: List[int] = []
 
     def check(self, fn: str, *args: Any) -> None:
         r = int(getattr(self.lib, fn)(*args))
@@ -177,15 +182,32 @@ class Cuda:
         with self.current():
             self.check("cuMemFree_v2", ptr)
 
-    def write(self, ptr: int, data: bytes, stream: int) -> None:
-        """Enqueues a copy of `data` to `ptr` on `stream` (from pageable
-        memory: the driver stages it, the device write happens later)."""
-        with self.current():
-            self.check("cuMemcpyHtoDAsync_v2", ptr, data, len(data), ctypes.c_void_p(stream))
-
     def write_rows(self, ptr: int, pitch: int, rows: Sequence[bytes], stream: int) -> None:
-        for r, row in enumerate(rows):
-            self.write(ptr + r * pitch, row, stream)
+        """Enqueues copies of `rows` to rows `pitch` bytes apart from `ptr`
+        on `stream`, from page-locked memory: the call returns at once and
+        the device writes happen when the stream gets to them (a copy from
+        pageable memory may wait for the stream first)."""
+        data = b"".join(rows)
+        host = ctypes.c_void_p()
+        with self.current():
+            self.check("cuMemAllocHost_v2", ctypes.byref(host), len(data))
+            assert host.value
+            self.staged.append(host.value)
+            ctypes.memmove(host.value, data, len(data))
+            at = 0
+            for r, row in enumerate(rows):
+                src = ctypes.c_void_p(host.value + at)
+                self.check("cuMemcpyHtoDAsync_v2", ptr + r * pitch, src, len(row), ctypes.c_void_p(stream))
+                at += len(row)
+
+    def flush(self) -> None:
+        """Waits for all work of the context, then frees the staging
+        buffers."""
+        with self.current():
+            self.check("cuCtxSynchronize")
+            for p in self.staged:
+                self.check("cuMemFreeHost", ctypes.c_void_p(p))
+        self.staged.clear()
 
     def fill(self, ptr: int, value: int, nbytes: int, stream: int) -> None:
         with self.current():
@@ -231,7 +253,7 @@ class Cuda:
 
 
 @pytest.fixture(scope="module")
-def cuda() -> Iterator[Cuda]:
+def driver() -> Iterator[Cuda]:
     """The driver, with device 0's primary context retained for the module
     (creating one costs a real GPU hundreds of milliseconds)."""
     drv = Cuda()
@@ -240,6 +262,13 @@ def cuda() -> Iterator[Cuda]:
     drv.check("cuDevicePrimaryCtxRetain", ctypes.byref(drv.ctx), dev.value)
     yield drv
     drv.check("cuDevicePrimaryCtxRelease_v2", dev.value)
+
+
+@pytest.fixture
+def cuda(driver: Cuda) -> Iterator[Cuda]:
+    """The driver for one test; its staged writes are freed after it."""
+    yield driver
+    driver.flush()
 
 
 @pytest.fixture(autouse=True)
@@ -483,7 +512,7 @@ def reader(key: str, frames: int) -> Iterator[Callable[[], List[List[Any]]]]:
             p.communicate()
 
 
-def gpu_publisher(key: str, export: str = "auto", **kw: Any) -> cuframes.Publisher:
+def gpu_publisher(key: str, export: Any = "auto", **kw: Any) -> cuframes.Publisher:
     kw.setdefault("slots", 4)
     kw.setdefault("block_timeout_ms", int(WAIT_S * 1000))
     return cuframes.Publisher(key, W, H, PixelFormat.NV12, cuda_device=0, export=export, **kw)
@@ -586,6 +615,36 @@ def test_every_way_of_writing_a_gpu_frame_reaches_a_subscriber_process(cuda: Cud
     assert [r[0] for r in results] == list(range(1, frames + 1)), results
     assert [r for r in results if r[2] != "ok"] == []
     assert [r[1] for r in results] == [0, 1, 2, 3, 4, 5, 6] * rounds
+
+
+@gpu
+@pytest.mark.parametrize("export", ["ipc", "vmm-fd"])
+def test_the_cli_subscriber_verifies_a_python_gpu_publisher(cuda: Cuda, key: str, cli: str, export: str) -> None:
+    frames = 12
+    with gpu_publisher(key, export) as pub:
+        sub = subprocess.Popen(
+            [cli, "subscribe", "--key", key, "--mode", "queue", "--frames", str(frames), "--verify", "--cuda"]
+            + ["--timeout-ms", str(int(WAIT_S * 1000)), "--connect-timeout-ms", str(int(WAIT_S * 1000))],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + WAIT_S
+            while not pub.stats()["subscribers"]:
+                assert sub.poll() is None and time.monotonic() < deadline, "the CLI subscriber did not connect"
+                time.sleep(0.01)
+            for seq in range(1, frames + 1):
+                with pub.loan() as lease:
+                    lease.fill_test_pattern()
+                    assert lease.commit(pts_ns=seq) == seq
+            out, err = sub.communicate(timeout=WAIT_S)
+        finally:
+            if sub.poll() is None:
+                sub.kill()
+                sub.communicate()
+    assert sub.returncode == 0, out + err
+    assert f"{frames} intact" in out or "damaged 0" in out, out
 
 
 # --- GPU publisher: in this process ------------------------------------------
@@ -773,7 +832,7 @@ def test_gpu_options_need_a_gpu_stream(key: str) -> None:
     with pytest.raises(cuframes.CuframesInvalidArgumentError, match="cuda_device"):
         cuframes.Publisher(key, W, H, export="ipc")
     with pytest.raises(cuframes.CuframesInvalidArgumentError, match='export="nfs"'):
-        cuframes.Publisher(key, W, H, cuda_device=0, export="nfs")
+        cuframes.Publisher(key, W, H, cuda_device=0, export="nfs")  # type: ignore[arg-type]
     if not GPU:
         with pytest.raises(cuframes.CuframesCudaError):
             cuframes.Publisher(key, W, H, cuda_device=0)
