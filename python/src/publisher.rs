@@ -51,10 +51,10 @@ struct GpuWriter {
     publisher: CudaPublisher,
     /// Its device's primary context, for the binding's own driver calls.
     ctx: Arc<Context>,
-    /// The pending loan of a `WriteLease` (its slot; `CudaDetachedLease`
-    /// holds a raw stream pointer, which is not `Send`) and its DLPack
-    /// consumers.
-    loan: Option<(u32, Arc<LeaseSync>)>,
+    /// The pending loan of a `WriteLease` (its seq and slot;
+    /// `CudaDetachedLease` holds a raw stream pointer, which is not
+    /// `Send`) and its DLPack consumers.
+    loan: Option<(u64, u32, Arc<LeaseSync>)>,
 }
 
 /// A slot just loaned.
@@ -91,7 +91,7 @@ impl Writer {
                         readers: Vec::new(),
                     }),
                 });
-                g.loan = Some((d.slot, sync.clone()));
+                g.loan = Some((d.seq, d.slot, sync.clone()));
                 Ok(Loan {
                     seq: d.seq,
                     base: g.publisher.slot_ptr(d.slot).unwrap_or(0) as usize,
@@ -154,18 +154,23 @@ impl GpuWriter {
     /// pending loan, and ends it for them.
     fn order_loan(&mut self) -> cuframes::Result<()> {
         match self.loan.take() {
-            Some((_, sync)) => sync.finish(),
+            Some((_, _, sync)) => sync.finish(),
             None => Ok(()),
         }
     }
 
     /// Uploads a slot image (`slot_bytes`, the layout's pitches) into the
-    /// pending loan's slot, on its stream.
-    fn upload(&self, image: &[u8]) -> cuframes::Result<()> {
-        let (slot, sync) = self
-            .loan
-            .as_ref()
-            .ok_or_else(|| Error::new(ErrorCode::InvalidArgument, "no slot is loaned"))?;
+    /// slot of pending loan `seq`, on its stream.
+    fn upload(&self, seq: u64, image: &[u8]) -> cuframes::Result<()> {
+        let (slot, sync) = match &self.loan {
+            Some((s, slot, sync)) if *s == seq => (slot, sync),
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::Released,
+                    "the lease was committed or aborted",
+                ))
+            }
+        };
         let base = self.publisher.slot_ptr(*slot).unwrap_or(0);
         if image.len() as u64 > self.publisher.slot_stride() {
             return Err(Error::new(ErrorCode::Internal, "slot image too large"));
@@ -760,6 +765,7 @@ impl PyPublisher {
     fn loan(slf: Bound<'_, Self>) -> PyResult<PyLease> {
         let py = slf.py();
         let me = slf.get();
+        me.retire();
         let loan = me.with_publisher(py, |w| w.loan()).py()?;
         let (owner, cuda_stream): (Owner, _) = match loan.cuda {
             // Views of a host slot keep the mapping (not the lease) alive:
@@ -784,6 +790,7 @@ impl PyPublisher {
     /// it. Returns the frame's seq.
     #[pyo3(signature = (data, pts_ns=0))]
     fn publish(&self, py: Python<'_>, data: &Bound<'_, PyAny>, pts_ns: i64) -> PyResult<u64> {
+        self.retire();
         let src = contiguous(data)?;
         let len = src.len()?;
         let need = self.layout.packed_bytes();
@@ -1131,14 +1138,18 @@ impl PyLease {
         }
         let len = self.slot.layout.slot_bytes as usize;
         if self.cuda_stream.is_some() {
+            // Not held across the upload, which waits for the publisher's
+            // lock and maybe its stream with the GIL released: the upload
+            // checks under that lock that this loan is still pending.
+            drop(open);
             let mut image = vec![0u8; len];
             cuframes::testsrc::fill(&self.slot.layout, &mut image, self.seq);
-            let uploaded = self
+            let seq = self.seq;
+            return self
                 .publisher
                 .get()
-                .with_publisher(py, |w| w.gpu()?.upload(&image));
-            drop(open);
-            return uploaded.py();
+                .with_publisher(py, |w| w.gpu()?.upload(seq, &image))
+                .py();
         }
         // SAFETY: the lease is open (and stays so while we hold `open`), so the slot's `len` bytes at `base` are
         // ours to write and mapped (the publisher holds the mapping).
