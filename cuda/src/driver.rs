@@ -447,6 +447,14 @@ pub(crate) fn order_after(dev: &Arc<Device>, earlier: RawStream, later: RawStrea
     stream_wait(later, &ev)
 }
 
+/// Waits on the host for the last record of `event`.
+pub(crate) fn event_wait(event: &Event) -> Result<()> {
+    // SAFETY: the event is live; the caller made its context current.
+    call("cuEventSynchronize", || unsafe {
+        sys::cuEventSynchronize(event.raw)
+    })
+}
+
 /// Makes `stream` wait for the last record of `event`.
 pub(crate) fn stream_wait(stream: RawStream, event: &Event) -> Result<()> {
     // SAFETY: both handles are live; the caller made their context current.

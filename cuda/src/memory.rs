@@ -384,3 +384,54 @@ impl Drop for HostRegistration {
         }
     }
 }
+
+/// Page-locked host memory (`cuMemAllocHost`): copies from it run
+/// asynchronously, so uploads never wait for the stream.
+pub(crate) struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+    dev: Arc<Device>,
+}
+
+// SAFETY: plain memory owned by this value; the driver handle is used
+// with the context entered.
+unsafe impl Send for Pinned {}
+
+impl Pinned {
+    pub fn new(dev: &Arc<Device>, len: usize) -> Result<Pinned> {
+        let _g = dev.enter()?;
+        let mut p: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: writes one pointer to `len` bytes the driver allocates
+        // for us; freed in Drop.
+        call("cuMemAllocHost", || unsafe {
+            sys::cuMemAllocHost_v2(&mut p, len.max(1))
+        })?;
+        Ok(Pinned {
+            ptr: p.cast(),
+            len,
+            dev: dev.clone(),
+        })
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `len` bytes allocated for us, exclusively borrowed here.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: as above, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Ok(_g) = self.dev.enter() {
+            // SAFETY: allocated by `new`, freed once; the owner made sure
+            // no copy still reads it.
+            let _ = call("cuMemFreeHost", || unsafe {
+                sys::cuMemFreeHost(self.ptr.cast())
+            });
+        }
+    }
+}

@@ -2,9 +2,9 @@
 //! host ring.
 
 use crate::area::{AreaHeader, ExportMode, SyncTable};
-use crate::driver::{self, call, Device, DevicePtr, RawStream, Stream};
+use crate::driver::{self, call, Device, DevicePtr, Event, RawStream, Stream};
 use crate::fdpass::{self, FdServer, PeerPolicy};
-use crate::memory::{vmm_granularity, HostRegistration, Legacy, Vmm};
+use crate::memory::{vmm_granularity, HostRegistration, Legacy, Pinned, Vmm};
 use cudarc::driver::sys;
 use cuframes::core::{Backend, PixelFormat};
 use cuframes::MappingGuard;
@@ -144,6 +144,8 @@ pub struct CudaPublisher {
     /// meanwhile).
     pending: Option<(u32, u64, RawStream)>,
     sync: SyncTable,
+    /// Page-locked buffers uploads are staged in (made on first use).
+    staging: Option<Staging>,
     registration: Option<HostRegistration>,
     inner: Option<Publisher>,
     own_stream: Option<Stream>,
@@ -328,6 +330,7 @@ impl CudaPublisher {
         Ok(Self {
             server,
             settler: Some(Settler::start(sync, inner.mapping_guard())),
+            staging: None,
             pending: None,
             sync,
             registration: Some(registration),
@@ -530,9 +533,10 @@ impl CudaPublisher {
     }
 
     /// Copies a tightly packed host frame (planes in order, rows of
-    /// `row_bytes`) into a slot on the stream and publishes it. Returns
-    /// after the copy has read `packed` (at once for pageable memory,
-    /// which the driver stages; after a stream sync for page-locked memory).
+    /// `row_bytes`) into a slot and publishes it. The frame is staged in
+    /// page-locked memory of the publisher's (one buffer per slot) and
+    /// uploaded asynchronously: this returns without waiting for the GPU
+    /// unless it is a whole ring of uploads behind.
     pub fn publish_from_host(&mut self, packed: &[u8], pts_ns: i64) -> Result<u64> {
         let need = self.layout.packed_bytes();
         if packed.len() as u64 != need {
@@ -541,9 +545,29 @@ impl CudaPublisher {
                 packed.len()
             )));
         }
-        let lease = self.loan()?;
-        lease.copy_from_host(packed)?;
-        lease.commit(pts_ns)
+        if self.staging.is_none() {
+            self.staging = Some(Staging::new(&self.dev, self.area.slot_count, need as usize)?);
+        }
+        let lease = self.loan_detached()?;
+        let staged = self.stage_upload(&lease, packed);
+        if let Err(e) = staged {
+            self.abort_detached();
+            return Err(e);
+        }
+        self.commit_detached(pts_ns)
+    }
+
+    /// Copies `packed` into the next staging buffer (waiting, on the host,
+    /// only until the GPU has read its previous contents: a ring behind)
+    /// and enqueues its upload into the loaned slot, asynchronously.
+    fn stage_upload(&mut self, lease: &CudaDetachedLease, packed: &[u8]) -> Result<()> {
+        let staging = self.staging.as_mut().expect("made above");
+        let (buf, read) = staging.next();
+        let _g = self.dev.enter()?;
+        driver::event_wait(read)?;
+        buf.bytes_mut().copy_from_slice(packed);
+        upload(&lease.planes[..lease.plane_count], buf.bytes(), lease.stream)?;
+        driver::record(read, lease.stream)
     }
 
     /// Makes the stream wait until every subscriber's reads of `slot` are
@@ -606,6 +630,56 @@ impl CudaPublisher {
             settle(&self.sync, row, ring.key());
         }
         gone
+    }
+}
+
+/// Enqueues 2D copies of a tightly packed host picture (`packed`, whose
+/// length the caller checked against the layout) into `planes` on `stream`.
+/// The driver reads pageable memory at the call (and may wait for the
+/// stream); page-locked memory later, when the copy runs.
+fn upload(planes: &[DevicePlane], packed: &[u8], stream: RawStream) -> Result<()> {
+    let mut src = 0usize;
+    for p in planes {
+        let (rb, rows) = (p.row_bytes as usize, p.rows as usize);
+        let c = driver::Copy2d {
+            host: packed[src..].as_ptr().cast_mut(),
+            host_pitch: rb,
+            device: p.ptr,
+            device_pitch: p.pitch as usize,
+            width: rb,
+            height: rows,
+        };
+        // SAFETY: host range: `rb * rows` bytes from `src`, inside `packed`
+        // (its length is the sum over planes); device range: the plane
+        // inside a loaned slot; the driver only reads the host side. The
+        // caller keeps `packed` unchanged until the copy has read it.
+        unsafe { driver::copy_2d(&c, true, stream) }?;
+        src += rb * rows;
+    }
+    Ok(())
+}
+
+/// A ring of page-locked buffers, each with an event recorded after the
+/// upload that reads it: `publish_from_host` returns as soon as its frame
+/// is staged, and waits only when the GPU is a whole ring behind.
+struct Staging {
+    bufs: Vec<(Pinned, Event)>,
+    next: usize,
+}
+
+impl Staging {
+    fn new(dev: &Arc<Device>, count: u32, len: usize) -> Result<Staging> {
+        let bufs = (0..count)
+            .map(|_| Ok((Pinned::new(dev, len)?, Event::local(dev)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Staging { bufs, next: 0 })
+    }
+
+    fn next(&mut self) -> (&mut Pinned, &Event) {
+        let i = self.next;
+        self.next = (i + 1) % self.bufs.len();
+        let (buf, ev) = &mut self.bufs[i];
+        (buf, ev)
     }
 }
 
@@ -710,24 +784,7 @@ impl CudaWriteLease<'_> {
             )));
         }
         let _g = self.publisher.dev.enter()?;
-        let mut src = 0usize;
-        for p in self.planes() {
-            let (rb, rows) = (p.row_bytes as usize, p.rows as usize);
-            let c = driver::Copy2d {
-                host: packed[src..].as_ptr().cast_mut(),
-                host_pitch: rb,
-                device: p.ptr,
-                device_pitch: p.pitch as usize,
-                width: rb,
-                height: rows,
-            };
-            // SAFETY: host range: `rb * rows` bytes from `src`, inside
-            // `packed` (its length equals the sum over planes); device
-            // range: the plane inside the loaned slot of our allocation;
-            // the driver reads (never writes) the host side here.
-            unsafe { driver::copy_2d(&c, true, self.lease.stream) }?;
-            src += rb * rows;
-        }
+        upload(self.planes(), packed, self.lease.stream)?;
         if driver::is_page_locked(packed.as_ptr()) {
             // Async copies from page-locked memory read it later.
             driver::synchronize(self.lease.stream)?;
@@ -808,6 +865,7 @@ impl Drop for CudaPublisher {
             std::mem::forget(self.memory.take());
             std::mem::forget(self.registration.take());
             std::mem::forget(self.own_stream.take());
+            std::mem::forget(self.staging.take());
         }
         self.settler.take();
         self.server.take();
