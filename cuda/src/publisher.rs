@@ -546,7 +546,11 @@ impl CudaPublisher {
             )));
         }
         if self.staging.is_none() {
-            self.staging = Some(Staging::new(&self.dev, self.area.slot_count, need as usize)?);
+            self.staging = Some(Staging::new(
+                &self.dev,
+                self.area.slot_count,
+                need as usize,
+            )?);
         }
         let lease = self.loan_detached()?;
         let staged = self.stage_upload(&lease, packed);
@@ -566,7 +570,11 @@ impl CudaPublisher {
         let _g = self.dev.enter()?;
         driver::event_wait(read)?;
         buf.bytes_mut().copy_from_slice(packed);
-        upload(&lease.planes[..lease.plane_count], buf.bytes(), lease.stream)?;
+        upload(
+            &lease.planes[..lease.plane_count],
+            buf.bytes(),
+            lease.stream,
+        )?;
         driver::record(read, lease.stream)
     }
 
