@@ -76,7 +76,7 @@ step "pytest against the installed wheel"
 # sources) is what the tests import.
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests "$@"
 
-step "GPU tests (python/tests/test_gpu.py, test_gpu_publish.py) under the CUDA driver simulator"
+step "GPU tests (python/tests/test_gpu.py, test_gpu_publish.py, test_gpu_cross.py) under the CUDA driver simulator"
 # The same tests a GPU machine runs with CUFRAMES_GPU=1, here against the
 # simulator standing in for libcuda (scripts/cuda-sim.sh builds it, and
 # fails the step when the driver API was misused). They use the CLI's GPU
@@ -87,7 +87,7 @@ elif [ ! -f cuda/sim/Cargo.toml ] || [ ! -x scripts/cuda-sim.sh ]; then
   echo "skipped: this tree has no CUDA driver simulator (cuda/sim, scripts/cuda-sim.sh)"
 else
   scripts/cuda-sim.sh "$VENV/bin/python" -m pytest -q -p no:cacheprovider python/tests/test_gpu.py \
-    python/tests/test_gpu_publish.py
+    python/tests/test_gpu_publish.py python/tests/test_gpu_cross.py
 fi
 
 step "mypy --strict over the tests and the installed package"
