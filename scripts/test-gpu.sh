@@ -72,7 +72,9 @@ run() {
   check rust-gpu 240 "$KIT/bin/cuframes-cuda-gpu"
   check cli-gpu 120 "$KIT/bin/cuframes-cli-gpu" --test-threads=1
   check c-gpu 120 "$KIT/bin/test_cuda"
-  if ls "$KIT"/wheel/*.whl >/dev/null 2>&1; then
+  if ! python3 -c "import pytest, numpy" 2>/dev/null; then
+    summary+=("$(printf '%-14s %-16s %4ss  %s' SKIP python-gpu 0 "python3 lacks pytest or numpy")")
+  elif ls "$KIT"/wheel/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/cuframes-site "$KIT"/wheel/*.whl \
       && check python-gpu 150 env PYTHONPATH=/tmp/cuframes-site CUFRAMES_C_TEST_CUDA="$KIT/bin/test_cuda" \
         python3 -m pytest -q -p no:cacheprovider "$KIT"/python/test_gpu*.py
