@@ -160,11 +160,23 @@ pub fn is_simulator(ordinal: u32) -> bool {
 
 /// A device and its retained primary context (the context the CUDA runtime,
 /// PyTorch and CuPy use, so pointers and streams are shared with them).
-pub(crate) struct Device {
-    pub ordinal: u32,
-    pub dev: sys::CUdevice,
-    pub ctx: sys::CUcontext,
-    pub uuid: [u8; 16],
+///
+/// ```
+/// use cuframes_cuda::raw::Device;
+/// match Device::open(0) {
+///     Ok(dev) => {
+///         let _g = dev.enter()?; // the primary context is current here
+///         dev.synchronize()?;
+///     }
+///     Err(e) => assert_eq!(e.code(), cuframes::ErrorCode::Cuda), // no GPU here
+/// }
+/// # Ok::<(), cuframes::Error>(())
+/// ```
+pub struct Device {
+    pub(crate) ordinal: u32,
+    pub(crate) dev: sys::CUdevice,
+    pub(crate) ctx: sys::CUcontext,
+    pub(crate) uuid: [u8; 16],
 }
 
 // SAFETY: CUdevice is an integer and CUcontext a driver handle that any
@@ -209,8 +221,13 @@ impl Device {
         }))
     }
 
+    /// The device's ordinal (as given to [`Device::open`]).
+    pub fn ordinal(&self) -> u32 {
+        self.ordinal
+    }
+
     /// The UUID of device `ordinal` without retaining its context.
-    pub fn uuid_of(ordinal: u32) -> Result<[u8; 16]> {
+    pub(crate) fn uuid_of(ordinal: u32) -> Result<[u8; 16]> {
         let mut dev: sys::CUdevice = 0;
         // SAFETY: as in `open`.
         call("cuDeviceGet", || unsafe {
@@ -233,10 +250,38 @@ impl Device {
         Ok(CtxGuard(()))
     }
 
+    /// Waits on the host until every stream of the primary context is idle.
+    pub fn synchronize(&self) -> Result<()> {
+        let _g = self.enter()?;
+        synchronize_context()
+    }
+
+    /// Enqueues a copy of `src` to device address `dst` on `stream`, and
+    /// returns once `src` may be reused (at once for pageable memory, which
+    /// the driver stages; after the copy for page-locked memory).
+    ///
+    /// # Safety
+    /// `dst` must address `src.len()` writable bytes of device memory of
+    /// this context that nothing else writes until the copy has run, and
+    /// `stream` must be a live stream of this context.
+    pub unsafe fn upload(&self, dst: DevicePtr, src: &[u8], stream: RawStream) -> Result<()> {
+        let _g = self.enter()?;
+        // SAFETY: the caller vouches for the device range and the stream;
+        // the host range is `src`, alive until we return (see below).
+        call("cuMemcpyHtoDAsync", || unsafe {
+            sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr().cast(), src.len(), stream)
+        })?;
+        if is_page_locked(src.as_ptr()) {
+            // An async copy from page-locked memory reads it when it runs.
+            synchronize(stream)?;
+        }
+        Ok(())
+    }
+
     /// Checks that streams of this device can order work through 64-bit
     /// words in host memory (`cuStreamWaitValue64` / `cuStreamWriteValue64`
     /// on registered memory), which cuframes uses across processes.
-    pub fn check_stream_memory_ops(&self) -> Result<()> {
+    pub(crate) fn check_stream_memory_ops(&self) -> Result<()> {
         let ops = self.attribute(
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS,
         )?;
@@ -263,7 +308,7 @@ impl Device {
     }
 
     /// An integer device attribute.
-    pub fn attribute(&self, a: sys::CUdevice_attribute) -> Result<i32> {
+    pub(crate) fn attribute(&self, a: sys::CUdevice_attribute) -> Result<i32> {
         let mut v = 0;
         // SAFETY: writes one int; `dev` is a valid device handle.
         call("cuDeviceGetAttribute", || unsafe {
@@ -282,8 +327,8 @@ impl Drop for Device {
     }
 }
 
-/// Pops the context pushed by [`Device::enter`].
-pub(crate) struct CtxGuard(());
+/// Pops the context pushed by [`Device::enter`] when dropped.
+pub struct CtxGuard(());
 
 impl Drop for CtxGuard {
     fn drop(&mut self) {
@@ -295,9 +340,23 @@ impl Drop for CtxGuard {
     }
 }
 
-/// An event local to this process, for ordering one stream after another.
-pub(crate) struct Event {
-    pub raw: sys::CUevent,
+/// An event local to this process (no timing), for ordering one stream
+/// after another or telling on the host when enqueued work is done. It
+/// retains its device's context while it lives; every method makes that
+/// context current for the call.
+///
+/// ```
+/// use cuframes_cuda::raw::{Device, Event, RawStream, PER_THREAD_STREAM};
+/// if let Ok(dev) = Device::open(0) {
+///     let ev = Event::local(&dev)?;
+///     ev.record(PER_THREAD_STREAM as RawStream)?;
+///     ev.synchronize()?;
+///     assert!(ev.is_done()?);
+/// }
+/// # Ok::<(), cuframes::Error>(())
+/// ```
+pub struct Event {
+    pub(crate) raw: sys::CUevent,
     dev: Arc<Device>,
 }
 
@@ -322,6 +381,26 @@ impl Event {
             raw,
             dev: dev.clone(),
         })
+    }
+
+    /// Records the event after the work enqueued on `stream` so far (a
+    /// stream of the event's context, or 1/2 for the default streams).
+    pub fn record(&self, stream: RawStream) -> Result<()> {
+        let _g = self.dev.enter()?;
+        record(self, stream)
+    }
+
+    /// Whether the recorded work has completed (`cuEventQuery`).
+    pub fn is_done(&self) -> Result<bool> {
+        let _g = self.dev.enter()?;
+        // SAFETY: a live event of the current context.
+        query("cuEventQuery", || unsafe { sys::cuEventQuery(self.raw) })
+    }
+
+    /// Waits on the host until the recorded work has completed.
+    pub fn synchronize(&self) -> Result<()> {
+        let _g = self.dev.enter()?;
+        event_wait(self)
     }
 }
 
@@ -380,8 +459,9 @@ impl Drop for Stream {
     }
 }
 
-/// `CU_STREAM_PER_THREAD`: the calling thread's default stream.
-pub(crate) const PER_THREAD_STREAM: usize = 2;
+/// `CU_STREAM_PER_THREAD`: the calling thread's default stream (cast it
+/// to [`RawStream`] to pass it as a stream).
+pub const PER_THREAD_STREAM: usize = 2;
 
 /// Waits on the host until every stream of the current context is idle.
 pub(crate) fn synchronize_context() -> Result<()> {
@@ -389,18 +469,24 @@ pub(crate) fn synchronize_context() -> Result<()> {
     call("cuCtxSynchronize", || unsafe { sys::cuCtxSynchronize() })
 }
 
+/// Runs one driver query through [`call`]: `Ok(true)` on `CUDA_SUCCESS`,
+/// `Ok(false)` on `CUDA_ERROR_NOT_READY`, otherwise the call's error.
+fn query(what: &'static str, f: impl FnOnce() -> sys::CUresult) -> Result<bool> {
+    let mut ready = true;
+    call(what, || match f() {
+        sys::CUresult::CUDA_ERROR_NOT_READY => {
+            ready = false;
+            sys::CUresult::CUDA_SUCCESS
+        }
+        code => code,
+    })?;
+    Ok(ready)
+}
+
 /// Whether `stream` has finished all its work (`cuStreamQuery`).
 pub(crate) fn is_idle(stream: RawStream) -> Result<bool> {
     // SAFETY: the caller passes a stream valid in the current context.
-    match catch_unwind(AssertUnwindSafe(|| unsafe { sys::cuStreamQuery(stream) })) {
-        Ok(sys::CUresult::CUDA_SUCCESS) => Ok(true),
-        Ok(sys::CUresult::CUDA_ERROR_NOT_READY) => Ok(false),
-        Ok(code) => Err(cuda_error("cuStreamQuery", code)),
-        Err(_) => Err(Error::new(
-            ErrorCode::Cuda,
-            "cuStreamQuery: the driver cannot serve this call",
-        )),
-    }
+    query("cuStreamQuery", || unsafe { sys::cuStreamQuery(stream) })
 }
 
 /// Waits on the host until `stream` is idle, polling (so `tick` can clear
@@ -439,8 +525,9 @@ pub(crate) fn synchronize(stream: RawStream) -> Result<()> {
 }
 
 /// Makes `later` wait (on the GPU) for the work enqueued on `earlier` so
-/// far, through a fresh local event.
-pub(crate) fn order_after(dev: &Arc<Device>, earlier: RawStream, later: RawStream) -> Result<()> {
+/// far, through a fresh local event (both streams of `dev`'s context, or
+/// 1/2 for the default streams).
+pub fn order_after(dev: &Arc<Device>, earlier: RawStream, later: RawStream) -> Result<()> {
     let ev = Event::local(dev)?;
     let _g = dev.enter()?;
     record(&ev, earlier)?;
@@ -593,7 +680,8 @@ pub(crate) unsafe fn copy_2d_device(
 
 /// Whether host memory at `ptr` is page-locked (registered or allocated by
 /// CUDA): async copies from it read it later, so the caller must wait.
-pub(crate) fn is_page_locked(ptr: *const u8) -> bool {
+/// The caller makes a context current first (see [`Device::enter`]).
+pub fn is_page_locked(ptr: *const u8) -> bool {
     let mut kind: u32 = 0;
     // SAFETY: the driver only looks the address up in its tables and
     // writes one u32; pageable memory yields an error, not a write.

@@ -47,6 +47,32 @@ pub use area::{
 pub use driver::{
     device_count, device_name, driver_version, is_available, is_simulator, DevicePtr, RawStream,
 };
+/// The few raw driver-API pieces the language bindings use around a
+/// [`CudaPublisher`] (ordering a DLPack consumer's stream before or after
+/// the publisher's, uploading a host image, telling when enqueued work is
+/// done): the same checked calls, retained primary context and local
+/// events this crate uses itself, through the same run-time loaded driver.
+///
+/// Open the [`Device`](raw::Device) only once [`driver_version`] (or a
+/// publisher) succeeded; every call returns an
+/// [`ErrorCode::Cuda`](cuframes::ErrorCode::Cuda) error naming the call and
+/// the driver's name for the failure.
+///
+/// ```
+/// use cuframes_cuda::raw::{self, Device, RawStream};
+/// if let Ok(dev) = Device::open(0) {
+///     let (producer, consumer) = (raw::PER_THREAD_STREAM as RawStream, std::ptr::null_mut());
+///     // The consumer's stream waits (on the GPU) for the producer's work so far.
+///     raw::order_after(&dev, producer, consumer)?;
+/// }
+/// # Ok::<(), cuframes::Error>(())
+/// ```
+pub mod raw {
+    pub use crate::driver::{
+        is_page_locked, order_after, CtxGuard, Device, DevicePtr, Event, RawStream,
+        PER_THREAD_STREAM,
+    };
+}
 pub use publisher::{
     CudaDetachedLease, CudaPublisher, CudaPublisherOptions, CudaWriteLease, DevicePlane,
     ExportRequest,

@@ -2,7 +2,7 @@
 //! buffer or DLPack tensor, in place or by copy, into host shared memory
 //! or (with `cuda_device=`) GPU memory.
 
-use crate::cuda::{self, Context, Event, PER_THREAD_STREAM};
+use crate::cuda::{self, Device, Event, PER_THREAD_STREAM};
 use crate::dlpack::{self, DLPackView, DlDevice, Keep, Owner, DEVICE_CPU, DEVICE_CUDA};
 use crate::enums::{PyLosslessPolicy, PyPixelFormat};
 use crate::errors::{raise, IntoPy};
@@ -50,7 +50,7 @@ struct GpuWriter {
     /// The publisher (its stream orders every write to a slot).
     publisher: CudaPublisher,
     /// Its device's primary context, for the binding's own driver calls.
-    ctx: Arc<Context>,
+    ctx: Arc<Device>,
     /// The pending loan of a `WriteLease` (its seq and slot;
     /// `CudaDetachedLease` holds a raw stream pointer, which is not
     /// `Send`) and its DLPack consumers.
@@ -178,7 +178,7 @@ impl GpuWriter {
         // SAFETY: the range is inside the loaned slot of the publisher's
         // allocation (at most `slot_stride` bytes), which only the holder
         // of the loan writes until commit; the stream is the publisher's.
-        unsafe { self.ctx.upload(base, image, sync.stream) }
+        unsafe { self.ctx.upload(base, image, sync.stream as RawStream) }
     }
 
     /// Loans a slot, copies the device picture `planes` into it on the
@@ -224,7 +224,7 @@ impl GpuWriter {
             let _ = self.ctx.synchronize();
             return Err(e);
         }
-        let event = match Event::new(&self.ctx).and_then(|ev| ev.record(stream).map(|()| ev)) {
+        let event = match Event::local(&self.ctx).and_then(|ev| ev.record(d.stream).map(|()| ev)) {
             Ok(ev) => Some(ev),
             Err(_) => {
                 // No event to tell when the copy is done: wait for it.
@@ -260,7 +260,7 @@ impl Drop for GpuWriter {
 /// write), so that the commit is ordered after their writes.
 pub struct LeaseSync {
     /// The publisher's device context.
-    ctx: Arc<Context>,
+    ctx: Arc<Device>,
     /// The stream the publisher orders the slot's writes on.
     stream: usize,
     /// Whether the loan is pending, and who exported what.
@@ -294,7 +294,7 @@ impl Keep for LeaseSync {
         if cuda::same_stream(stream, self.stream) {
             return Ok(());
         }
-        self.ctx.order_after(self.stream, stream)?;
+        cuda::order_after(&self.ctx, self.stream, stream)?;
         let me = std::thread::current().id();
         let known = st
             .readers
@@ -321,7 +321,7 @@ impl LeaseSync {
             if s == PER_THREAD_STREAM && t != me {
                 self.ctx.synchronize()
             } else {
-                self.ctx.order_after(s, self.stream)
+                cuda::order_after(&self.ctx, s, self.stream)
             }
         });
         match ordered {
@@ -460,7 +460,10 @@ impl PyPublisher {
                 .in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            while q.front().is_some_and(|f| f.event.done().unwrap_or(false)) {
+            while q
+                .front()
+                .is_some_and(|f| f.event.is_done().unwrap_or(false))
+            {
                 done.extend(q.pop_front());
             }
         }
@@ -736,7 +739,7 @@ impl PyPublisher {
         };
         let created = py.detach(|| {
             let publisher = CudaPublisher::create(key, format.into(), width, height, options)?;
-            let ctx = Context::retain(publisher.device())?;
+            let ctx = Device::open(publisher.device())?;
             Ok::<_, Error>((publisher, ctx))
         });
         let (publisher, ctx) = created.py()?;
