@@ -175,9 +175,9 @@ pub struct PySubscriber {
     layout: FrameLayout,
 }
 
-/// `CU_STREAM_PER_THREAD` (`cudaStreamPerThread`): a different stream on
-/// every thread.
-const PER_THREAD_STREAM: usize = 2;
+// `CU_STREAM_PER_THREAD` (`cudaStreamPerThread`): a different stream on
+// every thread.
+use cuframes_cuda::raw::PER_THREAD_STREAM;
 
 /// The consumer stream from `consumer_stream=`: one stream that every
 /// frame's wait, copy and release is ordered on, whichever thread takes,
