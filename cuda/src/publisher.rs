@@ -620,11 +620,12 @@ impl CudaPublisher {
             return true;
         };
         let (slots, rows) = self.sync.shape();
+        let stats = ring.stats();
         let mut gone = true;
         let mut dead = Vec::new();
         for row in 0..rows {
             let pending = (0..slots).any(|s| self.sync.released(row, s).is_err());
-            let attached = ring.stats().active().any(|r| r.index == row);
+            let attached = stats.active().any(|r| r.index == row);
             if !pending && !attached {
                 continue;
             }
