@@ -359,6 +359,15 @@ impl CudaPublisher {
         self.ring()
     }
 
+    /// Closes the stream for subscribers (they drain and get `Closed`)
+    /// while this publisher, and so its GPU memory, stays alive: for
+    /// bindings whose views of a slot may outlive the close. Dropping it
+    /// does the rest.
+    pub fn close_ring(&mut self) {
+        self.abort_detached();
+        self.ring_mut().close_keep_mapped();
+    }
+
     /// The export mode in use.
     pub fn export_mode(&self) -> ExportMode {
         self.mode

@@ -90,6 +90,7 @@ impl Writer {
                         open: true,
                         readers: Vec::new(),
                     }),
+                    keep: Mutex::new(None),
                 });
                 g.loan = Some((d.seq, d.slot, sync.clone()));
                 Ok(Loan {
@@ -265,6 +266,9 @@ pub struct LeaseSync {
     stream: usize,
     /// Whether the loan is pending, and who exported what.
     state: Mutex<SyncState>,
+    /// The GPU publisher, kept here when it was closed while views of this
+    /// loan's planes were alive: its memory lives until the last view goes.
+    keep: Mutex<Option<Box<GpuWriter>>>,
 }
 
 /// [`LeaseSync`]'s mutable part.
@@ -882,7 +886,20 @@ impl PyPublisher {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
-            drop(p);
+            if let Some(Writer::Cuda(mut g)) = p {
+                // A loan left open: nothing of it is published. Views of its
+                // planes (tensors made from them) may still be written: the
+                // memory must outlive them, so the publisher waits in the
+                // loan's keeping for the last one to go.
+                if let Some((_, _, sync)) = g.loan.take() {
+                    g.publisher.close_ring();
+                    if Arc::strong_count(&sync) > 1 {
+                        *sync.keep.lock().unwrap_or_else(PoisonError::into_inner) = Some(g);
+                        return;
+                    }
+                }
+                drop(g);
+            }
         });
         // Every copy is complete now: the sources may go.
         let rest = std::mem::take(

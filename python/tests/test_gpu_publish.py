@@ -906,3 +906,20 @@ def test_publish_from_refuses_what_does_not_fit_a_host_stream(key: str) -> None:
         pub.close()
         with pytest.raises(cuframes.CuframesClosedError):
             pub.publish_from(packed)
+
+
+@gpu
+@pytest.mark.parametrize("export", ["ipc", "vmm-fd"])
+def test_plane_views_keep_the_gpu_memory_alive_after_close(cuda: Cuda, key: str, export: str) -> None:
+    """A tensor made from an open loan's plane may be written after the
+    publisher is closed: the memory must still be the slot's (freeing it
+    would let the write land in someone else's memory, or fault)."""
+    pub = gpu_publisher(key, export)
+    lease = pub.loan()
+    view = lease.plane(0)
+    ptr = parse(view.__dlpack__(stream=-1))["data"]
+    pub.close()
+    cuda.fill(ptr, 7, 64, 0)
+    assert cuda.read(ptr, 64) == bytes([7]) * 64
+    del view, lease
+    gc.collect()
