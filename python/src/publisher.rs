@@ -317,9 +317,15 @@ impl LeaseSync {
     /// default stream cannot be named here: the context is synchronised
     /// instead, as is everything when an order cannot be made.
     fn finish(&self) -> cuframes::Result<()> {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        st.open = false;
-        let readers = std::mem::take(&mut st.readers);
+        // Closed and emptied under the lock, then ordered without it: an
+        // export (`use_on`, which may hold the GIL) never waits for a
+        // context synchronise; one already running finished before we got
+        // the lock, and none starts after.
+        let readers = {
+            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.open = false;
+            std::mem::take(&mut st.readers)
+        };
         let me = std::thread::current().id();
         let ordered = readers.iter().try_for_each(|&(s, t)| {
             if s == PER_THREAD_STREAM && t != me {
