@@ -66,6 +66,8 @@ impl<'a> Ring<'a> {
     /// must be the result of validating that mapping's header. No `&mut` and
     /// no `&[u8]` may be formed over the control, slot, index or subscriber
     /// regions for `'a` (other processes change them through atomics).
+    // SAFETY: callers meet the `# Safety` contract above; the body assumes
+    // nothing beyond it.
     #[cfg(not(loom))]
     pub unsafe fn from_segment(base: *const u8, info: &SegmentInfo) -> Self {
         let h = &info.header;

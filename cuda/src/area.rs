@@ -320,6 +320,8 @@ impl AreaInfo {
 ///
 /// # Safety
 /// `ptr` must be valid for reads of `len` bytes.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 pub(crate) unsafe fn snapshot(ptr: *const u8, len: usize) -> Vec<u8> {
     (0..len)
         // SAFETY: in bounds by the caller's guarantee.
@@ -357,6 +359,8 @@ impl SyncTable {
     /// `area` must point to a live, page-aligned backend area laid out as
     /// `header` says (validated by [`parse_area`] or planned here), staying
     /// mapped while the table is used.
+    // SAFETY: callers meet the `# Safety` contract above; the body assumes
+    // nothing beyond it.
     pub unsafe fn new(area: *mut u8, device: u64, header: &AreaHeader) -> SyncTable {
         SyncTable {
             host: area,

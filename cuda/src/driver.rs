@@ -49,6 +49,8 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 /// the code (e.g. `cuDeviceGet: CUDA_ERROR_INVALID_DEVICE (invalid device
 /// ordinal)`).
 pub(crate) fn cuda_error(what: &str, code: sys::CUresult) -> Error {
+    // SAFETY: `f` is one of the driver's error-text lookups (the type is
+    // theirs); the call below passes a valid out-pointer.
     let text = |f: unsafe fn(sys::CUresult, *mut *const std::ffi::c_char) -> sys::CUresult| {
         let mut p: *const std::ffi::c_char = std::ptr::null();
         // SAFETY: the driver writes a pointer to a static NUL-terminated
@@ -264,6 +266,8 @@ impl Device {
     /// `dst` must address `src.len()` writable bytes of device memory of
     /// this context that nothing else writes until the copy has run, and
     /// `stream` must be a live stream of this context.
+    // SAFETY: callers meet the `# Safety` contract above; the body assumes
+    // nothing beyond it.
     pub unsafe fn upload(&self, dst: DevicePtr, src: &[u8], stream: RawStream) -> Result<()> {
         let _g = self.enter()?;
         // SAFETY: the caller vouches for the device range and the stream;
@@ -595,6 +599,8 @@ pub(crate) struct Copy2d {
 /// `c.host` must be valid for `host_pitch * (height - 1) + width` bytes
 /// (writable for device -> host) until the copy completes, and `c.device`
 /// must address as many bytes of device memory in the current context.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 pub(crate) unsafe fn copy_2d(c: &Copy2d, to_device: bool, stream: RawStream) -> Result<()> {
     let host_t = sys::CUmemorytype::CU_MEMORYTYPE_HOST;
     let dev_t = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
@@ -643,6 +649,8 @@ pub(crate) unsafe fn copy_2d(c: &Copy2d, to_device: bool, stream: RawStream) -> 
 /// Both ranges (`pitch * (height - 1) + width` bytes from each pointer)
 /// must be device memory of the current context, the source readable and
 /// the destination writable, until the copy completes.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 pub(crate) unsafe fn copy_2d_device(
     src: DevicePtr,
     src_pitch: usize,

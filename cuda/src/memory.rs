@@ -351,6 +351,8 @@ impl HostRegistration {
     ///
     /// # Safety
     /// The range must stay mapped until the registration is dropped.
+    // SAFETY: callers meet the `# Safety` contract above; the body assumes
+    // nothing beyond it.
     pub unsafe fn new(dev: &Arc<Device>, host: *mut u8, len: usize) -> Result<HostRegistration> {
         let _g = dev.enter()?;
         let flags = sys::CU_MEMHOSTREGISTER_DEVICEMAP | sys::CU_MEMHOSTREGISTER_PORTABLE;

@@ -412,6 +412,8 @@ impl CudaPublisher {
     /// # Safety
     /// `stream` must be a live stream of this device's primary context (or
     /// null for the legacy default stream) and outlive its use here.
+    // SAFETY: callers meet the `# Safety` contract above; the body assumes
+    // nothing beyond it.
     pub unsafe fn set_stream(&mut self, stream: RawStream) {
         self.stream = stream;
     }
@@ -488,6 +490,8 @@ impl CudaPublisher {
     /// # Safety
     /// As for [`CudaWriteLease::copy_from_device`]; `lease` must be the
     /// loan still pending.
+    // SAFETY: callers meet the `# Safety` contract above; the body assumes
+    // nothing beyond it.
     pub unsafe fn copy_from_device_detached(
         &self,
         lease: &CudaDetachedLease,
@@ -821,6 +825,8 @@ impl CudaWriteLease<'_> {
     /// bytes of device memory of this device's primary context, unchanged
     /// until the copy has run (order later writes after the lease's
     /// stream); `src_stream` must be a live stream of that context (or null).
+    // SAFETY: callers meet the `# Safety` contract above; the body assumes
+    // nothing beyond it.
     pub unsafe fn copy_from_device(
         &self,
         src: &[DevicePlane],

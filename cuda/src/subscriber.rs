@@ -186,6 +186,8 @@ impl CudaSubscriber {
     /// # Safety
     /// `stream` must be a live stream of the device's primary context (or
     /// null) while frames are taken and released with it.
+    // SAFETY: callers meet the `# Safety` contract above; the body assumes
+    // nothing beyond it.
     pub unsafe fn set_consumer_stream(&mut self, stream: RawStream) {
         self.stream = stream;
     }

@@ -204,6 +204,8 @@ pub(crate) fn invalid(message: impl Into<String>) -> Error {
 ///
 /// # Safety
 /// `p` is NULL or points to a live `T` not mutated for `'a`.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 pub(crate) unsafe fn arg<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
     // SAFETY: the caller guarantees a non-null `p` is valid for `'a`.
     unsafe { p.as_ref() }.ok_or_else(|| invalid(format!("{what} is NULL")))
@@ -213,6 +215,8 @@ pub(crate) unsafe fn arg<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
 ///
 /// # Safety
 /// `p` is NULL or points to a live `T` not otherwise accessed for `'a`.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 pub(crate) unsafe fn arg_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T> {
     // SAFETY: the caller guarantees a non-null `p` is valid and unaliased for `'a`.
     unsafe { p.as_mut() }.ok_or_else(|| invalid(format!("{what} is NULL")))
@@ -231,6 +235,8 @@ pub(crate) fn out_ptr<T>(p: *mut T, what: &str) -> Result<*mut T> {
 ///
 /// # Safety
 /// `p` is NULL or points to a NUL-terminated string that lives for `'a`.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
     if p.is_null() {
         return Err(invalid(format!("{what} is NULL")));
@@ -245,6 +251,8 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> 
 ///
 /// # Safety
 /// `out` is non-null and writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 pub(crate) unsafe fn hand_out<T>(out: *mut *mut T, v: T) {
     // SAFETY: per the function's contract.
     unsafe { out.write(Box::into_raw(Box::new(v))) };
@@ -254,6 +262,8 @@ pub(crate) unsafe fn hand_out<T>(out: *mut *mut T, v: T) {
 ///
 /// # Safety
 /// `p` is NULL or a pointer from `hand_out::<T>` not yet taken back.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 pub(crate) unsafe fn take_back<T>(p: *mut T) {
     if !p.is_null() {
         // SAFETY: `p` came from `Box::into_raw` and is dropped once.

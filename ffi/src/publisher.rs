@@ -178,6 +178,8 @@ pub extern "C" fn cuframes_publisher_options_init(
 /// # Safety
 /// `key` is NULL or a NUL-terminated string; `options` is NULL or valid;
 /// `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_create(
     key: *const c_char,
@@ -223,6 +225,8 @@ pub unsafe extern "C" fn cuframes_publisher_create(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher; `lease` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_loan(
     publisher: *mut cuframes_publisher_t,
@@ -282,6 +286,8 @@ pub unsafe extern "C" fn cuframes_publisher_loan(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher; `seq` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_commit(
     publisher: *mut cuframes_publisher_t,
@@ -308,6 +314,8 @@ pub unsafe extern "C" fn cuframes_publisher_commit(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_abort(publisher: *mut cuframes_publisher_t) -> c_int {
     call(|| {
@@ -333,6 +341,8 @@ pub unsafe extern "C" fn cuframes_publisher_abort(publisher: *mut cuframes_publi
 /// # Safety
 /// `publisher` is NULL or a live publisher; `data` is NULL or readable for
 /// `len` bytes.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_publish(
     publisher: *mut cuframes_publisher_t,
@@ -359,6 +369,8 @@ pub unsafe extern "C" fn cuframes_publisher_publish(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_packed_size(
     publisher: *const cuframes_publisher_t,
@@ -377,6 +389,8 @@ pub unsafe extern "C" fn cuframes_publisher_packed_size(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher; `stats` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_stats(
     publisher: *const cuframes_publisher_t,
@@ -402,6 +416,8 @@ pub unsafe extern "C" fn cuframes_publisher_stats(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher, not used afterwards.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_destroy(publisher: *mut cuframes_publisher_t) {
     crate::guard((), || {

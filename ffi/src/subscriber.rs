@@ -136,6 +136,8 @@ pub extern "C" fn cuframes_subscriber_options_init(
 /// # Safety
 /// `key` and `name` are NULL or NUL-terminated strings; `options` is NULL
 /// or valid; `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_subscriber_create(
     key: *const c_char,
@@ -171,6 +173,8 @@ pub unsafe extern "C" fn cuframes_subscriber_create(
 ///
 /// # Safety
 /// As for `cuframes_subscriber_next`.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 unsafe fn deliver(
     subscriber: *mut cuframes_subscriber_t,
     frame_out: *mut *mut cuframes_frame_t,
@@ -203,6 +207,8 @@ unsafe fn deliver(
 /// # Safety
 /// `subscriber` is NULL or a live subscriber; `frame_out` is NULL or
 /// writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_subscriber_next(
     subscriber: *mut cuframes_subscriber_t,
@@ -221,6 +227,8 @@ pub unsafe extern "C" fn cuframes_subscriber_next(
 ///
 /// # Safety
 /// As for `cuframes_subscriber_next`.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_subscriber_try_next(
     subscriber: *mut cuframes_subscriber_t,
@@ -244,6 +252,8 @@ pub unsafe extern "C" fn cuframes_subscriber_try_next(
 ///
 /// # Safety
 /// `subscriber` is NULL or a live subscriber; `stats` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_subscriber_stats(
     subscriber: *const cuframes_subscriber_t,
@@ -268,6 +278,8 @@ pub unsafe extern "C" fn cuframes_subscriber_stats(
 ///
 /// # Safety
 /// `subscriber` is NULL or a live subscriber, not used afterwards.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_subscriber_destroy(subscriber: *mut cuframes_subscriber_t) {
     crate::guard((), || {
@@ -280,6 +292,8 @@ pub unsafe extern "C" fn cuframes_subscriber_destroy(subscriber: *mut cuframes_s
 ///
 /// # Safety
 /// `frame` is NULL or a live frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 unsafe fn with_frame<T: Copy>(
     frame: *const cuframes_frame_t,
     fallback: T,
@@ -308,6 +322,8 @@ fn plane(f: &Frame, plane: u32) -> Result<&cuframes::PlaneLayout> {
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_seq(frame: *const cuframes_frame_t) -> u64 {
     // SAFETY: per the contract.
@@ -321,6 +337,8 @@ pub unsafe extern "C" fn cuframes_frame_seq(frame: *const cuframes_frame_t) -> u
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_pts_ns(frame: *const cuframes_frame_t) -> i64 {
     // SAFETY: per the contract.
@@ -334,6 +352,8 @@ pub unsafe extern "C" fn cuframes_frame_pts_ns(frame: *const cuframes_frame_t) -
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_commit_ns(frame: *const cuframes_frame_t) -> u64 {
     // SAFETY: per the contract.
@@ -347,6 +367,8 @@ pub unsafe extern "C" fn cuframes_frame_commit_ns(frame: *const cuframes_frame_t
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_width(frame: *const cuframes_frame_t) -> u32 {
     // SAFETY: per the contract.
@@ -360,6 +382,8 @@ pub unsafe extern "C" fn cuframes_frame_width(frame: *const cuframes_frame_t) ->
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_height(frame: *const cuframes_frame_t) -> u32 {
     // SAFETY: per the contract.
@@ -373,6 +397,8 @@ pub unsafe extern "C" fn cuframes_frame_height(frame: *const cuframes_frame_t) -
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_format(frame: *const cuframes_frame_t) -> u32 {
     // SAFETY: per the contract.
@@ -386,6 +412,8 @@ pub unsafe extern "C" fn cuframes_frame_format(frame: *const cuframes_frame_t) -
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_plane_count(frame: *const cuframes_frame_t) -> u32 {
     // SAFETY: per the contract.
@@ -399,6 +427,8 @@ pub unsafe extern "C" fn cuframes_frame_plane_count(frame: *const cuframes_frame
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_size(frame: *const cuframes_frame_t) -> size_t {
     // SAFETY: per the contract.
@@ -412,6 +442,8 @@ pub unsafe extern "C" fn cuframes_frame_size(frame: *const cuframes_frame_t) -> 
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_data(frame: *const cuframes_frame_t) -> *const u8 {
     // SAFETY: per the contract.
@@ -427,6 +459,8 @@ pub unsafe extern "C" fn cuframes_frame_data(frame: *const cuframes_frame_t) -> 
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_pitch(
     frame: *const cuframes_frame_t,
@@ -445,6 +479,8 @@ pub unsafe extern "C" fn cuframes_frame_pitch(
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_rows(
     frame: *const cuframes_frame_t,
@@ -463,6 +499,8 @@ pub unsafe extern "C" fn cuframes_frame_rows(
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_row_bytes(
     frame: *const cuframes_frame_t,
@@ -480,6 +518,8 @@ pub unsafe extern "C" fn cuframes_frame_row_bytes(
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_plane_data(
     frame: *const cuframes_frame_t,
@@ -502,6 +542,8 @@ pub unsafe extern "C" fn cuframes_frame_plane_data(
 ///
 /// # Safety
 /// `frame` is NULL or a live frame, not used afterwards.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_release(frame: *mut cuframes_frame_t) {
     crate::guard((), || {

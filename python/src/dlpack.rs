@@ -73,6 +73,8 @@ pub struct DlManagedTensor {
     /// The producer's context.
     manager_ctx: *mut c_void,
     /// Frees the tensor.
+    // SAFETY: the DLPack ABI's deleter type (a C function pointer); the
+    // deleters stored here are `delete`, whose contract DLPack meets.
     deleter: Option<unsafe extern "C" fn(*mut DlManagedTensor)>,
 }
 
@@ -93,6 +95,8 @@ pub struct DlManagedTensorVersioned {
     /// The producer's context.
     manager_ctx: *mut c_void,
     /// Frees the tensor.
+    // SAFETY: the DLPack ABI's deleter type (a C function pointer); the
+    // deleters stored here are `delete`, whose contract DLPack meets.
     deleter: Option<unsafe extern "C" fn(*mut DlManagedTensorVersioned)>,
     /// `DLPACK_FLAG_BITMASK_*`.
     flags: u64,
@@ -184,6 +188,8 @@ trait Managed: Sized {
     /// The managed tensor of `spec` with manager context `ctx`.
     fn build(spec: &TensorSpec, ctx: *mut Context) -> Self;
     /// Its deleter.
+    // SAFETY: the DLPack ABI's deleter type (a C function pointer); the
+    // deleters stored here are `delete`, whose contract DLPack meets.
     fn deleter(&self) -> Option<unsafe extern "C" fn(*mut Self)>;
 }
 
@@ -199,6 +205,8 @@ impl Managed for DlManagedTensor {
             deleter: Some(delete::<Self>),
         }
     }
+    // SAFETY: the DLPack ABI's deleter type (a C function pointer); the
+    // deleters stored here are `delete`, whose contract DLPack meets.
     fn deleter(&self) -> Option<unsafe extern "C" fn(*mut Self)> {
         self.deleter
     }
@@ -220,6 +228,8 @@ impl Managed for DlManagedTensorVersioned {
             dl_tensor,
         }
     }
+    // SAFETY: the DLPack ABI's deleter type (a C function pointer); the
+    // deleters stored here are `delete`, whose contract DLPack meets.
     fn deleter(&self) -> Option<unsafe extern "C" fn(*mut Self)> {
         self.deleter
     }
@@ -247,6 +257,8 @@ impl HasContext for DlManagedTensorVersioned {
 /// # Safety
 /// `p` is null or a tensor made by `export` whose deleter was not called
 /// yet (DLPack calls it at most once).
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 unsafe extern "C" fn delete<M: Managed + HasContext>(p: *mut M) {
     if p.is_null() {
         return;
@@ -266,6 +278,8 @@ unsafe extern "C" fn delete<M: Managed + HasContext>(p: *mut M) {
 ///
 /// # Safety
 /// Only Python calls it, once, with the capsule being destroyed.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 unsafe extern "C" fn capsule_destructor<M: Managed>(capsule: *mut ffi::PyObject) {
     // SAFETY: called by Python with a live capsule whose pointer is never
     // null (consumers only rename it), so `GetContext` cannot fail; a

@@ -640,6 +640,8 @@ fn contiguous<'py>(data: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
 ///
 /// # Safety
 /// `dst .. dst + len` must be writable memory nobody else uses meanwhile.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 unsafe fn copy_runs(
     src: &Bound<'_, PyAny>,
     dst: *mut u8,

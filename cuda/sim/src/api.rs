@@ -28,6 +28,9 @@ macro_rules! entry {
     ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         #[no_mangle]
+        // SAFETY: a driver entry point: callers pass pointers as the CUDA
+        // driver API documents them; the body checks what it can (null,
+        // ranges, handles), reports the rest as violations, never unwinds.
         pub unsafe extern "C" fn $name($($a: $t),*) -> CUresult {
             crate::guard(stringify!($name), move || -> R { $body })
         }

@@ -101,6 +101,8 @@ pub extern "C" fn cuframes_cuda_available() -> c_int {
 ///
 /// # Safety
 /// `version` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_driver_version(version: *mut c_int) -> c_int {
     call(|| {
@@ -123,6 +125,8 @@ pub unsafe extern "C" fn cuframes_cuda_driver_version(version: *mut c_int) -> c_
 ///
 /// # Safety
 /// `count` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_device_count(count: *mut u32) -> c_int {
     call(|| {

@@ -203,6 +203,8 @@ pub extern "C" fn cuframes_cuda_publisher_options_init(
 /// # Safety
 /// `key` is NULL or a NUL-terminated string; `options` is NULL or valid;
 /// `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_create(
     key: *const c_char,
@@ -252,6 +254,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_create(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher; `lease` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_loan(
     publisher: *mut cuframes_cuda_publisher_t,
@@ -304,6 +308,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_loan(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher; `seq` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_commit(
     publisher: *mut cuframes_cuda_publisher_t,
@@ -333,6 +339,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_commit(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_abort(
     publisher: *mut cuframes_cuda_publisher_t,
@@ -354,6 +362,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_abort(
 ///
 /// # Safety
 /// `ptrs` and `pitches` are NULL or readable for `count` elements.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 unsafe fn source_planes(
     lease: &CudaDetachedLease,
     ptrs: *const u64,
@@ -412,6 +422,8 @@ unsafe fn source_planes(
 /// of the publisher's device (primary context), unchanged until the copy
 /// has run (order later writes after the lease's stream); `src_stream` is
 /// 0 or a live stream of that context.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_copy_from_device(
     publisher: *mut cuframes_cuda_publisher_t,
@@ -450,6 +462,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_copy_from_device(
 /// # Safety
 /// As for `cuframes_cuda_publisher_copy_from_device`; `seq` is NULL or
 /// writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_publish_from_device(
     publisher: *mut cuframes_cuda_publisher_t,
@@ -504,6 +518,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_publish_from_device(
 /// # Safety
 /// `publisher` is NULL or a live publisher; `data` is NULL or readable for
 /// `len` bytes; `seq` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_publish_from_host(
     publisher: *mut cuframes_cuda_publisher_t,
@@ -552,6 +568,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_publish_from_host(
 /// `publisher` is NULL or a live publisher; `stream` is 0, 1 or a live
 /// stream of the publisher's device's primary context that outlives its
 /// use by this publisher (until another `set_stream` or `destroy`).
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_set_stream(
     publisher: *mut cuframes_cuda_publisher_t,
@@ -580,6 +598,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_set_stream(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_stream(
     publisher: *const cuframes_cuda_publisher_t,
@@ -598,6 +618,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_stream(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_export_mode(
     publisher: *const cuframes_cuda_publisher_t,
@@ -616,6 +638,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_export_mode(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_packed_size(
     publisher: *const cuframes_cuda_publisher_t,
@@ -634,6 +658,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_packed_size(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher; `stats` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_stats(
     publisher: *const cuframes_cuda_publisher_t,
@@ -662,6 +688,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_stats(
 ///
 /// # Safety
 /// `publisher` is NULL or a live publisher, not used afterwards.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_publisher_destroy(
     publisher: *mut cuframes_cuda_publisher_t,

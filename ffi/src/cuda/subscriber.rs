@@ -52,6 +52,8 @@ pub struct cuframes_cuda_frame_t {
 /// is 0, 1 or a live stream of the device's primary context that outlives
 /// its use (the subscriber and the frames taken with it); `options` is
 /// NULL or valid; `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_create(
     key: *const c_char,
@@ -111,6 +113,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_create(
 /// `subscriber` is NULL or a live subscriber; `stream` is 0, 1 or a live
 /// stream of the device's primary context that outlives its use (the
 /// subscriber and the frames taken with it).
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_set_consumer_stream(
     subscriber: *mut cuframes_cuda_subscriber_t,
@@ -134,6 +138,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_set_consumer_stream(
 ///
 /// # Safety
 /// `subscriber` is NULL or a live subscriber.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_consumer_stream(
     subscriber: *const cuframes_cuda_subscriber_t,
@@ -152,6 +158,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_consumer_stream(
 ///
 /// # Safety
 /// `subscriber` is NULL or a live subscriber.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_device(
     subscriber: *const cuframes_cuda_subscriber_t,
@@ -170,6 +178,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_device(
 ///
 /// # Safety
 /// `subscriber` is NULL or a live subscriber.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_export_mode(
     subscriber: *const cuframes_cuda_subscriber_t,
@@ -185,6 +195,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_export_mode(
 ///
 /// # Safety
 /// As for `cuframes_cuda_subscriber_next`.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 unsafe fn deliver(
     subscriber: *mut cuframes_cuda_subscriber_t,
     frame_out: *mut *mut cuframes_cuda_frame_t,
@@ -220,6 +232,8 @@ unsafe fn deliver(
 /// # Safety
 /// `subscriber` is NULL or a live subscriber; `frame_out` is NULL or
 /// writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_next(
     subscriber: *mut cuframes_cuda_subscriber_t,
@@ -239,6 +253,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_next(
 ///
 /// # Safety
 /// As for `cuframes_cuda_subscriber_next`.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_try_next(
     subscriber: *mut cuframes_cuda_subscriber_t,
@@ -261,6 +277,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_try_next(
 ///
 /// # Safety
 /// `subscriber` is NULL or a live subscriber; `stats` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_stats(
     subscriber: *const cuframes_cuda_subscriber_t,
@@ -286,6 +304,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_stats(
 ///
 /// # Safety
 /// `subscriber` is NULL or a live subscriber, not used afterwards.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_subscriber_destroy(
     subscriber: *mut cuframes_cuda_subscriber_t,
@@ -300,6 +320,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_destroy(
 ///
 /// # Safety
 /// `frame` is NULL or a live frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 unsafe fn with_frame<T: Copy>(
     frame: *const cuframes_cuda_frame_t,
     fallback: T,
@@ -327,6 +349,8 @@ fn plane(f: &CudaFrame, plane: u32) -> Result<&cuframes::PlaneLayout> {
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_seq(frame: *const cuframes_cuda_frame_t) -> u64 {
     // SAFETY: per the contract.
@@ -339,6 +363,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_seq(frame: *const cuframes_cuda_fra
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_pts_ns(frame: *const cuframes_cuda_frame_t) -> i64 {
     // SAFETY: per the contract.
@@ -352,6 +378,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_pts_ns(frame: *const cuframes_cuda_
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_commit_ns(frame: *const cuframes_cuda_frame_t) -> u64 {
     // SAFETY: per the contract.
@@ -364,6 +392,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_commit_ns(frame: *const cuframes_cu
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_width(frame: *const cuframes_cuda_frame_t) -> u32 {
     // SAFETY: per the contract.
@@ -376,6 +406,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_width(frame: *const cuframes_cuda_f
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_height(frame: *const cuframes_cuda_frame_t) -> u32 {
     // SAFETY: per the contract.
@@ -388,6 +420,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_height(frame: *const cuframes_cuda_
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_format(frame: *const cuframes_cuda_frame_t) -> u32 {
     // SAFETY: per the contract.
@@ -400,6 +434,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_format(frame: *const cuframes_cuda_
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_plane_count(
     frame: *const cuframes_cuda_frame_t,
@@ -415,6 +451,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_plane_count(
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_device(frame: *const cuframes_cuda_frame_t) -> i32 {
     // SAFETY: per the contract.
@@ -432,6 +470,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_device(frame: *const cuframes_cuda_
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_consumer_stream(
     frame: *const cuframes_cuda_frame_t,
@@ -451,6 +491,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_consumer_stream(
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_device_ptr(
     frame: *const cuframes_cuda_frame_t,
@@ -472,6 +514,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_device_ptr(
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_pitch(
     frame: *const cuframes_cuda_frame_t,
@@ -488,6 +532,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_pitch(
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_rows(
     frame: *const cuframes_cuda_frame_t,
@@ -504,6 +550,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_rows(
 ///
 /// # Safety
 /// `frame` is NULL or a live (unreleased) frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_row_bytes(
     frame: *const cuframes_cuda_frame_t,
@@ -528,6 +576,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_row_bytes(
 /// # Safety
 /// `frame` is NULL or a live frame; `stream` is 0, 1, 2 or a live stream
 /// of the frame's device's primary context that outlives the frame.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_use_on(
     frame: *const cuframes_cuda_frame_t,
@@ -555,6 +605,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_use_on(
 /// # Safety
 /// `frame` is NULL or a live frame; `dst` is NULL or writable for `len`
 /// bytes.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_copy_to_host(
     frame: *const cuframes_cuda_frame_t,
@@ -600,6 +652,8 @@ pub unsafe extern "C" fn cuframes_cuda_frame_copy_to_host(
 ///
 /// # Safety
 /// `frame` is NULL or a live frame, not used afterwards.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_release(frame: *mut cuframes_cuda_frame_t) {
     crate::guard((), || {
