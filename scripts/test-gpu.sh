@@ -41,7 +41,7 @@ for l in sys.stdin:
   fi
   mkdir -p "$KIT/python"
   cp python/tests/conftest.py python/tests/test_gpu.py python/tests/test_gpu_publish.py \
-     python/tests/test_gpu_cross.py python/tests/workers.py python/tests/dlpack_consumer.py "$KIT/python/"
+     python/tests/test_gpu_cross.py python/tests/workers.py python/tests/dlpack_consumer.py python/tests/dlpack_structs.py "$KIT/python/"
   du -sh "$KIT"
   set +e
 }

@@ -32,6 +32,7 @@ import numpy.typing as npt
 import pytest
 
 import cuframes
+from dlpack_structs import DLDataType as _DLDataType, DLDevice as _DLDevice, DLManagedTensor as _DLManagedTensor, DLManagedTensorVersioned as _DLManagedTensorVersioned
 from cuframes import PixelFormat, SubscriberMode
 
 GPU = os.environ.get("CUFRAMES_GPU") == "1"
@@ -286,41 +287,6 @@ def no_driver_misuse() -> Iterator[None]:
 
 
 # --- DLPack, read and produced with ctypes ------------------------------------
-
-
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("device", _DLDevice),
-        ("ndim", ctypes.c_int32),
-        ("dtype", _DLDataType),
-        ("shape", ctypes.POINTER(ctypes.c_int64)),
-        ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("byte_offset", ctypes.c_uint64),
-    ]
-
-
-class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
-
-
-class _DLManagedTensorVersioned(ctypes.Structure):
-    _fields_ = [
-        ("major", ctypes.c_uint32),
-        ("minor", ctypes.c_uint32),
-        ("manager_ctx", ctypes.c_void_p),
-        ("deleter", ctypes.c_void_p),
-        ("flags", ctypes.c_uint64),
-        ("dl_tensor", _DLTensor),
-    ]
 
 
 # Prototypes of our own (other test modules set argtypes on the shared
