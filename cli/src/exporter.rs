@@ -286,7 +286,7 @@ fn encode_streams(
                 let h = &s.info.header;
                 vec![
                     ("key", s.key.clone()),
-                    ("format", s.info.format.name().to_owned()),
+                    ("format", s.info.format_name().to_owned()),
                     ("width", h.layout.width.to_string()),
                     ("height", h.layout.height.to_string()),
                     ("memory", s.info.memory.name().to_owned()),

@@ -87,7 +87,7 @@ fn ls_row(s: &StreamStatus) -> String {
         s.key,
         h.publisher_pid,
         if s.publisher_alive { "yes" } else { "no" },
-        s.info.format.name(),
+        s.info.format_name(),
         format!("{}x{}", h.layout.width, h.layout.height),
         s.info.memory.name(),
         s.fps(),
@@ -154,7 +154,7 @@ pub fn stat(args: &StatArgs) -> Result<()> {
     }
     println!(
         "frames      {} {}x{}, {} planes, {} bytes/slot",
-        s.info.format.name(),
+        s.info.format_name(),
         h.layout.width,
         h.layout.height,
         h.layout.plane_count,
@@ -308,7 +308,7 @@ impl StreamJson {
             key: s.key.clone(),
             state: state_name(s),
             stale: !s.publisher_alive,
-            format: s.info.format.name(),
+            format: s.info.format_name(),
             width: h.layout.width,
             height: h.layout.height,
             memory: s.info.memory.name(),

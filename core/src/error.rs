@@ -145,6 +145,8 @@ pub enum Region {
     Subscribers,
     /// The backend area (slot data or device handles).
     Backend,
+    /// A packet stream's codec configuration.
+    Extradata,
 }
 
 /// Why a frame layout was rejected.
@@ -169,6 +171,10 @@ pub enum LayoutError {
     PlaneBounds(u8),
     /// Arithmetic on sizes overflowed.
     Overflow,
+    /// A packet stream's layout is not the packet form: format, planes and
+    /// pitches zero, `slot_bytes` (the largest packet) in
+    /// 1..=[`MAX_PACKET_BYTES`](crate::packet::MAX_PACKET_BYTES).
+    Packets,
 }
 
 /// Why a segment header was rejected. Every malformed byte pattern maps to
@@ -237,6 +243,7 @@ impl fmt::Display for LayoutError {
             Self::Plane(i) => write!(f, "plane {i}: pitch, rows or row bytes inconsistent"),
             Self::PlaneBounds(i) => write!(f, "plane {i} outside the slot or overlapping"),
             Self::Overflow => f.write_str("size arithmetic overflowed"),
+            Self::Packets => f.write_str("not a packet layout (or packet size out of range)"),
         }
     }
 }

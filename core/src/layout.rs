@@ -15,7 +15,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// First eight bytes of every segment.
 pub const MAGIC: [u8; 8] = *b"CUFRAMES";
 /// Protocol major version: a reader refuses any other.
-pub const VERSION_MAJOR: u16 = 2;
+pub const VERSION_MAJOR: u16 = 3;
 /// Protocol minor version: additions a reader of the same major may ignore.
 pub const VERSION_MINOR: u16 = 0;
 /// Most slots in a ring (slot numbers are packed into 8 bits).
@@ -262,8 +262,50 @@ pub struct SegmentHeader {
     /// Pids are compared only within one namespace; across namespaces
     /// (containers) liveness falls back to the heartbeat.
     pub publisher_pid_ns: u64,
+    /// [`Content`] number: decoded frames or encoded packets.
+    pub content: u32,
+    /// Packet streams: [`Codec`](crate::Codec) number; zero for frames.
+    pub codec: u32,
+    /// Packet streams: offset of the codec configuration (extradata);
+    /// zero when there is none.
+    pub extradata_offset: u64,
+    /// Bytes of the codec configuration.
+    pub extradata_len: u32,
+    /// Zero.
+    pub reserved0: u32,
     /// Zero; room for minor-version additions.
-    pub reserved: [u8; 96],
+    pub reserved: [u8; 72],
+}
+
+/// What a stream carries. A frame subscriber refuses a packet stream and
+/// the reverse (`Incompatible`): the slot bytes mean different things.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Content {
+    /// Decoded frames laid out by the header's [`FrameLayout`].
+    Frames = 1,
+    /// Encoded packets, one per slot, up to `layout.slot_bytes` bytes each
+    /// (see [`PacketMeta`](crate::PacketMeta)).
+    Packets = 2,
+}
+
+impl Content {
+    /// The content for a protocol number.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Frames),
+            2 => Some(Self::Packets),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Frames => "frames",
+            Self::Packets => "packets",
+        }
+    }
 }
 
 /// The live control block (two cache lines: writer-written, reader-written).
@@ -288,15 +330,22 @@ pub struct ControlBlock {
     pub last_commit_ns: AtomicU64,
     /// Publish rate in milli-frames per second (moving average).
     pub rate_mfps: AtomicU64,
-    /// Zero.
-    pub reserved1: AtomicU64,
+    /// Packet streams: payload bytes committed so far (for the bitrate).
+    pub bytes: AtomicU64,
     /// Bumped by subscribers when they free space; the futex a blocked
     /// writer waits on.
     pub space: AtomicU32,
     /// 1 while the writer waits on `space`.
     pub space_waiters: AtomicU32,
+    /// Packet streams: the newest keyframe, packed `seq << 8 | slot`
+    /// (0: none yet). Stored before `head`, so a reader that sees a head
+    /// sees every keyframe up to it here.
+    pub last_key: AtomicU64,
+    /// Packet streams: packets from the keyframe before `last_key` to it
+    /// (the GOP length; 0 until two keyframes were seen).
+    pub gop: AtomicU64,
     /// Zero.
-    pub reserved2: [AtomicU64; 7],
+    pub reserved2: [AtomicU64; 5],
 }
 
 /// One slot's header (one cache line).
@@ -311,10 +360,15 @@ pub struct SlotHeader {
     pub pts_ns: AtomicU64,
     /// Monotonic nanoseconds at commit (for latency).
     pub commit_ns: AtomicU64,
-    /// Application flags.
+    /// Packet streams: [`packet`](crate::packet) flags (keyframe,
+    /// discontinuity); zero for frames.
     pub flags: AtomicU64,
-    /// Zero.
-    pub reserved: [AtomicU64; 3],
+    /// Packet streams: decode timestamp, nanoseconds (`i64` bits).
+    pub dts_ns: AtomicU64,
+    /// Packet streams: duration, nanoseconds (0: unknown).
+    pub duration_ns: AtomicU64,
+    /// Packet streams: payload bytes (at most `layout.slot_bytes`).
+    pub len: AtomicU64,
 }
 
 /// One subscriber's record (two cache lines).
@@ -365,11 +419,15 @@ pub type IndexEntry = AtomicU64;
 const _: () = assert!(core::mem::size_of::<SegmentHeader>() == 384);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, layout) == 160);
 const _: () = assert!(core::mem::offset_of!(SegmentHeader, publisher_pid_ns) == 280);
-const _: () = assert!(core::mem::offset_of!(SegmentHeader, reserved) == 288);
+const _: () = assert!(core::mem::offset_of!(SegmentHeader, content) == 288);
+const _: () = assert!(core::mem::offset_of!(SegmentHeader, extradata_offset) == 296);
+const _: () = assert!(core::mem::offset_of!(SegmentHeader, reserved) == 312);
 #[cfg(not(loom))]
 const _: () = {
     assert!(core::mem::size_of::<ControlBlock>() == 128);
     assert!(core::mem::offset_of!(ControlBlock, space) == 64);
+    assert!(core::mem::offset_of!(ControlBlock, last_key) == 72);
+    assert!(core::mem::offset_of!(SlotHeader, dts_ns) == 40);
     assert!(core::mem::size_of::<SlotHeader>() == 64);
     assert!(core::mem::size_of::<SubscriberRecord>() == 128);
     assert!(core::mem::offset_of!(SubscriberRecord, name) == 72);
@@ -412,9 +470,9 @@ macro_rules! zeroed_atomics {
 
 zeroed_atomics!(ControlBlock {
     head, notify, waiters, state, reserved0, heartbeat_ns, published, last_commit_ns,
-    rate_mfps, reserved1, space, space_waiters; reserved2
+    rate_mfps, bytes, space, space_waiters, last_key, gop; reserved2
 });
-zeroed_atomics!(SlotHeader { lease, seq, pts_ns, commit_ns, flags; reserved });
+zeroed_atomics!(SlotHeader { lease, seq, pts_ns, commit_ns, flags, dts_ns, duration_ns, len; });
 zeroed_atomics!(SubscriberRecord {
     state, mode, max_held, pid, held, start_time, heartbeat_ns, cursor,
     last_seq, received, dropped, pid_ns, evictions, waiting, reserved; name

@@ -49,6 +49,7 @@ extern crate std;
 mod error;
 mod format;
 mod layout;
+pub mod packet;
 mod reader;
 mod registry;
 mod ring;
@@ -63,14 +64,15 @@ mod tests;
 pub use error::{ErrorCode, LayoutError, Region, ValidateError};
 pub use format::{FrameLayout, PixelFormat, PlaneLayout, MAX_DIMENSION, MAX_PLANES};
 pub use layout::{
-    lossless_cursor, pack, record, state, unpack, ControlBlock, IndexEntry, LosslessPolicy,
-    MemoryKind, Mode, SegmentHeader, SlotHeader, SubscriberRecord, CACHE_LINE, EVICTED, MAGIC,
-    MAX_SEQ, MAX_SLOTS, MAX_SUBSCRIBERS, NAME_LEN, NO_CURSOR, PAGE, VERSION_MAJOR, VERSION_MINOR,
-    WRITER,
+    lossless_cursor, pack, record, state, unpack, Content, ControlBlock, IndexEntry,
+    LosslessPolicy, MemoryKind, Mode, SegmentHeader, SlotHeader, SubscriberRecord, CACHE_LINE,
+    EVICTED, MAGIC, MAX_SEQ, MAX_SLOTS, MAX_SUBSCRIBERS, NAME_LEN, NO_CURSOR, PAGE, VERSION_MAJOR,
+    VERSION_MINOR, WRITER,
 };
+pub use packet::{Codec, CommitError, PacketMeta};
 pub use reader::{ReadError, ReadGrant};
 pub use registry::{RecordToken, Register, RegisterError, Subscription};
 pub use ring::{Ring, RingRef, Wake};
-pub use segment::{index_len_for, Backend, Identity, RingParams, SegmentInfo};
+pub use segment::{index_len_for, Backend, Identity, PacketParams, RingParams, SegmentInfo};
 pub use stats::{RingStats, SubscriberStats};
 pub use writer::{Committed, LoanError, WriteGrant, Writer};

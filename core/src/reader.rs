@@ -56,6 +56,7 @@ pub struct ReadGrant<H: RingRef> {
     seq: u64,
     pts_ns: i64,
     commit_ns: u64,
+    meta: crate::PacketMeta,
 }
 
 impl<H: RingRef> ReadGrant<H> {
@@ -79,10 +80,20 @@ impl<H: RingRef> ReadGrant<H> {
         crate::sync::crash_point(); // A1 done
         let bit = 1u64 << token.index;
         let mut withdrew = false;
-        let got = match token.mode {
-            Mode::NewestOnly => r.acquire_newest(rec, bit, &mut withdrew),
-            Mode::Queue => r.acquire_queue(rec, bit, &mut withdrew),
+        let got = match (token.mode, r.is_packets()) {
+            (Mode::NewestOnly, false) => r.acquire_newest(rec, bit, &mut withdrew),
+            (Mode::NewestOnly, true) => r.acquire_packet_newest(rec, bit, &mut withdrew),
+            (Mode::Queue, _) => r.acquire_queue(rec, bit, &mut withdrew),
         };
+        let got = got.and_then(|(slot, seq)| {
+            // A packet longer than its slot is hostile memory: give it back.
+            let len = r.slots[slot as usize].len.load(Relaxed);
+            if r.packet_max.is_some_and(|max| len > max) {
+                r.withdraw(slot, bit, &mut withdrew);
+                return Err(ReadError::Corrupt);
+            }
+            Ok((slot, seq))
+        });
         // A withdrawn probe may have made the writer's CAS fail: tell a
         // waiting writer, so it rescans now rather than after its nap.
         if withdrew && r.bump_space() {
@@ -101,7 +112,15 @@ impl<H: RingRef> ReadGrant<H> {
         rec.last_seq.store(seq, Relaxed);
         let s = &r.slots[slot as usize];
         let (pts_ns, commit_ns) = (s.pts_ns.load(Relaxed) as i64, s.commit_ns.load(Relaxed));
+        let meta = crate::PacketMeta {
+            len: s.len.load(Relaxed),
+            pts_ns,
+            dts_ns: s.dts_ns.load(Relaxed) as i64,
+            duration_ns: s.duration_ns.load(Relaxed),
+            flags: s.flags.load(Relaxed),
+        };
         Ok(Self {
+            meta,
             bit,
             record: token.index,
             generation: token.generation,
@@ -132,6 +151,22 @@ impl<H: RingRef> ReadGrant<H> {
     /// The ring handle.
     pub fn handle(&self) -> &H {
         &self.ring
+    }
+    /// Packet rings: the packet's metadata as committed (zero for frames).
+    pub fn packet(&self) -> &crate::PacketMeta {
+        &self.meta
+    }
+    /// Packet rings: payload bytes.
+    pub fn len(&self) -> u64 {
+        self.meta.len
+    }
+    /// Packet rings: whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.meta.len == 0
+    }
+    /// Packet rings: whether the packet is a keyframe.
+    pub fn is_key(&self) -> bool {
+        self.meta.is_key()
     }
 
     /// Releases the frame; its slot may be reused.
@@ -188,7 +223,7 @@ impl Ring<'_> {
     /// is skipped without setting the bit, so a stale lookup rarely costs
     /// the writer a failed CAS; `withdrew` tells the caller when a bit was
     /// set and taken back.
-    fn try_hold(
+    pub(crate) fn try_hold(
         &self,
         slot: u32,
         seq: u64,
@@ -212,10 +247,15 @@ impl Ring<'_> {
             crate::sync::crash_point(); // T2: held
             return Ok(true);
         }
-        s.lease.fetch_and(!bit, Release);
+        self.withdraw(slot, bit, withdrew);
+        Ok(false)
+    }
+
+    /// Takes back a reader's bit set by [`try_hold`](Self::try_hold).
+    pub(crate) fn withdraw(&self, slot: u32, bit: u64, withdrew: &mut bool) {
+        self.slots[slot as usize].lease.fetch_and(!bit, Release);
         crate::sync::crash_point(); // T3 done: withdrawn
         *withdrew = true;
-        Ok(false)
     }
 
     fn acquire_newest(
@@ -274,22 +314,32 @@ impl Ring<'_> {
             }
             let entry = self.index[(want as usize) & (self.index.len() - 1)].load(Acquire);
             let (seq, slot) = unpack(entry);
-            if seq == want && self.try_hold(slot, want, bit, withdrew)? {
-                // If this fails we were evicted after reading the cursor: the
-                // frame is held all the same; the next read reports it.
-                let _ = rec.cursor.compare_exchange(want, want + 1, SeqCst, Relaxed);
-                crate::sync::crash_point(); // Q4 done
-                return Ok((slot, want));
+            // A packet is taken only where a decoder can go on from.
+            let last = rec.last_seq.load(Relaxed);
+            let packets = self.is_packets();
+            let ok = |flags| !packets || Self::continues(last, want, flags);
+            if seq == want {
+                if let Some(got) = self.hold_if(slot, want, bit, withdrew, ok)? {
+                    // If this fails we were evicted after reading the cursor:
+                    // the frame is held all the same; the next read reports it.
+                    let _ = rec.cursor.compare_exchange(want, want + 1, SeqCst, Relaxed);
+                    crate::sync::crash_point(); // Q4 done
+                    return Ok(got);
+                }
             }
             // Frame `want` was overwritten (drop-oldest): skip to the oldest
-            // frame still present, counting what was lost.
-            let oldest = self
-                .slots
-                .iter()
-                .map(|s| s.seq.load(Acquire))
-                .filter(|&s| s > want && s <= head)
-                .min()
-                .unwrap_or(head);
+            // frame still present, counting what was lost. Packets skip to
+            // the oldest keyframe present, or past the head to wait for one.
+            let oldest = if packets {
+                self.next_key_after(want, head).unwrap_or(head + 1)
+            } else {
+                self.slots
+                    .iter()
+                    .map(|s| s.seq.load(Acquire))
+                    .filter(|&s| s > want && s <= head)
+                    .min()
+                    .unwrap_or(head)
+            };
             if rec
                 .cursor
                 .compare_exchange(want, oldest, SeqCst, Relaxed)

@@ -200,7 +200,11 @@ impl Ring<'_> {
         let mut pinned = 1;
         for _ in 0..1024 {
             let (seq, _) = self.head();
-            pinned = seq.max(1);
+            pinned = if self.is_packets() {
+                self.packet_start(r, seq)
+            } else {
+                seq.max(1)
+            };
             r.cursor.store(pinned, SeqCst);
             crate::sync::crash_point(); // R6 cursor stored
                                         // Store-load order between our cursor store and the head

@@ -28,6 +28,8 @@ pub struct Ring<'a> {
     pub(crate) index: &'a [IndexEntry],
     pub(crate) subs: &'a [SubscriberRecord],
     pub(crate) policy: LosslessPolicy,
+    /// Packet rings: the largest packet (`layout.slot_bytes`).
+    pub(crate) packet_max: Option<u64>,
 }
 
 impl<'a> Ring<'a> {
@@ -55,7 +57,15 @@ impl<'a> Ring<'a> {
             index,
             subs,
             policy,
+            packet_max: None,
         })
+    }
+
+    /// Makes this a packet ring whose packets are at most `max_len` bytes
+    /// (see [`packet`](crate::packet)).
+    pub fn for_packets(mut self, max_len: u64) -> Self {
+        self.packet_max = Some(max_len);
+        self
     }
 
     /// Cuts the live structures out of a mapped segment.
@@ -94,6 +104,7 @@ impl<'a> Ring<'a> {
                     h.subscriber_capacity as usize,
                 ),
                 policy: info.policy,
+                packet_max: (info.content == Content::Packets).then_some(h.layout.slot_bytes),
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Planning a segment (publisher side) and validating one (everyone else).
 
-use crate::error::{Region, ValidateError};
+use crate::error::{LayoutError, Region, ValidateError};
 use crate::format::{FrameLayout, PixelFormat};
 use crate::layout::*;
+use crate::packet::{Codec, MAX_EXTRADATA, MAX_PACKET_BYTES};
 use core::mem::size_of;
 use zerocopy::FromBytes;
 
@@ -82,7 +83,79 @@ pub fn index_len_for(slot_count: u32) -> u32 {
     (slot_count.max(1) * 2).next_power_of_two()
 }
 
+/// What a packet stream carries, chosen by its publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketParams {
+    /// The codec.
+    pub codec: Codec,
+    /// Largest packet, bytes (1..=[`MAX_PACKET_BYTES`]).
+    pub max_packet: u64,
+    /// Bytes of codec configuration (extradata) to make room for.
+    pub extradata_len: u32,
+    /// Coded width, if known (informational; 0 unknown).
+    pub width: u32,
+    /// Coded height, if known (informational; 0 unknown).
+    pub height: u32,
+}
+
+impl PacketParams {
+    /// The [`FrameLayout`] a packet stream stores: no format, no planes,
+    /// `slot_bytes` the largest packet.
+    pub fn layout(&self) -> FrameLayout {
+        FrameLayout {
+            format: 0,
+            width: self.width,
+            height: self.height,
+            plane_count: 0,
+            planes: Default::default(),
+            slot_bytes: self.max_packet,
+        }
+    }
+}
+
+fn check_packet_layout(l: &FrameLayout) -> Result<(), LayoutError> {
+    let zero_planes = l.planes.iter().all(|p| *p == Default::default());
+    if l.format != 0
+        || l.plane_count != 0
+        || !zero_planes
+        || !(1..=MAX_PACKET_BYTES).contains(&l.slot_bytes)
+        || l.width > crate::format::MAX_DIMENSION
+        || l.height > crate::format::MAX_DIMENSION
+    {
+        return Err(LayoutError::Packets);
+    }
+    Ok(())
+}
+
 impl SegmentHeader {
+    /// Lays out a packet stream (host memory): as [`plan`](Self::plan), with
+    /// one packet of up to `packets.max_packet` bytes per slot and room for
+    /// the codec configuration after the subscriber table.
+    ///
+    /// ```
+    /// use cuframes_core::{Codec, Content, Identity, PacketParams, RingParams, SegmentHeader, SegmentInfo};
+    /// let p = PacketParams { codec: Codec::H264, max_packet: 1 << 20, extradata_len: 40, width: 0, height: 0 };
+    /// let h = SegmentHeader::plan_packets(&p, &RingParams::default(), &Identity::default()).unwrap();
+    /// let info = SegmentInfo::check(h, h.segment_len).unwrap();
+    /// assert_eq!((info.content, info.codec, info.format), (Content::Packets, Some(Codec::H264), None));
+    /// ```
+    pub fn plan_packets(
+        packets: &PacketParams,
+        ring: &RingParams,
+        who: &Identity,
+    ) -> Result<SegmentHeader, ValidateError> {
+        check_packet_layout(&packets.layout())?;
+        if packets.extradata_len > MAX_EXTRADATA {
+            return Err(ValidateError::OutOfBounds(Region::Extradata));
+        }
+        let content = (
+            Content::Packets,
+            packets.codec as u32,
+            packets.extradata_len,
+        );
+        Self::plan_with(&packets.layout(), content, ring, &Backend::HOST, who)
+    }
+
     /// Lays out a segment: fixed header, control block, slot table, index
     /// ring, subscriber table, then the page-aligned backend area.
     ///
@@ -103,6 +176,16 @@ impl SegmentHeader {
         who: &Identity,
     ) -> Result<SegmentHeader, ValidateError> {
         layout.validate()?;
+        Self::plan_with(layout, (Content::Frames, 0, 0), ring, backend, who)
+    }
+
+    fn plan_with(
+        layout: &FrameLayout,
+        (content, codec, extradata_len): (Content, u32, u32),
+        ring: &RingParams,
+        backend: &Backend,
+        who: &Identity,
+    ) -> Result<SegmentHeader, ValidateError> {
         check_counts(ring.slot_count, ring.subscriber_capacity)?;
         let overflow = ValidateError::OutOfBounds(Region::Backend);
         let index_len = index_len_for(ring.slot_count);
@@ -111,8 +194,14 @@ impl SegmentHeader {
         let index_offset = slots_offset + u64::from(ring.slot_count) * SLOT_LEN;
         let subscribers_offset =
             align_up(index_offset + u64::from(index_len) * 8, CACHE_LINE).ok_or(overflow)?;
+        let extradata_offset = match extradata_len {
+            0 => 0,
+            _ => subscribers_offset + u64::from(ring.subscriber_capacity) * RECORD_LEN,
+        };
         let backend_offset = align_up(
-            subscribers_offset + u64::from(ring.subscriber_capacity) * RECORD_LEN,
+            subscribers_offset
+                + u64::from(ring.subscriber_capacity) * RECORD_LEN
+                + u64::from(extradata_len),
             PAGE,
         )
         .ok_or(overflow)?;
@@ -159,7 +248,12 @@ impl SegmentHeader {
             flags: 0,
             layout: *layout,
             publisher_pid_ns: who.pid_ns,
-            reserved: [0; 96],
+            content: content as u32,
+            codec,
+            extradata_offset,
+            extradata_len,
+            reserved0: 0,
+            reserved: [0; 72],
         };
         // The planner and the validator must agree: one definition of "well formed".
         SegmentInfo::check(header, segment_len)?;
@@ -192,8 +286,12 @@ fn check_counts(slots: u32, subscribers: u32) -> Result<(), ValidateError> {
 pub struct SegmentInfo {
     /// The validated header (a private copy: shared memory is not re-read).
     pub header: SegmentHeader,
-    /// Decoded pixel format.
-    pub format: PixelFormat,
+    /// What the stream carries.
+    pub content: Content,
+    /// Decoded pixel format (frame streams).
+    pub format: Option<PixelFormat>,
+    /// Decoded codec (packet streams).
+    pub codec: Option<Codec>,
     /// Decoded memory kind.
     pub memory: MemoryKind,
     /// Decoded lossless policy.
@@ -253,7 +351,26 @@ impl SegmentInfo {
             .ok_or(ValidateError::UnknownValue("memory_kind"))?;
         let policy = LosslessPolicy::from_u32(h.lossless_policy)
             .ok_or(ValidateError::UnknownValue("lossless_policy"))?;
-        let format = h.layout.validate()?;
+        let content = Content::from_u32(h.content).ok_or(ValidateError::UnknownValue("content"))?;
+        let (format, codec) = match content {
+            Content::Frames => {
+                if h.codec != 0 || h.extradata_len != 0 || h.extradata_offset != 0 {
+                    return Err(ValidateError::UnknownValue("codec"));
+                }
+                (Some(h.layout.validate()?), None)
+            }
+            Content::Packets => {
+                check_packet_layout(&h.layout)?;
+                if memory != MemoryKind::Host {
+                    return Err(ValidateError::UnknownValue("memory_kind"));
+                }
+                let codec = Codec::from_u32(h.codec).ok_or(ValidateError::UnknownValue("codec"))?;
+                if h.extradata_len > MAX_EXTRADATA {
+                    return Err(ValidateError::OutOfBounds(Region::Extradata));
+                }
+                (None, Some(codec))
+            }
+        };
 
         let mut regions = [
             (Region::Header, 0, size_of::<SegmentHeader>() as u64, 8),
@@ -272,8 +389,20 @@ impl SegmentInfo {
                 CACHE_LINE,
             ),
             (Region::Backend, h.backend_offset, h.backend_len, PAGE),
+            (
+                Region::Extradata,
+                h.extradata_offset,
+                u64::from(h.extradata_len),
+                1,
+            ),
         ];
-        for &(region, offset, len, align) in &regions {
+        // Without extradata the region is empty and takes no place.
+        let regions = match (h.extradata_len, h.extradata_offset) {
+            (0, 0) => &mut regions[..6],
+            (0, _) => return Err(ValidateError::OutOfBounds(Region::Extradata)),
+            _ => &mut regions[..],
+        };
+        for &(region, offset, len, align) in regions.iter() {
             let end = offset
                 .checked_add(len)
                 .ok_or(ValidateError::OutOfBounds(region))?;
@@ -303,10 +432,32 @@ impl SegmentInfo {
         }
         Ok(SegmentInfo {
             header,
+            content,
             format,
+            codec,
             memory,
             policy,
         })
+    }
+
+    /// Name of what each slot holds: the pixel format of a frame stream,
+    /// the codec of a packet stream.
+    pub fn format_name(&self) -> &'static str {
+        match (self.format, self.codec) {
+            (Some(f), _) => f.name(),
+            (_, Some(c)) => c.name(),
+            _ => "?",
+        }
+    }
+
+    /// Byte range of the codec configuration inside the segment (empty
+    /// when there is none).
+    pub fn extradata_range(&self) -> (u64, u64) {
+        let h = &self.header;
+        (
+            h.extradata_offset,
+            h.extradata_offset + u64::from(h.extradata_len),
+        )
     }
 
     /// Byte range of slot `i`'s data inside the segment (host memory only).
@@ -340,7 +491,7 @@ mod tests {
     fn planned_segment_validates() {
         let (h, len) = sample();
         let info = SegmentInfo::check(h, len).unwrap();
-        assert_eq!(info.format, PixelFormat::Nv12);
+        assert_eq!(info.format, Some(PixelFormat::Nv12));
         assert_eq!(info.header.backend_offset % PAGE, 0);
         let (s, e) = info.host_slot_range(7).unwrap();
         assert!(e <= len && s >= info.header.backend_offset);

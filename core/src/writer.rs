@@ -2,6 +2,7 @@
 //! let it drop (abort).
 
 use crate::layout::*;
+use crate::packet::{CommitError, PacketMeta};
 use crate::ring::{RingRef, Wake};
 use crate::sync::Ordering::*;
 
@@ -144,7 +145,43 @@ impl<H: RingRef> Writer<H> {
     /// Publishes the slot loaned by [`begin`](Self::begin); `None` if none is.
     pub fn commit_pending(&mut self, pts_ns: i64, now_ns: u64) -> Option<Committed> {
         let slot = self.pending.take()?;
-        Some(self.publish(slot, pts_ns, now_ns))
+        let frame = PacketMeta {
+            pts_ns,
+            ..PacketMeta::default()
+        };
+        Some(self.publish(slot, &frame, now_ns))
+    }
+
+    /// Publishes the slot loaned by [`begin`](Self::begin) as a packet of
+    /// a packet ring (see [`packet`](crate::packet)). On error the loan
+    /// stays pending.
+    ///
+    /// ```
+    /// # use cuframes_core::*;
+    /// # let ctl = ControlBlock::new();
+    /// # let slots: Vec<SlotHeader> = (0..4).map(|_| SlotHeader::new()).collect();
+    /// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+    /// # let subs: Vec<SubscriberRecord> = (0..2).map(|_| SubscriberRecord::new()).collect();
+    /// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap().for_packets(1000);
+    /// let mut writer = Writer::new(&ring);
+    /// writer.begin().unwrap();
+    /// let big = PacketMeta { len: 1001, ..Default::default() };
+    /// assert_eq!(writer.commit_packet(&big, 0), Err(CommitError::TooLarge { len: 1001, max: 1000 }));
+    /// let key = PacketMeta { len: 1000, flags: packet::KEY, ..Default::default() };
+    /// assert_eq!(writer.commit_packet(&key, 0).unwrap().seq, 1);
+    /// assert_eq!(ring.last_key().0, 1);
+    /// ```
+    pub fn commit_packet(
+        &mut self,
+        meta: &PacketMeta,
+        now_ns: u64,
+    ) -> Result<Committed, CommitError> {
+        let max = self.ring.ring().packet_max.ok_or(CommitError::NotPackets)?;
+        if meta.len > max {
+            return Err(CommitError::TooLarge { len: meta.len, max });
+        }
+        let slot = self.pending.take().ok_or(CommitError::NoLoan)?;
+        Ok(self.publish(slot, meta, now_ns))
     }
 
     /// Gives back the slot loaned by [`begin`](Self::begin) unpublished;
@@ -311,15 +348,26 @@ struct Candidates {
 }
 
 impl<H: RingRef> Writer<H> {
-    fn publish(&mut self, slot: u32, pts_ns: i64, now_ns: u64) -> Committed {
+    fn publish(&mut self, slot: u32, meta: &PacketMeta, now_ns: u64) -> Committed {
         let seq = self.next_seq;
         let ring = self.ring.ring();
         let s = &ring.slots[slot as usize];
-        s.pts_ns.store(pts_ns as u64, Relaxed);
+        s.pts_ns.store(meta.pts_ns as u64, Relaxed);
         s.commit_ns.store(now_ns, Relaxed);
+        s.flags.store(meta.flags, Relaxed);
+        s.dts_ns.store(meta.dts_ns as u64, Relaxed);
+        s.duration_ns.store(meta.duration_ns, Relaxed);
+        s.len.store(meta.len, Relaxed);
         s.seq.store(seq, Relaxed);
         let word = pack(seq, slot);
         ring.index[(seq as usize) & (ring.index.len() - 1)].store(word, Release);
+        if meta.is_key() {
+            let (prev, _) = unpack(ring.ctl.last_key.swap(word, Release));
+            if prev != 0 {
+                ring.ctl.gop.store(seq - prev, Relaxed);
+            }
+        }
+        ring.ctl.bytes.fetch_add(meta.len, Relaxed);
         // Release: the frame's bytes and header happen-before any reader
         // whose acquiring fetch_or sees WRITER clear.
         s.lease.fetch_and(!WRITER, Release);

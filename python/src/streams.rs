@@ -41,7 +41,7 @@ fn status_dict<'py>(py: Python<'py>, s: &StreamStatus) -> PyResult<Bound<'py, Py
     d.set_item("key", &s.key)?;
     d.set_item("publisher_pid", h.publisher_pid)?;
     d.set_item("publisher_alive", s.publisher_alive)?;
-    d.set_item("format", s.info.format.name())?;
+    d.set_item("format", s.info.format_name())?;
     d.set_item("width", h.layout.width)?;
     d.set_item("height", h.layout.height)?;
     d.set_item("memory", s.info.memory.name())?;

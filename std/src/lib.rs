@@ -33,6 +33,7 @@ mod key;
 mod liveness;
 mod mapping;
 mod ofd;
+mod packets;
 mod publisher;
 mod reconnect;
 mod streams;
@@ -42,11 +43,12 @@ pub mod testsrc;
 
 pub use cuframes_core as core;
 pub use cuframes_core::{
-    ErrorCode, FrameLayout, LosslessPolicy, MemoryKind, Mode, PixelFormat, PlaneLayout, RingStats,
-    SubscriberStats as RecordStats,
+    packet, Codec, Content, ErrorCode, FrameLayout, LosslessPolicy, MemoryKind, Mode, PacketMeta,
+    PixelFormat, PlaneLayout, RingStats, SubscriberStats as RecordStats,
 };
 pub use error::{Error, Result};
 pub use key::{shm_dir, validate_key, MAX_KEY_LEN};
+pub use packets::{Packet, PacketLease, PacketPublisher, PacketStream, PacketSubscriber};
 pub use publisher::{DetachedLease, MappingGuard, Publisher, PublisherOptions, WriteLease};
 pub use reconnect::ReconnectingSubscriber;
 pub use streams::{list_streams, stream_status, StreamStatus};

@@ -317,11 +317,52 @@ impl Shared {
         &mut self,
         init: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<()> {
-        let (ptr, len) = self.backend_area();
+        let h = &self.info.header;
+        self.with_private_range((h.backend_offset, h.backend_len), init)
+    }
+
+    /// Writes a packet stream's codec configuration before install.
+    pub(crate) fn write_extradata(&mut self, extradata: &[u8]) -> Result<()> {
+        let (start, end) = self.info.extradata_range();
+        self.with_private_range((start, end - start), |area| {
+            area.copy_from_slice(extradata);
+            Ok(())
+        })
+    }
+
+    /// Runs `init` over `(offset, len)`, a region validation proved in the
+    /// mapping and outside the live structures, of a segment that is not
+    /// yet installed (only this process can see it).
+    fn with_private_range(
+        &mut self,
+        (offset, len): (u64, u64),
+        init: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        debug_assert!(self.temporary);
         // SAFETY: the segment file is still under its private temporary
         // name, so no other process maps it; `&mut self` excludes other users
-        // in this process; validation proved the area lies in the mapping.
-        init(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+        // in this process; callers pass a region validation proved lies in
+        // the mapping and overlaps no live structure.
+        init(unsafe {
+            std::slice::from_raw_parts_mut(self.map.base().add(offset as usize), len as usize)
+        })
+    }
+
+    /// A copy of a packet stream's codec configuration (empty for frames).
+    pub(crate) fn extradata(&self) -> Vec<u8> {
+        let (start, end) = self.info.extradata_range();
+        let mut out = vec![0u8; (end - start) as usize];
+        // SAFETY: validation proved [start, end) lies in the mapping; it is
+        // written once before the segment is installed, and a byte copy of
+        // memory a hostile peer might change yields only wrong bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.base().add(start as usize),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        };
+        out
     }
 
     /// Start and length of the backend area.

@@ -6,8 +6,8 @@ use crate::mapping::Shared;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
 use cuframes_core::{
-    Backend, FrameLayout, Identity, LoanError, LosslessPolicy, RingParams, RingRef, SegmentHeader,
-    WriteGrant, Writer,
+    Backend, Content, FrameLayout, Identity, LoanError, LosslessPolicy, RingParams, RingRef,
+    SegmentHeader, ValidateError, WriteGrant, Writer,
 };
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
@@ -82,7 +82,7 @@ impl Default for PublisherOptions {
 /// assert_eq!(seq, 2);
 /// ```
 pub struct Publisher {
-    writer: Writer<Arc<Shared>>,
+    pub(crate) writer: Writer<Arc<Shared>>,
     key: String,
     layout: FrameLayout,
     block_timeout: Duration,
@@ -115,6 +115,26 @@ impl Publisher {
         backend: Backend,
         init: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<Self> {
+        layout
+            .validate()
+            .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        Self::create_planned(
+            key,
+            options,
+            |ring, who| SegmentHeader::plan(&layout, ring, &backend, who),
+            |shared| shared.with_private_backend(init),
+        )
+    }
+
+    /// Creates a stream from a planned header: `plan` lays the segment out,
+    /// `init` fills its private parts before it becomes visible. Frame and
+    /// packet streams differ only in these two.
+    pub(crate) fn create_planned(
+        key: &str,
+        options: PublisherOptions,
+        plan: impl FnOnce(&RingParams, &Identity) -> Result<SegmentHeader, ValidateError>,
+        init: impl FnOnce(&mut Shared) -> Result<()>,
+    ) -> Result<Self> {
         validate_key(key)?;
         if options.mode & 0o007 != 0 || options.mode & 0o600 != 0o600 {
             return Err(Error::new(
@@ -125,9 +145,6 @@ impl Publisher {
                 ),
             ));
         }
-        layout
-            .validate()
-            .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
         let lock = lock_key(key, options.mode)?;
         let ring = RingParams {
             slot_count: options.slot_count,
@@ -142,15 +159,16 @@ impl Publisher {
             created_unix_ns: sys::unix_ns(),
             pid_ns: sys::own_pid_ns(),
         };
-        let header = SegmentHeader::plan(&layout, &ring, &backend, &who)
-            .map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        let header =
+            plan(&ring, &who).map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        let layout = header.layout;
         let mut shared = Shared::create(key, &header, options.mode)?;
         // Held for the publisher's life; subscribers in any pid namespace
         // see it dropped by the kernel the moment this process dies.
         shared.lock_publisher()?;
         // Everything is in place before the rename makes it visible: no
         // subscriber ever sees a half-made stream.
-        shared.with_private_backend(init)?;
+        init(&mut shared)?;
         shared
             .ring()
             .control()
@@ -164,7 +182,7 @@ impl Publisher {
             key,
             epoch = format_args!("{:016x}", who.epoch),
             pid = who.pid,
-            format = info.format.name(),
+            format = info.format_name(),
             width = layout.width,
             height = layout.height,
             slots = options.slot_count,
@@ -212,7 +230,14 @@ impl Publisher {
     }
 
     fn require_host(&self) -> Result<()> {
-        match self.segment_info().memory {
+        let info = self.segment_info();
+        if info.content != Content::Frames {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "this stream carries packets: write them through the packet publisher",
+            ));
+        }
+        match info.memory {
             cuframes_core::MemoryKind::Host => Ok(()),
             m => Err(Error::new(
                 ErrorCode::InvalidArgument,
@@ -248,7 +273,7 @@ impl Publisher {
     /// Waits for a slot and takes it, as a pending loan of the writer. A
     /// slot seen free can be lost to a reader's momentary probe before the
     /// writer takes it: then it waits again, within the same deadline.
-    fn loan_slot(&mut self) -> Result<u32> {
+    pub(crate) fn loan_slot(&mut self) -> Result<u32> {
         let deadline = Instant::now() + self.block_timeout;
         loop {
             self.wait_for_slot(deadline)?;

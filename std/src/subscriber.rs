@@ -7,8 +7,8 @@ use crate::mapping::Shared;
 use crate::sys;
 use crate::{Error, ErrorCode, Result};
 use cuframes_core::{
-    FrameLayout, MemoryKind, Mode, PixelFormat, ReadError, ReadGrant, RecordToken, Register, Ring,
-    RingRef, Wake,
+    Content, FrameLayout, MemoryKind, Mode, PixelFormat, ReadError, ReadGrant, RecordToken,
+    Register, Ring, RingRef, Wake,
 };
 use std::mem::ManuallyDrop;
 use std::sync::atomic::Ordering;
@@ -158,6 +158,18 @@ impl Subscriber {
     /// Connects to `key` as `name`, waiting up to the connect timeout for
     /// the stream to exist and have a live publisher.
     pub fn connect(key: &str, name: &str, mode: Mode, options: SubscriberOptions) -> Result<Self> {
+        Self::connect_to(key, name, mode, options, Content::Frames)
+    }
+
+    /// [`connect`](Self::connect) to a stream that carries `content`; any
+    /// other is `Incompatible`.
+    pub(crate) fn connect_to(
+        key: &str,
+        name: &str,
+        mode: Mode,
+        options: SubscriberOptions,
+        content: Content,
+    ) -> Result<Self> {
         validate_key(key)?;
         if options.max_held == 0 {
             return Err(Error::new(
@@ -184,6 +196,19 @@ impl Subscriber {
                 Err(e) => return Err(e),
             }
         };
+        if shared.info.content != content {
+            return Err(Error::new(
+                ErrorCode::Incompatible,
+                match content {
+                    Content::Frames => format!(
+                        "stream {key:?} carries encoded packets; connect with the packet subscriber"
+                    ),
+                    Content::Packets => {
+                        format!("stream {key:?} carries decoded frames, not encoded packets")
+                    }
+                },
+            ));
+        }
         if shared.info.memory != MemoryKind::Host && !options.accept_device_memory {
             return Err(Error::new(
                 ErrorCode::Incompatible,
@@ -257,6 +282,9 @@ impl Subscriber {
     /// handles written by the publisher before the stream became visible).
     pub fn backend_area(&self) -> (*mut u8, usize) {
         self.inner.shared.backend_area()
+    }
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
     }
     /// This subscriber's record index (its lease bit).
     pub fn record_index(&self) -> u32 {
@@ -594,6 +622,9 @@ impl Frame {
     pub fn slot(&self) -> u32 {
         self.grant.slot()
     }
+    pub(crate) fn packet_meta(&self) -> &cuframes_core::PacketMeta {
+        self.grant.packet()
+    }
     /// Where its bytes live.
     pub fn memory(&self) -> MemoryKind {
         self.grant.handle().shared.info.memory
@@ -617,7 +648,14 @@ impl Frame {
     }
     /// Pixel format.
     pub fn format(&self) -> PixelFormat {
-        self.grant.handle().shared.info.format
+        // Frames come only from frame streams (`connect` refuses others),
+        // and every frame stream's format validated.
+        self.grant
+            .handle()
+            .shared
+            .info
+            .format
+            .expect("a frame stream has a pixel format")
     }
     /// Width in pixels.
     pub fn width(&self) -> u32 {

@@ -7,8 +7,9 @@
 //! hostile bytes.
 
 use cuframes_core::{
-    Backend, FrameLayout, Identity, LosslessPolicy, MemoryKind, PixelFormat, Region, RingParams,
-    SegmentHeader, SegmentInfo, CACHE_LINE, MAX_PLANES, PAGE,
+    packet, Backend, Codec, Content, FrameLayout, Identity, LosslessPolicy, MemoryKind,
+    PacketParams, PixelFormat, Region, RingParams, SegmentHeader, SegmentInfo, CACHE_LINE,
+    MAX_PLANES, PAGE,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -26,12 +27,25 @@ pub fn validate(data: &[u8]) {
     assert_eq!(h.segment_len, len);
     assert_eq!(SegmentInfo::check(*h, len), Ok(info), "validation is pure");
 
-    let format = h
-        .layout
-        .validate()
-        .expect("a valid segment has a valid layout");
-    assert_eq!(format, info.format);
-    check_valid_layout(&h.layout);
+    match info.content {
+        Content::Frames => {
+            let format = h
+                .layout
+                .validate()
+                .expect("a valid segment has a valid layout");
+            assert_eq!(Some(format), info.format);
+            assert_eq!((info.codec, h.extradata_len), (None, 0));
+            check_valid_layout(&h.layout);
+        }
+        Content::Packets => {
+            assert_eq!(info.format, None);
+            assert_eq!(info.codec.map(|c| c as u32), Some(h.codec));
+            assert_eq!(info.memory, MemoryKind::Host);
+            assert_eq!((h.layout.format, h.layout.plane_count), (0, 0));
+            assert!((1..=packet::MAX_PACKET_BYTES).contains(&h.layout.slot_bytes));
+            assert!(h.extradata_len <= packet::MAX_EXTRADATA);
+        }
+    }
 
     let regions = [
         (Region::Header, 0, 384, 8),
@@ -50,7 +64,15 @@ pub fn validate(data: &[u8]) {
             CACHE_LINE,
         ),
         (Region::Backend, h.backend_offset, h.backend_len, PAGE),
+        (
+            Region::Extradata,
+            h.extradata_offset,
+            u64::from(h.extradata_len),
+            1,
+        ),
     ];
+    let (start, end) = info.extradata_range();
+    assert_eq!(end - start, u64::from(h.extradata_len));
     for (i, &(region, off, n, align)) in regions.iter().enumerate() {
         let end = off.checked_add(n).expect("region end fits");
         assert!(end <= len, "{region:?} out of bounds");
@@ -168,11 +190,34 @@ pub fn segment_seeds() -> Vec<Vec<u8>> {
             pid_ns: 0,
         };
         let h = SegmentHeader::plan(&layout, &ring, &backend, &who).expect("seed plans");
-        let mut bytes = vec![0u8; h.segment_len as usize];
-        bytes[..384].copy_from_slice(h.as_bytes());
-        out.push(bytes);
+        out.push(seed_bytes(&h));
+    }
+    // Packet streams: every codec, with and without codec configuration.
+    for (n, codec) in Codec::ALL.into_iter().enumerate() {
+        let params = PacketParams {
+            codec,
+            max_packet: 512 + 64 * n as u64,
+            extradata_len: (n as u32 % 3) * 24,
+            width: 16 * n as u32,
+            height: 0,
+        };
+        let ring = RingParams {
+            slot_count: 2 + n as u32,
+            subscriber_capacity: 1 + n as u32,
+            ..RingParams::default()
+        };
+        let h = SegmentHeader::plan_packets(&params, &ring, &Identity::default())
+            .expect("packet seed plans");
+        out.push(seed_bytes(&h));
     }
     out
+}
+
+/// A planned header followed by zeros, as a fresh segment looks.
+fn seed_bytes(h: &SegmentHeader) -> Vec<u8> {
+    let mut bytes = vec![0u8; h.segment_len as usize];
+    bytes[..384].copy_from_slice(h.as_bytes());
+    bytes
 }
 
 /// Valid frame layouts of every format: seeds for the `layout` target.

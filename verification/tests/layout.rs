@@ -55,7 +55,12 @@ fn segment_header() {
         flags @ 156, 4;
         layout @ 160, 120;
         publisher_pid_ns @ 280, 8;
-        reserved @ 288, 96;
+        content @ 288, 4;
+        codec @ 292, 4;
+        extradata_offset @ 296, 8;
+        extradata_len @ 304, 4;
+        reserved0 @ 308, 4;
+        reserved @ 312, 72;
     );
 }
 
@@ -90,10 +95,12 @@ fn control_block() {
         published @ 32, 8;
         last_commit_ns @ 40, 8;
         rate_mfps @ 48, 8;
-        reserved1 @ 56, 8;
+        bytes @ 56, 8;
         space @ 64, 4;
         space_waiters @ 68, 4;
-        reserved2 @ 72, 56;
+        last_key @ 72, 8;
+        gop @ 80, 8;
+        reserved2 @ 88, 40;
     );
 }
 
@@ -105,7 +112,9 @@ fn slot_header() {
         pts_ns @ 16, 8;
         commit_ns @ 24, 8;
         flags @ 32, 8;
-        reserved @ 40, 24;
+        dts_ns @ 40, 8;
+        duration_ns @ 48, 8;
+        len @ 56, 8;
     );
 }
 
@@ -139,7 +148,7 @@ fn packed_words_and_constants() {
     assert_eq!(record::word(7, record::ACTIVE), 7 << 8 | 2);
     assert_eq!(record::MAX_GENERATION, (1 << 56) - 1);
     assert_eq!((NO_CURSOR, EVICTED), (u64::MAX, 1 << 62));
-    assert_eq!(VERSION_MAJOR, 2);
+    assert_eq!(VERSION_MAJOR, 3);
     assert_eq!(
         (
             record::FREE,
