@@ -152,14 +152,31 @@ pub fn stat(args: &StatArgs) -> Result<()> {
     if !s.publisher_alive {
         println!("            stale: the publisher died; `cuframes gc` removes the segment");
     }
-    println!(
-        "frames      {} {}x{}, {} planes, {} bytes/slot",
-        s.info.format_name(),
-        h.layout.width,
-        h.layout.height,
-        h.layout.plane_count,
-        h.layout.slot_bytes
-    );
+    if let Some(codec) = s.info.codec {
+        println!(
+            "packets     {} {}x{}, up to {} bytes each, codec configuration {} bytes",
+            codec.name(),
+            h.layout.width,
+            h.layout.height,
+            h.layout.slot_bytes,
+            h.extradata_len
+        );
+        println!(
+            "bitrate     {:.3} Mbit/s, GOP {} packets, newest keyframe seq {}",
+            s.stats.bitrate_bps as f64 / 1e6,
+            s.stats.gop,
+            s.stats.last_key_seq
+        );
+    } else {
+        println!(
+            "frames      {} {}x{}, {} planes, {} bytes/slot",
+            s.info.format_name(),
+            h.layout.width,
+            h.layout.height,
+            h.layout.plane_count,
+            h.layout.slot_bytes
+        );
+    }
     for (i, p) in h.layout.planes().iter().enumerate() {
         println!(
             "  plane {i}   offset {} pitch {} rows {} row bytes {}",
@@ -179,8 +196,9 @@ pub fn stat(args: &StatArgs) -> Result<()> {
         h.slot_count, s.stats.occupancy, h.subscriber_capacity, s.info.policy
     );
     println!(
-        "published   {} frames (head seq {}), {:.1} fps",
+        "published   {} {} (head seq {}), {:.1} per second",
         s.stats.published,
+        s.info.content.name(),
         s.stats.head_seq,
         s.fps()
     );
@@ -259,7 +277,13 @@ struct StreamJson {
     key: String,
     state: &'static str,
     stale: bool,
+    content: &'static str,
     format: &'static str,
+    codec: Option<&'static str>,
+    max_packet: Option<u64>,
+    extradata_bytes: Option<u32>,
+    bitrate_bps: Option<u64>,
+    gop: Option<u64>,
     width: u32,
     height: u32,
     memory: &'static str,
@@ -304,11 +328,18 @@ struct SubscriberJson {
 impl StreamJson {
     fn new(s: &StreamStatus) -> Self {
         let h = &s.info.header;
+        let packets = s.info.codec.is_some();
         Self {
             key: s.key.clone(),
             state: state_name(s),
             stale: !s.publisher_alive,
+            content: s.info.content.name(),
             format: s.info.format_name(),
+            codec: s.info.codec.map(cuframes::Codec::name),
+            max_packet: packets.then_some(h.layout.slot_bytes),
+            extradata_bytes: packets.then_some(h.extradata_len),
+            bitrate_bps: packets.then_some(s.stats.bitrate_bps),
+            gop: packets.then_some(s.stats.gop),
             width: h.layout.width,
             height: h.layout.height,
             memory: s.info.memory.name(),

@@ -344,8 +344,11 @@ pub struct ControlBlock {
     /// Packet streams: packets from the keyframe before `last_key` to it
     /// (the GOP length; 0 until two keyframes were seen).
     pub gop: AtomicU64,
+    /// Packet streams: payload bit rate, bits per second (moving average,
+    /// kept by the publisher's heartbeat).
+    pub bitrate_bps: AtomicU64,
     /// Zero.
-    pub reserved2: [AtomicU64; 5],
+    pub reserved2: [AtomicU64; 4],
 }
 
 /// One slot's header (one cache line).
@@ -470,7 +473,7 @@ macro_rules! zeroed_atomics {
 
 zeroed_atomics!(ControlBlock {
     head, notify, waiters, state, reserved0, heartbeat_ns, published, last_commit_ns,
-    rate_mfps, bytes, space, space_waiters, last_key, gop; reserved2
+    rate_mfps, bytes, space, space_waiters, last_key, gop, bitrate_bps; reserved2
 });
 zeroed_atomics!(SlotHeader { lease, seq, pts_ns, commit_ns, flags, dts_ns, duration_ns, len; });
 zeroed_atomics!(SubscriberRecord {

@@ -67,6 +67,15 @@ pub struct RingStats {
     pub heartbeat_ns: u64,
     /// Monotonic nanoseconds of the last commit.
     pub last_commit_ns: u64,
+    /// Packet streams: payload bytes committed.
+    pub bytes: u64,
+    /// Packet streams: payload bit rate (moving average), bits per second.
+    pub bitrate_bps: u64,
+    /// Packet streams: packets from one keyframe to the next (0 until two
+    /// were seen).
+    pub gop: u64,
+    /// Packet streams: seq of the newest keyframe (0: none yet).
+    pub last_key_seq: u64,
     /// Active subscribers.
     pub subscribers: [Option<SubscriberStats>; MAX_SUBSCRIBERS as usize],
 }
@@ -155,6 +164,10 @@ impl Ring<'_> {
             rate_mfps: self.ctl.rate_mfps.load(Relaxed),
             heartbeat_ns: self.ctl.heartbeat_ns.load(Relaxed),
             last_commit_ns: self.ctl.last_commit_ns.load(Relaxed),
+            bytes: self.ctl.bytes.load(Relaxed),
+            bitrate_bps: self.ctl.bitrate_bps.load(Relaxed),
+            gop: self.ctl.gop.load(Relaxed),
+            last_key_seq: self.last_key().0,
             subscribers,
         }
     }

@@ -609,7 +609,8 @@ fn spawn_keeper(
         .spawn(move || {
             let ctl = shared.ring().control();
             let (mut last_n, mut last_t) = (ctl.published.load(Ordering::Relaxed), sys::now_ns());
-            let mut rate = 0f64;
+            let mut last_bytes = ctl.bytes.load(Ordering::Relaxed);
+            let (mut rate, mut bitrate) = (0f64, 0f64);
             while !stop.load(Ordering::Relaxed) {
                 std::thread::park_timeout(period);
                 let now = sys::now_ns();
@@ -618,15 +619,13 @@ fn spawn_keeper(
                 let dt = now.saturating_sub(last_t).max(1) as f64 / 1e9;
                 if dt >= 0.5 {
                     // Shared memory may be scribbled on: never trust it to be monotonic.
-                    let inst = n.wrapping_sub(last_n) as f64 / dt;
-                    rate = if rate == 0.0 {
-                        inst
-                    } else {
-                        0.5 * rate + 0.5 * inst
-                    };
+                    let bytes = ctl.bytes.load(Ordering::Relaxed);
+                    rate = smooth(rate, n.wrapping_sub(last_n) as f64 / dt);
+                    bitrate = smooth(bitrate, bytes.wrapping_sub(last_bytes) as f64 * 8.0 / dt);
                     ctl.rate_mfps
                         .store((rate * 1000.0) as u64, Ordering::Relaxed);
-                    (last_n, last_t) = (n, now);
+                    ctl.bitrate_bps.store(bitrate as u64, Ordering::Relaxed);
+                    (last_n, last_t, last_bytes) = (n, now, bytes);
                 }
                 sweep_dead_subscribers(&shared);
                 if let Err(e) = shared.check_intact() {
@@ -638,6 +637,15 @@ fn spawn_keeper(
             }
         })
         .expect("spawn keeper thread")
+}
+
+/// One step of the heartbeat's moving average.
+fn smooth(average: f64, sample: f64) -> f64 {
+    if average == 0.0 {
+        sample
+    } else {
+        0.5 * average + 0.5 * sample
+    }
 }
 
 /// Keeps a publisher's mapping alive; see [`Publisher::mapping_guard`].

@@ -100,7 +100,8 @@ fn control_block() {
         space_waiters @ 68, 4;
         last_key @ 72, 8;
         gop @ 80, 8;
-        reserved2 @ 88, 40;
+        bitrate_bps @ 88, 8;
+        reserved2 @ 96, 32;
     );
 }
 
