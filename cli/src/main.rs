@@ -8,11 +8,14 @@
 
 mod bench;
 mod demo;
+mod encoded;
 mod exporter;
 mod gc;
 mod inspect;
 mod latency;
 mod live;
+#[allow(dead_code, unused_imports)] // until `publish`/`record` use it
+mod mpegts;
 mod publish;
 mod subscribe;
 

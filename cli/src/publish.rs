@@ -4,7 +4,7 @@ use crate::live::{publish_pattern, status_line, Pacer};
 use crate::{invalid, parse_format, parse_size, stdout_is_tty};
 use cuframes::{
     testsrc, Error, ErrorCode, FrameLayout, LosslessPolicy, PixelFormat, Publisher,
-    PublisherOptions, Result,
+    PublisherOptions, Result, RingStats,
 };
 use cuframes_cuda::{CudaPublisher, CudaPublisherOptions, ExportRequest};
 use std::io::Read;
@@ -34,9 +34,18 @@ pub struct Args {
     /// Stop after this many frames.
     #[arg(long)]
     pub frames: Option<u64>,
-    /// Slots in the ring.
-    #[arg(long, default_value_t = 8)]
-    pub slots: u32,
+    /// Slots in the ring (default 8; 64 with --encoded, so that a late
+    /// subscriber can start at a keyframe still in the ring).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Publish the file's encoded video packets (H.264/H.265, no decoding:
+    /// ffmpeg -c copy) instead of decoded frames.
+    #[arg(long, requires = "input", conflicts_with_all = ["cuda", "testsrc"])]
+    pub encoded: bool,
+    /// With --encoded: the largest packet a slot holds, in bytes (K and M
+    /// suffixes allowed); a bigger packet stops the publisher with an error.
+    #[arg(long, default_value = "1M", value_parser = parse_bytes, requires = "encoded")]
+    pub max_packet: u64,
     /// Policy for lagging lossless subscribers: block or drop-oldest.
     #[arg(long, default_value = "block", value_parser = parse_policy)]
     pub policy: LosslessPolicy,
@@ -85,6 +94,23 @@ fn parse_export(s: &str) -> Result<ExportRequest, String> {
     }
 }
 
+/// Parses a byte count with an optional K or M (binary) suffix.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (digits, unit) = match s.strip_suffix(['K', 'k']) {
+        Some(d) => (d, 1 << 10),
+        None => match s.strip_suffix(['M', 'm']) {
+            Some(d) => (d, 1 << 20),
+            None => (s, 1),
+        },
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?}: a byte count such as 1048576, 512K or 4M"))
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|e| format!("mode {s:?}: {e}"))
 }
@@ -105,7 +131,7 @@ pub fn parse_testsrc(s: &str) -> Result<(u32, u32, f64)> {
 pub fn run(args: Args) -> Result<()> {
     let stop = crate::stop_flag()?;
     let options = PublisherOptions {
-        slot_count: args.slots,
+        slot_count: slot_count(&args),
         policy: args.policy,
         block_timeout: Duration::from_millis(args.block_timeout_ms),
         mode: args.mode,
@@ -135,7 +161,7 @@ pub fn run(args: Args) -> Result<()> {
                     "max".into()
                 },
                 args.key,
-                args.slots,
+                slot_count(&args),
                 sink.memory()
             );
         }
@@ -147,13 +173,24 @@ pub fn run(args: Args) -> Result<()> {
                 Err(e) if e.code() == ErrorCode::Timeout => meter.stall(),
                 Err(e) => return Err(e),
             }
-            meter.tick(sink.host(), n);
+            meter.tick(&|| sink.host().stats(), n, "frames");
             pacer.wait(n);
         }
-        meter.finish(n);
+        meter.finish(n, "frames");
         return Ok(());
     }
     let input = args.input.clone().expect("clap requires a source");
+    if args.encoded {
+        let how = crate::encoded::PublishEncoded {
+            key: &args.key,
+            input: &input,
+            max_packet: args.max_packet,
+            fast: args.fast,
+            loop_input: args.loop_input,
+            quiet: args.quiet,
+        };
+        return crate::encoded::publish(&how, options, &done, &mut meter);
+    }
     publish_file(&args, &input, options, &done, &mut meter)
 }
 
@@ -278,7 +315,13 @@ fn ffmpeg_pix_fmt(f: PixelFormat) -> &'static str {
     }
 }
 
-fn tool_missing(tool: &str, e: std::io::Error) -> Error {
+/// Slots asked for, or the default: 8 frames, or 64 packets (two seconds
+/// of 30 fps video, so a late subscriber finds a keyframe in the ring).
+fn slot_count(args: &Args) -> u32 {
+    args.slots.unwrap_or(if args.encoded { 64 } else { 8 })
+}
+
+pub(crate) fn tool_missing(tool: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::new(
             ErrorCode::NotFound,
@@ -409,16 +452,16 @@ fn publish_file(
             Err(e) if e.code() == ErrorCode::Timeout => meter.stall(),
             Err(e) => break Err(e),
         }
-        meter.tick(sink.host(), n);
+        meter.tick(&|| sink.host().stats(), n, "frames");
     };
     let _ = child.kill();
     let _ = child.wait();
-    meter.finish(n);
+    meter.finish(n, "frames");
     result
 }
 
 /// Per-second progress output.
-struct Meter {
+pub(crate) struct Meter {
     quiet: bool,
     tty: bool,
     last: Instant,
@@ -436,17 +479,19 @@ impl Meter {
             stalls: 0,
         }
     }
-    fn stall(&mut self) {
+    pub(crate) fn stall(&mut self) {
         self.stalls += 1;
     }
-    fn tick(&mut self, publisher: &Publisher, n: u64) {
+    /// Prints a progress line at most once a second; `stats` is read only
+    /// then. `unit` names what is counted (frames, packets).
+    pub(crate) fn tick(&mut self, stats: &dyn Fn() -> RingStats, n: u64, unit: &str) {
         let dt = self.last.elapsed();
         if self.quiet || dt < Duration::from_secs(1) {
             return;
         }
-        let stats = publisher.stats();
+        let stats = stats();
         let line = format!(
-            "published {n} frames, {:.1} fps, {} subscribers, occupancy {}/{}, stalls {}",
+            "published {n} {unit}, {:.1}/s, {} subscribers, occupancy {}/{}, stalls {}",
             (n - self.last_n) as f64 / dt.as_secs_f64(),
             stats.active().count(),
             stats.occupancy,
@@ -456,12 +501,12 @@ impl Meter {
         status_line(self.tty, &line);
         (self.last, self.last_n) = (Instant::now(), n);
     }
-    fn finish(&self, n: u64) {
+    pub(crate) fn finish(&self, n: u64, unit: &str) {
         if !self.quiet {
             if self.tty {
                 println!();
             }
-            println!("published {n} frames; stream closed");
+            println!("published {n} {unit}; stream closed");
         }
     }
 }

@@ -20,10 +20,17 @@ pub struct Args {
     /// Subscriber name shown by `ls`/`stat`.
     #[arg(long)]
     pub name: Option<String>,
-    /// newest (latest frame only) or queue (every frame, in order).
-    #[arg(long, default_value = "newest", value_parser = parse_mode)]
-    pub mode: Mode,
-    /// Exit 0 after this many intact frames.
+    /// newest (latest frame only) or queue (every frame, in order). Default:
+    /// newest; queue when recording. Packet streams: newest joins at the
+    /// newest keyframe and skips to the newest keyframe when it falls
+    /// behind; queue is lossless from the newest keyframe on.
+    #[arg(long, value_parser = parse_mode)]
+    pub mode: Option<Mode>,
+    /// Packet streams: remux every packet into FILE (.mp4, .mkv, .ts, ...;
+    /// ffmpeg -c copy, no re-encoding); starts at a keyframe.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Exit 0 after this many intact frames (packets, on a packet stream).
     #[arg(long)]
     pub frames: Option<u64>,
     /// Longest wait for one frame.
@@ -62,11 +69,29 @@ pub struct Args {
     pub device: Option<u32>,
 }
 
+/// The frame read mode: newest unless asked otherwise.
+fn mode(args: &Args) -> Mode {
+    args.mode.unwrap_or(Mode::NewestOnly)
+}
+
 fn parse_mode(s: &str) -> Result<Mode, String> {
     match s {
         "newest" | "newest-only" => Ok(Mode::NewestOnly),
         "queue" => Ok(Mode::Queue),
         _ => Err(format!("{s:?}: newest or queue")),
+    }
+}
+
+/// Whether `key` names a packet stream, waiting up to `wait` for it to
+/// appear (a frame stream, or none at all, is read as frames).
+fn is_packet_stream(key: &str, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        match cuframes::stream_status(key) {
+            Ok(s) => return s.info.content == cuframes::Content::Packets,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => return false,
+        }
     }
 }
 
@@ -129,7 +154,7 @@ impl Source {
                 }
             };
         if !on_gpu {
-            let mut sub = ReconnectingSubscriber::new(&args.key, name, args.mode, options.clone());
+            let mut sub = ReconnectingSubscriber::new(&args.key, name, mode(args), options.clone());
             sub.ensure_connected(options.connect_timeout)?;
             return Ok(Source::Host(sub));
         }
@@ -137,7 +162,7 @@ impl Source {
             ring: options.clone(),
             device: args.device,
         };
-        let sub = CudaSubscriber::connect(&args.key, name, args.mode, options.clone())?;
+        let sub = CudaSubscriber::connect(&args.key, name, mode(args), options.clone())?;
         Ok(Source::Cuda {
             sub: Some(sub),
             options,
@@ -168,7 +193,7 @@ impl Source {
                 if sub.is_none() {
                     let mut o = options.clone();
                     o.ring.connect_timeout = slice;
-                    *sub = Some(CudaSubscriber::connect(&args.key, name, args.mode, o)?);
+                    *sub = Some(CudaSubscriber::connect(&args.key, name, mode(args), o)?);
                 }
                 let got = sub.as_mut().expect("connected").next_frame(slice);
                 if got.as_ref().is_err_and(|e| {
@@ -205,6 +230,9 @@ pub fn run(args: Args) -> Result<()> {
         allow_other_owner: args.allow_other_owner,
         ..Default::default()
     };
+    if args.record.is_some() || is_packet_stream(&args.key, options.connect_timeout) {
+        return crate::encoded::subscribe(&args, &name, &stop);
+    }
     let mut sub = Source::open(&args, &name, &options)?;
     let timeout = Duration::from_millis(args.timeout_ms);
     let tty = stdout_is_tty() && !args.report;
@@ -221,7 +249,7 @@ pub fn run(args: Args) -> Result<()> {
             Ok(taken) => {
                 let frame = taken.host();
                 let latency = cuframes::now_ns().saturating_sub(frame.commit_ns());
-                if args.mode == Mode::Queue
+                if args.mode == Some(Mode::Queue)
                     && last_seq != 0
                     && frame.seq() <= last_seq
                     && !args.reconnect
