@@ -556,3 +556,107 @@ fn hold_reservation_counts_the_probe() {
     drop(f);
     assert_eq!(st.subs[0].held.load(sync::Ordering::Relaxed), 0);
 }
+
+/// Commits one packet of `len` bytes, a keyframe when `key`.
+fn commit_packet<H: RingRef>(w: &mut Writer<H>, key: bool, len: u64) -> u64 {
+    w.begin().unwrap();
+    let meta = PacketMeta {
+        len,
+        pts_ns: 10,
+        dts_ns: 5,
+        duration_ns: 40,
+        flags: if key { packet::KEY } else { 0 },
+    };
+    w.commit_packet(&meta, 0).unwrap().seq
+}
+
+#[test]
+fn packet_metadata_and_keyframe_bookkeeping() {
+    let st = Storage::new(8, 2);
+    let ring = st.ring(LosslessPolicy::Block).for_packets(100);
+    let mut w = Writer::new(&ring);
+    for (i, key) in [true, false, false, true].into_iter().enumerate() {
+        assert_eq!(commit_packet(&mut w, key, 10 + i as u64), i as u64 + 1);
+    }
+    assert_eq!(
+        (ring.last_key().0, ring.stats().gop, ring.stats().bytes),
+        (4, 3, 46)
+    );
+    let sub = Subscription::register(&ring, &req(Mode::Queue, 1)).unwrap();
+    let p = sub.try_read().unwrap();
+    assert_eq!((p.seq(), p.len(), p.is_key()), (4, 13, true));
+    assert_eq!(
+        (p.pts_ns(), p.packet().dts_ns, p.packet().duration_ns),
+        (10, 5, 40)
+    );
+    // Frames rings refuse packet commits; packet rings refuse oversize.
+    w.begin().unwrap();
+    let big = PacketMeta {
+        len: 101,
+        ..PacketMeta::default()
+    };
+    assert_eq!(
+        w.commit_packet(&big, 0),
+        Err(CommitError::TooLarge { len: 101, max: 100 })
+    );
+    assert!(w.abort_pending());
+    let frames = Storage::new(4, 1);
+    let fring = frames.ring(LosslessPolicy::Block);
+    let mut fw = Writer::new(&fring);
+    fw.begin().unwrap();
+    assert_eq!(fw.commit_packet(&big, 0), Err(CommitError::NotPackets));
+}
+
+#[test]
+fn packet_readers_never_see_an_undecodable_gap() {
+    let st = Storage::new(4, 2);
+    let ring = st.ring(LosslessPolicy::DropOldest).for_packets(100);
+    let mut w = Writer::new(&ring);
+    let newest = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    let queue = Subscription::register(&ring, &req(Mode::Queue, 1)).unwrap();
+    // No keyframe yet: nothing for anyone.
+    commit_packet(&mut w, false, 1);
+    assert_eq!(newest.try_read().unwrap_err(), ReadError::WouldBlock);
+    assert_eq!(queue.try_read().unwrap_err(), ReadError::WouldBlock);
+    commit_packet(&mut w, true, 1); // 2
+    assert_eq!(newest.try_read().unwrap().seq(), 2);
+    assert_eq!(queue.try_read().unwrap().seq(), 2);
+    // 3..=7 overwrite 3 before the queue reader gets to it (4 slots, one
+    // kept as head): it must wait for the keyframe at 7, not take 4.
+    for key in [false, false, false, false, true] {
+        commit_packet(&mut w, key, 1);
+    }
+    let q = queue.try_read().unwrap();
+    assert_eq!((q.seq(), q.is_key()), (7, true));
+    drop(q);
+    // The newest reader is behind 3 while 7 began a new GOP: it jumps.
+    let n = newest.try_read().unwrap();
+    assert_eq!((n.seq(), n.is_key()), (7, true));
+    drop(n);
+    let stats = ring.stats();
+    let dropped: Vec<u64> = stats.active().map(|r| r.dropped).collect();
+    // Newest: 3..=6. Queue: 3..=6, and 1, the head it was pinned at but
+    // could not start from (joining skips count for lossless readers).
+    assert_eq!(dropped, [4, 5]);
+}
+
+#[test]
+fn hostile_packet_length_is_corrupt_and_holds_nothing() {
+    let st = Storage::new(4, 1);
+    let ring = st.ring(LosslessPolicy::Block).for_packets(100);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    commit_packet(&mut w, true, 1);
+    let (_, slot) = ring.head();
+    ring.slots()[slot as usize]
+        .len
+        .store(101, crate::sync::Ordering::Relaxed);
+    assert_eq!(sub.try_read().unwrap_err(), ReadError::Corrupt);
+    assert_eq!(
+        ring.slots()[slot as usize]
+            .lease
+            .load(crate::sync::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(ring.stats().active().next().unwrap().held, 0);
+}
