@@ -286,6 +286,7 @@ fn encode_streams(
                 let h = &s.info.header;
                 vec![
                     ("key", s.key.clone()),
+                    ("content", s.info.content.name().to_owned()),
                     ("format", s.info.format_name().to_owned()),
                     ("width", h.layout.width.to_string()),
                     ("height", h.layout.height.to_string()),
@@ -324,6 +325,21 @@ fn encode_streams(
         "Publish rate in frames per second, as averaged by the publisher's keeper thread",
         None,
         per_stream(&|s| Some(Value::Gauge(s.fps()))),
+    )?;
+    let packets = |s: &StreamStatus| s.info.codec.is_some();
+    family(
+        e,
+        "cuframes_packet_bitrate_bps",
+        "Packet streams: payload bit rate in bits per second, as averaged by the publisher's keeper thread",
+        None,
+        per_stream(&|s| packets(s).then(|| Value::Gauge(s.stats.bitrate_bps as f64))),
+    )?;
+    family(
+        e,
+        "cuframes_packet_gop",
+        "Packet streams: packets from the last keyframe but one to the last (0 until two were seen)",
+        None,
+        per_stream(&|s| packets(s).then(|| Value::Gauge(s.stats.gop as f64))),
     )?;
     family(
         e,

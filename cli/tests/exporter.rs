@@ -684,3 +684,49 @@ fn a_subscriber_that_recovers_a_dead_record_logs_it() {
         "{err}"
     );
 }
+
+/// A packet stream is described as one (content, codec) and has its bit
+/// rate and GOP length exported; a frame stream has neither.
+#[test]
+fn exporter_reports_packet_bitrate_and_gop() {
+    let frames = key("exp-frames");
+    let key = key("exp-packets");
+    let _frames = publisher(&frames, "32x32@50", &[]);
+    let stream = cuframes::PacketStream::new(cuframes::Codec::Hevc, 4096);
+    let mut p = cuframes::PacketPublisher::create(&key, &stream, Default::default()).unwrap();
+    // 10 packets of 1000 bytes every 10 ms (800 kbit/s), a keyframe every 6.
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_millis(1500) {
+        let flags = if n % 6 == 0 { cuframes::packet::KEY } else { 0 };
+        let meta = cuframes::PacketMeta {
+            flags,
+            ..Default::default()
+        };
+        p.publish(&[7u8; 1000], &meta).unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(1));
+        if n % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(9));
+        }
+    }
+    let (mut exp, addr) = exporter(&[]);
+    let samples = scrape(addr);
+    let _ = exp.kill();
+    let _ = exp.wait();
+    let info = [
+        ("key", key.as_str()),
+        ("content", "packets"),
+        ("format", "hevc"),
+    ];
+    assert_eq!(get(&samples, "cuframes_stream_info", &info), 1.0);
+    assert_eq!(get(&samples, "cuframes_packet_gop", &[("key", &key)]), 6.0);
+    let bps = get(&samples, "cuframes_packet_bitrate_bps", &[("key", &key)]);
+    assert!(bps > 100_000.0, "{bps}");
+    assert_eq!(
+        value(&samples, "cuframes_packet_gop", &[("key", &frames)]),
+        None
+    );
+    let info = [("key", frames.as_str()), ("content", "frames")];
+    assert_eq!(get(&samples, "cuframes_stream_info", &info), 1.0);
+}
