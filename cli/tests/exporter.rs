@@ -691,7 +691,8 @@ fn a_subscriber_that_recovers_a_dead_record_logs_it() {
 fn exporter_reports_packet_bitrate_and_gop() {
     let frames = key("exp-frames");
     let key = key("exp-packets");
-    let _frames = publisher(&frames, "32x32@50", &[]);
+    let mut procs = Procs::default();
+    procs.add(publisher(&frames, "32x32@50", &[]));
     let stream = cuframes::PacketStream::new(cuframes::Codec::Hevc, 4096);
     let mut p = cuframes::PacketPublisher::create(&key, &stream, Default::default()).unwrap();
     // 10 packets of 1000 bytes every 10 ms (800 kbit/s), a keyframe every 6.
