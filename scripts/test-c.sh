@@ -6,6 +6,9 @@
 #     paths, panic guard), plain, with AddressSanitizer + UBSan, and under
 #     valgrind (memcheck, definite leaks are errors);
 #     The C test also checks the GPU calls without a driver;
+#   - the C test of encoded packet streams (test_packets.c: round trip of
+#     every field, keyframe joins, lossless queue across processes, limits,
+#     zero-copy loans, extradata), the same three ways;
 #   - the header check and the crate's unit tests (cargo test);
 #   - the GPU calls under the CUDA driver simulator (scripts/cuda-sim.sh,
 #     which fails on any misuse of the driver API): the C GPU test
@@ -14,7 +17,8 @@
 #     crate's GPU unit tests; a Rust subscriber reading a C publisher; the
 #     GPU example publisher and subscriber. Plain runs only (the simulator
 #     is not run under the sanitizers or valgrind);
-#   - the example publisher and subscriber as two processes;
+#   - the example publisher and subscriber as two processes, and the
+#     example packet subscriber reading a packet publisher;
 #   - the per-frame cost of the C API (next to the Rust API's with
 #     CUFRAMES_BENCH=1), and of the C GPU calls under the simulator (call
 #     overhead only, never a GPU figure).
@@ -83,15 +87,22 @@ build test_ffi_static ffi/tests/c/test_ffi.c "$prefix/lib/libcuframes.a" $static
 have_asan=1
 build test_ffi_asan ffi/tests/c/test_ffi.c -fsanitize=address,undefined -fno-omit-frame-pointer \
   -fno-sanitize-recover=all $libs $rpath 2> "$work/asan-build.log" || have_asan=0
+build test_packets ffi/tests/c/test_packets.c $libs $rpath
+build test_packets_static ffi/tests/c/test_packets.c "$prefix/lib/libcuframes.a" $static_libs
+if [ $have_asan = 1 ]; then
+  build test_packets_asan ffi/tests/c/test_packets.c -fsanitize=address,undefined -fno-omit-frame-pointer \
+    -fno-sanitize-recover=all $libs $rpath
+fi
 build publisher ffi/examples/publisher.c $libs $rpath
 build subscriber ffi/examples/subscriber.c $libs $rpath
 build bench_next ffi/examples/bench_next.c $libs $rpath
+build packet_subscriber ffi/examples/packet_subscriber.c $libs $rpath
 # The GPU test reaches the driver itself through dlopen (no CUDA headers).
 build test_cuda ffi/tests/c/test_cuda.c $libs $rpath -ldl
 build test_cuda_static ffi/tests/c/test_cuda.c "$prefix/lib/libcuframes.a" $static_libs -ldl
 build cuda_publisher ffi/examples/cuda_publisher.c $libs $rpath
 build cuda_subscriber ffi/examples/cuda_subscriber.c $libs $rpath
-for prog in test_ffi_static test_cuda_static; do
+for prog in test_ffi_static test_cuda_static test_packets_static; do
   if ldd "$work/$prog" | grep -q libcuframes; then
     echo "$prog links libcuframes dynamically" >&2; exit 1
   fi
@@ -106,15 +117,20 @@ step "C test (shared library)"
 step "C test (static library)"
 "$work/test_ffi_static"
 
-step "C test with AddressSanitizer and UBSan"
+step "C packet test (shared library, then static)"
+"$work/test_packets"
+"$work/test_packets_static"
+
+step "C tests with AddressSanitizer and UBSan"
 if [ $have_asan = 1 ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 "$work/test_ffi_asan"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 "$work/test_packets_asan"
 else
   echo "AddressSanitizer skipped: this compiler cannot build with -fsanitize=address,undefined:"
   tail -3 "$work/asan-build.log"
 fi
 
-step "C test under valgrind"
+step "C tests under valgrind"
 if [ $have_valgrind = 1 ]; then
   # rustix reads the vDSO directly, which valgrind does not map
   # (bytecodealliance/rustix#1559): build the library with rustix's libc
@@ -125,6 +141,10 @@ if [ $have_valgrind = 1 ]; then
     -Wl,-rpath,"$target/ffi-valgrind/release" -o "$work/test_ffi_vg"
   valgrind -q --trace-children=yes --error-exitcode=99 --leak-check=full \
     --errors-for-leak-kinds=definite --show-leak-kinds=definite "$work/test_ffi_vg"
+  cc -std=c11 "${warn[@]}" -O1 -g $cflags ffi/tests/c/test_packets.c -L"$target/ffi-valgrind/release" -lcuframes \
+    -Wl,-rpath,"$target/ffi-valgrind/release" -o "$work/test_packets_vg"
+  valgrind -q --trace-children=yes --error-exitcode=99 --leak-check=full \
+    --errors-for-leak-kinds=definite --show-leak-kinds=definite "$work/test_packets_vg"
 else
   echo "valgrind skipped: not installed and it could not be installed here (not root or no apt-get)"
 fi
@@ -176,6 +196,25 @@ seqs="$(awk '/^seq /{print $2}' "$work/subscriber.log")"
 first="$(echo "$seqs" | head -1)" last="$(echo "$seqs" | tail -1)" count="$(echo "$seqs" | wc -l)"
 if [ "$last" != 60 ] || [ "$count" != $((last - first + 1)) ] || [ "$count" -lt 50 ]; then
   echo "the example subscriber saw $count frames, seq $first..$last of 1..60" >&2; exit 1
+fi
+
+step "examples: a packet publisher (test_packets publish) and the packet subscriber"
+key="c-packet-example-$$"
+"$work/test_packets" publish "$key" 60 1 > "$work/packet_publisher.log" &
+pub=$!
+"$work/packet_subscriber" "$key" 0 queue "$work/packets.h264" | tee "$work/packet_subscriber.log" | tail -2
+wait $pub
+# The publisher waits for the subscriber before its first packet: a queue
+# subscriber then gets all of them, in order, the first a keyframe.
+seqs="$(awk '/^seq /{print $2}' "$work/packet_subscriber.log")"
+first="$(echo "$seqs" | head -1)" last="$(echo "$seqs" | tail -1)" count="$(echo "$seqs" | wc -l)"
+if [ "$first" != 1 ] || [ "$last" != 60 ] || [ "$count" != 60 ] \
+  || ! head -2 "$work/packet_subscriber.log" | grep -q '^seq 1 .* key'; then
+  echo "the example packet subscriber saw $count packets, seq $first..$last of 1..60" >&2; exit 1
+fi
+bytes="$(awk '/ packets, .* bytes,/{print $3}' "$work/packet_subscriber.log")"
+if [ "$(stat -c %s "$work/packets.h264")" != "$((bytes + 16))" ]; then
+  echo "the example packet subscriber wrote $(stat -c %s "$work/packets.h264") bytes, want $bytes + 16" >&2; exit 1
 fi
 
 step "per-frame cost: C API (and Rust API with CUFRAMES_BENCH=1), 1080p NV12, one thread"

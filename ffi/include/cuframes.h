@@ -128,6 +128,38 @@
 // `cuframes_cuda_frame_use_on`.
 #define CUFRAMES_CUDA_STREAM_PER_THREAD 2
 
+// Codec of a packet stream: H.264 / AVC.
+#define CUFRAMES_CODEC_H264 1
+
+// Codec of a packet stream: H.265 / HEVC.
+#define CUFRAMES_CODEC_HEVC 2
+
+// Codec of a packet stream: AV1.
+#define CUFRAMES_CODEC_AV1 3
+
+// Codec of a packet stream: VP9.
+#define CUFRAMES_CODEC_VP9 4
+
+// Codec of a packet stream: VP8.
+#define CUFRAMES_CODEC_VP8 5
+
+// Codec of a packet stream: Motion JPEG (every packet a keyframe).
+#define CUFRAMES_CODEC_MJPEG 6
+
+// Packet flag: a keyframe (a random access point: IDR, IRAP, intra).
+// Subscribers start at one, and skip only to one.
+#define CUFRAMES_PACKET_KEY 1
+
+// Packet flag: something was lost before this packet at the source (a
+// decoder should resynchronise).
+#define CUFRAMES_PACKET_DISCONTINUITY 2
+
+// Largest `max_packet` a stream may have (256 MiB).
+#define CUFRAMES_PACKET_MAX_BYTES (256 << 20)
+
+// Largest codec configuration (`extradata_len`) a stream may carry (1 MiB).
+#define CUFRAMES_PACKET_MAX_EXTRADATA (1 << 20)
+
 // A frame held in place in GPU memory. Opaque; handed out by
 // `cuframes_cuda_subscriber_next`, given back with
 // `cuframes_cuda_frame_release`. The publisher does not rewrite its slot
@@ -149,6 +181,21 @@ typedef struct cuframes_cuda_subscriber_t cuframes_cuda_subscriber_t;
 // `cuframes_subscriber_next`, given back with `cuframes_frame_release`.
 // Its slot is not reused until then.
 typedef struct cuframes_frame_t cuframes_frame_t;
+
+// A packet stream being published. Opaque; made by
+// `cuframes_packet_publisher_create`, freed by
+// `cuframes_packet_publisher_destroy`.
+typedef struct cuframes_packet_publisher_t cuframes_packet_publisher_t;
+
+// A connection to a packet stream. Opaque; made by
+// `cuframes_packet_subscriber_create`, freed by
+// `cuframes_packet_subscriber_destroy`.
+typedef struct cuframes_packet_subscriber_t cuframes_packet_subscriber_t;
+
+// A packet held in place in shared memory. Opaque; handed out by
+// `cuframes_packet_subscriber_next`, given back with
+// `cuframes_packet_release`. Its slot is not reused until then.
+typedef struct cuframes_packet_t cuframes_packet_t;
 
 // A stream being published. Opaque; made by `cuframes_publisher_create`,
 // freed by `cuframes_publisher_destroy`.
@@ -285,6 +332,28 @@ typedef struct cuframes_subscriber_stats_t {
   uint32_t slot_count;
 } cuframes_subscriber_stats_t;
 
+// What a packet stream carries: given to `cuframes_packet_publisher_create`,
+// filled by `cuframes_packet_subscriber_stream`.
+typedef struct cuframes_packet_stream_t {
+  // `CUFRAMES_CODEC_*`.
+  uint32_t codec;
+  // Coded width in pixels if known (informational; 0: unknown).
+  uint32_t width;
+  // Coded height in pixels if known (informational; 0: unknown).
+  uint32_t height;
+  // Largest packet in bytes (1..=`CUFRAMES_PACKET_MAX_BYTES`); a bigger
+  // one is refused at publish. Size it for the largest keyframe. Every
+  // slot of the ring has this size.
+  size_t max_packet;
+  // Codec configuration every subscriber gets at connect (Annex-B
+  // parameter sets, or an avcC / hvcC record, as the packets expect);
+  // NULL when `extradata_len` is 0. Copied by the create call. From a
+  // subscriber: valid until it is destroyed.
+  const uint8_t *extradata;
+  // Bytes of `extradata` (at most `CUFRAMES_PACKET_MAX_EXTRADATA`).
+  size_t extradata_len;
+} cuframes_packet_stream_t;
+
 // Publisher settings. Fill with `cuframes_publisher_options_init` first,
 // then change what you need.
 typedef struct cuframes_publisher_options_t {
@@ -312,6 +381,35 @@ typedef struct cuframes_publisher_options_t {
   // goes on; 0 fails the loan with `CUFRAMES_ERR_TIMEOUT`.
   uint32_t evict_lagging;
 } cuframes_publisher_options_t;
+
+// One packet's metadata: what the publisher gives with it and the
+// subscriber reads back. Times are nanoseconds.
+typedef struct cuframes_packet_info_t {
+  // Presentation timestamp.
+  int64_t pts_ns;
+  // Decode timestamp (equal to `pts_ns` without reordering).
+  int64_t dts_ns;
+  // Duration (0: unknown).
+  uint64_t duration_ns;
+  // `CUFRAMES_PACKET_KEY`, `CUFRAMES_PACKET_DISCONTINUITY`; other bits
+  // are carried as given.
+  uint64_t flags;
+} cuframes_packet_info_t;
+
+// A loaned slot to write a packet into in place (a demuxer or an encoder
+// writing straight into shared memory). Valid from
+// `cuframes_packet_publisher_loan` until `cuframes_packet_publisher_commit`
+// succeeds, `cuframes_packet_publisher_abort` or
+// `cuframes_packet_publisher_destroy`; the memory belongs to the stream,
+// do not free it.
+typedef struct cuframes_packet_lease_t {
+  // The sequence number the packet will get.
+  uint64_t seq;
+  // First byte of the slot.
+  uint8_t *data;
+  // Bytes that may be written: the stream's `max_packet`.
+  size_t capacity;
+} cuframes_packet_lease_t;
 
 // A loaned slot: where to write the next frame. Valid from
 // `cuframes_publisher_loan` until `cuframes_publisher_commit`,
@@ -920,6 +1018,296 @@ int cuframes_cuda_frame_copy_to_host(const struct cuframes_cuda_frame_t *frame,
 // # Safety
 // `frame` is NULL or a live frame, not used afterwards.
 void cuframes_cuda_frame_release(struct cuframes_cuda_frame_t *frame);
+
+// Creates the packet stream `key` (the rules of `cuframes_publisher_create`
+// for keys and segments) for what `*stream` says; its extradata is copied.
+// `options` may be NULL for the defaults; they are the frame publisher's
+// (`cuframes_publisher_options_init`), `pitch_align` aside, which packets
+// do not use. On success `*out` is the new publisher; on failure it is
+// set to NULL.
+//
+// Errors: `INVALID_ARGUMENT` (NULL, bad key, codec, `max_packet` 0 or
+// above `CUFRAMES_PACKET_MAX_BYTES`, extradata too large, bad option),
+// `ALREADY_EXISTS` (the key has a live publisher), `PERMISSION`, `IO`.
+//
+// Thread safety: any thread.
+//
+// # Safety
+// `key` is NULL or a NUL-terminated string; `stream` is NULL or valid, its
+// `extradata` NULL or readable for `extradata_len` bytes; `options` is
+// NULL or valid; `out` is NULL or writable.
+int cuframes_packet_publisher_create(const char *key,
+                                     const struct cuframes_packet_stream_t *stream,
+                                     const struct cuframes_publisher_options_t *options,
+                                     struct cuframes_packet_publisher_t **out);
+
+// Copies `len` bytes from `data` into a slot and publishes them as one
+// packet with `*info`; stores its seq in `*seq` unless `seq` is NULL (0 on
+// failure). Waits for a slot as `cuframes_publisher_loan` does. A packet
+// longer than the stream's `max_packet` is `INVALID_ARGUMENT`, and nothing
+// is published.
+//
+// Errors: `INVALID_ARGUMENT` (NULL, too long, a slot is loaned),
+// `TIMEOUT`, `CAPACITY`.
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live packet publisher; `data` is NULL or
+// readable for `len` bytes; `info` is NULL or valid; `seq` is NULL or
+// writable.
+int cuframes_packet_publisher_publish(struct cuframes_packet_publisher_t *publisher,
+                                      const uint8_t *data,
+                                      size_t len,
+                                      const struct cuframes_packet_info_t *info,
+                                      uint64_t *seq);
+
+// Loans the next free slot to write a packet in place, waiting up to the
+// block timeout; fills `*lease` with where and how much may be written.
+// Finish with `cuframes_packet_publisher_commit` or
+// `cuframes_packet_publisher_abort`. On failure `*lease` is zeroed.
+//
+// Errors: `INVALID_ARGUMENT` (NULL, or a slot is already loaned),
+// `TIMEOUT`, `CAPACITY`.
+//
+// Thread safety: one call at a time per publisher (any thread; the lease
+// may be written from any thread until commit).
+//
+// # Safety
+// `publisher` is NULL or a live packet publisher; `lease` is NULL or
+// writable.
+int cuframes_packet_publisher_loan(struct cuframes_packet_publisher_t *publisher,
+                                   struct cuframes_packet_lease_t *lease);
+
+// Publishes the first `len` bytes of the loaned slot as one packet with
+// `*info`; stores its seq in `*seq` unless `seq` is NULL (0 on failure).
+// The lease's pointer is invalid afterwards. If `len` exceeds the lease's
+// `capacity` (or `info` is NULL) nothing is published and the loan stays
+// pending: commit again or abort.
+//
+// Errors: `INVALID_ARGUMENT` (NULL, `len` too large, no slot is loaned).
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live packet publisher; `info` is NULL or
+// valid; `seq` is NULL or writable.
+int cuframes_packet_publisher_commit(struct cuframes_packet_publisher_t *publisher,
+                                     size_t len,
+                                     const struct cuframes_packet_info_t *info,
+                                     uint64_t *seq);
+
+// Gives the loaned slot back unpublished.
+//
+// Errors: `INVALID_ARGUMENT` (NULL, or no slot is loaned).
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live packet publisher.
+int cuframes_packet_publisher_abort(struct cuframes_packet_publisher_t *publisher);
+
+// The stream's largest packet in bytes (its `max_packet`); 0 if
+// `publisher` is NULL.
+//
+// Thread safety: any thread (reads immutable state).
+//
+// # Safety
+// `publisher` is NULL or a live packet publisher.
+size_t cuframes_packet_publisher_max_packet(const struct cuframes_packet_publisher_t *publisher);
+
+// Ring-wide counters, as `cuframes_publisher_stats` (`published` counts
+// packets). On failure `*stats` is zeroed.
+//
+// Thread safety: one call at a time per publisher.
+//
+// # Safety
+// `publisher` is NULL or a live packet publisher; `stats` is NULL or
+// writable.
+int cuframes_packet_publisher_stats(const struct cuframes_packet_publisher_t *publisher,
+                                    struct cuframes_publisher_stats_t *stats);
+
+// Closes the stream and frees the publisher: subscribers drain what is
+// left, then get `CUFRAMES_ERR_CLOSED`; the segment is removed. A loaned
+// slot is dropped unpublished. Packets subscribers hold stay valid until
+// released. NULL is ignored.
+//
+// Thread safety: no other call on this publisher may run or follow.
+//
+// # Safety
+// `publisher` is NULL or a live packet publisher, not used afterwards.
+void cuframes_packet_publisher_destroy(struct cuframes_packet_publisher_t *publisher);
+
+// Connects to the packet stream `key` as `name` in `mode`
+// (`CUFRAMES_MODE_*`), waiting up to the connect timeout for it to exist.
+// `CUFRAMES_MODE_NEWEST_ONLY` starts at the newest keyframe and, when a
+// newer group of pictures began while it lags, jumps to its keyframe;
+// `CUFRAMES_MODE_QUEUE` is lossless from the newest keyframe at connect
+// on. `options` may be NULL for the defaults. On success `*out` is the
+// new subscriber; on failure NULL.
+//
+// Errors: as `cuframes_subscriber_create`; `INCOMPATIBLE` for a frame
+// stream (and `cuframes_subscriber_create` gives it for a packet stream).
+//
+// Thread safety: any thread. Blocks up to the connect timeout.
+//
+// # Safety
+// `key` and `name` are NULL or NUL-terminated strings; `options` is NULL
+// or valid; `out` is NULL or writable.
+int cuframes_packet_subscriber_create(const char *key,
+                                      const char *name,
+                                      uint32_t mode,
+                                      const struct cuframes_subscriber_options_t *options,
+                                      struct cuframes_packet_subscriber_t **out);
+
+// The stream's `CUFRAMES_CODEC_*`; 0 for NULL.
+//
+// Thread safety: any thread (reads immutable state).
+//
+// # Safety
+// `subscriber` is NULL or a live packet subscriber.
+uint32_t cuframes_packet_subscriber_codec(const struct cuframes_packet_subscriber_t *subscriber);
+
+// The stream's codec configuration, copied at connect: `*data` (NULL when
+// there is none) and `*len` bytes. The bytes belong to the subscriber and
+// stay valid until it is destroyed. On failure `*data` is NULL and `*len`
+// 0.
+//
+// Errors: `INVALID_ARGUMENT` (NULL).
+//
+// Thread safety: any thread (reads immutable state).
+//
+// # Safety
+// `subscriber` is NULL or a live packet subscriber; `data` and `len` are
+// NULL or writable.
+int cuframes_packet_subscriber_extradata(const struct cuframes_packet_subscriber_t *subscriber,
+                                         const uint8_t **data,
+                                         size_t *len);
+
+// Fills `*stream` with what the stream carries: codec, coded size,
+// `max_packet` and the codec configuration (whose bytes belong to the
+// subscriber and stay valid until it is destroyed). On failure `*stream`
+// is zeroed.
+//
+// Errors: `INVALID_ARGUMENT` (NULL).
+//
+// Thread safety: any thread (reads immutable state).
+//
+// # Safety
+// `subscriber` is NULL or a live packet subscriber; `stream` is NULL or
+// writable.
+int cuframes_packet_subscriber_stream(const struct cuframes_packet_subscriber_t *subscriber,
+                                      struct cuframes_packet_stream_t *stream);
+
+// Waits up to `timeout_ms` for the next packet and stores it in
+// `*packet_out` (NULL on failure). Release it with
+// `cuframes_packet_release`. The first packet a subscriber gets is a
+// keyframe, and so is the next one after any skip.
+//
+// Errors: as `cuframes_subscriber_next`.
+//
+// Thread safety: one call at a time per subscriber (any thread).
+//
+// # Safety
+// `subscriber` is NULL or a live packet subscriber; `packet_out` is NULL
+// or writable.
+int cuframes_packet_subscriber_next(struct cuframes_packet_subscriber_t *subscriber,
+                                    uint32_t timeout_ms,
+                                    struct cuframes_packet_t **packet_out);
+
+// Takes a packet if one is ready, without waiting:
+// `CUFRAMES_ERR_WOULD_BLOCK` when none is. Otherwise as
+// `cuframes_packet_subscriber_next`.
+//
+// Thread safety: one call at a time per subscriber (any thread).
+//
+// # Safety
+// As for `cuframes_packet_subscriber_next`.
+int cuframes_packet_subscriber_try_next(struct cuframes_packet_subscriber_t *subscriber,
+                                        struct cuframes_packet_t **packet_out);
+
+// This subscriber's counters, as `cuframes_subscriber_stats` (`dropped`
+// counts packets skipped to reach a keyframe). On failure `*stats` is
+// zeroed.
+//
+// Thread safety: one call at a time per subscriber (not concurrently with
+// `cuframes_packet_subscriber_next`).
+//
+// # Safety
+// `subscriber` is NULL or a live packet subscriber; `stats` is NULL or
+// writable.
+int cuframes_packet_subscriber_stats(const struct cuframes_packet_subscriber_t *subscriber,
+                                     struct cuframes_subscriber_stats_t *stats);
+
+// Disconnects and frees the subscriber. Packets still held stay valid
+// until released; the extradata pointer it gave is invalid. NULL is
+// ignored.
+//
+// Thread safety: no other call on this subscriber may run or follow.
+//
+// # Safety
+// `subscriber` is NULL or a live packet subscriber, not used afterwards.
+void cuframes_packet_subscriber_destroy(struct cuframes_packet_subscriber_t *subscriber);
+
+// Sequence number (consecutive packets have consecutive seqs); 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors of the
+// same packet.
+//
+// # Safety
+// `packet` is NULL or a live (unreleased) packet.
+uint64_t cuframes_packet_seq(const struct cuframes_packet_t *packet);
+
+// Bytes of the packet; 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors of the
+// same packet.
+//
+// # Safety
+// `packet` is NULL or a live (unreleased) packet.
+size_t cuframes_packet_size(const struct cuframes_packet_t *packet);
+
+// The packet's first byte (read-only, `cuframes_packet_size` bytes, in
+// shared memory), valid until the packet is released; NULL for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors.
+//
+// # Safety
+// `packet` is NULL or a live (unreleased) packet.
+const uint8_t *cuframes_packet_data(const struct cuframes_packet_t *packet);
+
+// Monotonic (CLOCK_MONOTONIC) nanoseconds of the commit; 0 for NULL.
+//
+// Thread safety: any thread, concurrently with other accessors of the
+// same packet.
+//
+// # Safety
+// `packet` is NULL or a live (unreleased) packet.
+uint64_t cuframes_packet_commit_ns(const struct cuframes_packet_t *packet);
+
+// Fills `*info` with the packet's timestamps and flags as published. On
+// failure `*info` is zeroed.
+//
+// Errors: `INVALID_ARGUMENT` (NULL).
+//
+// Thread safety: any thread, concurrently with other accessors of the
+// same packet.
+//
+// # Safety
+// `packet` is NULL or a live (unreleased) packet; `info` is NULL or
+// writable.
+int cuframes_packet_info(const struct cuframes_packet_t *packet,
+                         struct cuframes_packet_info_t *info);
+
+// Releases the packet: its slot may be reused, and its data pointer is
+// invalid. NULL is ignored. Releasing twice is undefined, like `free`.
+//
+// Thread safety: any thread, once, after every accessor call on this
+// packet has returned. It may outlive its subscriber and the publisher.
+//
+// # Safety
+// `packet` is NULL or a live packet, not used afterwards.
+void cuframes_packet_release(struct cuframes_packet_t *packet);
 
 // Fills `options` with the defaults.
 //

@@ -8,10 +8,14 @@
 //!   (docs/errors.md). `cuframes_last_error_message()` then says what
 //!   happened, per thread.
 //! - Handles are opaque. Each `*_create` has a `*_destroy`; a frame from
-//!   `cuframes_subscriber_next` is released with `cuframes_frame_release`.
+//!   `cuframes_subscriber_next` is released with `cuframes_frame_release`,
+//!   a packet from `cuframes_packet_subscriber_next` with
+//!   `cuframes_packet_release`.
 //! - Every pointer argument is checked: NULL gives
 //!   `CUFRAMES_ERR_INVALID_ARGUMENT`, never a crash. Out-pointers are set
 //!   to NULL (or zeroed) when a call fails.
+//! - Streams of encoded packets (H.264, HEVC, ...) have their own calls
+//!   (`cuframes_packet_*`, module `packets`) with the same rules.
 //! - Streams whose frames live in GPU memory have their own calls
 //!   (`cuframes_cuda_*`, module `cuda`) with the same rules; without a
 //!   CUDA driver they fail with `CUFRAMES_ERR_CUDA`.
@@ -26,10 +30,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 mod cuda;
+mod packets;
 mod publisher;
 mod subscriber;
 
 pub use cuda::*;
+pub use packets::*;
 pub use publisher::*;
 pub use subscriber::*;
 
@@ -256,6 +262,35 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> 
 pub(crate) unsafe fn hand_out<T>(out: *mut *mut T, v: T) {
     // SAFETY: per the function's contract.
     unsafe { out.write(Box::into_raw(Box::new(v))) };
+}
+
+/// Calls that hand out a new handle taken from an existing one (a frame or
+/// a packet from a subscriber): clears `*out`, runs `take` on `*source`
+/// and hands its result out. `source_what` and `out_what` name the
+/// arguments in the NULL messages.
+///
+/// # Safety
+/// `source` is NULL or points to a live `S` not otherwise accessed during
+/// the call; `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn deliver<S, T>(
+    source: *mut S,
+    source_what: &str,
+    out: *mut *mut T,
+    out_what: &str,
+    take: impl FnOnce(&mut S) -> Result<T>,
+) -> c_int {
+    call(|| {
+        let out = out_ptr(out, out_what)?;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: per the contract.
+        let taken = take(unsafe { arg_mut(source, source_what) }?)?;
+        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
+        unsafe { hand_out(out, taken) };
+        Ok(())
+    })
 }
 
 /// Takes back a handle made by [`hand_out`]; NULL is ignored.

@@ -4,7 +4,9 @@ use crate::{
     arg, arg_mut, c_str, call, hand_out, invalid, out_ptr, size_t, take_back, value,
     CUFRAMES_MAX_PLANES,
 };
-use cuframes::{FrameLayout, LosslessPolicy, PixelFormat, Publisher, PublisherOptions, Result};
+use cuframes::{
+    FrameLayout, LosslessPolicy, PixelFormat, Publisher, PublisherOptions, Result, RingStats,
+};
 use std::ffi::{c_char, c_int};
 use std::time::Duration;
 
@@ -135,18 +137,23 @@ pub struct cuframes_publisher_stats_t {
     pub writing: u32,
 }
 
+impl From<RingStats> for cuframes_publisher_stats_t {
+    fn from(s: RingStats) -> Self {
+        Self {
+            head_seq: s.head_seq,
+            published: s.published,
+            rate_mfps: s.rate_mfps,
+            subscribers: s.active().count() as u32,
+            occupancy: s.occupancy,
+            slot_count: s.slot_count,
+            writing: s.writing.into(),
+        }
+    }
+}
+
 /// The C view of a publisher's ring counters.
 pub(crate) fn stats_of(p: &Publisher) -> cuframes_publisher_stats_t {
-    let s = p.stats();
-    cuframes_publisher_stats_t {
-        head_seq: s.head_seq,
-        published: s.published,
-        rate_mfps: s.rate_mfps,
-        subscribers: s.active().count() as u32,
-        occupancy: s.occupancy,
-        slot_count: s.slot_count,
-        writing: s.writing.into(),
-    }
+    p.stats().into()
 }
 
 /// Fills `options` with the defaults.

@@ -1,7 +1,7 @@
 //! Subscriber and frame calls.
 
 use crate::publisher::ms;
-use crate::{arg, arg_mut, c_str, call, hand_out, invalid, out_ptr, size_t, take_back, value};
+use crate::{arg, c_str, call, hand_out, invalid, out_ptr, size_t, take_back, value};
 use cuframes::{Frame, Mode, Result, Subscriber, SubscriberOptions, SubscriberStats};
 use std::ffi::{c_char, c_int};
 use std::time::Duration;
@@ -180,17 +180,12 @@ unsafe fn deliver(
     frame_out: *mut *mut cuframes_frame_t,
     take: impl FnOnce(&mut Subscriber) -> Result<Frame>,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(frame_out, "frame_out")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: per the contract.
-        let s = &mut unsafe { arg_mut(subscriber, "subscriber") }?.subscriber;
-        let frame = take(s)?;
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, cuframes_frame_t { frame }) };
-        Ok(())
-    })
+    // SAFETY: the contract is passed through.
+    unsafe {
+        crate::deliver(subscriber, "subscriber", frame_out, "frame_out", |s| {
+            take(&mut s.subscriber).map(|frame| cuframes_frame_t { frame })
+        })
+    }
 }
 
 /// Waits up to `timeout_ms` for the next frame — the newest
