@@ -145,7 +145,6 @@ impl Publisher {
                 ),
             ));
         }
-        let lock = lock_key(key, options.mode)?;
         let ring = RingParams {
             slot_count: options.slot_count,
             subscriber_capacity: options.subscriber_capacity,
@@ -161,6 +160,9 @@ impl Publisher {
         };
         let header =
             plan(&ring, &who).map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
+        // Planned before the key is locked: a stream refused here leaves
+        // no lock file behind.
+        let lock = lock_key(key, options.mode)?;
         let layout = header.layout;
         let mut shared = Shared::create(key, &header, options.mode)?;
         // Held for the publisher's life; subscribers in any pid namespace

@@ -247,6 +247,16 @@ fn publisher_errors_lose_nothing() {
     // Frame API on a packet stream: refused, clearly.
     let e = Subscriber::connect("pk-errors", "f", Mode::Queue, Default::default()).unwrap_err();
     assert_eq!(e.code(), ErrorCode::Incompatible);
+    // A stream that cannot be planned (no room for any packet) is refused
+    // before the key is locked: no lock file is left behind.
+    let e = PacketPublisher::create(
+        "pk-zero",
+        &PacketStream::new(Codec::H264, 0),
+        Default::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    assert!(!dir().0.join(".cuframes.pk-zero.lock").exists());
     // Codec configuration over 1 MiB: refused before anything is created.
     let big = PacketStream::new(Codec::Hevc, 1024).with_extradata(vec![0; (1 << 20) + 1]);
     let e = PacketPublisher::create("pk-big", &big, Default::default()).unwrap_err();
