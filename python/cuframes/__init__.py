@@ -3,7 +3,10 @@
 A :class:`Publisher` writes frames into a ring of slots in shared memory;
 any number of subscribers (:func:`subscribe`) read the same bytes in place,
 as numpy arrays (``frame.y``, ``frame.uv``) or through DLPack
-(``torch.from_dlpack(frame.plane(0))``). See ``docs/python.md``.
+(``torch.from_dlpack(frame.plane(0))``). Encoded video travels the same
+way: a :class:`PacketPublisher` writes H.264/HEVC/... packets and
+:func:`subscribe_packets` reads them in place, always from a keyframe on.
+See ``docs/python.md``.
 
 The library logs through :mod:`logging`, on loggers named ``cuframes.*``.
 """
@@ -39,6 +42,9 @@ from ._native import (
     CuframesFrame,
     CuframesSubscriber,
     DLPackView,
+    Packet,
+    PacketPublisher,
+    PacketSubscriber,
     Publisher,
     WriteLease,
     __version__,
@@ -82,6 +88,34 @@ def subscribe(
     )
 
 
+def subscribe_packets(
+    key: str,
+    consumer_name: str,
+    mode: Union[SubscriberMode, int] = SubscriberMode.NEWEST_ONLY,
+    connect_timeout_ms: int = 2000,
+    max_held: Optional[int] = None,
+    allow_other_owner: bool = False,
+) -> PacketSubscriber:
+    """Connects to the encoded packet stream ``key`` (waiting up to
+    ``connect_timeout_ms`` for it to appear) and returns the subscriber.
+    Same as constructing :class:`PacketSubscriber`.
+
+    Every sequence of packets it hands out decodes from its first packet,
+    a keyframe: ``NEWEST_ONLY`` joins at the newest keyframe and jumps to
+    a newer one when it falls behind; ``QUEUE`` is lossless from the newest
+    keyframe at connect. A stream of decoded frames raises
+    :class:`CuframesIncompatibleError` (read it with :func:`subscribe`).
+    ``max_held`` and ``allow_other_owner`` are as for :func:`subscribe`."""
+    return PacketSubscriber(
+        key,
+        consumer_name,
+        mode,
+        connect_timeout_ms=connect_timeout_ms,
+        max_held=max_held,
+        allow_other_owner=allow_other_owner,
+    )
+
+
 __all__ = [
     "AsyncFrameCallback",
     "CuframesAlreadyExistsError",
@@ -107,6 +141,9 @@ __all__ = [
     "ErrorCode",
     "FrameCallback",
     "LosslessPolicy",
+    "Packet",
+    "PacketPublisher",
+    "PacketSubscriber",
     "PixelFormat",
     "Publisher",
     "ReconnectingSubscriber",
@@ -120,4 +157,5 @@ __all__ = [
     "stream_status",
     "strerror",
     "subscribe",
+    "subscribe_packets",
 ]

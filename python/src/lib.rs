@@ -8,6 +8,7 @@ mod errors;
 mod frame;
 mod holds;
 mod logging;
+mod packets;
 mod planes;
 mod publisher;
 mod source;
@@ -39,6 +40,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<publisher::PyPublisher>()?;
     m.add_class::<publisher::PyLease>()?;
     m.add_class::<dlpack::DLPackView>()?;
+    m.add_class::<packets::PyPacket>()?;
+    m.add_class::<packets::PyPacketSubscriber>()?;
+    m.add_class::<packets::PyPacketPublisher>()?;
     m.add_function(wrap_pyfunction!(streams::stream_status, m)?)?;
     m.add_function(wrap_pyfunction!(streams::list_streams, m)?)?;
     m.add_function(wrap_pyfunction!(strerror, m)?)?;
