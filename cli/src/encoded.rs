@@ -125,7 +125,12 @@ pub fn publish(
         n: 0,
         keys: 0,
     };
-    let mut demux = Demuxer::new();
+    // A packet far over the limit is refused while it is being read, so a
+    // hostile or broken input cannot grow the buffer without bound.
+    let cap = usize::try_from(how.max_packet.saturating_mul(2))
+        .unwrap_or(usize::MAX)
+        .max(1 << 20);
+    let mut demux = Demuxer::new().with_max_pes_size(cap);
     let mut buf = vec![0u8; 1 << 16];
     let mut packets = Vec::new();
     let result = (|| loop {
@@ -138,9 +143,13 @@ pub fn publish(
                 0
             }
             Ok(k) => {
-                demux
-                    .push(&buf[..k], &mut packets)
-                    .map_err(|e| invalid(format!("{}: {e}", how.input.display())))?;
+                demux.push(&buf[..k], &mut packets).map_err(|e| {
+                    invalid(format!(
+                        "{}: {e} (--max-packet is {} bytes)",
+                        how.input.display(),
+                        how.max_packet
+                    ))
+                })?;
                 k
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -410,8 +419,6 @@ struct Recorder {
     child: Option<Child>,
     mux: Option<Muxer<std::process::ChildStdin>>,
     codec: TsCodec,
-    /// Parameter sets to put before a keyframe that lacks them.
-    params: Vec<u8>,
     /// NAL length size when packets are length-prefixed (avcC/hvcC).
     nal_len: Option<usize>,
     path: std::path::PathBuf,
@@ -435,11 +442,14 @@ impl Recorder {
             .spawn()
             .map_err(|e| tool_missing("ffmpeg", e))?;
         let stdin = child.stdin.take().expect("piped stdin");
+        // Keyframes without parameter sets of their own (a source that keeps
+        // them out of band) get the stream's in front.
+        let mut mux = Muxer::new(stdin, codec);
+        mux.set_parameter_sets((!params.is_empty()).then_some(params));
         Ok(Self {
             child: Some(child),
-            mux: Some(Muxer::new(stdin, codec)),
+            mux: Some(mux),
             codec,
-            params,
             nal_len,
             path: path.to_owned(),
         })
@@ -452,14 +462,6 @@ impl Recorder {
             annexb = mpegts::length_prefixed_to_annexb(data, n)
                 .map_err(|e| invalid(format!("packet {}: {e}", p.seq())))?;
             data = &annexb;
-        }
-        let with_params;
-        if p.is_key()
-            && !self.params.is_empty()
-            && mpegts::parameter_sets(self.codec, data).is_none()
-        {
-            with_params = [self.params.as_slice(), data].concat();
-            data = &with_params;
         }
         let mux = self.mux.as_mut().expect("open until finish");
         mux.write(
@@ -499,10 +501,12 @@ impl Recorder {
         if let Some(err) = self.child.as_mut().and_then(|c| c.stderr.as_mut()) {
             let _ = err.read_to_string(&mut why);
         }
-        Error::io(
-            format!("ffmpeg writing {} ({})", self.path.display(), why.trim()),
-            e,
-        )
+        let what = format!(
+            "ffmpeg writing {} to {}",
+            self.codec.name(),
+            self.path.display()
+        );
+        Error::io(format!("{what} ({})", why.trim()), e)
     }
 }
 

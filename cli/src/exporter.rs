@@ -332,14 +332,14 @@ fn encode_streams(
         "cuframes_packet_bitrate_bps",
         "Packet streams: payload bit rate in bits per second, as averaged by the publisher's keeper thread",
         None,
-        per_stream(&|s| packets(s).then(|| Value::Gauge(s.stats.bitrate_bps as f64))),
+        per_stream(&|s| packets(s).then_some(Value::Gauge(s.stats.bitrate_bps as f64))),
     )?;
     family(
         e,
         "cuframes_packet_gop",
         "Packet streams: packets from the last keyframe but one to the last (0 until two were seen)",
         None,
-        per_stream(&|s| packets(s).then(|| Value::Gauge(s.stats.gop as f64))),
+        per_stream(&|s| packets(s).then_some(Value::Gauge(s.stats.gop as f64))),
     )?;
     family(
         e,

@@ -14,7 +14,6 @@ mod gc;
 mod inspect;
 mod latency;
 mod live;
-#[allow(dead_code, unused_imports)] // until `publish`/`record` use it
 mod mpegts;
 mod publish;
 mod subscribe;

@@ -23,12 +23,9 @@ mod demux;
 mod mux;
 mod nal;
 
-pub use demux::{DemuxError, Demuxer, EsPacket, DEFAULT_MAX_PES_SIZE, PMT_SEARCH_PACKETS};
+pub use demux::{Demuxer, EsPacket};
 pub use mux::Muxer;
-pub use nal::{
-    avcc_parameter_sets, is_keyframe, length_prefixed_to_annexb, nal_type, nal_units,
-    parameter_sets, LengthPrefixError,
-};
+pub use nal::{avcc_parameter_sets, length_prefixed_to_annexb, parameter_sets};
 
 /// Video codecs the TS layer knows (stream_type 0x1b and 0x24).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +93,8 @@ mod tests {
     //! comparisons with ffmpeg/ffprobe on real encoder output (skipped only
     //! when `ffmpeg` is not on PATH).
 
+    use super::demux::{DemuxError, PMT_SEARCH_PACKETS};
+    use super::nal::{is_keyframe, nal_type, nal_units};
     use super::*;
     use std::path::{Path, PathBuf};
     use std::process::Command;
