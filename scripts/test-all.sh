@@ -49,6 +49,11 @@ timeout 300 ./scripts/cuda-sim.sh cargo test -p cuframes-cli --features bench --
 step "exhaustive crash model check (release)"
 cargo test -p cuframes-verification --test crash_model --release -- --nocapture
 
+step "packet ring state machine (release, PROPTEST_CASES=$PROPTEST_CASES, coverage printed)"
+# Keyframe rules of packet rings against a reference model; the counters
+# show the cases reach joins, jumps, skips, evictions and hostile lengths.
+cargo test -p cuframes-verification --test packets --release -- --nocapture
+
 step "C ABI: header check, C tests (shared, static, ASan, valgrind), examples"
 ./scripts/test-c.sh
 

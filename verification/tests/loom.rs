@@ -1029,3 +1029,438 @@ fn shared_subscription_with_room_for_two_never_reads_corrupt() {
         },
     );
 }
+
+// ----------------------------------------------------------------- packets
+//
+// Packet rings (`Ring::for_packets`): one encoded packet per slot, its
+// metadata in the slot header, and reads that keep every subscriber
+// decodable (a keyframe first, then keyframes or the direct successor of
+// the last packet). The writer commits K, P, P, K, P through three slots;
+// the slot's payload cell carries the seq (checked by `next_frame` under
+// the hold) and the slot header the packet's metadata.
+
+/// The largest packet of the packet models.
+const PACKET_MAX: u64 = 64;
+/// The writer's packets, seq 1 to 5: whether each is a keyframe.
+const GOP: [bool; 5] = [true, false, false, true, false];
+
+/// What the writer commits as packet `seq`.
+fn packet_meta(seq: u64) -> PacketMeta {
+    packet_meta_in(&GOP, seq)
+}
+
+/// What the writer commits as packet `seq` of a stream whose keyframes
+/// are `gop`.
+fn packet_meta_in(gop: &[bool], seq: u64) -> PacketMeta {
+    PacketMeta {
+        len: seq * 10,
+        pts_ns: seq as i64 * 1_000,
+        dts_ns: seq as i64 * 1_000 - 500,
+        duration_ns: 1_000 + seq,
+        flags: if gop[seq as usize - 1] {
+            packet::KEY
+        } else {
+            0
+        },
+    }
+}
+
+impl Shared {
+    /// A process's view of the ring as a packet ring.
+    fn packet_handle(&self) -> Handle<'_> {
+        Handle {
+            ring: self.st.ring(self.policy).for_packets(PACKET_MAX),
+            sh: self,
+        }
+    }
+}
+
+/// Commits the next packet (payload cell: its seq), waiting on `space`
+/// when no slot can be loaned, as `publish_waiting` does.
+fn publish_packet(h: &Handle<'_>, w: &mut Writer<&Handle<'_>>) -> u64 {
+    publish_packet_in(&GOP, h, w)
+}
+
+/// [`publish_packet`] for a stream whose keyframes are `gop`.
+fn publish_packet_in(gop: &[bool], h: &Handle<'_>, w: &mut Writer<&Handle<'_>>) -> u64 {
+    loop {
+        match w.begin() {
+            Ok(slot) => {
+                let seq = w.next_seq();
+                // SAFETY: as in `fill_and_commit`; loom checks it.
+                h.sh.payload[slot as usize].with_mut(|p| unsafe { *p = seq });
+                let done = w.commit_packet(&packet_meta_in(gop, seq), 0).expect("fits");
+                assert_eq!((done.seq, done.slot), (seq, slot));
+                return seq;
+            }
+            Err(LoanError::Full | LoanError::Backpressure) => {}
+            Err(e) => panic!("loan: {e:?}"),
+        }
+        let v = h.ring.begin_wait_space();
+        if w.poll_loan().is_err() {
+            h.sh.writer.wait(&h.sh.st.ctl.space, v);
+        }
+        h.ring.end_wait_space();
+    }
+}
+
+/// A packet ring of three slots: a writer thread commits `GOP` and closes
+/// while this thread reads with a `mode` subscriber registered before,
+/// releasing each packet at once. Each packet is checked while held: it
+/// continues the reader's sequence (a keyframe first, then a keyframe or
+/// the direct successor), and the grant's metadata, the slot header and
+/// the payload are what the writer committed for that seq. Returns the
+/// seqs received.
+fn packet_run(policy: LosslessPolicy, mode: Mode) -> (Arc<Shared>, Vec<u64>, RecordToken) {
+    let sh = Shared::new(3, 1, policy);
+    let token = register(&sh.packet_handle(), mode);
+    let writer = {
+        let sh = sh.clone();
+        thread::spawn(move || {
+            let h = sh.packet_handle();
+            let mut w = Writer::new(&h);
+            for seq in 1..=GOP.len() as u64 {
+                assert_eq!(publish_packet(&h, &mut w), seq);
+            }
+            w.close();
+        })
+    };
+    let h = sh.packet_handle();
+    let mut got: Vec<u64> = Vec::new();
+    while let Some(p) = next_frame(&h, &token) {
+        let (seq, meta) = (p.seq(), packet_meta(p.seq()));
+        match got.last() {
+            None => assert!(meta.is_key(), "first packet {seq} is not a keyframe"),
+            Some(&last) => assert!(
+                seq > last && (meta.is_key() || seq == last + 1),
+                "packet {seq} after {last}: neither a keyframe nor the next"
+            ),
+        }
+        assert_eq!(p.packet(), &meta, "packet {seq} metadata");
+        let s = &sh.st.slots[p.slot() as usize];
+        let header = PacketMeta {
+            len: s.len.load(Relaxed),
+            pts_ns: s.pts_ns.load(Relaxed) as i64,
+            dts_ns: s.dts_ns.load(Relaxed) as i64,
+            duration_ns: s.duration_ns.load(Relaxed),
+            flags: s.flags.load(Relaxed),
+        };
+        assert_eq!(
+            (s.seq.load(Relaxed), header),
+            (seq, meta),
+            "slot header of held packet {seq}"
+        );
+        got.push(seq);
+    }
+    writer.join().unwrap();
+    (sh, got, token)
+}
+
+/// (g) A NEWEST_ONLY packet reader against the writer: decodable, ends
+/// on the last GOP (keyframe 4 is never overwritten: three slots, one
+/// more commit after it), and `dropped` counts exactly the packets it
+/// jumped over.
+#[test]
+fn newest_only_packet_reader_stays_decodable() {
+    model("newest_only_packet_reader_stays_decodable", || {
+        let (sh, got, token) = packet_run(LosslessPolicy::Block, Mode::NewestOnly);
+        assert!(got.ends_with(&[4, 5]), "{got:?}");
+        let r = record(&sh, &token);
+        let (rx, dropped) = (r.received.load(SeqCst), r.dropped.load(SeqCst));
+        assert_eq!(rx, got.len() as u64);
+        assert_eq!(
+            rx + dropped,
+            5 - got[0] + 1,
+            "got {got:?}, dropped {dropped}"
+        );
+        assert_nothing_held(&sh);
+        sh.packet_handle().ring.deregister(token);
+    });
+}
+
+/// (h) A QUEUE packet reader under drop-oldest: decodable (after a packet
+/// it needed was overwritten it goes on at the next keyframe), ends on the
+/// last GOP, and received + dropped accounts for every packet, each once.
+#[test]
+fn queue_packet_reader_under_drop_oldest_stays_decodable() {
+    model(
+        "queue_packet_reader_under_drop_oldest_stays_decodable",
+        || {
+            let (sh, got, token) = packet_run(LosslessPolicy::DropOldest, Mode::Queue);
+            assert!(got.ends_with(&[4, 5]), "{got:?}");
+            let r = record(&sh, &token);
+            let (rx, dropped) = (r.received.load(SeqCst), r.dropped.load(SeqCst));
+            assert_eq!(rx, got.len() as u64);
+            assert_eq!(rx + dropped, 5, "got {got:?}, dropped {dropped}");
+            assert_eq!(r.cursor.load(SeqCst), 6);
+            assert_nothing_held(&sh);
+            sh.packet_handle().ring.deregister(token);
+        },
+    );
+}
+
+/// (i) A QUEUE packet subscriber registers under `Block` while the writer
+/// commits (the pin reads the newest keyframe and the head as they
+/// change): it starts at a keyframe and from there is lossless, every seq
+/// to the last, in order.
+#[test]
+fn queue_packet_registration_races_writer() {
+    model("queue_packet_registration_races_writer", || {
+        let sh = Shared::new(3, 1, LosslessPolicy::Block);
+        let writer = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.packet_handle();
+                let mut w = Writer::new(&h);
+                for seq in 1..=GOP.len() as u64 {
+                    assert_eq!(publish_packet(&h, &mut w), seq);
+                }
+                w.close();
+            })
+        };
+        let h = sh.packet_handle();
+        let token = match h.ring.register(&request(Mode::Queue, 1, b"late")) {
+            Ok(token) => token,
+            // Registered after the close: nothing to check.
+            Err(RegisterError::Closed) => {
+                writer.join().unwrap();
+                return;
+            }
+            Err(e) => panic!("register: {e:?}"),
+        };
+        let mut got = Vec::new();
+        while let Some(p) = next_frame(&h, &token) {
+            assert_eq!(p.packet(), &packet_meta(p.seq()));
+            got.push(p.seq());
+        }
+        writer.join().unwrap();
+        if let Some(&first) = got.first() {
+            assert!(
+                GOP[first as usize - 1],
+                "first packet {first} is not a keyframe"
+            );
+            assert_eq!(got, (first..=5).collect::<Vec<_>>(), "not lossless");
+        }
+        h.ring.deregister(token);
+        assert_nothing_held(&sh);
+    });
+}
+
+/// Takes the next packet like `next_frame`, but a `Lagged` (the writer
+/// evicted this subscriber) is counted and the read goes on.
+fn next_packet_after_lag<'h>(
+    h: &'h Handle<'h>,
+    token: &RecordToken,
+    lagged: &mut u32,
+) -> Option<ReadGrant<&'h Handle<'h>>> {
+    loop {
+        let got = match ReadGrant::acquire(h, token) {
+            Err(ReadError::WouldBlock) => {
+                let v = h.ring.begin_wait(token.index());
+                let again = ReadGrant::acquire(h, token);
+                if again.as_ref().err() == Some(&ReadError::WouldBlock) {
+                    h.sh.readers.wait(&h.sh.st.ctl.notify, v);
+                }
+                h.ring.end_wait(token.index());
+                again
+            }
+            other => other,
+        };
+        match got {
+            Ok(p) => {
+                // SAFETY: as in `next_frame`; loom checks it.
+                let seen = h.sh.payload[p.slot() as usize].with(|c| unsafe { *c });
+                assert_eq!(seen, p.seq(), "payload of slot {} torn or reused", p.slot());
+                return Some(p);
+            }
+            Err(ReadError::Lagged) => *lagged += 1,
+            Err(ReadError::WouldBlock) => {}
+            Err(ReadError::Closed) => return None,
+            Err(e) => panic!("read: {e:?}"),
+        }
+    }
+}
+
+/// (j) A QUEUE packet reader under `Block` against a writer that, when a
+/// loan meets backpressure, evicts the laggard at once (the std
+/// publisher's block timeout run out) and goes on. The reader, told
+/// `Lagged`, is pinned again (at the newest keyframe or the head) while
+/// the writer commits: it stays decodable across the eviction, ends on
+/// the last packet, received + dropped accounts for every packet once, and
+/// every eviction is reported to it (`Lagged`) once.
+///
+/// Ignored until two known issues in the core are fixed (each found by
+/// this model; 5 491 executions once both are):
+/// - `Ring::pin_cursor` (registry.rs) stores the cursor again on each
+///   round of its loop, overwriting an eviction the writer made in
+///   between: `evictions` 2, `Lagged` seen once. A packet pin sits behind
+///   the head, so the just-pinned subscriber is at once the one holding the
+///   writer back, and evictable.
+/// - an eviction between a successful hold and the cursor's CAS (Q4 in
+///   `acquire_queue`) leaves the cursor at the packet just delivered; the
+///   `rejoin` then counts that packet as dropped too (`got [1, 2, 4, 5],
+///   dropped 2`). Frame rings have this one as well.
+#[test]
+#[ignore = "known issues: pin_cursor overwrites a racing eviction; rejoin counts a delivered packet as dropped"]
+fn evicted_queue_packet_reader_stays_decodable() {
+    model("evicted_queue_packet_reader_stays_decodable", || {
+        let sh = Shared::new(3, 1, LosslessPolicy::Block);
+        let token = register(&sh.packet_handle(), Mode::Queue);
+        let writer = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.packet_handle();
+                let mut w = Writer::new(&h);
+                for seq in 1..=GOP.len() as u64 {
+                    while w.poll_loan() == Err(LoanError::Backpressure) {
+                        if w.evict_laggards() == 0 {
+                            // The reader moved on meanwhile.
+                            thread::yield_now();
+                        }
+                    }
+                    assert_eq!(publish_packet(&h, &mut w), seq);
+                }
+                w.close();
+            })
+        };
+        let h = sh.packet_handle();
+        let (mut got, mut lagged) = (Vec::<u64>::new(), 0);
+        while let Some(p) = next_packet_after_lag(&h, &token, &mut lagged) {
+            let (seq, meta) = (p.seq(), packet_meta(p.seq()));
+            match got.last() {
+                None => assert!(meta.is_key(), "first packet {seq} is not a keyframe"),
+                Some(&last) => assert!(
+                    seq > last && (meta.is_key() || seq == last + 1),
+                    "packet {seq} after {last}: neither a keyframe nor the next"
+                ),
+            }
+            assert_eq!(p.packet(), &meta);
+            got.push(seq);
+        }
+        writer.join().unwrap();
+        assert_eq!(got.last(), Some(&5), "{got:?}");
+        let r = record(&sh, &token);
+        let (rx, dropped) = (r.received.load(SeqCst), r.dropped.load(SeqCst));
+        assert_eq!(rx, got.len() as u64);
+        assert_eq!(
+            rx + dropped,
+            5,
+            "got {got:?}, dropped {dropped}, lagged {lagged}"
+        );
+        assert_eq!(
+            r.evictions.load(SeqCst),
+            u64::from(lagged),
+            "evictions the writer made vs `Lagged` the reader was told; got {got:?}"
+        );
+        assert_nothing_held(&sh);
+        h.ring.deregister(token);
+    });
+}
+
+/// (k) A QUEUE packet subscriber registers under `Block` while the writer
+/// loans a slot. The pin lands on keyframe 1, behind the head (a
+/// NEWEST_ONLY viewer holds 1, so every packet of the GOP is still there
+/// when the pin starts): from there it must be lossless, or, if the pin
+/// saw the GOP broken, move on to wait for the next keyframe.
+///
+/// Ignored until a known issue in the core is fixed (found by this model,
+/// and by `queue_packet_registration_races_writer` at a preemption bound
+/// of 3): `pin_cursor` re-checks only that the head did not move, which
+/// protects the head (a frame pin) but not packets behind it. A loan whose
+/// slot choice read the cursors before the pin takes packet 2's slot after
+/// the pin is published: the subscriber gets `[1]`, then skips 2..=5.
+#[test]
+#[ignore = "known issue: a QUEUE pin behind the head races a loan already choosing its slot"]
+fn queue_packet_pin_behind_the_head_races_a_loan() {
+    const ONE_GOP: [bool; 5] = [true, false, false, false, false];
+    model("queue_packet_pin_behind_the_head_races_a_loan", || {
+        // Budget: 1 + 1 held, plus the head and one for the writer.
+        let sh = Shared::new(4, 2, LosslessPolicy::Block);
+        let viewer = register(&sh.packet_handle(), Mode::NewestOnly);
+        let ready = Arc::new((AtomicU32::new(0), Futex::new()));
+        let writer = {
+            let (sh, ready) = (sh.clone(), ready.clone());
+            thread::spawn(move || {
+                let h = sh.packet_handle();
+                let mut w = Writer::new(&h);
+                assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), 1);
+                let held = ReadGrant::acquire(&h, &viewer).expect("keyframe 1");
+                for seq in 2..=4 {
+                    assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), seq);
+                }
+                ready.0.store(1, SeqCst);
+                ready.1.wake();
+                // Its slot choice may read the cursors before the pin.
+                assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), 5);
+                w.close();
+                drop(held);
+                h.ring.deregister(viewer);
+            })
+        };
+        while ready.0.load(SeqCst) == 0 {
+            ready.1.wait(&ready.0, 0);
+        }
+        let h = sh.packet_handle();
+        let token = match h.ring.register(&request(Mode::Queue, 1, b"late")) {
+            Ok(token) => token,
+            // Registered after the close: nothing to check.
+            Err(RegisterError::Closed) => {
+                writer.join().unwrap();
+                return;
+            }
+            Err(e) => panic!("register: {e:?}"),
+        };
+        let mut got = Vec::new();
+        while let Some(p) = next_frame(&h, &token) {
+            assert_eq!(p.packet(), &packet_meta_in(&ONE_GOP, p.seq()));
+            got.push(p.seq());
+        }
+        writer.join().unwrap();
+        // Pinned at keyframe 1, it gets every packet; or the pin saw a
+        // packet after 1 taken and moved on to wait for the next keyframe
+        // (there is none).
+        assert!(
+            got.is_empty() || got == [1, 2, 3, 4, 5],
+            "not lossless from keyframe 1: {got:?}"
+        );
+        h.ring.deregister(token);
+        assert_nothing_held(&sh);
+    });
+}
+
+/// (l) Under `Block`, a QUEUE packet subscriber that joined mid-GOP skips
+/// the packets it cannot decode, moving its cursor without keeping any of
+/// them: that frees the slots a writer may be waiting for, so it must wake
+/// the writer (today through the withdrawal of its probe of each skipped
+/// packet). Packets 1..=3 are not keyframes, 4 is.
+#[test]
+fn queue_packet_skip_wakes_the_writer() {
+    const LATE_KEY: [bool; 5] = [false, false, false, true, false];
+    model("queue_packet_skip_wakes_the_writer", || {
+        let sh = Shared::new(3, 1, LosslessPolicy::Block);
+        let h = sh.packet_handle();
+        let token = register(&h, Mode::Queue);
+        let writer = {
+            let sh = sh.clone();
+            thread::spawn(move || {
+                let h = sh.packet_handle();
+                let mut w = Writer::new(&h);
+                for seq in 1..=5 {
+                    assert_eq!(publish_packet_in(&LATE_KEY, &h, &mut w), seq);
+                }
+                w.close();
+            })
+        };
+        let mut got = Vec::new();
+        while let Some(p) = next_frame(&h, &token) {
+            assert_eq!(p.packet(), &packet_meta_in(&LATE_KEY, p.seq()));
+            got.push(p.seq());
+        }
+        writer.join().unwrap();
+        assert_eq!(got, [4, 5]);
+        let r = record(&sh, &token);
+        assert_eq!(r.dropped.load(SeqCst), 3);
+        h.ring.deregister(token);
+        assert_nothing_held(&sh);
+    });
+}
