@@ -188,16 +188,34 @@ impl Ring<'_> {
             .min()
     }
 
-    /// Where a lossless packet reader starts: the newest keyframe if it is
-    /// newer than what the reader has, else the head (and the read path
-    /// then waits for the next keyframe).
+    /// Where a lossless packet reader starts: the newest keyframe, if it is
+    /// newer than what the reader has and it and every packet after it up
+    /// to `head` are still in the ring (lossless from a keyframe means the
+    /// whole run); else the head (and the read path then waits for the next
+    /// keyframe).
     pub(crate) fn packet_start(&self, rec: &SubscriberRecord, head: u64) -> u64 {
         let (key, _) = self.last_key();
-        if key != 0 && key <= head && key > rec.last_seq.load(Relaxed) {
+        if key != 0 && key > rec.last_seq.load(Relaxed) && self.run_present(key, head) {
             key
         } else {
             head.max(1)
         }
+    }
+
+    /// Whether packets `from..=to` are all in the ring and none is being
+    /// rewritten (a run longer than the ring cannot be).
+    pub(crate) fn run_present(&self, from: u64, to: u64) -> bool {
+        if from == 0 || from > to || to - from >= self.slots.len() as u64 {
+            return false;
+        }
+        (from..=to).all(|seq| {
+            let (s, slot) =
+                unpack(self.index[(seq as usize) & (self.index.len() - 1)].load(Acquire));
+            s == seq
+                && self.slots.get(slot as usize).is_some_and(|h| {
+                    h.lease.load(Acquire) & WRITER == 0 && h.seq.load(Acquire) == seq
+                })
+        })
     }
 
     /// NEWEST_ONLY for packets: the newest keyframe when a newer group of

@@ -347,6 +347,9 @@ impl Ring<'_> {
             {
                 crate::sync::crash_point(); // frame gone: cursor moved on
                 rec.dropped.fetch_add(oldest - want, Relaxed);
+                // A packet reader skipping forward may free a writer that
+                // waits under Block: tell it.
+                *withdrew |= packets;
             }
             crate::sync::spin_hint();
         }
@@ -358,8 +361,10 @@ impl Ring<'_> {
     fn rejoin(&self, rec: &SubscriberRecord, evicted: u64) -> ReadError {
         let pinned = self.pin_cursor(rec);
         if evicted != NO_CURSOR {
-            rec.dropped
-                .fetch_add(pinned.saturating_sub(evicted & !EVICTED), Relaxed);
+            // From the first seq it did not get: an eviction that raced the
+            // cursor step of its last read left the cursor on that one.
+            let from = (evicted & !EVICTED).max(rec.last_seq.load(Relaxed) + 1);
+            rec.dropped.fetch_add(pinned.saturating_sub(from), Relaxed);
         }
         ReadError::Lagged
     }

@@ -197,15 +197,25 @@ impl Ring<'_> {
     /// loads (or hostile memory) could exhaust it, and then the cursor
     /// simply starts at a frame the reader may find already overwritten.
     pub(crate) fn pin_cursor(&self, r: &SubscriberRecord) -> u64 {
-        let mut pinned = 1;
+        let mut pinned = None;
         for _ in 0..1024 {
             let (seq, _) = self.head();
-            pinned = if self.is_packets() {
+            let want = if self.is_packets() {
                 self.packet_start(r, seq)
             } else {
                 seq.max(1)
             };
-            r.cursor.store(pinned, SeqCst);
+            match pinned {
+                None => r.cursor.store(want, SeqCst),
+                // Later rounds move only our own pin: an eviction flagged
+                // in between stays (the next read reports it).
+                Some(p) => {
+                    if r.cursor.compare_exchange(p, want, SeqCst, Relaxed).is_err() {
+                        break;
+                    }
+                }
+            }
+            pinned = Some(want);
             crate::sync::crash_point(); // R6 cursor stored
                                         // Store-load order between our cursor store and the head
                                         // re-read, paired with the fence the writer issues after its
@@ -213,12 +223,17 @@ impl Ring<'_> {
                                         // futex wait, and one loom can check (it models SeqCst fences
                                         // but treats SeqCst loads and stores as acquire/release).
             crate::sync::fence(SeqCst);
-            if self.head().0 == seq {
+            // A packet pin behind the head holds only if no loan took one
+            // of its packets before it saw the pin; the writer re-checks
+            // the pins after its CAS (fence to fence), so one side sees
+            // the other.
+            let held = want == seq.max(1) || self.run_present(want, seq);
+            if self.head().0 == seq && held {
                 break;
             }
             crate::sync::spin_hint();
         }
-        pinned
+        pinned.unwrap_or(1)
     }
 
     /// Gives a record back: clears any lease bits it still has and frees it.

@@ -120,6 +120,10 @@ impl<H: RingRef> Writer<H> {
                 .compare_exchange(0, WRITER, Acquire, Relaxed)
                 .is_ok()
             {
+                if self.pinned_meanwhile(slot) {
+                    slot.lease.fetch_and(!WRITER, Release);
+                    continue;
+                }
                 // The old frame is gone from here on: readers that still look
                 // it up by seq find 0 and back off.
                 slot.seq.store(0, Relaxed);
@@ -128,6 +132,21 @@ impl<H: RingRef> Writer<H> {
             }
         }
         Err(LoanError::Full)
+    }
+
+    /// Packet rings under Block: whether a lossless reader pinned the
+    /// packet in `slot` (registering behind the head, at a keyframe) after
+    /// this loan chose it. Fence to fence with the pin (`pin_cursor`): one
+    /// of the two sees the other, and a pin is never silently overwritten.
+    /// Frame pins are at the head, which no loan takes.
+    fn pinned_meanwhile(&self, slot: &SlotHeader) -> bool {
+        let ring = self.ring.ring();
+        if !ring.is_packets() || ring.policy != LosslessPolicy::Block {
+            return false;
+        }
+        crate::sync::fence(SeqCst);
+        let seq = slot.seq.load(Relaxed);
+        seq != 0 && seq >= min_lossless_cursor(ring.subs)
     }
 
     /// The slot loaned by [`begin`](Self::begin) as a typestate grant
