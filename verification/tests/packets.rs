@@ -27,8 +27,8 @@
 //!   rewritten data while held), and a loan never takes a held slot;
 //! - a QUEUE subscriber under `Block` that was never evicted receives
 //!   exactly every seq from its start keyframe on: the newest keyframe if
-//!   it was readable at registration, else the first keyframe committed
-//!   after it;
+//!   it and every packet after it up to the head were readable at
+//!   registration, else the first keyframe committed after it;
 //! - a NEWEST_ONLY subscriber's first packet is the newest keyframe when
 //!   that one is present;
 //! - `dropped` counts exactly the skipped seqs, each once: for NEWEST_ONLY
@@ -45,18 +45,14 @@
 //! `last_key`, `gop` and `bytes`, and what each read must return, from
 //! the rules in `core/src/packet.rs`) is checked too: simpler than
 //! invariants for liveness, it also says when a read may answer
-//! `WouldBlock` and when the writer may answer `Backpressure`.
-//!
-//! Known issue, tolerated here and nowhere else (the ignored tests at the
-//! end show it; the `known_*` counters count each time it is met):
-//! `Ring::packet_start` pins a QUEUE cursor at the newest keyframe even
-//! when that keyframe was overwritten, or a packet after it was. Where the
-//! core pins is accepted if it is that, or a sound start
-//! ([`Model::start_ok`]); a subscriber pinned at a keyframe whose GOP is
-//! broken is not held to losslessness; a cursor pinned back behind where
-//! it was evicted (then counting the packets in between twice) has its
-//! count rebased. Once `packet_start` is fixed the counters stay at 0 and
-//! every property above holds strictly; nothing here needs to change.
+//! `WouldBlock` and when the writer may answer `Backpressure`. Everything
+//! here is sequential, so where a QUEUE cursor is pinned (at registration,
+//! and when it comes back after an eviction) is exactly predicted
+//! ([`Model::packet_start`]): the newest keyframe if it is newer than the
+//! subscriber's last packet and it and every packet after it up to the
+//! head are still in the ring, else the head. The directed cases at the
+//! end pin down the cases where the newest keyframe, or a packet after it,
+//! is gone.
 #![cfg(not(loom))]
 
 use cuframes_core::sync::Ordering::SeqCst;
@@ -203,9 +199,10 @@ mod seen {
         QUEUE_WAIT_PAST_HEAD,
         QUEUE_START_AT_KEY,
         QUEUE_START_AT_HEAD,
-        KNOWN_START_AT_GONE_KEY,
-        KNOWN_START_AT_BROKEN_GOP,
-        KNOWN_REJOIN_BEHIND,
+        QUEUE_START_PAST_GONE_KEY,
+        QUEUE_START_PAST_BROKEN_GOP,
+        REJOIN_AT_KEY,
+        REJOIN_AT_HEAD,
         LOSSLESS_RUNS,
         WOULD_BLOCK,
         HOLD_LIMIT,
@@ -327,18 +324,12 @@ impl Model {
             .min()
     }
 
-    /// Where the core pins a lossless subscriber whose last packet is
-    /// `last` (`packet_start`): the newest keyframe if newer than `last`,
-    /// else the head. The keyframe is taken even when it is gone, or a
-    /// packet after it is (see [`Model::sound_key`] and the ignored
-    /// `stale_key_*` tests).
+    /// Where a lossless subscriber whose last packet is `last` is pinned
+    /// (at registration, or when it comes back after an eviction;
+    /// `packet_start`): the newest keyframe when [`Model::sound_key`], else
+    /// the head (and its reads then wait for the next keyframe).
     fn packet_start(&self, last: u64) -> u64 {
-        let (key, _) = self.last_key;
-        if key != 0 && key <= self.head.0 && key > last {
-            key
-        } else {
-            self.head.0.max(1)
-        }
+        self.sound_key(last).unwrap_or(self.head.0.max(1))
     }
 
     /// The newest keyframe if a reader whose last packet is `last` can
@@ -351,19 +342,6 @@ impl Model {
             && key > last
             && (key..=self.head.0).all(|s| self.indexed(s)))
         .then_some(key)
-    }
-
-    /// Where a lossless subscriber may be pinned (at registration, or when
-    /// it comes back after an eviction): where the core pins it now, or a
-    /// sound start (the newest keyframe when [`Model::sound_key`], else
-    /// the head or past it, to wait for the next keyframe).
-    fn start_ok(&self, last: u64, pinned: u64) -> bool {
-        let head = self.head.0.max(1);
-        pinned == self.packet_start(last)
-            || match self.sound_key(last) {
-                Some(key) => pinned == key,
-                None => pinned == head || pinned == self.head.0 + 1,
-            }
     }
 
     fn min_cursor(&self) -> u64 {
@@ -817,37 +795,28 @@ impl<'r> Run<'r> {
         assert_eq!(token.generation(), self.m.generations[i]);
         let head = self.m.head.0;
         let (key, _) = self.m.last_key;
+        // Where it starts: at the newest keyframe if it can read on from
+        // there to the head, else at the head, waiting for the next
+        // keyframe.
+        let start_key = queue.then(|| self.m.sound_key(0)).flatten();
         let cursor = if queue {
             let pinned = self.st.subs[i].cursor.load(SeqCst);
-            assert!(
-                self.m.start_ok(0, pinned),
-                "queue registration pinned at {pinned} (head {head}, newest keyframe {key}), step {step}"
+            assert_eq!(
+                pinned,
+                self.m.packet_start(0),
+                "queue registration pinned (head {head}, newest keyframe {key}), step {step}"
             );
+            hit(match start_key {
+                Some(_) => &seen::QUEUE_START_AT_KEY,
+                None if self.m.indexed(key) => &seen::QUEUE_START_PAST_BROKEN_GOP,
+                None if key != 0 => &seen::QUEUE_START_PAST_GONE_KEY,
+                None => &seen::QUEUE_START_AT_HEAD,
+            });
             pinned
         } else {
             NO_CURSOR
         };
-        // Where it starts: at a keyframe it can read on from, or waiting for
-        // the next keyframe; or (known issue, see `stale_key_*`) at the
-        // newest keyframe although that one is gone (then it waits for the
-        // next keyframe all the same, counting the packets since the gone
-        // one as dropped) or a packet after it is (then it cannot be
-        // lossless).
-        let mut lossless = queue && self.c.policy == LosslessPolicy::Block;
-        let mut start_key = None;
-        if queue {
-            if cursor == key && self.m.sound_key(0) == Some(key) {
-                start_key = Some(key);
-                hit(&seen::QUEUE_START_AT_KEY);
-            } else if cursor == key && self.m.indexed(key) {
-                lossless = false;
-                hit(&seen::KNOWN_START_AT_BROKEN_GOP);
-            } else if cursor == key {
-                hit(&seen::KNOWN_START_AT_GONE_KEY);
-            } else {
-                hit(&seen::QUEUE_START_AT_HEAD);
-            }
-        }
+        let lossless = queue && self.c.policy == LosslessPolicy::Block;
         self.m.recs[i] = Some(MSub {
             mode,
             max_held,
@@ -922,28 +891,26 @@ impl<'r> Run<'r> {
         }
         assert_eq!(got_want, want, "read by record {idx}, step {step}");
         if want == Want::Err(ReadError::Lagged) {
-            // Back from an eviction, pinned again; what it skipped since
-            // its cursor was evicted counts as dropped.
+            // Back from an eviction, pinned again (never behind where it
+            // was: `check`); what it skipped since the first seq it did not
+            // get counts as dropped.
             let evicted_at = before.cursor;
             let pinned = self.st.subs[idx as usize].cursor.load(SeqCst);
-            assert!(
-                self.m.start_ok(before.last, pinned),
-                "rejoin pinned at {pinned}, evicted at {evicted_at}, step {step}"
+            assert_eq!(
+                pinned,
+                self.m.packet_start(before.last),
+                "rejoin pinned (evicted at {evicted_at}, last {}, head {}, newest keyframe {key}), step {step}",
+                before.last,
+                self.m.head.0
             );
+            hit(if self.m.sound_key(before.last).is_some() {
+                &seen::REJOIN_AT_KEY
+            } else {
+                &seen::REJOIN_AT_HEAD
+            });
             after.cursor = pinned;
             after.evicted = false;
-            after.dropped += pinned.saturating_sub(evicted_at);
-            if pinned < evicted_at {
-                // Known issue (`stale_key_rejoin_moves_the_cursor_back`):
-                // pinned at a newest keyframe that is gone, behind where
-                // the cursor was; the packets in between will be counted
-                // as dropped a second time. Rebase the count so that
-                // everything else stays checked.
-                assert_eq!(pinned, self.m.packet_start(before.last));
-                sub.seen.start -= evicted_at - pinned;
-                sub.seen.cursor = pinned;
-                hit(&seen::KNOWN_REJOIN_BEHIND);
-            }
+            after.dropped += pinned.saturating_sub(evicted_at.max(before.last + 1));
         }
         coverage(before, &after, want, self.m.head.0);
         self.m.recs[idx as usize] = Some(after);
@@ -1262,18 +1229,27 @@ fn commit_one(w: &mut Writer<&Ring<'_>>, key: bool) -> u64 {
     seq
 }
 
-/// Known issue, root cause in `Ring::packet_start` (core/src/packet.rs):
-/// a QUEUE subscriber is pinned at the newest keyframe even when that
-/// keyframe was overwritten (the usual case once a GOP is longer than the
-/// ring). Its cursor then makes every packet in the ring "needed", none of
-/// which it can ever read (they follow a keyframe that is gone), so under
-/// `Block` the writer is held back until the subscriber's first read (and
-/// evicts it if that read is slow to come); that read then counts as
-/// dropped every packet since the gone keyframe, including those
-/// published before it registered.
+/// The seqs `sub` reads (releasing each at once) until it would block;
+/// panics on any other error.
+fn read_all_released(sub: &Subscription<&Ring<'_>>) -> Vec<u64> {
+    let mut got = Vec::new();
+    loop {
+        match sub.try_read() {
+            Ok(p) => got.push(p.seq()),
+            Err(ReadError::WouldBlock) => return got,
+            Err(e) => panic!("read: {e:?}"),
+        }
+    }
+}
+
+/// A QUEUE subscriber that registers once the newest keyframe was
+/// overwritten (the usual case once a GOP is longer than the ring) is
+/// pinned at the head: the packets in the ring follow a keyframe that is
+/// gone, so they do not hold the writer back, and only the head (where it
+/// was pinned) counts as dropped when it moves on to wait for the next
+/// keyframe, which it then gets.
 #[test]
-#[ignore = "known issue: packet_start pins a QUEUE cursor at an overwritten keyframe"]
-fn stale_key_registration_holds_the_writer_back() {
+fn registration_after_the_keyframe_is_gone_pins_at_the_head() {
     let st = Storage::new(3, 1);
     let ring = st.ring(LosslessPolicy::Block).for_packets(MAX_LEN);
     let mut w = Writer::new(&ring);
@@ -1285,29 +1261,27 @@ fn stale_key_registration_holds_the_writer_back() {
     assert_eq!(key, 1);
     assert_eq!(st.slots[key_slot as usize].seq.load(SeqCst), 4);
     let sub = Subscription::register(&ring, &request(Mode::Queue, 1, b"late")).expect("register");
-    // Packets 2..=4 follow a keyframe that is gone: the subscriber can
-    // never read them, so they must not hold the writer back.
-    assert_eq!(
-        w.poll_loan(),
-        Ok(()),
-        "a new QUEUE subscriber that can read nothing in the ring holds the writer back"
-    );
+    let cursor = || st.subs[0].cursor.load(SeqCst);
+    assert_eq!(cursor(), 4, "pinned at the head");
+    assert_eq!(w.poll_loan(), Ok(()), "the writer is not held back");
     assert_eq!(sub.try_read().unwrap_err(), ReadError::WouldBlock);
-    let dropped = ring.stats().active().next().expect("active").dropped;
-    assert!(
-        dropped <= 1,
-        "packets published before registration counted as dropped: {dropped}"
-    );
+    assert_eq!(cursor(), 5, "waits past the head for the next keyframe");
+    let stats = || *ring.stats().active().next().expect("active");
+    assert_eq!((stats().received, stats().dropped), (0, 1));
+    commit_one(&mut w, false); // 5
+    commit_one(&mut w, true); // 6
+    commit_one(&mut w, false); // 7
+    assert_eq!(read_all_released(&sub), [6, 7]);
+    assert_eq!((stats().received, stats().dropped), (2, 2));
 }
 
-/// Known issue, same root cause: a QUEUE subscriber evicted after it moved
-/// past the (overwritten) newest keyframe is pinned back at that keyframe
-/// when it comes back (`Lagged`): its cursor moves back, the writer is
-/// held back again right after it evicted it, and the packets between the
-/// keyframe and the evicted cursor are counted as dropped twice.
+/// A QUEUE subscriber evicted after it moved past the (overwritten) newest
+/// keyframe comes back (`Lagged`) pinned at the head, not at that
+/// keyframe: its cursor never moves back, the writer that just evicted it
+/// is not held back again, and each packet it missed counts as dropped
+/// once.
 #[test]
-#[ignore = "known issue: packet_start pins a returning QUEUE cursor behind where it was"]
-fn stale_key_rejoin_moves_the_cursor_back() {
+fn rejoin_after_the_keyframe_is_gone_pins_at_the_head() {
     let st = Storage::new(3, 1);
     let ring = st.ring(LosslessPolicy::Block).for_packets(MAX_LEN);
     let mut w = Writer::new(&ring);
@@ -1316,9 +1290,11 @@ fn stale_key_rejoin_moves_the_cursor_back() {
     }
     let sub = Subscription::register(&ring, &request(Mode::Queue, 1, b"slow")).expect("register");
     let cursor = || st.subs[0].cursor.load(SeqCst) & !EVICTED;
+    let dropped = || ring.stats().active().next().expect("active").dropped;
+    assert_eq!(cursor(), 4, "pinned at the head");
     // Nothing to read: it waits past the head for the next keyframe.
     assert_eq!(sub.try_read().unwrap_err(), ReadError::WouldBlock);
-    assert_eq!(cursor(), 5);
+    assert_eq!((cursor(), dropped()), (5, 1));
     for _ in 5..=7 {
         commit_one(&mut w, false);
     }
@@ -1327,63 +1303,71 @@ fn stale_key_rejoin_moves_the_cursor_back() {
     assert_eq!(w.evict_laggards(), 1);
     commit_one(&mut w, false); // 8
     assert_eq!(sub.try_read().unwrap_err(), ReadError::Lagged);
-    assert!(
-        cursor() >= 5,
-        "the cursor moved back from 5 to {}",
-        cursor()
-    );
-    assert_eq!(
-        w.poll_loan(),
-        Ok(()),
-        "the writer is held back again by the subscriber it just evicted"
-    );
+    assert_eq!(cursor(), 8, "pinned again at the head");
+    assert_eq!(dropped(), 4, "4..=7 dropped, each once");
+    assert_eq!(w.poll_loan(), Ok(()), "the writer is not held back again");
     assert_eq!(sub.try_read().unwrap_err(), ReadError::WouldBlock);
-    let dropped = ring.stats().active().next().expect("active").dropped;
-    assert!(
-        dropped <= 8,
-        "{dropped} packets counted as dropped of the 8 published"
-    );
+    assert_eq!((cursor(), dropped()), (9, 5));
+    commit_one(&mut w, true); // 9
+    commit_one(&mut w, false); // 10
+    assert_eq!(read_all_released(&sub), [9, 10]);
+    assert_eq!(dropped(), 5, "of the 10 published, 4..=8 dropped");
 }
 
-/// Known issue, same root cause: the newest keyframe is still there (a
-/// NEWEST_ONLY reader holds it) but packets after it were overwritten. A
-/// QUEUE subscriber under `Block` registered now is pinned at that
-/// keyframe, reads it, then must skip to the next keyframe: it is not
-/// lossless from its start keyframe on, although nothing was lost after
-/// it registered.
+/// The newest keyframe is still there (a NEWEST_ONLY reader holds it,
+/// and the packet before it) but a packet after it was overwritten, the
+/// run from it to the head no longer than the ring. A QUEUE subscriber
+/// under `Block` registered now is pinned at the head, not at that
+/// keyframe (it could not read on from it), and is lossless from the next
+/// keyframe on.
 #[test]
-#[ignore = "known issue: packet_start pins a QUEUE cursor at a keyframe whose GOP is broken"]
-fn broken_gop_registration_is_not_lossless() {
-    let st = Storage::new(4, 2);
+fn registration_after_the_gop_is_broken_is_lossless_from_the_next_keyframe() {
+    let st = Storage::new(5, 2);
     let ring = st.ring(LosslessPolicy::Block).for_packets(MAX_LEN);
     let mut w = Writer::new(&ring);
     let viewer =
-        Subscription::register(&ring, &request(Mode::NewestOnly, 1, b"viewer")).expect("register");
+        Subscription::register(&ring, &request(Mode::NewestOnly, 2, b"viewer")).expect("register");
     commit_one(&mut w, true);
-    let held = viewer.try_read().expect("keyframe 1");
-    for _ in 2..=6 {
-        commit_one(&mut w, false); // 5 and 6 overwrite 2 and 3
+    let first = viewer.try_read().expect("keyframe 1");
+    commit_one(&mut w, true);
+    let second = viewer.try_read().expect("keyframe 2");
+    assert_eq!((first.seq(), second.seq()), (1, 2));
+    for _ in 3..=6 {
+        commit_one(&mut w, false); // 6 overwrites 3
     }
+    let (key, _) = ring.last_key();
+    assert_eq!(key, 2);
+    let resident = || -> Vec<u64> {
+        let mut s: Vec<u64> = st.slots.iter().map(|s| s.seq.load(SeqCst)).collect();
+        s.sort_unstable();
+        s
+    };
+    assert_eq!(resident(), [1, 2, 4, 5, 6], "keyframe 2 is there, 3 is not");
     let rec =
         Subscription::register(&ring, &request(Mode::Queue, 1, b"recorder")).expect("register");
+    let rec_index = rec.token().index() as usize;
+    assert_eq!(
+        st.subs[rec_index].cursor.load(SeqCst),
+        6,
+        "pinned at the head, not at keyframe 2"
+    );
     let mut got = Vec::new();
     for key in [false, true, false] {
         // Reads everything it can, then the writer commits the next packet.
-        loop {
-            match rec.try_read() {
-                Ok(p) => got.push(p.seq()),
-                Err(ReadError::WouldBlock) => break,
-                Err(e) => panic!("read: {e:?}"),
-            }
-        }
+        got.extend(read_all_released(&rec));
         commit_one(&mut w, key); // 7, 8 (key), 9
     }
-    drop(held);
-    while let Ok(p) = rec.try_read() {
-        got.push(p.seq());
-    }
-    assert!(
-        got.windows(2).all(|p| p[1] == p[0] + 1),
-        "a lossless QUEUE subscriber under Block got {got:?}"
+    drop((first, second));
+    got.extend(read_all_released(&rec));
+    assert_eq!(got, [8, 9], "lossless from the next keyframe on");
+    let stats = ring.stats();
+    let recorder = stats
+        .active()
+        .find(|r| r.name_str() == "recorder")
+        .expect("active");
+    assert_eq!(
+        (recorder.received, recorder.dropped),
+        (2, 2),
+        "6 and 7 (no keyframe before them) dropped"
     );
 }
