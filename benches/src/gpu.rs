@@ -322,6 +322,7 @@ pub(crate) fn subscriber(spec: &ChildSpec) -> Res<String> {
             phase: frame.pts_ns() as u64,
             latency_ns: now.saturating_sub(frame.as_ref().commit_ns()),
             now,
+            bytes: 0,
         };
         frame.release();
         Ok(Some(taken))

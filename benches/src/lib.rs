@@ -5,7 +5,9 @@
 //! iceoryx2, a unix socket, Python shared memory and Python cuframes, with
 //! handoff latency, frames/s, CPU per frame and resident memory measured
 //! in every process; and, where there is a CUDA device, frames in GPU
-//! memory through cuframes-cuda and `torch.multiprocessing`. The criterion
+//! memory through cuframes-cuda and `torch.multiprocessing`; and encoded
+//! packet streams (packets/s, handoff latency and join time against the GOP)
+//! through cuframes and unix sockets ([`packets`]). The criterion
 //! micro-benchmarks are in `benches/`.
 //!
 //! Children are the calling binary re-executed with the spec of their
@@ -14,6 +16,7 @@
 
 pub mod gpu;
 pub mod output;
+pub mod packets;
 pub mod peers;
 pub mod proto;
 pub mod python;
@@ -22,7 +25,7 @@ pub mod spec;
 
 pub use output::{Figures, Row};
 pub use peers::child_main;
-pub use spec::{Case, ChildSpec, Mode, Peer, Phases, Wake, Workload};
+pub use spec::{Case, ChildSpec, Mode, PacketShape, Peer, Phases, Wake, Workload};
 
 use proto::parse_kv;
 use std::io::{BufRead, BufReader};
@@ -42,6 +45,29 @@ pub enum Size {
     Full,
 }
 
+/// Which rows a run has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Video frames (host and GPU peers).
+    Frames,
+    /// Encoded packet streams: packets/s, latency and join time.
+    Packets,
+    /// Both.
+    All,
+}
+
+impl Rows {
+    /// What a run of `size` has unless told: everything in a full run,
+    /// frames only in the quick and smoke sets (packets there with
+    /// [`Rows::Packets`]).
+    pub fn default_for(size: Size) -> Self {
+        match size {
+            Size::Full => Rows::All,
+            _ => Rows::Frames,
+        }
+    }
+}
+
 /// What to run and where to write.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -55,6 +81,8 @@ pub struct Options {
     pub child_prefix: Vec<String>,
     /// Only these peers (all when empty).
     pub peers: Vec<Peer>,
+    /// Frame rows, packet rows or both.
+    pub rows: Rows,
 }
 
 /// Where the results went.
@@ -105,9 +133,20 @@ pub fn machine() -> String {
 }
 
 /// The cases of a run, in table order, each either to run or skipped
-/// with a reason. The GPU peers (after the host ones) move video frames
-/// only (1080p; 4K too in a full run), to one subscriber.
-pub fn plan(size: Size) -> Vec<(Case, Option<String>)> {
+/// with a reason: frames (the GPU peers, after the host ones, move 1080p
+/// frames, and 4K in a full run, to one subscriber), then packets.
+pub fn plan(size: Size, rows: Rows) -> Vec<(Case, Option<String>)> {
+    let mut out = Vec::new();
+    if rows != Rows::Packets {
+        out.extend(frame_plan(size));
+    }
+    if rows != Rows::Frames {
+        out.extend(packets::plan(size));
+    }
+    out
+}
+
+fn frame_plan(size: Size) -> Vec<(Case, Option<String>)> {
     let (workloads, subs): (&[Workload], &[usize]) = match size {
         Size::Smoke => (&[Workload::SMALL], &[1]),
         Size::Quick => (&[Workload::HD, Workload::SMALL], &[1]),
@@ -267,7 +306,7 @@ fn run_cases(
         r
     };
     let chosen = |p: Peer| opts.peers.is_empty() || opts.peers.contains(&p);
-    for (i, (case, skip)) in plan(opts.size)
+    for (i, (case, skip)) in plan(opts.size, opts.rows)
         .into_iter()
         .enumerate()
         .filter(|(_, (c, _))| chosen(c.peer))
@@ -284,6 +323,12 @@ fn run_cases(
             row.payload,
             row.subscribers,
             match row.status.as_str() {
+                "ok" if output::is_join(&row) => format!(
+                    "join p50 {} max {} ({})",
+                    output::human_ns(row.figures.p50_ns),
+                    output::human_ns(row.figures.max_ns),
+                    row.reason
+                ),
                 s @ ("ok" | output::SIM) => format!(
                     "{}p50 {} p99 {} {:.0} fps{}",
                     if s == output::SIM { "sim: " } else { "" },
@@ -324,7 +369,7 @@ enum Msg {
 }
 
 /// The children of one case and their output.
-struct Run {
+pub(crate) struct Run {
     shm_dir: Option<PathBuf>,
     children: Vec<(String, Child)>,
     tx: mpsc::Sender<Msg>,
@@ -344,7 +389,7 @@ impl Run {
         }
     }
 
-    fn spawn(&mut self, label: &str, mut cmd: Command) -> Result<(), String> {
+    pub(crate) fn spawn(&mut self, label: &str, mut cmd: Command) -> Result<(), String> {
         if let Some(dir) = &self.shm_dir {
             cmd.env("CUFRAMES_SHM_DIR", dir);
         }
@@ -400,7 +445,7 @@ impl Run {
     }
 
     /// Waits for a line that `want` accepts, failing early if a child dies.
-    fn wait_line(
+    pub(crate) fn wait_line(
         &mut self,
         deadline: Instant,
         mut want: impl FnMut(&str) -> bool,
@@ -476,7 +521,8 @@ pub fn run_case(opts: &Options, shm_dir: Option<&Path>, case: &Case, index: usiz
 }
 
 /// The figures of one case and a note (the export mode of a CUDA
-/// publisher).
+/// publisher; the size mix and byte rate of a packet stream; the join
+/// figures of a join case).
 fn measure(
     opts: &Options,
     shm_dir: Option<&Path>,
@@ -495,6 +541,9 @@ fn measure(
         c.args(&opts.child_prefix).arg(spec.encode());
         c
     };
+    if case.workload.is_join() {
+        return packets::measure_join(&mut Run::new(shm_dir), case, |role| rust_child(role, 0));
+    }
     let p = &case.phases;
     // Start-up: two cold `import torch` and CUDA initialisations, one
     // after the other, can take tens of seconds on a fresh machine.
@@ -559,6 +608,7 @@ fn measure(
         p50_ns: max("p50"),
         p99_ns: max("p99"),
         p999_ns: max("p999"),
+        max_ns: max("max"),
         samples: subs
             .iter()
             .map(|s| num(s, "samples") as u64)
@@ -582,9 +632,12 @@ fn measure(
             figures.samples, figures.sub_fps
         ));
     }
-    let note = publisher
-        .get("export")
-        .map(|m| format!("export {m}"))
-        .unwrap_or_default();
+    let note = match case.workload.packets {
+        Some(shape) => packets::rate_note(shape, figures.sub_fps, mean("bytes"), mean("frames")),
+        None => publisher
+            .get("export")
+            .map(|m| format!("export {m}"))
+            .unwrap_or_default(),
+    };
     Ok((figures, note))
 }

@@ -1,6 +1,7 @@
 //! Rows and their three renderings: the table, the CSV, the SVG plot.
 
 use crate::reference::Reference;
+use crate::spec::Workload;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -13,6 +14,8 @@ pub struct Figures {
     pub p99_ns: u64,
     /// 99.9th percentile.
     pub p999_ns: u64,
+    /// The largest sample.
+    pub max_ns: u64,
     /// Latency samples per subscriber (fewest).
     pub samples: u64,
     /// Frames/s the publisher sustained in the throughput phase.
@@ -92,7 +95,8 @@ pub fn human_ns(ns: u64) -> String {
     match ns {
         0..=9_999 => format!("{ns} ns"),
         10_000..=9_999_999 => format!("{:.1} us", ns as f64 / 1e3),
-        _ => format!("{:.2} ms", ns as f64 / 1e6),
+        10_000_000..=999_999_999 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.3} s", ns as f64 / 1e9),
     }
 }
 
@@ -104,18 +108,53 @@ fn subs(n: usize) -> String {
     }
 }
 
-/// The table printed on stdout.
+/// Whether a row measures join time (its latencies are connect to first
+/// packet; it has no rates).
+pub fn is_join(r: &Row) -> bool {
+    Workload::by_name(&r.payload).is_some_and(|w| w.is_join())
+}
+
+/// Whether a row moves encoded packets (its rates are packets/s).
+pub fn is_packets(r: &Row) -> bool {
+    Workload::by_name(&r.payload).is_some_and(|w| w.packets.is_some())
+}
+
+/// The table printed on stdout. Packet rows count packets where frame
+/// rows count frames; join rows have latencies only.
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
+    // The size column fits the longest workload name (`join-gop60-ring16`).
+    let w = rows.iter().map(|r| r.payload.len()).fold(6, usize::max);
     let _ = writeln!(
         s,
-        "{:<15} {:<9} {:<6} {:<6} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}  note",
+        "{:<15} {:<9} {:<6} {:<w$} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}  note",
         "peer", "wake", "mode", "size", "subs", "p50", "p99", "p99.9", "pub fps", "sub fps",
         "pub cpu/f", "sub cpu/f", "sub RSS", "sub shm"
     );
     for r in rows {
         let f = &r.figures;
         match r.status.as_str() {
+            "ok" if is_join(r) => {
+                let _ = writeln!(
+                    s,
+                    "{:<15} {:<9} {:<6} {:<w$} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}  {}",
+                    r.peer,
+                    r.wake,
+                    r.mode,
+                    r.payload,
+                    r.subscribers,
+                    human_ns(f.p50_ns),
+                    human_ns(f.p99_ns),
+                    human_ns(f.p999_ns),
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    r.reason
+                );
+            }
             st @ ("ok" | SIM) => {
                 let mut note: Vec<String> = Vec::new();
                 if st == SIM {
@@ -129,7 +168,7 @@ pub fn table(rows: &[Row]) -> String {
                 }
                 let _ = writeln!(
                     s,
-                    "{:<15} {:<9} {:<6} {:<6} {:>4} {:>9} {:>9} {:>9} {:>10.0} {:>10.0} {:>10} {:>10} {:>7}Mi {:>7}Mi  {}",
+                    "{:<15} {:<9} {:<6} {:<w$} {:>4} {:>9} {:>9} {:>9} {:>10.0} {:>10.0} {:>10} {:>10} {:>7}Mi {:>7}Mi  {}",
                     r.peer,
                     r.wake,
                     r.mode,
@@ -150,18 +189,20 @@ pub fn table(rows: &[Row]) -> String {
             "reference" => {
                 let _ = writeln!(
                     s,
-                    "{:<48} {:>9} {:>9} {:>9}  {}",
+                    "{:<width$} {:>9} {:>9} {:>9}  {}",
                     r.peer,
                     human_ns(f.p50_ns),
                     human_ns(f.p99_ns),
                     human_ns(f.p999_ns),
-                    r.reason
+                    r.reason,
+                    // The width of the columns before p50.
+                    width = 38 + w
                 );
             }
             status => {
                 let _ = writeln!(
                     s,
-                    "{:<15} {:<9} {:<6} {:<6} {:>4} {status}: {}",
+                    "{:<15} {:<9} {:<6} {:<w$} {:>4} {status}: {}",
                     r.peer,
                     r.wake,
                     r.mode,
@@ -179,7 +220,7 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// CSV header.
-pub const CSV_HEADER: &str = "peer,wake,mode,payload,payload_bytes,subscribers,status,reason,p50_ns,p99_ns,p999_ns,latency_samples,pub_fps,sub_fps,pub_cpu_ns_per_frame,sub_cpu_ns_per_frame,sub_rss_kib,sub_rss_shmem_kib,lost";
+pub const CSV_HEADER: &str = "peer,wake,mode,payload,payload_bytes,subscribers,status,reason,p50_ns,p99_ns,p999_ns,latency_samples,pub_fps,sub_fps,pub_cpu_ns_per_frame,sub_cpu_ns_per_frame,sub_rss_kib,sub_rss_shmem_kib,lost,max_ns";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
@@ -197,7 +238,7 @@ pub fn csv(rows: &[Row]) -> String {
         let f = &r.figures;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{},{},{}",
             csv_field(&r.peer),
             r.wake,
             r.mode,
@@ -216,7 +257,8 @@ pub fn csv(rows: &[Row]) -> String {
             f.sub_cpu_ns,
             f.sub_rss_kib,
             f.sub_shmem_kib,
-            f.lost
+            f.lost,
+            f.max_ns
         );
     }
     s
@@ -224,12 +266,14 @@ pub fn csv(rows: &[Row]) -> String {
 
 /// Plots handoff latency p50 (x) against received frames/s (y), both
 /// log scale, one colour per peer and wake-up mode, a marker per payload.
-/// Only `ok` rows: simulator figures ([`SIM`]) are not plotted.
+/// Only `ok` frame rows: simulator figures ([`SIM`]) are not plotted, nor
+/// packet rows (packets/s is not frames/s, join time not a handoff).
 pub fn svg(rows: &[Row], path: &Path, title: &str) -> Result<(), String> {
     use plotters::prelude::*;
     let ok: Vec<&Row> = rows
         .iter()
         .filter(|r| r.status == "ok" && r.figures.p50_ns > 0 && r.figures.sub_fps > 0.0)
+        .filter(|r| !is_packets(r))
         .collect();
     let e = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
     let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
@@ -346,6 +390,23 @@ mod tests {
         assert!(t.contains(SIM_FOOTNOTE), "{t}");
         assert!(!table(&[row("cuframes", "ok")]).contains(SIM_FOOTNOTE));
         assert!(csv(&[sim]).contains(",sim,\"simulator: call overhead only"));
+    }
+
+    #[test]
+    fn join_rows_have_latencies_only() {
+        let mut join = row("cuframes", "ok");
+        join.payload = "join-gop60-ring16".into();
+        join.figures.sub_fps = 0.0;
+        join.figures.p50_ns = 1_500_000_000;
+        join.reason = "max 1.9 s".into();
+        let t = table(&[row("cuframes", "ok"), join]);
+        let line = t.lines().find(|l| l.contains("join-gop60")).unwrap();
+        assert!(line.contains("1.500 s") && line.contains(" - "), "{t}");
+        // The columns line up with the header's.
+        let header = t.lines().next().unwrap();
+        let frame = t.lines().nth(1).unwrap();
+        assert_eq!(header.find("note"), Some(frame.len()), "{t}");
+        assert_eq!(header.find("note"), line.find("max 1.9"), "{t}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// Errors of a child: a message for the parent's table.
 pub type Res<T> = Result<T, String>;
 
-fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+pub(crate) fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
@@ -21,6 +21,7 @@ fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 pub fn child_main(spec: &str) -> Res<()> {
     let spec = ChildSpec::decode(spec)?;
     let line = match (spec.case.peer, spec.role.as_str()) {
+        _ if spec.case.workload.packets.is_some() => crate::packets::child(&spec)?,
         (Peer::Cuframes | Peer::PythonCuframes, "pub") => publish(&spec, CuframesPub::new(&spec)?)?,
         (Peer::Cuframes, "sub") => cuframes_sub(&spec)?,
         (Peer::Iceoryx2, "pub") => iox::publisher(&spec)?,
@@ -74,6 +75,8 @@ pub(crate) struct Taken {
     pub latency_ns: u64,
     /// When it was taken (and usable).
     pub now: u64,
+    /// Payload bytes the subscriber read (packets; 0 for frames).
+    pub bytes: u64,
 }
 
 /// A subscriber's run, the same for every peer: takes frames with `take`
@@ -81,6 +84,7 @@ pub(crate) struct Taken {
 pub(crate) fn receive(idx: usize, mut take: impl FnMut() -> Res<Option<Taken>>) -> Res<String> {
     let mut rec = Recorder::default();
     while let Some(t) = take()? {
+        rec.count_bytes(t.phase, t.bytes);
         if rec.observe(t.seq, t.phase, t.latency_ns, t.now) {
             break;
         }
@@ -94,6 +98,8 @@ pub(crate) fn publish(spec: &ChildSpec, mut sink: impl Sink) -> Res<String> {
     let c = &spec.case;
     sink.wait_subscribers(c.subscribers)?;
     let mut seq = 0u64;
+    // Fault the slots in: the frame ring twice over; a packet ring once.
+    let warmup = c.workload.packets.map_or(2 * RING_SLOTS, |p| p.slots + 2);
     let mut paced = |sink: &mut dyn Sink, frames: u64, interval: Duration, phase: u64| {
         let start = Instant::now();
         for i in 0..frames {
@@ -108,7 +114,7 @@ pub(crate) fn publish(spec: &ChildSpec, mut sink: impl Sink) -> Res<String> {
     };
     paced(
         &mut sink,
-        2 * RING_SLOTS as u64,
+        warmup as u64,
         Duration::from_millis(1),
         PHASE_WARMUP,
     )?;
@@ -212,41 +218,44 @@ fn cuframes_sub(spec: &ChildSpec) -> Res<String> {
             phase,
             latency_ns,
             now,
+            bytes: 0,
         }))
     })
 }
 
 // ------------------------------------------------------------- unix socket
 
-fn socket_path(key: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("{key}.sock"))
+/// Where the publisher of stream `key` listens, and a file beside it
+/// (`ext`: `sock`, `stop`).
+pub(crate) fn socket_path(key: &str, ext: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{key}.{ext}"))
 }
 
-pub(crate) struct SocketPub {
+/// The publisher side of the unix-socket peer: a listening socket and a
+/// `SOCK_STREAM` connection per subscriber, each sent its own copy of every
+/// payload (frames, or length-prefixed packets).
+pub(crate) struct Fanout {
     listener: std::os::unix::net::UnixListener,
-    streams: Vec<std::os::unix::net::UnixStream>,
-    frame: Vec<u8>,
+    /// Connected subscribers, in accept order.
+    pub streams: Vec<std::os::unix::net::UnixStream>,
     path: std::path::PathBuf,
 }
 
-impl SocketPub {
-    pub(crate) fn new(spec: &ChildSpec) -> Res<Self> {
-        let path = socket_path(&spec.key);
+impl Fanout {
+    /// Listens at [`socket_path`]`(key)`.
+    pub(crate) fn bind(key: &str) -> Res<Self> {
+        let path = socket_path(key, "sock");
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).map_err(err("bind"))?;
-        ready();
         Ok(Self {
             listener,
             streams: Vec::new(),
-            // The frame the publisher has made; each send copies it.
-            frame: vec![16u8; spec.case.workload.bytes()],
             path,
         })
     }
-}
 
-impl Sink for SocketPub {
-    fn wait_subscribers(&mut self, n: usize) -> Res<()> {
+    /// Blocks until `n` subscribers are connected.
+    pub(crate) fn accept(&mut self, n: usize) -> Res<()> {
         while self.streams.len() < n {
             let (s, _) = self.listener.accept().map_err(err("accept"))?;
             self.streams.push(s);
@@ -254,30 +263,85 @@ impl Sink for SocketPub {
         Ok(())
     }
 
-    fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
-        put_header(&mut self.frame[..HEADER], seq, phase);
+    /// The connections made since the last call, without waiting.
+    pub(crate) fn accept_pending(&mut self) -> Res<Vec<std::os::unix::net::UnixStream>> {
+        self.listener.set_nonblocking(true).map_err(err("accept"))?;
+        let mut new = Vec::new();
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).map_err(err("accept"))?;
+                    new.push(s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(new),
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        }
+    }
+
+    /// Writes `bytes` to every subscriber.
+    pub(crate) fn send_all(&mut self, bytes: &[u8]) -> Res<()> {
         for s in &mut self.streams {
-            s.write_all(&self.frame).map_err(err("write"))?;
+            s.write_all(bytes).map_err(err("write"))?;
         }
         Ok(())
     }
 
-    fn finish(&mut self) {
+    /// Hangs up on every subscriber and removes the socket.
+    pub(crate) fn close(&mut self) {
         self.streams.clear();
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn socket_sub(spec: &ChildSpec) -> Res<String> {
-    let path = socket_path(&spec.key);
+/// Connects to the publisher of `key`, retrying for up to 30 s while it is
+/// not listening yet.
+pub(crate) fn connect_socket(key: &str) -> Res<std::os::unix::net::UnixStream> {
+    let path = socket_path(key, "sock");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stream = loop {
+    loop {
         match std::os::unix::net::UnixStream::connect(&path) {
-            Ok(s) => break s,
+            Ok(s) => return Ok(s),
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(format!("connect {}: {e}", path.display())),
         }
-    };
+    }
+}
+
+pub(crate) struct SocketPub {
+    fanout: Fanout,
+    frame: Vec<u8>,
+}
+
+impl SocketPub {
+    pub(crate) fn new(spec: &ChildSpec) -> Res<Self> {
+        let fanout = Fanout::bind(&spec.key)?;
+        ready();
+        Ok(Self {
+            fanout,
+            // The frame the publisher has made; each send copies it.
+            frame: vec![16u8; spec.case.workload.bytes()],
+        })
+    }
+}
+
+impl Sink for SocketPub {
+    fn wait_subscribers(&mut self, n: usize) -> Res<()> {
+        self.fanout.accept(n)
+    }
+
+    fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
+        put_header(&mut self.frame[..HEADER], seq, phase);
+        self.fanout.send_all(&self.frame)
+    }
+
+    fn finish(&mut self) {
+        self.fanout.close();
+    }
+}
+
+fn socket_sub(spec: &ChildSpec) -> Res<String> {
+    let mut stream = connect_socket(&spec.key)?;
     let mut buf = vec![0u8; spec.case.workload.bytes()];
     receive(spec.idx, || {
         stream.read_exact(&mut buf).map_err(err("read"))?;
@@ -285,8 +349,8 @@ fn socket_sub(spec: &ChildSpec) -> Res<String> {
     })
 }
 
-/// A frame whose header carries its send time, taken now.
-fn sent_header(buf: &[u8]) -> Taken {
+/// A payload whose header carries its send time, taken now.
+pub(crate) fn sent_header(buf: &[u8]) -> Taken {
     let now = now_ns();
     let (seq, sent, phase) = get_header(buf);
     Taken {
@@ -294,6 +358,7 @@ fn sent_header(buf: &[u8]) -> Taken {
         phase,
         latency_ns: now.saturating_sub(sent),
         now,
+        bytes: 0,
     }
 }
 

@@ -96,6 +96,7 @@ pub struct Recorder {
     first_cpu: u64,
     last_seq: u64,
     lost: u64,
+    bytes: u64,
 }
 
 impl Recorder {
@@ -125,6 +126,14 @@ impl Recorder {
         false
     }
 
+    /// Counts the payload bytes of a frame or packet of `phase` (only the
+    /// unpaced phase's are reported).
+    pub fn count_bytes(&mut self, phase: u64, bytes: u64) {
+        if phase == PHASE_THROUGHPUT {
+            self.bytes += bytes;
+        }
+    }
+
     /// The `result` line of subscriber `idx`.
     pub fn report(mut self, idx: usize) -> String {
         let cpu = cpu_ns().saturating_sub(self.first_cpu);
@@ -142,14 +151,16 @@ impl Recorder {
         let mut s = String::new();
         let _ = write!(
             s,
-            "result role=sub idx={idx} p50={} p99={} p999={} samples={} frames={} fps={fps:.3} cpu_ns={} rss_kib={rss} shmem_kib={shmem} lost={}",
+            "result role=sub idx={idx} p50={} p99={} p999={} max={} samples={} frames={} fps={fps:.3} cpu_ns={} rss_kib={rss} shmem_kib={shmem} lost={} bytes={}",
             quantile(lat, 0.5),
             quantile(lat, 0.99),
             quantile(lat, 0.999),
+            lat.last().copied().unwrap_or(0),
             lat.len(),
             self.frames,
             cpu / self.frames.max(1),
-            self.lost
+            self.lost,
+            self.bytes
         );
         s
     }
@@ -211,6 +222,7 @@ mod tests {
         assert_eq!(kv["frames"], "2");
         assert_eq!(kv["lost"], "2");
         assert_eq!(kv["p50"], "30");
+        assert_eq!(kv["max"], "30");
     }
 
     #[test]

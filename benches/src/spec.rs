@@ -15,6 +15,79 @@ pub struct Workload {
     pub height: u32,
     /// NV12 (video frame) or GRAY8 (an opaque small payload).
     pub nv12: bool,
+    /// An encoded packet stream instead of frames (width and height are
+    /// then the coded picture size, for the record).
+    pub packets: Option<PacketShape>,
+}
+
+/// An encoded packet stream: its bit rate, frame rate and GOP, the ring
+/// that carries it, and whether the case measures join time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketShape {
+    /// Bits per second.
+    pub bitrate: u64,
+    /// Packets (pictures) per second.
+    pub fps: u32,
+    /// Packets from one keyframe to the next.
+    pub gop: u32,
+    /// Size of a keyframe over the mean P-frame.
+    pub key_factor: u32,
+    /// Slots of the cuframes ring.
+    pub slots: u32,
+    /// A join-time case: subscribers connect at random moments and the
+    /// time to their first (decodable) packet is measured.
+    pub join: bool,
+}
+
+impl PacketShape {
+    /// Microseconds from one packet to the next at the stream's rate.
+    pub fn interval_us(&self) -> u64 {
+        1_000_000 / self.fps as u64
+    }
+    /// Nanoseconds of one GOP at the stream's rate.
+    pub fn gop_ns(&self) -> u64 {
+        self.gop as u64 * 1_000_000_000 / self.fps as u64
+    }
+}
+
+/// 20 Mbit/s 4K: 30 fps, GOP 30 (a keyframe a second).
+const PKT_4K: PacketShape = PacketShape {
+    bitrate: 20_000_000,
+    fps: 30,
+    gop: 30,
+    key_factor: 8,
+    slots: 64,
+    join: false,
+};
+
+/// 1 Mbit/s 720p: 30 fps, GOP 60.
+const PKT_1M: PacketShape = PacketShape {
+    bitrate: 1_000_000,
+    fps: 30,
+    gop: 60,
+    key_factor: 8,
+    slots: 64,
+    join: false,
+};
+
+/// A join-time case over the 1 Mbit/s stream with GOP `gop` and `slots`.
+const fn join(gop: u32, slots: u32) -> Option<PacketShape> {
+    Some(PacketShape {
+        gop,
+        slots,
+        join: true,
+        ..PKT_1M
+    })
+}
+
+const fn join_workload(name: &'static str, gop: u32, slots: u32) -> Workload {
+    Workload {
+        name,
+        width: 1280,
+        height: 720,
+        nv12: false,
+        packets: join(gop, slots),
+    }
 }
 
 impl Workload {
@@ -24,6 +97,7 @@ impl Workload {
         width: 64,
         height: 64,
         nv12: false,
+        packets: None,
     };
     /// 1080p NV12: 3,110,400 bytes.
     pub const HD: Workload = Workload {
@@ -31,6 +105,7 @@ impl Workload {
         width: 1920,
         height: 1080,
         nv12: true,
+        packets: None,
     };
     /// 4K NV12: 12,441,600 bytes.
     pub const UHD: Workload = Workload {
@@ -38,17 +113,66 @@ impl Workload {
         width: 3840,
         height: 2160,
         nv12: true,
+        packets: None,
     };
+    /// Encoded packets of a 4K stream at 20 Mbit/s, 30 fps, GOP 30.
+    pub const PKT_4K: Workload = Workload {
+        name: "pkt-4k-20mbit",
+        width: 3840,
+        height: 2160,
+        nv12: false,
+        packets: Some(PKT_4K),
+    };
+    /// Encoded packets of a 720p stream at 1 Mbit/s, 30 fps, GOP 60.
+    pub const PKT_1M: Workload = Workload {
+        name: "pkt-1mbit",
+        width: 1280,
+        height: 720,
+        nv12: false,
+        packets: Some(PKT_1M),
+    };
+    /// Join time, GOP 15 (the 1 Mbit/s stream, 64-slot ring).
+    pub const JOIN_15: Workload = join_workload("join-gop15", 15, 64);
+    /// Join time, GOP 30.
+    pub const JOIN_30: Workload = join_workload("join-gop30", 30, 64);
+    /// Join time, GOP 60.
+    pub const JOIN_60: Workload = join_workload("join-gop60", 60, 64);
+    /// Join time, GOP 120: longer than the 64-slot ring.
+    pub const JOIN_120: Workload = join_workload("join-gop120", 120, 64);
+    /// Join time, GOP 60 in a 16-slot ring: a late joiner may find the
+    /// keyframe gone and wait for the next one.
+    pub const JOIN_60_RING16: Workload = join_workload("join-gop60-ring16", 60, 16);
+
+    /// Every workload.
+    pub const ALL: [Workload; 10] = [
+        Self::SMALL,
+        Self::HD,
+        Self::UHD,
+        Self::PKT_4K,
+        Self::PKT_1M,
+        Self::JOIN_15,
+        Self::JOIN_30,
+        Self::JOIN_60,
+        Self::JOIN_120,
+        Self::JOIN_60_RING16,
+    ];
 
     /// Looks a workload up by name.
     pub fn by_name(name: &str) -> Option<Self> {
-        [Self::SMALL, Self::HD, Self::UHD]
-            .into_iter()
-            .find(|w| w.name == name)
+        Self::ALL.into_iter().find(|w| w.name == name)
     }
 
-    /// Payload bytes (the packed frame).
+    /// Whether this is a join-time case.
+    pub fn is_join(&self) -> bool {
+        self.packets.is_some_and(|p| p.join)
+    }
+
+    /// Payload bytes: the packed frame, or the mean packet of a packet
+    /// stream.
     pub fn bytes(&self) -> usize {
+        if let Some(p) = self.packets {
+            return (p.bitrate / 8 / p.fps as u64) as usize;
+        }
         let px = self.width as usize * self.height as usize;
         if self.nv12 {
             px * 3 / 2
@@ -327,6 +451,16 @@ mod tests {
         for w in [Workload::SMALL, Workload::HD, Workload::UHD] {
             assert_eq!(w.layout().unwrap().slot_bytes as usize, w.bytes());
         }
+    }
+
+    #[test]
+    fn workloads_are_found_by_name() {
+        for w in Workload::ALL {
+            assert_eq!(Workload::by_name(w.name), Some(w));
+        }
+        assert!(Workload::JOIN_60_RING16.is_join() && !Workload::PKT_4K.is_join());
+        assert_eq!(Workload::PKT_4K.bytes(), 83_333);
+        assert_eq!(Workload::JOIN_60.packets.unwrap().gop_ns(), 2_000_000_000);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! processes, against iceoryx2, a unix socket and Python shared memory; and,
 //! on a machine with a CUDA device, GPU frames through cuframes-cuda against
 //! `torch.multiprocessing` (rows measured on the driver simulator are
-//! labelled `sim`, never passed off as GPU figures).
+//! labelled `sim`, never passed off as GPU figures); and encoded packet
+//! streams (packets/s, handoff latency and join time against the GOP)
+//! through cuframes and unix sockets.
 //! The harness itself is the `cuframes-bench` crate, built only with the
 //! `bench` feature of this crate, so that a plain install of the command
 //! builds neither it nor iceoryx2. Without the feature the subcommand is
@@ -18,16 +20,22 @@ pub use without_harness::{run, Args};
 mod with_harness {
     use crate::Failure;
     use cuframes::{Error, ErrorCode};
-    use cuframes_bench::{Options, Peer, Size};
+    use cuframes_bench::{Options, Peer, Rows, Size};
     use std::path::PathBuf;
 
     /// Arguments of `cuframes bench`.
     #[derive(clap::Args, Debug, Clone)]
     pub struct Args {
         /// Reduced set: 1 subscriber, 1080p and 4 KiB, every available peer
-        /// (about 30 s on 2 cores).
+        /// (about 30 s on 2 cores). Frames only, unless with --packets.
         #[arg(long)]
         pub quick: bool,
+        /// Only the encoded-packet rows: a 20 Mbit/s 4K and a 1 Mbit/s
+        /// stream to 1 and 4 subscribers (packets/s, handoff latency), and
+        /// join time against the GOP length; cuframes and unix-socket. A
+        /// full run has them after the frame rows.
+        #[arg(long)]
+        pub packets: bool,
         /// Smallest set (4 KiB, short phases), for tests.
         #[arg(long, hide = true, conflicts_with = "quick")]
         pub smoke: bool,
@@ -37,6 +45,7 @@ mod with_harness {
         /// Only these peers, comma-separated (cuframes, iceoryx2, unix-socket,
         /// python-shm, python-cuframes, cuframes-cuda, torch-mp). The GPU
         /// rows alone: `--quick --peers cuframes-cuda,torch-mp` (seconds).
+        /// Packet rows have cuframes and unix-socket.
         #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
         pub peers: Vec<Peer>,
         /// Runs one publisher or subscriber process of the harness.
@@ -63,8 +72,17 @@ mod with_harness {
             exe,
             child_prefix: vec!["bench".into(), "--child".into()],
             peers: args.peers,
+            rows: if args.packets {
+                Rows::Packets
+            } else {
+                Rows::default_for(size)
+            },
         };
-        eprintln!("cuframes bench ({size:?}) on {}", cuframes_bench::machine());
+        eprintln!(
+            "cuframes bench ({size:?}, {:?}) on {}",
+            opts.rows,
+            cuframes_bench::machine()
+        );
         let outcome = cuframes_bench::run(&opts, |line| eprintln!("  {line}")).map_err(failed)?;
         println!("{}", outcome.table);
         println!(

@@ -219,3 +219,79 @@ fn gpu_rows_run_on_a_gpu() {
         }
     }
 }
+
+/// `cuframes bench --smoke --packets`: only the encoded-packet rows (and
+/// the reference rows), cuframes and the unix socket side by side. Both
+/// streams to 1 and 4 lossless subscribers are measured (packets/s and
+/// latency above zero, nothing lost), and every join case took a keyframe
+/// first (a joiner that gets anything else fails its row) within the GOP
+/// plus a generous slack. Shapes, not timings.
+#[test]
+fn packet_rows_are_measured_side_by_side() {
+    let out = std::env::temp_dir().join(format!("cuframes-bench-pkt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = cuframes()
+        .args(["bench", "--smoke", "--packets", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    let csv = std::fs::read_to_string(out.join("bench.csv")).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let rows = rows(&csv);
+    let num = |r: &BTreeMap<String, String>, k: &str| -> f64 {
+        r[k].parse().unwrap_or_else(|e| panic!("{k} of {r:?}: {e}"))
+    };
+    // Packet rows only: no frame workload, no frame-only peer.
+    for r in rows.iter().filter(|r| r["status"] != "reference") {
+        assert!(
+            r["payload"].starts_with("pkt-") || r["payload"].starts_with("join-"),
+            "{r:?}"
+        );
+        assert!(
+            ["cuframes", "unix-socket"].contains(&r["peer"].as_str()),
+            "{r:?}"
+        );
+        assert_eq!(r["status"], "ok", "{r:?}\n{stdout}");
+    }
+    let row = |peer: &str, payload: &str, subs: &str| {
+        rows.iter()
+            .find(|r| r["peer"] == peer && r["payload"] == payload && r["subscribers"] == subs)
+            .unwrap_or_else(|| panic!("no {peer} {payload} x{subs} row:\n{csv}"))
+    };
+    for payload in ["pkt-4k-20mbit", "pkt-1mbit"] {
+        for subs in ["1", "4"] {
+            for peer in ["cuframes", "unix-socket"] {
+                let r = row(peer, payload, subs);
+                assert!(num(r, "sub_fps") > 0.0, "{r:?}");
+                assert!(num(r, "pub_fps") > 0.0, "{r:?}");
+                assert!(num(r, "p50_ns") > 0.0, "{r:?}");
+                assert!(num(r, "max_ns") >= num(r, "p50_ns"), "{r:?}");
+                assert!(num(r, "latency_samples") > 0.0, "{r:?}");
+                assert_eq!(r["lost"], "0", "{r:?}");
+                assert_eq!(
+                    (r["mode"].as_str(), r["wake"].as_str()),
+                    ("queue", "blocking")
+                );
+                assert!(r["reason"].contains("packets/s"), "{r:?}");
+            }
+        }
+    }
+    // Join time: connect to the first packet, a keyframe. Bounded by the
+    // GOP (0.5 s, 2 s) for either peer: cuframes finds the keyframe in
+    // the 64-slot ring or, in the 16-slot one, waits for the next; the
+    // socket always waits for the next.
+    for (payload, gop_ns) in [("join-gop15", 500e6), ("join-gop60-ring16", 2e9)] {
+        for peer in ["cuframes", "unix-socket"] {
+            let r = row(peer, payload, "1");
+            assert!(num(r, "latency_samples") > 0.0, "{r:?}");
+            assert!(num(r, "p50_ns") > 0.0, "{r:?}");
+            assert!(num(r, "max_ns") >= num(r, "p50_ns"), "{r:?}");
+            assert!(num(r, "max_ns") <= gop_ns + 10e9, "{r:?}");
+            assert!(r["reason"].contains("GOP"), "{r:?}");
+        }
+    }
+    assert!(stdout.contains("join-gop60-ring16"), "{stdout}");
+}
