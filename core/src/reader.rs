@@ -326,6 +326,12 @@ impl Ring<'_> {
                     crate::sync::crash_point(); // Q4 done
                     return Ok(got);
                 }
+                // Busy, not gone: the slot still holds `want` (a loan that
+                // found it pinned gives it back, and wakes us when it does).
+                let s = &self.slots[slot as usize];
+                if s.seq.load(Acquire) == want && ok(s.flags.load(Relaxed)) {
+                    return Err(ReadError::WouldBlock);
+                }
             }
             // Frame `want` was overwritten (drop-oldest): skip to the oldest
             // frame still present, counting what was lost. Packets skip to

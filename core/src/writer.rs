@@ -122,6 +122,10 @@ impl<H: RingRef> Writer<H> {
             {
                 if self.pinned_meanwhile(slot) {
                     slot.lease.fetch_and(!WRITER, Release);
+                    // A reader that found the slot busy waits for this.
+                    if ring.bump_notify() {
+                        self.ring.wake(Wake::Readers);
+                    }
                     continue;
                 }
                 // The old frame is gone from here on: readers that still look

@@ -1289,19 +1289,13 @@ fn next_packet_after_lag<'h>(
 /// the last packet, received + dropped accounts for every packet once, and
 /// every eviction is reported to it (`Lagged`) once.
 ///
-/// Ignored until two known issues in the core are fixed (each found by
-/// this model; 5 491 executions once both are):
-/// - `Ring::pin_cursor` (registry.rs) stores the cursor again on each
-///   round of its loop, overwriting an eviction the writer made in
-///   between: `evictions` 2, `Lagged` seen once. A packet pin sits behind
-///   the head, so the just-pinned subscriber is at once the one holding the
-///   writer back, and evictable.
-/// - an eviction between a successful hold and the cursor's CAS (Q4 in
-///   `acquire_queue`) leaves the cursor at the packet just delivered; the
-///   `rejoin` then counts that packet as dropped too (`got [1, 2, 4, 5],
-///   dropped 2`). Frame rings have this one as well.
+/// It found two races in the core, both fixed: `pin_cursor` stored the
+/// cursor again on each round of its loop, overwriting an eviction made in
+/// between (`evictions` 2, `Lagged` seen once); and an eviction between a
+/// successful hold and the cursor's CAS made the rejoin count the packet
+/// just delivered as dropped (frame rings too). Re-pins are CASes now, and
+/// a rejoin counts from past the reader's last packet.
 #[test]
-#[ignore = "known issues: pin_cursor overwrites a racing eviction; rejoin counts a delivered packet as dropped"]
 fn evicted_queue_packet_reader_stays_decodable() {
     model("evicted_queue_packet_reader_stays_decodable", || {
         let sh = Shared::new(3, 1, LosslessPolicy::Block);
@@ -1363,69 +1357,75 @@ fn evicted_queue_packet_reader_stays_decodable() {
 /// when the pin starts): from there it must be lossless, or, if the pin
 /// saw the GOP broken, move on to wait for the next keyframe.
 ///
-/// Ignored until a known issue in the core is fixed (found by this model,
-/// and by `queue_packet_registration_races_writer` at a preemption bound
-/// of 3): `pin_cursor` re-checks only that the head did not move, which
-/// protects the head (a frame pin) but not packets behind it. A loan whose
-/// slot choice read the cursors before the pin takes packet 2's slot after
-/// the pin is published: the subscriber gets `[1]`, then skips 2..=5.
+/// It found the race it is named for, fixed since: a loan whose slot choice
+/// read the cursors before the pin took packet 2's slot after the pin was
+/// published (the subscriber got `[1]`, then skipped 2..=5). Now the pin
+/// re-checks its run after a fence, and the loan re-checks the cursors
+/// after its CAS (fence to fence) and gives a pinned packet back.
 #[test]
-#[ignore = "known issue: a QUEUE pin behind the head races a loan already choosing its slot"]
 fn queue_packet_pin_behind_the_head_races_a_loan() {
     const ONE_GOP: [bool; 5] = [true, false, false, false, false];
-    model("queue_packet_pin_behind_the_head_races_a_loan", || {
-        // Budget: 1 + 1 held, plus the head and one for the writer.
-        let sh = Shared::new(4, 2, LosslessPolicy::Block);
-        let viewer = register(&sh.packet_handle(), Mode::NewestOnly);
-        let ready = Arc::new((AtomicU32::new(0), Futex::new()));
-        let writer = {
-            let (sh, ready) = (sh.clone(), ready.clone());
-            thread::spawn(move || {
-                let h = sh.packet_handle();
-                let mut w = Writer::new(&h);
-                assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), 1);
-                let held = ReadGrant::acquire(&h, &viewer).expect("keyframe 1");
-                for seq in 2..=4 {
-                    assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), seq);
-                }
-                ready.0.store(1, SeqCst);
-                ready.1.wake();
-                // Its slot choice may read the cursors before the pin.
-                assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), 5);
-                w.close();
-                drop(held);
-                h.ring.deregister(viewer);
-            })
-        };
-        while ready.0.load(SeqCst) == 0 {
-            ready.1.wait(&ready.0, 0);
-        }
-        let h = sh.packet_handle();
-        let token = match h.ring.register(&request(Mode::Queue, 1, b"late")) {
-            Ok(token) => token,
-            // Registered after the close: nothing to check.
-            Err(RegisterError::Closed) => {
-                writer.join().unwrap();
-                return;
+    // The lossless outcome reads five packets past a writer blocked on
+    // the reader: a long execution, not a spin.
+    let mut builder = loom::model::Builder::new();
+    builder.max_branches = 20_000;
+    model_with(
+        "queue_packet_pin_behind_the_head_races_a_loan",
+        builder,
+        || {
+            // Budget: 1 + 1 held, plus the head and one for the writer.
+            let sh = Shared::new(4, 2, LosslessPolicy::Block);
+            let viewer = register(&sh.packet_handle(), Mode::NewestOnly);
+            let ready = Arc::new((AtomicU32::new(0), Futex::new()));
+            let writer = {
+                let (sh, ready) = (sh.clone(), ready.clone());
+                thread::spawn(move || {
+                    let h = sh.packet_handle();
+                    let mut w = Writer::new(&h);
+                    assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), 1);
+                    let held = ReadGrant::acquire(&h, &viewer).expect("keyframe 1");
+                    for seq in 2..=4 {
+                        assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), seq);
+                    }
+                    ready.0.store(1, SeqCst);
+                    ready.1.wake();
+                    // Its slot choice may read the cursors before the pin.
+                    assert_eq!(publish_packet_in(&ONE_GOP, &h, &mut w), 5);
+                    w.close();
+                    drop(held);
+                    h.ring.deregister(viewer);
+                })
+            };
+            while ready.0.load(SeqCst) == 0 {
+                ready.1.wait(&ready.0, 0);
             }
-            Err(e) => panic!("register: {e:?}"),
-        };
-        let mut got = Vec::new();
-        while let Some(p) = next_frame(&h, &token) {
-            assert_eq!(p.packet(), &packet_meta_in(&ONE_GOP, p.seq()));
-            got.push(p.seq());
-        }
-        writer.join().unwrap();
-        // Pinned at keyframe 1, it gets every packet; or the pin saw a
-        // packet after 1 taken and moved on to wait for the next keyframe
-        // (there is none).
-        assert!(
-            got.is_empty() || got == [1, 2, 3, 4, 5],
-            "not lossless from keyframe 1: {got:?}"
-        );
-        h.ring.deregister(token);
-        assert_nothing_held(&sh);
-    });
+            let h = sh.packet_handle();
+            let token = match h.ring.register(&request(Mode::Queue, 1, b"late")) {
+                Ok(token) => token,
+                // Registered after the close: nothing to check.
+                Err(RegisterError::Closed) => {
+                    writer.join().unwrap();
+                    return;
+                }
+                Err(e) => panic!("register: {e:?}"),
+            };
+            let mut got = Vec::new();
+            while let Some(p) = next_frame(&h, &token) {
+                assert_eq!(p.packet(), &packet_meta_in(&ONE_GOP, p.seq()));
+                got.push(p.seq());
+            }
+            writer.join().unwrap();
+            // Pinned at keyframe 1, it gets every packet; or the pin saw a
+            // packet after 1 taken and moved on to wait for the next keyframe
+            // (there is none).
+            assert!(
+                got.is_empty() || got == [1, 2, 3, 4, 5],
+                "not lossless from keyframe 1: {got:?}"
+            );
+            h.ring.deregister(token);
+            assert_nothing_held(&sh);
+        },
+    );
 }
 
 /// (l) Under `Block`, a QUEUE packet subscriber that joined mid-GOP skips
