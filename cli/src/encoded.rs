@@ -10,7 +10,7 @@
 
 use crate::latency::{human_ns, Samples};
 use crate::mpegts::{self, Demuxer, EsPacket, Muxer, TsCodec};
-use crate::publish::{tool_missing, Meter};
+use crate::publish::{probe_stream, tool_missing, Meter};
 use crate::subscribe::Args as SubscribeArgs;
 use crate::{invalid, stdout_is_tty};
 use cuframes::{
@@ -45,23 +45,8 @@ fn ts_codec(c: Codec) -> Result<TsCodec> {
 
 /// Codec, width and height of the first video stream.
 fn probe_codec(input: &Path) -> Result<(Codec, u32, u32)> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=codec_name,width,height"])
-        .args(["-of", "csv=p=0"])
-        .arg(input)
-        .output()
-        .map_err(|e| tool_missing("ffprobe", e))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let fields: Vec<&str> = text.trim().split(',').collect();
-    if !out.status.success() || fields.len() < 3 {
-        return Err(invalid(format!(
-            "{}: no video stream ({})",
-            input.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let codec = match fields[0] {
+    let fields = probe_stream(input, "codec_name,width,height")?;
+    let codec = match fields[0].as_str() {
         "h264" => Codec::H264,
         "hevc" => Codec::Hevc,
         other => {

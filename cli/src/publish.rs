@@ -332,24 +332,19 @@ pub(crate) fn tool_missing(tool: &str, e: std::io::Error) -> Error {
     }
 }
 
-/// Width, height and frame rate of the first video stream.
-fn probe(input: &std::path::Path) -> Result<(u32, u32, f64)> {
+/// The `entries` (ffprobe `stream=` names, comma-separated) of the first
+/// video stream of `input`, in order.
+pub(crate) fn probe_stream(input: &std::path::Path, entries: &str) -> Result<Vec<String>> {
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=width,height,r_frame_rate",
-        ])
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .arg(format!("stream={entries}"))
         .args(["-of", "csv=p=0"])
         .arg(input)
         .output()
         .map_err(|e| tool_missing("ffprobe", e))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let fields: Vec<&str> = text.trim().split(',').collect();
-    if !out.status.success() || fields.len() < 3 {
+    let fields: Vec<String> = text.trim().split(',').map(str::to_owned).collect();
+    if !out.status.success() || fields.len() < entries.split(',').count() {
         return Err(Error::new(
             ErrorCode::InvalidArgument,
             format!(
@@ -359,6 +354,12 @@ fn probe(input: &std::path::Path) -> Result<(u32, u32, f64)> {
             ),
         ));
     }
+    Ok(fields)
+}
+
+/// Width, height and frame rate of the first video stream.
+fn probe(input: &std::path::Path) -> Result<(u32, u32, f64)> {
+    let fields = probe_stream(input, "width,height,r_frame_rate")?;
     let num = |s: &str| {
         s.parse::<u32>()
             .map_err(|e| invalid(format!("ffprobe said {s:?}: {e}")))
@@ -367,7 +368,7 @@ fn probe(input: &std::path::Path) -> Result<(u32, u32, f64)> {
         Some((a, b)) => a.parse::<f64>().unwrap_or(0.0) / b.parse::<f64>().unwrap_or(1.0).max(1.0),
         None => fields[2].parse().unwrap_or(0.0),
     };
-    Ok((num(fields[0])?, num(fields[1])?, fps))
+    Ok((num(&fields[0])?, num(&fields[1])?, fps))
 }
 
 fn publish_file(

@@ -143,31 +143,11 @@ fn publish_input_without_ffmpeg_or_file_is_a_clear_error() {
 
 #[test]
 fn publish_input_decodes_a_video_file_with_ffmpeg() {
-    shm();
-    if std::process::Command::new("ffmpeg")
-        .arg("-version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: ffmpeg is not installed");
+    if !have_ffmpeg() {
         return;
     }
     let video = shm().join("clip.mkv");
-    let made = std::process::Command::new("ffmpeg")
-        .args([
-            "-y",
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=160x120:rate=25:duration=2",
-        ])
-        .args(["-c:v", "ffv1"])
-        .arg(&video)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    test_video(&video, "size=160x120:rate=25:duration=2", &["-c:v", "ffv1"]);
     let key = key("video");
     let mut publisher = cuframes()
         .args(["publish", "--key", &key, "--input"])

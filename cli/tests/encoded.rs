@@ -16,15 +16,6 @@ impl Drop for Dir {
     }
 }
 
-fn have_ffmpeg() -> bool {
-    let ok = Command::new("ffmpeg").arg("-version").output().is_ok()
-        && Command::new("ffprobe").arg("-version").output().is_ok();
-    if !ok {
-        eprintln!("skipped: ffmpeg is not installed");
-    }
-    ok
-}
-
 fn scratch(tag: &str) -> Dir {
     let d = std::env::temp_dir().join(format!("cuframes-{tag}-{}", key("d")));
     std::fs::create_dir_all(&d).unwrap();
@@ -35,18 +26,14 @@ fn scratch(tag: &str) -> Dir {
 /// and B-frames (so dts differs from pts).
 fn h264(dir: &Path, seconds: u32, gop: u32) -> PathBuf {
     let path = dir.join("src.mp4");
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size=320x240:rate=25:duration={seconds}"))
-        .args(["-c:v", "libx264", "-g", &gop.to_string(), "-bf", "2"])
-        .args(["-pix_fmt", "yuv420p"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let gop = gop.to_string();
+    let codec = [
+        "-c:v", "libx264", "-g", &gop, "-bf", "2", "-pix_fmt", "yuv420p",
+    ];
+    test_video(
+        &path,
+        &format!("size=320x240:rate=25:duration={seconds}"),
+        &codec,
     );
     path
 }
@@ -74,6 +61,10 @@ fn subscribe(key: &str, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 temporary path")
 }
 
 fn finish(child: Child) -> (Output, std::collections::HashMap<String, String>) {
@@ -168,22 +159,17 @@ fn lossless_recording_is_byte_exact_and_decodes() {
     // Paused until the recorder is in: --fast with a ring the file fits in,
     // and the recorder connects before the first packet is read.
     let rec = dir.0.join("rec.ts");
-    let recorder = cuframes()
-        .args([
-            "subscribe",
-            "--key",
-            &key,
+    let recorder = subscribe(
+        &key,
+        &[
             "--mode",
             "queue",
-            "--report",
-            "--verify",
-        ])
-        .args(["--connect-timeout-ms", "20000", "--record"])
-        .arg(&rec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+            "--connect-timeout-ms",
+            "20000",
+            "--record",
+            path(&rec),
+        ],
+    );
     let mut publisher = publish(&key, &src, &["--slots", "16"]);
     let (out, report) = finish(recorder);
     assert!(
@@ -225,21 +211,7 @@ fn late_joiners_start_at_a_keyframe() {
         let newest = subscribe(&key, &["--mode", "newest", "--frames", "30"]);
         let queue = subscribe(&key, &["--mode", "queue", "--frames", "30"]);
         let mp4 = dir.0.join(format!("late-{slots}.mp4"));
-        let recorder = cuframes()
-            .args([
-                "subscribe",
-                "--key",
-                &key,
-                "--frames",
-                "40",
-                "--report",
-                "--record",
-            ])
-            .arg(&mp4)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let recorder = subscribe(&key, &["--frames", "40", "--record", path(&mp4)]);
         for sub in [newest, queue, recorder] {
             let (out, report) = finish(sub);
             assert!(
@@ -371,22 +343,10 @@ fn kill9_chaos() {
     let key = key("chaos");
     let mut publisher = publish(&key, &src, &["--loop", "--slots", "32"]);
     let mp4 = dir.0.join("survivor.mkv");
-    let survivor = cuframes()
-        .args([
-            "subscribe",
-            "--key",
-            &key,
-            "--mode",
-            "queue",
-            "--report",
-            "--verify",
-        ])
-        .args(["--hold-ms", "1", "--record"])
-        .arg(&mp4)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let survivor = subscribe(
+        &key,
+        &["--mode", "queue", "--hold-ms", "1", "--record", path(&mp4)],
+    );
     let mut rng = Rng(0x51ed_2701 ^ u64::from(std::process::id()));
     for _ in 0..rounds {
         let mode = ["newest", "queue"][rng.below(2) as usize];

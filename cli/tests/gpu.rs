@@ -191,23 +191,12 @@ fn publish_a_video_file_into_gpu_memory() {
     if !enabled() {
         return;
     }
-    if std::process::Command::new("ffmpeg")
-        .arg("-version")
-        .output()
-        .is_err()
-    {
-        println!("skipped: ffmpeg is not installed");
+    if !have_ffmpeg() {
         return;
     }
     let key = key("cli-gpu-file");
     let file = shm().join(format!("{key}.mkv"));
-    let made = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi"])
-        .args(["-i", "testsrc=size=320x240:rate=30", "-frames:v", "45"])
-        .arg(&file)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    test_video(&file, "size=320x240:rate=30", &["-frames:v", "45"]);
     let reader = cuframes()
         .args([
             "subscribe",

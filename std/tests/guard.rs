@@ -5,27 +5,12 @@
 use cuframes::*;
 use std::time::Duration;
 
-/// A private shm directory for this test binary, removed on drop.
-struct ShmDir(std::path::PathBuf);
-
-impl ShmDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("cuframes-guard-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::env::set_var("CUFRAMES_SHM_DIR", &dir);
-        Self(dir)
-    }
-}
-
-impl Drop for ShmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::ShmDir;
 
 #[test]
 fn truncated_segment_does_not_kill_publisher_or_subscriber() {
-    let dir = ShmDir::new();
+    let dir = ShmDir::new("guard");
     let key = "guard-truncate";
     let layout = FrameLayout::new(PixelFormat::Gray8, 64, 48, 64).unwrap();
     let options = PublisherOptions {

@@ -6,27 +6,12 @@ use cuframes::*;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-/// A private shm directory for this test binary, removed on drop.
-struct ShmDir(std::path::PathBuf);
-
-impl ShmDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("cuframes-packets-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::env::set_var("CUFRAMES_SHM_DIR", &dir);
-        Self(dir)
-    }
-}
-
-impl Drop for ShmDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::ShmDir;
 
 fn dir() -> &'static ShmDir {
     static DIR: std::sync::OnceLock<ShmDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(ShmDir::new)
+    DIR.get_or_init(|| ShmDir::new("packets"))
 }
 
 const T: Duration = Duration::from_millis(500);

@@ -141,3 +141,32 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// Whether ffmpeg and ffprobe are on PATH; says the test is skipped if not.
+pub fn have_ffmpeg() -> bool {
+    let ok = ["ffmpeg", "ffprobe"]
+        .iter()
+        .all(|t| Command::new(t).arg("-version").output().is_ok());
+    if !ok {
+        eprintln!("skipped: ffmpeg is not installed");
+    }
+    ok
+}
+
+/// Writes `path` from ffmpeg's `testsrc` (`testsrc` options such as
+/// `size=320x240:rate=25:duration=2`), encoded with `codec` (ffmpeg
+/// arguments, e.g. `["-c:v", "ffv1"]`).
+pub fn test_video(path: &std::path::Path, testsrc: &str, codec: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc={testsrc}"))
+        .args(codec)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
