@@ -253,57 +253,178 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> 
         .map_err(|_| invalid(format!("{what} is not UTF-8")))
 }
 
-/// Boxes `v` and stores the pointer in `*out`.
-///
-/// # Safety
-/// `out` is non-null and writable.
-// SAFETY: callers meet the `# Safety` contract above; the body assumes
-// nothing beyond it.
-pub(crate) unsafe fn hand_out<T>(out: *mut *mut T, v: T) {
-    // SAFETY: per the function's contract.
-    unsafe { out.write(Box::into_raw(Box::new(v))) };
+/// C option structs (`cuframes_*_options_t`): what the Rust side makes
+/// of them, and its defaults for a NULL pointer.
+pub(crate) trait Options: Copy {
+    /// The Rust options.
+    type Rust: Default;
+    /// Checks the fields and converts them.
+    fn to_rust(self) -> Result<Self::Rust>;
 }
 
-/// Calls that hand out a new handle taken from an existing one (a frame or
-/// a packet from a subscriber): clears `*out`, runs `take` on `*source`
-/// and hands its result out. `source_what` and `out_what` name the
-/// arguments in the NULL messages.
+/// `*options` as Rust options; the defaults for NULL.
 ///
 /// # Safety
-/// `source` is NULL or points to a live `S` not otherwise accessed during
-/// the call; `out` is NULL or writable.
+/// `options` is NULL or points to a valid `O`.
 // SAFETY: callers meet the `# Safety` contract above; the body assumes
 // nothing beyond it.
-pub(crate) unsafe fn deliver<S, T>(
-    source: *mut S,
-    source_what: &str,
+pub(crate) unsafe fn options_or_default<O: Options>(options: *const O) -> Result<O::Rust> {
+    // SAFETY: NULL or valid per the contract.
+    match unsafe { options.as_ref() } {
+        None => Ok(O::Rust::default()),
+        Some(o) => o.to_rust(),
+    }
+}
+
+/// The `*_options_init` calls (safe functions of the C API): fills
+/// `*options` with the defaults; NULL is refused.
+pub(crate) fn options_init<O: Options + From<O::Rust>>(options: *mut O) -> c_int {
+    call(|| {
+        let out = out_ptr(options, "options")?;
+        // SAFETY: non-null; the caller provides a writable struct.
+        unsafe { out.write(O::Rust::default().into()) };
+        Ok(())
+    })
+}
+
+/// Calls that hand out a new handle (the create calls, and `next` taking
+/// a frame or a packet): checks and clears `*out` (`out_what` names it in
+/// the NULL message), runs `make` and hands its result out; `*out` stays
+/// NULL when `make` fails.
+///
+/// # Safety
+/// `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn create<T>(
     out: *mut *mut T,
     out_what: &str,
-    take: impl FnOnce(&mut S) -> Result<T>,
+    make: impl FnOnce() -> Result<T>,
 ) -> c_int {
     call(|| {
         let out = out_ptr(out, out_what)?;
         // SAFETY: non-null, writable per the contract.
         unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: per the contract.
-        let taken = take(unsafe { arg_mut(source, source_what) }?)?;
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, taken) };
+        let handle = Box::into_raw(Box::new(make()?));
+        // SAFETY: as above.
+        unsafe { out.write(handle) };
         Ok(())
     })
 }
 
-/// Takes back a handle made by [`hand_out`]; NULL is ignored.
+/// Calls that fill one out-parameter (a lease, stats, a version): checks
+/// `out` (`out_what` names it in the NULL message), clears `*out` to
+/// `empty`, then stores what `get` gives; `*out` stays `empty` when `get`
+/// fails.
 ///
 /// # Safety
-/// `p` is NULL or a pointer from `hand_out::<T>` not yet taken back.
+/// `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn fill<T>(
+    out: *mut T,
+    out_what: &str,
+    empty: T,
+    get: impl FnOnce() -> Result<T>,
+) -> c_int {
+    call(|| {
+        let out = out_ptr(out, out_what)?;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { out.write(empty) };
+        let v = get()?;
+        // SAFETY: as above.
+        unsafe { out.write(v) };
+        Ok(())
+    })
+}
+
+/// [`fill`] from a handle: `get` reads `*handle` (`what` names it in the
+/// NULL message, checked after `out`).
+///
+/// # Safety
+/// `handle` is NULL or points to a live `H` not mutated during the call;
+/// `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn fill_from<H, T>(
+    handle: *const H,
+    what: &str,
+    out: *mut T,
+    out_what: &str,
+    empty: T,
+    get: impl FnOnce(&H) -> Result<T>,
+) -> c_int {
+    let get = || {
+        // SAFETY: per the contract.
+        get(unsafe { arg(handle, what) }?)
+    };
+    // SAFETY: per the contract.
+    unsafe { fill(out, out_what, empty, get) }
+}
+
+/// Accessors of a handle: what `get` reads from `*handle`, or `fallback`
+/// (with `InvalidArgument` naming `what` recorded) for NULL or when `get`
+/// fails.
+///
+/// # Safety
+/// `handle` is NULL or points to a live `H` not mutated during the call.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn with<H, T: Copy>(
+    handle: *const H,
+    what: &str,
+    fallback: T,
+    get: impl FnOnce(&H) -> Result<T>,
+) -> T {
+    value(fallback, || {
+        // SAFETY: per the contract.
+        get(unsafe { arg(handle, what) }?)
+    })
+}
+
+/// Stores `v` in `*p` unless `p` is NULL (optional out-parameters).
+///
+/// # Safety
+/// `p` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn put<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: non-null, writable per the contract.
+        unsafe { p.write(v) };
+    }
+}
+
+/// `len` bytes at `data` (a frame or packet to copy in), or
+/// `InvalidArgument` if `data` is NULL.
+///
+/// # Safety
+/// `data` is NULL or readable for `len` bytes, unchanged for `'a`.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn byte_slice<'a>(data: *const u8, len: usize) -> Result<&'a [u8]> {
+    if data.is_null() {
+        return Err(invalid("data is NULL"));
+    }
+    // SAFETY: non-null and readable for `len` bytes per the contract.
+    Ok(unsafe { std::slice::from_raw_parts(data, len) })
+}
+
+/// The destroy and release calls: takes back a handle made by [`create`]
+/// and drops it under [`guard`]; NULL is ignored.
+///
+/// # Safety
+/// `p` is NULL or a pointer from `create::<T>` not yet taken back, and not
+/// used afterwards.
 // SAFETY: callers meet the `# Safety` contract above; the body assumes
 // nothing beyond it.
 pub(crate) unsafe fn take_back<T>(p: *mut T) {
-    if !p.is_null() {
-        // SAFETY: `p` came from `Box::into_raw` and is dropped once.
-        drop(unsafe { Box::from_raw(p) });
-    }
+    guard((), || {
+        if !p.is_null() {
+            // SAFETY: `p` came from `Box::into_raw` and is dropped once.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    })
 }
 
 static VERSION: &CStr =
@@ -410,11 +531,21 @@ const _: fn() = || {
 
 #[cfg(test)]
 mod tests {
+    //! Also the helpers of the other modules' unit tests.
+
     use super::*;
+
+    /// The code of a refused argument.
+    pub(crate) const BAD: c_int = CUFRAMES_ERR_INVALID_ARGUMENT;
 
     fn text(p: *const c_char) -> String {
         // SAFETY: every string entry returns a valid NUL-terminated string.
         unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_owned()
+    }
+
+    /// This thread's last error message.
+    pub(crate) fn last_error() -> String {
+        text(cuframes_last_error_message())
     }
 
     #[test]
@@ -447,7 +578,7 @@ mod tests {
         // each handle is destroyed once, after its last use.
         unsafe {
             let rc = cuframes_publisher_create(key.as_ptr(), 1, 64, 32, null(), &mut publisher);
-            assert_eq!(rc, CUFRAMES_OK, "{}", text(cuframes_last_error_message()));
+            assert_eq!(rc, CUFRAMES_OK, "{}", last_error());
             let rc = cuframes_subscriber_create(
                 key.as_ptr(),
                 c"unit".as_ptr(),
@@ -479,7 +610,7 @@ mod tests {
             assert_eq!(*cuframes_frame_plane_data(frame, 1), 77);
             assert!(cuframes_frame_plane_data(frame, 2).is_null());
             assert_eq!(
-                text(cuframes_last_error_message()),
+                last_error(),
                 "invalid argument: plane 2: the frame has 2 plane(s)"
             );
             cuframes_frame_release(frame);
@@ -489,10 +620,7 @@ mod tests {
                 cuframes_subscriber_next(subscriber, 1, null_mut()),
                 CUFRAMES_ERR_INVALID_ARGUMENT
             );
-            assert_eq!(
-                text(cuframes_last_error_message()),
-                "invalid argument: frame_out is NULL"
-            );
+            assert_eq!(last_error(), "invalid argument: frame_out is NULL");
             cuframes_subscriber_destroy(subscriber);
             cuframes_publisher_destroy(publisher);
         }
@@ -503,13 +631,11 @@ mod tests {
         assert_eq!(cuframes_testing_panic(0), CUFRAMES_OK);
         assert_eq!(cuframes_testing_panic(7), CUFRAMES_ERR_INTERNAL);
         assert_eq!(
-            text(cuframes_last_error_message()),
+            last_error(),
             "internal error: panic in the C ABI: test panic 7"
         );
         assert_eq!(value(5u32, || -> Result<u32> { panic!("boom") }), 5);
-        let other = std::thread::spawn(|| text(cuframes_last_error_message()))
-            .join()
-            .unwrap();
+        let other = std::thread::spawn(last_error).join().unwrap();
         assert_eq!(other, "", "the message is per thread");
     }
 }

@@ -9,15 +9,22 @@
 //! hold: opaque handles, NULL checks, out-pointers cleared on failure, the
 //! same error codes and options, no panic across the boundary.
 
-use crate::publisher::{cuframes_publisher_options_t, cuframes_publisher_stats_t};
-use crate::subscriber::{cuframes_subscriber_options_t, cuframes_subscriber_stats_t};
+use crate::publisher::{
+    cuframes_publisher_options_t, cuframes_publisher_stats_t, publisher_abort, publisher_stats,
+    Writer,
+};
+use crate::subscriber::{
+    connect, cuframes_subscriber_options_t, cuframes_subscriber_stats_t, subscriber_next,
+    subscriber_stats, subscriber_try_next, Reader,
+};
 use crate::{
-    arg, arg_mut, c_str, call, deliver, hand_out, invalid, out_ptr, size_t, take_back, value,
+    arg, arg_mut, byte_slice, c_str, call, create, fill, fill_from, invalid, options_or_default,
+    out_ptr, put, size_t, take_back, with,
 };
 use cuframes::packet::{DISCONTINUITY, KEY, MAX_EXTRADATA, MAX_PACKET_BYTES};
 use cuframes::{
-    Codec, Error, ErrorCode, Mode, Packet, PacketMeta, PacketPublisher, PacketStream,
-    PacketSubscriber, PublisherOptions, Result, SubscriberOptions,
+    Codec, Packet, PacketMeta, PacketPublisher, PacketStream, PacketSubscriber, Result, RingStats,
+    SubscriberStats,
 };
 use std::ffi::{c_char, c_int};
 use std::ptr::{null, null_mut};
@@ -92,6 +99,35 @@ pub struct cuframes_packet_subscriber_t {
 /// `cuframes_packet_release`. Its slot is not reused until then.
 pub struct cuframes_packet_t {
     packet: Packet,
+}
+
+impl Writer for cuframes_packet_publisher_t {
+    fn ring_stats(&self) -> RingStats {
+        self.publisher.stats()
+    }
+    fn abort(&mut self) -> bool {
+        self.publisher.abort_detached()
+    }
+}
+
+impl Reader for cuframes_packet_subscriber_t {
+    type Item = cuframes_packet_t;
+    const OUT: &'static str = "packet_out";
+    const NOTHING: &'static str = "no new packet yet";
+
+    fn next(&mut self, timeout: Duration) -> Result<cuframes_packet_t> {
+        let packet = self.subscriber.next_packet(timeout)?;
+        Ok(cuframes_packet_t { packet })
+    }
+    fn try_next(&mut self) -> Result<Option<cuframes_packet_t>> {
+        Ok(self
+            .subscriber
+            .try_next()?
+            .map(|packet| cuframes_packet_t { packet }))
+    }
+    fn stats(&self) -> SubscriberStats {
+        self.subscriber.stats()
+    }
 }
 
 /// What a packet stream carries: given to `cuframes_packet_publisher_create`,
@@ -221,19 +257,6 @@ impl cuframes_packet_stream_t {
     }
 }
 
-/// Stores `v` in `*p` unless `p` is NULL.
-///
-/// # Safety
-/// `p` is NULL or writable.
-// SAFETY: callers meet the `# Safety` contract above; the body assumes
-// nothing beyond it.
-unsafe fn put<T>(p: *mut T, v: T) {
-    if !p.is_null() {
-        // SAFETY: non-null, writable per the contract.
-        unsafe { p.write(v) };
-    }
-}
-
 // ---- publisher ---------------------------------------------------------------
 
 /// Creates the packet stream `key` (the rules of `cuframes_publisher_create`
@@ -262,24 +285,20 @@ pub unsafe extern "C" fn cuframes_packet_publisher_create(
     options: *const cuframes_publisher_options_t,
     out: *mut *mut cuframes_packet_publisher_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(out, "out")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(null_mut()) };
-        // SAFETY: per the contract.
-        let key = unsafe { c_str(key, "key") }?;
-        // SAFETY: per the contract (the struct and its extradata).
-        let stream = unsafe { arg(stream, "stream")?.to_rust() }?;
-        // SAFETY: NULL or valid per the contract.
-        let options = match unsafe { options.as_ref() } {
-            None => PublisherOptions::default(),
-            Some(o) => o.to_rust()?,
+    let make = || {
+        // SAFETY: per the contract (the stream struct and its extradata).
+        let (key, stream, options) = unsafe {
+            (
+                c_str(key, "key")?,
+                arg(stream, "stream")?.to_rust()?,
+                options_or_default(options)?,
+            )
         };
         let publisher = PacketPublisher::create(key, &stream, options)?;
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, cuframes_packet_publisher_t { publisher }) };
-        Ok(())
-    })
+        Ok(cuframes_packet_publisher_t { publisher })
+    };
+    // SAFETY: `out` is NULL or writable per the contract.
+    unsafe { create(out, "out", make) }
 }
 
 /// Copies `len` bytes from `data` into a slot and publishes them as one
@@ -314,11 +333,8 @@ pub unsafe extern "C" fn cuframes_packet_publisher_publish(
         let p = &mut unsafe { arg_mut(publisher, "publisher") }?.publisher;
         // SAFETY: per the contract.
         let info = unsafe { arg(info, "info") }?;
-        if data.is_null() {
-            return Err(invalid("data is NULL"));
-        }
-        // SAFETY: non-null and readable for `len` bytes per the contract.
-        let packet = unsafe { std::slice::from_raw_parts(data, len) };
+        // SAFETY: NULL or readable for `len` bytes per the contract.
+        let packet = unsafe { byte_slice(data, len) }?;
         let s = p.publish(packet, &info.meta(len))?;
         // SAFETY: as above.
         unsafe { put(seq, s) };
@@ -347,22 +363,19 @@ pub unsafe extern "C" fn cuframes_packet_publisher_loan(
     publisher: *mut cuframes_packet_publisher_t,
     lease: *mut cuframes_packet_lease_t,
 ) -> c_int {
-    call(|| {
-        let lease = out_ptr(lease, "lease")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { lease.write(cuframes_packet_lease_t::EMPTY) };
+    let loan = || {
         // SAFETY: per the contract.
-        let p = &mut unsafe { arg_mut(publisher, "publisher") }?.publisher;
-        let loan = p.loan_detached()?;
-        let out = cuframes_packet_lease_t {
+        let loan = unsafe { arg_mut(publisher, "publisher") }?
+            .publisher
+            .loan_detached()?;
+        Ok(cuframes_packet_lease_t {
             seq: loan.seq,
             data: loan.data,
             capacity: loan.len,
-        };
-        // SAFETY: as above.
-        unsafe { lease.write(out) };
-        Ok(())
-    })
+        })
+    };
+    // SAFETY: `lease` is NULL or writable per the contract.
+    unsafe { fill(lease, "lease", cuframes_packet_lease_t::EMPTY, loan) }
 }
 
 /// Publishes the first `len` bytes of the loaned slot as one packet with
@@ -415,15 +428,8 @@ pub unsafe extern "C" fn cuframes_packet_publisher_commit(
 pub unsafe extern "C" fn cuframes_packet_publisher_abort(
     publisher: *mut cuframes_packet_publisher_t,
 ) -> c_int {
-    call(|| {
-        // SAFETY: per the contract.
-        let p = &mut unsafe { arg_mut(publisher, "publisher") }?.publisher;
-        if p.abort_detached() {
-            Ok(())
-        } else {
-            Err(invalid("no slot is loaned"))
-        }
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { publisher_abort(publisher) }
 }
 
 /// The stream's largest packet in bytes (its `max_packet`); 0 if
@@ -439,11 +445,12 @@ pub unsafe extern "C" fn cuframes_packet_publisher_abort(
 pub unsafe extern "C" fn cuframes_packet_publisher_max_packet(
     publisher: *const cuframes_packet_publisher_t,
 ) -> size_t {
-    value(0, || {
-        // SAFETY: per the contract.
-        let p = &unsafe { arg(publisher, "publisher") }?.publisher;
-        Ok(p.max_packet() as size_t)
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(publisher, "publisher", 0, |p| {
+            Ok(p.publisher.max_packet() as size_t)
+        })
+    }
 }
 
 /// Ring-wide counters, as `cuframes_publisher_stats` (`published` counts
@@ -461,16 +468,8 @@ pub unsafe extern "C" fn cuframes_packet_publisher_stats(
     publisher: *const cuframes_packet_publisher_t,
     stats: *mut cuframes_publisher_stats_t,
 ) -> c_int {
-    call(|| {
-        let stats = out_ptr(stats, "stats")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { stats.write(Default::default()) };
-        // SAFETY: per the contract.
-        let s = unsafe { arg(publisher, "publisher") }?.publisher.stats();
-        // SAFETY: as above.
-        unsafe { stats.write(s.into()) };
-        Ok(())
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { publisher_stats(publisher, stats) }
 }
 
 /// Closes the stream and frees the publisher: subscribers drain what is
@@ -488,10 +487,8 @@ pub unsafe extern "C" fn cuframes_packet_publisher_stats(
 pub unsafe extern "C" fn cuframes_packet_publisher_destroy(
     publisher: *mut cuframes_packet_publisher_t,
 ) {
-    crate::guard((), || {
-        // SAFETY: per the contract: made by `create`, destroyed once.
-        unsafe { take_back(publisher) }
-    })
+    // SAFETY: per the contract: made by `create`, destroyed once.
+    unsafe { take_back(publisher) }
 }
 
 // ---- subscriber --------------------------------------------------------------
@@ -522,26 +519,14 @@ pub unsafe extern "C" fn cuframes_packet_subscriber_create(
     options: *const cuframes_subscriber_options_t,
     out: *mut *mut cuframes_packet_subscriber_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(out, "out")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(null_mut()) };
-        // SAFETY: per the contract.
-        let key = unsafe { c_str(key, "key") }?;
-        // SAFETY: per the contract.
-        let name = unsafe { c_str(name, "name") }?;
-        let mode = Mode::from_u32(mode)
-            .ok_or_else(|| invalid(format!("mode {mode} is not a CUFRAMES_MODE_*")))?;
+    let make = |key: &str, name: &str, mode| {
         // SAFETY: NULL or valid per the contract.
-        let options = match unsafe { options.as_ref() } {
-            None => SubscriberOptions::default(),
-            Some(o) => o.to_rust()?,
-        };
+        let options = unsafe { options_or_default(options) }?;
         let subscriber = PacketSubscriber::connect(key, name, mode, options)?;
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, cuframes_packet_subscriber_t { subscriber }) };
-        Ok(())
-    })
+        Ok(cuframes_packet_subscriber_t { subscriber })
+    };
+    // SAFETY: the contract is passed through.
+    unsafe { connect(key, name, mode, out, make) }
 }
 
 /// The stream's `CUFRAMES_CODEC_*`; 0 for NULL.
@@ -556,10 +541,12 @@ pub unsafe extern "C" fn cuframes_packet_subscriber_create(
 pub unsafe extern "C" fn cuframes_packet_subscriber_codec(
     subscriber: *const cuframes_packet_subscriber_t,
 ) -> u32 {
-    value(0, || {
-        // SAFETY: per the contract.
-        Ok(unsafe { arg(subscriber, "subscriber") }?.subscriber.codec() as u32)
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(subscriber, "subscriber", 0, |s| {
+            Ok(s.subscriber.codec() as u32)
+        })
+    }
 }
 
 /// The stream's codec configuration, copied at connect: `*data` (NULL when
@@ -637,24 +624,20 @@ pub unsafe extern "C" fn cuframes_packet_subscriber_stream(
     subscriber: *const cuframes_packet_subscriber_t,
     stream: *mut cuframes_packet_stream_t,
 ) -> c_int {
-    call(|| {
-        let stream = out_ptr(stream, "stream")?;
-        let empty = cuframes_packet_stream_t {
-            codec: 0,
-            width: 0,
-            height: 0,
-            max_packet: 0,
-            extradata: null(),
-            extradata_len: 0,
-        };
-        // SAFETY: non-null, writable per the contract.
-        unsafe { stream.write(empty) };
-        // SAFETY: per the contract.
-        let s = &unsafe { arg(subscriber, "subscriber") }?.subscriber;
-        // SAFETY: as above.
-        unsafe { stream.write(stream_of(s)) };
-        Ok(())
-    })
+    let empty = cuframes_packet_stream_t {
+        codec: 0,
+        width: 0,
+        height: 0,
+        max_packet: 0,
+        extradata: null(),
+        extradata_len: 0,
+    };
+    // SAFETY: the contract is passed through.
+    unsafe {
+        fill_from(subscriber, "subscriber", stream, "stream", empty, |s| {
+            Ok(stream_of(&s.subscriber))
+        })
+    }
 }
 
 /// Waits up to `timeout_ms` for the next packet and stores it in
@@ -677,14 +660,8 @@ pub unsafe extern "C" fn cuframes_packet_subscriber_next(
     timeout_ms: u32,
     packet_out: *mut *mut cuframes_packet_t,
 ) -> c_int {
-    let timeout = Duration::from_millis(timeout_ms.into());
     // SAFETY: the contract is passed through.
-    unsafe {
-        deliver(subscriber, "subscriber", packet_out, "packet_out", |s| {
-            let packet = s.subscriber.next_packet(timeout)?;
-            Ok(cuframes_packet_t { packet })
-        })
-    }
+    unsafe { subscriber_next(subscriber, timeout_ms, packet_out) }
 }
 
 /// Takes a packet if one is ready, without waiting:
@@ -703,15 +680,7 @@ pub unsafe extern "C" fn cuframes_packet_subscriber_try_next(
     packet_out: *mut *mut cuframes_packet_t,
 ) -> c_int {
     // SAFETY: the contract is passed through.
-    unsafe {
-        deliver(subscriber, "subscriber", packet_out, "packet_out", |s| {
-            let packet = s
-                .subscriber
-                .try_next()?
-                .ok_or_else(|| Error::new(ErrorCode::WouldBlock, "no new packet yet"))?;
-            Ok(cuframes_packet_t { packet })
-        })
-    }
+    unsafe { subscriber_try_next(subscriber, packet_out) }
 }
 
 /// This subscriber's counters, as `cuframes_subscriber_stats` (`dropped`
@@ -731,16 +700,8 @@ pub unsafe extern "C" fn cuframes_packet_subscriber_stats(
     subscriber: *const cuframes_packet_subscriber_t,
     stats: *mut cuframes_subscriber_stats_t,
 ) -> c_int {
-    call(|| {
-        let stats = out_ptr(stats, "stats")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { stats.write(Default::default()) };
-        // SAFETY: per the contract.
-        let s = unsafe { arg(subscriber, "subscriber") }?.subscriber.stats();
-        // SAFETY: as above.
-        unsafe { stats.write(s.into()) };
-        Ok(())
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { subscriber_stats(subscriber, stats) }
 }
 
 /// Disconnects and frees the subscriber. Packets still held stay valid
@@ -757,10 +718,8 @@ pub unsafe extern "C" fn cuframes_packet_subscriber_stats(
 pub unsafe extern "C" fn cuframes_packet_subscriber_destroy(
     subscriber: *mut cuframes_packet_subscriber_t,
 ) {
-    crate::guard((), || {
-        // SAFETY: per the contract: made by `create`, destroyed once.
-        unsafe { take_back(subscriber) }
-    })
+    // SAFETY: per the contract: made by `create`, destroyed once.
+    unsafe { take_back(subscriber) }
 }
 
 // ---- packets -----------------------------------------------------------------
@@ -776,10 +735,8 @@ unsafe fn with_packet<T: Copy>(
     fallback: T,
     get: impl FnOnce(&Packet) -> T,
 ) -> T {
-    value(fallback, || {
-        // SAFETY: per the contract.
-        Ok(get(&unsafe { arg(packet, "packet") }?.packet))
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { with(packet, "packet", fallback, |p| Ok(get(&p.packet))) }
 }
 
 /// Sequence number (consecutive packets have consecutive seqs); 0 for NULL.
@@ -860,16 +817,12 @@ pub unsafe extern "C" fn cuframes_packet_info(
     packet: *const cuframes_packet_t,
     info: *mut cuframes_packet_info_t,
 ) -> c_int {
-    call(|| {
-        let info = out_ptr(info, "info")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { info.write(Default::default()) };
-        // SAFETY: per the contract.
-        let meta = unsafe { arg(packet, "packet") }?.packet.meta();
-        // SAFETY: as above.
-        unsafe { info.write(meta.into()) };
-        Ok(())
-    })
+    // SAFETY: the contract is passed through.
+    unsafe {
+        fill_from(packet, "packet", info, "info", Default::default(), |p| {
+            Ok(p.packet.meta().into())
+        })
+    }
 }
 
 /// Releases the packet: its slot may be reused, and its data pointer is
@@ -884,10 +837,8 @@ pub unsafe extern "C" fn cuframes_packet_info(
 // nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_packet_release(packet: *mut cuframes_packet_t) {
-    crate::guard((), || {
-        // SAFETY: per the contract: handed out by `next`, released once.
-        unsafe { take_back(packet) }
-    })
+    // SAFETY: per the contract: handed out by `next`, released once.
+    unsafe { take_back(packet) }
 }
 
 #[cfg(test)]
@@ -896,21 +847,12 @@ mod tests {
     //! points; `ffi/tests/c/test_packets.c` runs the rest from C.
 
     use super::*;
+    use crate::tests::{last_error, BAD};
     use crate::{
-        cuframes_last_error_message, cuframes_publisher_create, cuframes_publisher_destroy,
-        CUFRAMES_ERR_INCOMPATIBLE, CUFRAMES_ERR_INVALID_ARGUMENT, CUFRAMES_ERR_WOULD_BLOCK,
-        CUFRAMES_OK,
+        cuframes_publisher_create, cuframes_publisher_destroy, CUFRAMES_ERR_INCOMPATIBLE,
+        CUFRAMES_ERR_WOULD_BLOCK, CUFRAMES_OK,
     };
-    use std::ffi::{CStr, CString};
-
-    const BAD: c_int = CUFRAMES_ERR_INVALID_ARGUMENT;
-
-    fn last_error() -> String {
-        // SAFETY: the call returns a valid NUL-terminated string.
-        unsafe { CStr::from_ptr(cuframes_last_error_message()) }
-            .to_string_lossy()
-            .into_owned()
-    }
+    use std::ffi::CString;
 
     fn key(what: &str) -> CString {
         std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());

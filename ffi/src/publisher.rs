@@ -1,8 +1,8 @@
 //! Publisher calls.
 
 use crate::{
-    arg, arg_mut, c_str, call, hand_out, invalid, out_ptr, size_t, take_back, value,
-    CUFRAMES_MAX_PLANES,
+    arg_mut, byte_slice, c_str, call, create, fill, fill_from, invalid, options_init,
+    options_or_default, put, size_t, take_back, with, Options, CUFRAMES_MAX_PLANES,
 };
 use cuframes::{
     FrameLayout, LosslessPolicy, PixelFormat, Publisher, PublisherOptions, Result, RingStats,
@@ -66,8 +66,10 @@ impl From<PublisherOptions> for cuframes_publisher_options_t {
     }
 }
 
-impl cuframes_publisher_options_t {
-    pub(crate) fn to_rust(self) -> Result<PublisherOptions> {
+impl Options for cuframes_publisher_options_t {
+    type Rust = PublisherOptions;
+
+    fn to_rust(self) -> Result<PublisherOptions> {
         let policy = LosslessPolicy::from_u32(self.policy)
             .ok_or_else(|| invalid(format!("policy {} is not a CUFRAMES_POLICY_*", self.policy)))?;
         if self.heartbeat_ms == 0 {
@@ -117,6 +119,22 @@ pub struct cuframes_lease_t {
     pub row_bytes: [u32; CUFRAMES_MAX_PLANES],
 }
 
+impl cuframes_lease_t {
+    const EMPTY: Self = Self {
+        seq: 0,
+        data: std::ptr::null_mut(),
+        size: 0,
+        format: 0,
+        width: 0,
+        height: 0,
+        plane_count: 0,
+        planes: [std::ptr::null_mut(); CUFRAMES_MAX_PLANES],
+        pitch: [0; CUFRAMES_MAX_PLANES],
+        rows: [0; CUFRAMES_MAX_PLANES],
+        row_bytes: [0; CUFRAMES_MAX_PLANES],
+    };
+}
+
 /// Ring-wide counters seen by the publisher.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -151,9 +169,69 @@ impl From<RingStats> for cuframes_publisher_stats_t {
     }
 }
 
-/// The C view of a publisher's ring counters.
-pub(crate) fn stats_of(p: &Publisher) -> cuframes_publisher_stats_t {
-    p.stats().into()
+/// A publisher handle of the C ABI (frames, GPU frames, packets): what
+/// the calls they share need of it.
+pub(crate) trait Writer {
+    /// The ring's counters.
+    fn ring_stats(&self) -> RingStats;
+    /// Gives the loaned slot back unpublished; false if none is loaned.
+    fn abort(&mut self) -> bool;
+}
+
+impl Writer for cuframes_publisher_t {
+    fn ring_stats(&self) -> RingStats {
+        self.publisher.stats()
+    }
+    fn abort(&mut self) -> bool {
+        self.publisher.abort_detached()
+    }
+}
+
+/// The `*_publisher_abort` calls.
+///
+/// # Safety
+/// `publisher` is NULL or a live publisher not otherwise accessed during
+/// the call.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn publisher_abort<W: Writer>(publisher: *mut W) -> c_int {
+    call(|| {
+        // SAFETY: per the contract.
+        if unsafe { arg_mut(publisher, "publisher") }?.abort() {
+            Ok(())
+        } else {
+            Err(invalid("no slot is loaned"))
+        }
+    })
+}
+
+/// The `*_publisher_stats` calls: `*stats` (zeroed on failure).
+///
+/// # Safety
+/// `publisher` is NULL or a live publisher; `stats` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn publisher_stats<W: Writer>(
+    publisher: *const W,
+    stats: *mut cuframes_publisher_stats_t,
+) -> c_int {
+    // SAFETY: the contract is passed through.
+    unsafe {
+        fill_from(
+            publisher,
+            "publisher",
+            stats,
+            "stats",
+            Default::default(),
+            |p| Ok(p.ring_stats().into()),
+        )
+    }
+}
+
+/// `format` as a pixel format, for the frame publishers' create calls.
+pub(crate) fn pixel_format(format: u32) -> Result<PixelFormat> {
+    PixelFormat::from_u32(format)
+        .ok_or_else(|| invalid(format!("format {format} is not a CUFRAMES_FORMAT_*")))
 }
 
 /// Fills `options` with the defaults.
@@ -163,12 +241,7 @@ pub(crate) fn stats_of(p: &Publisher) -> cuframes_publisher_stats_t {
 pub extern "C" fn cuframes_publisher_options_init(
     options: *mut cuframes_publisher_options_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(options, "options")?;
-        // SAFETY: non-null; the caller provides a writable struct.
-        unsafe { out.write(PublisherOptions::default().into()) };
-        Ok(())
-    })
+    options_init(options)
 }
 
 /// Creates the stream `key` (ASCII letters, digits, `-`, `_`, `.`, at most
@@ -196,26 +269,15 @@ pub unsafe extern "C" fn cuframes_publisher_create(
     options: *const cuframes_publisher_options_t,
     out: *mut *mut cuframes_publisher_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(out, "out")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(std::ptr::null_mut()) };
+    let make = || {
         // SAFETY: per the contract.
-        let key = unsafe { c_str(key, "key") }?;
-        let options = if options.is_null() {
-            PublisherOptions::default()
-        } else {
-            // SAFETY: non-null and valid per the contract.
-            unsafe { options.read() }.to_rust()?
-        };
-        let format = PixelFormat::from_u32(format)
-            .ok_or_else(|| invalid(format!("format {format} is not a CUFRAMES_FORMAT_*")))?;
-        let layout = FrameLayout::new(format, width, height, options.pitch_align)?;
+        let (key, options) = unsafe { (c_str(key, "key")?, options_or_default(options)?) };
+        let layout = FrameLayout::new(pixel_format(format)?, width, height, options.pitch_align)?;
         let publisher = Publisher::create(key, layout, options)?;
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, cuframes_publisher_t { publisher }) };
-        Ok(())
-    })
+        Ok(cuframes_publisher_t { publisher })
+    };
+    // SAFETY: `out` is NULL or writable per the contract.
+    unsafe { create(out, "out", make) }
 }
 
 /// Loans the next free slot for writing, waiting up to the block timeout;
@@ -239,23 +301,7 @@ pub unsafe extern "C" fn cuframes_publisher_loan(
     publisher: *mut cuframes_publisher_t,
     lease: *mut cuframes_lease_t,
 ) -> c_int {
-    call(|| {
-        let lease = out_ptr(lease, "lease")?;
-        let empty = cuframes_lease_t {
-            seq: 0,
-            data: std::ptr::null_mut(),
-            size: 0,
-            format: 0,
-            width: 0,
-            height: 0,
-            plane_count: 0,
-            planes: [std::ptr::null_mut(); CUFRAMES_MAX_PLANES],
-            pitch: [0; CUFRAMES_MAX_PLANES],
-            rows: [0; CUFRAMES_MAX_PLANES],
-            row_bytes: [0; CUFRAMES_MAX_PLANES],
-        };
-        // SAFETY: non-null, writable per the contract.
-        unsafe { lease.write(empty) };
+    let loan = || {
         // SAFETY: per the contract.
         let p = &mut unsafe { arg_mut(publisher, "publisher") }?.publisher;
         let loan = p.loan_detached()?;
@@ -268,7 +314,7 @@ pub unsafe extern "C" fn cuframes_publisher_loan(
             width: layout.width,
             height: layout.height,
             plane_count: layout.plane_count,
-            ..empty
+            ..cuframes_lease_t::EMPTY
         };
         for (i, plane) in layout.planes().iter().enumerate() {
             // The layout was validated to lie within the slot's `len` bytes.
@@ -277,10 +323,10 @@ pub unsafe extern "C" fn cuframes_publisher_loan(
             out.rows[i] = plane.rows;
             out.row_bytes[i] = plane.row_bytes;
         }
-        // SAFETY: as above.
-        unsafe { lease.write(out) };
-        Ok(())
-    })
+        Ok(out)
+    };
+    // SAFETY: `lease` is NULL or writable per the contract.
+    unsafe { fill(lease, "lease", cuframes_lease_t::EMPTY, loan) }
 }
 
 /// Publishes the loaned slot with presentation time `pts_ns`; stores its
@@ -305,10 +351,8 @@ pub unsafe extern "C" fn cuframes_publisher_commit(
         // SAFETY: per the contract.
         let p = &mut unsafe { arg_mut(publisher, "publisher") }?.publisher;
         let s = p.commit_detached(pts_ns)?;
-        if !seq.is_null() {
-            // SAFETY: non-null, writable per the contract.
-            unsafe { seq.write(s) };
-        }
+        // SAFETY: NULL or writable per the contract.
+        unsafe { put(seq, s) };
         Ok(())
     })
 }
@@ -325,15 +369,8 @@ pub unsafe extern "C" fn cuframes_publisher_commit(
 // nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_abort(publisher: *mut cuframes_publisher_t) -> c_int {
-    call(|| {
-        // SAFETY: per the contract.
-        let p = &mut unsafe { arg_mut(publisher, "publisher") }?.publisher;
-        if p.abort_detached() {
-            Ok(())
-        } else {
-            Err(invalid("no slot is loaned"))
-        }
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { publisher_abort(publisher) }
 }
 
 /// Copies a tightly packed frame (each plane's rows back to back without
@@ -360,11 +397,8 @@ pub unsafe extern "C" fn cuframes_publisher_publish(
     call(|| {
         // SAFETY: per the contract.
         let p = &mut unsafe { arg_mut(publisher, "publisher") }?.publisher;
-        if data.is_null() {
-            return Err(invalid("data is NULL"));
-        }
-        // SAFETY: non-null and readable for `len` bytes per the contract.
-        let packed = unsafe { std::slice::from_raw_parts(data, len) };
+        // SAFETY: NULL or readable for `len` bytes per the contract.
+        let packed = unsafe { byte_slice(data, len) }?;
         p.publish_from(packed, pts_ns).map(drop)
     })
 }
@@ -382,11 +416,12 @@ pub unsafe extern "C" fn cuframes_publisher_publish(
 pub unsafe extern "C" fn cuframes_publisher_packed_size(
     publisher: *const cuframes_publisher_t,
 ) -> size_t {
-    value(0, || {
-        // SAFETY: per the contract.
-        let p = &unsafe { arg(publisher, "publisher") }?.publisher;
-        Ok(p.layout().packed_bytes() as usize)
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(publisher, "publisher", 0, |p| {
+            Ok(p.publisher.layout().packed_bytes() as usize)
+        })
+    }
 }
 
 /// Ring-wide counters: frames published, connected subscribers, occupancy.
@@ -403,16 +438,8 @@ pub unsafe extern "C" fn cuframes_publisher_stats(
     publisher: *const cuframes_publisher_t,
     stats: *mut cuframes_publisher_stats_t,
 ) -> c_int {
-    call(|| {
-        let stats = out_ptr(stats, "stats")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { stats.write(Default::default()) };
-        // SAFETY: per the contract.
-        let p = &unsafe { arg(publisher, "publisher") }?.publisher;
-        // SAFETY: as above.
-        unsafe { stats.write(stats_of(p)) };
-        Ok(())
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { publisher_stats(publisher, stats) }
 }
 
 /// Closes the stream and frees the publisher: subscribers drain what is
@@ -427,8 +454,6 @@ pub unsafe extern "C" fn cuframes_publisher_stats(
 // nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_publisher_destroy(publisher: *mut cuframes_publisher_t) {
-    crate::guard((), || {
-        // SAFETY: per the contract: made by `create`, destroyed once.
-        unsafe { take_back(publisher) }
-    })
+    // SAFETY: per the contract: made by `create`, destroyed once.
+    unsafe { take_back(publisher) }
 }

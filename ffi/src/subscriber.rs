@@ -1,8 +1,14 @@
 //! Subscriber and frame calls.
 
 use crate::publisher::ms;
-use crate::{arg, c_str, call, hand_out, invalid, out_ptr, size_t, take_back, value};
-use cuframes::{Frame, Mode, Result, Subscriber, SubscriberOptions, SubscriberStats};
+use crate::{
+    arg_mut, c_str, create, fill_from, invalid, options_init, options_or_default, size_t,
+    take_back, with, Options,
+};
+use cuframes::{
+    Error, ErrorCode, Frame, FrameLayout, Mode, PlaneLayout, Result, Subscriber, SubscriberOptions,
+    SubscriberStats,
+};
 use std::ffi::{c_char, c_int};
 use std::time::Duration;
 
@@ -91,8 +97,10 @@ impl From<SubscriberStats> for cuframes_subscriber_stats_t {
     }
 }
 
-impl cuframes_subscriber_options_t {
-    pub(crate) fn to_rust(self) -> Result<SubscriberOptions> {
+impl Options for cuframes_subscriber_options_t {
+    type Rust = SubscriberOptions;
+
+    fn to_rust(self) -> Result<SubscriberOptions> {
         if self.liveness_interval_ms == 0 {
             return Err(invalid("liveness_interval_ms must be > 0"));
         }
@@ -106,6 +114,145 @@ impl cuframes_subscriber_options_t {
     }
 }
 
+/// A subscriber handle of the C ABI (frames, GPU frames, packets): what
+/// the calls they share need of it.
+pub(crate) trait Reader {
+    /// The handle `next` hands out (a frame, a GPU frame, a packet).
+    type Item;
+    /// The name of `next`'s out-pointer, for the NULL message.
+    const OUT: &'static str;
+    /// What `try_next` says when nothing is ready.
+    const NOTHING: &'static str;
+    /// Waits up to `timeout` for the next item.
+    fn next(&mut self, timeout: Duration) -> Result<Self::Item>;
+    /// The next item if one is ready.
+    fn try_next(&mut self) -> Result<Option<Self::Item>>;
+    /// The subscriber's counters.
+    fn stats(&self) -> SubscriberStats;
+}
+
+impl Reader for cuframes_subscriber_t {
+    type Item = cuframes_frame_t;
+    const OUT: &'static str = "frame_out";
+    const NOTHING: &'static str = "no new frame yet";
+
+    fn next(&mut self, timeout: Duration) -> Result<cuframes_frame_t> {
+        let frame = self.subscriber.next_frame(timeout)?;
+        Ok(cuframes_frame_t { frame })
+    }
+    fn try_next(&mut self) -> Result<Option<cuframes_frame_t>> {
+        Ok(self
+            .subscriber
+            .try_next()?
+            .map(|frame| cuframes_frame_t { frame }))
+    }
+    fn stats(&self) -> SubscriberStats {
+        self.subscriber.stats()
+    }
+}
+
+/// The subscriber create calls: clears `*out`, checks `key`, `name` and
+/// `mode`, then hands out what `connect` makes of them.
+///
+/// # Safety
+/// `key` and `name` are NULL or NUL-terminated strings; `out` is NULL or
+/// writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn connect<T>(
+    key: *const c_char,
+    name: *const c_char,
+    mode: u32,
+    out: *mut *mut T,
+    connect: impl FnOnce(&str, &str, Mode) -> Result<T>,
+) -> c_int {
+    let make = || {
+        // SAFETY: per the contract.
+        let (key, name) = unsafe { (c_str(key, "key")?, c_str(name, "name")?) };
+        let mode = Mode::from_u32(mode)
+            .ok_or_else(|| invalid(format!("mode {mode} is not a CUFRAMES_MODE_*")))?;
+        connect(key, name, mode)
+    };
+    // SAFETY: per the contract.
+    unsafe { create(out, "out", make) }
+}
+
+/// The `*_subscriber_next` calls.
+///
+/// # Safety
+/// `subscriber` is NULL or a live subscriber not otherwise accessed during
+/// the call; `out` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn subscriber_next<R: Reader>(
+    subscriber: *mut R,
+    timeout_ms: u32,
+    out: *mut *mut R::Item,
+) -> c_int {
+    let timeout = Duration::from_millis(timeout_ms.into());
+    let next = || {
+        // SAFETY: per the contract.
+        unsafe { arg_mut(subscriber, "subscriber") }?.next(timeout)
+    };
+    // SAFETY: per the contract.
+    unsafe { create(out, R::OUT, next) }
+}
+
+/// The `*_subscriber_try_next` calls: `CUFRAMES_ERR_WOULD_BLOCK` when
+/// nothing is ready.
+///
+/// # Safety
+/// As for [`subscriber_next`].
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn subscriber_try_next<R: Reader>(
+    subscriber: *mut R,
+    out: *mut *mut R::Item,
+) -> c_int {
+    let next = || {
+        // SAFETY: per the contract.
+        unsafe { arg_mut(subscriber, "subscriber") }?
+            .try_next()?
+            .ok_or_else(|| Error::new(ErrorCode::WouldBlock, R::NOTHING))
+    };
+    // SAFETY: per the contract.
+    unsafe { create(out, R::OUT, next) }
+}
+
+/// The `*_subscriber_stats` calls: `*stats` (zeroed on failure).
+///
+/// # Safety
+/// `subscriber` is NULL or a live subscriber; `stats` is NULL or writable.
+// SAFETY: callers meet the `# Safety` contract above; the body assumes
+// nothing beyond it.
+pub(crate) unsafe fn subscriber_stats<R: Reader>(
+    subscriber: *const R,
+    stats: *mut cuframes_subscriber_stats_t,
+) -> c_int {
+    // SAFETY: the contract is passed through.
+    unsafe {
+        fill_from(
+            subscriber,
+            "subscriber",
+            stats,
+            "stats",
+            Default::default(),
+            |s| Ok(s.stats().into()),
+        )
+    }
+}
+
+/// Checks a plane index against a frame's layout (host or GPU frames).
+pub(crate) fn plane(layout: &FrameLayout, plane: u32) -> Result<&PlaneLayout> {
+    let planes = layout.planes();
+    planes.get(plane as usize).ok_or_else(|| {
+        invalid(format!(
+            "plane {plane}: the frame has {} plane(s)",
+            planes.len()
+        ))
+    })
+}
+
 /// Fills `options` with the defaults.
 ///
 /// Thread safety: any thread.
@@ -113,12 +260,7 @@ impl cuframes_subscriber_options_t {
 pub extern "C" fn cuframes_subscriber_options_init(
     options: *mut cuframes_subscriber_options_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(options, "options")?;
-        // SAFETY: non-null; the caller provides a writable struct.
-        unsafe { out.write(SubscriberOptions::default().into()) };
-        Ok(())
-    })
+    options_init(options)
 }
 
 /// Connects to the stream `key` as `name` (shown by `cuframes stat`; at
@@ -146,46 +288,14 @@ pub unsafe extern "C" fn cuframes_subscriber_create(
     options: *const cuframes_subscriber_options_t,
     out: *mut *mut cuframes_subscriber_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(out, "out")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: per the contract.
-        let key = unsafe { c_str(key, "key") }?;
-        // SAFETY: per the contract.
-        let name = unsafe { c_str(name, "name") }?;
-        let mode = Mode::from_u32(mode)
-            .ok_or_else(|| invalid(format!("mode {mode} is not a CUFRAMES_MODE_*")))?;
-        let options = if options.is_null() {
-            SubscriberOptions::default()
-        } else {
-            // SAFETY: non-null and valid per the contract.
-            unsafe { options.read() }.to_rust()?
-        };
+    let make = |key: &str, name: &str, mode| {
+        // SAFETY: NULL or valid per the contract.
+        let options = unsafe { options_or_default(options) }?;
         let subscriber = Subscriber::connect(key, name, mode, options)?;
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, cuframes_subscriber_t { subscriber }) };
-        Ok(())
-    })
-}
-
-/// Frame-returning calls: clears `*frame_out`, runs `take`, hands the frame out.
-///
-/// # Safety
-/// As for `cuframes_subscriber_next`.
-// SAFETY: callers meet the `# Safety` contract above; the body assumes
-// nothing beyond it.
-unsafe fn deliver(
-    subscriber: *mut cuframes_subscriber_t,
-    frame_out: *mut *mut cuframes_frame_t,
-    take: impl FnOnce(&mut Subscriber) -> Result<Frame>,
-) -> c_int {
+        Ok(cuframes_subscriber_t { subscriber })
+    };
     // SAFETY: the contract is passed through.
-    unsafe {
-        crate::deliver(subscriber, "subscriber", frame_out, "frame_out", |s| {
-            take(&mut s.subscriber).map(|frame| cuframes_frame_t { frame })
-        })
-    }
+    unsafe { connect(key, name, mode, out, make) }
 }
 
 /// Waits up to `timeout_ms` for the next frame — the newest
@@ -210,9 +320,8 @@ pub unsafe extern "C" fn cuframes_subscriber_next(
     timeout_ms: u32,
     frame_out: *mut *mut cuframes_frame_t,
 ) -> c_int {
-    let timeout = Duration::from_millis(timeout_ms.into());
     // SAFETY: the contract is passed through.
-    unsafe { deliver(subscriber, frame_out, |s| s.next_frame(timeout)) }
+    unsafe { subscriber_next(subscriber, timeout_ms, frame_out) }
 }
 
 /// Takes a frame if one is ready, without waiting: `CUFRAMES_ERR_WOULD_BLOCK`
@@ -230,13 +339,7 @@ pub unsafe extern "C" fn cuframes_subscriber_try_next(
     frame_out: *mut *mut cuframes_frame_t,
 ) -> c_int {
     // SAFETY: the contract is passed through.
-    unsafe {
-        deliver(subscriber, frame_out, |s| {
-            s.try_next()?.ok_or_else(|| {
-                cuframes::Error::new(cuframes::ErrorCode::WouldBlock, "no new frame yet")
-            })
-        })
-    }
+    unsafe { subscriber_try_next(subscriber, frame_out) }
 }
 
 /// This subscriber's counters, including the drop count and ring occupancy
@@ -254,16 +357,8 @@ pub unsafe extern "C" fn cuframes_subscriber_stats(
     subscriber: *const cuframes_subscriber_t,
     stats: *mut cuframes_subscriber_stats_t,
 ) -> c_int {
-    call(|| {
-        let stats = out_ptr(stats, "stats")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { stats.write(Default::default()) };
-        // SAFETY: per the contract.
-        let s = unsafe { arg(subscriber, "subscriber") }?.subscriber.stats();
-        // SAFETY: as above.
-        unsafe { stats.write(s.into()) };
-        Ok(())
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { subscriber_stats(subscriber, stats) }
 }
 
 /// Disconnects and frees the subscriber. Frames still held stay valid
@@ -277,10 +372,8 @@ pub unsafe extern "C" fn cuframes_subscriber_stats(
 // nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_subscriber_destroy(subscriber: *mut cuframes_subscriber_t) {
-    crate::guard((), || {
-        // SAFETY: per the contract: made by `create`, destroyed once.
-        unsafe { take_back(subscriber) }
-    })
+    // SAFETY: per the contract: made by `create`, destroyed once.
+    unsafe { take_back(subscriber) }
 }
 
 /// Frame accessors: `fallback` (and `INVALID_ARGUMENT` recorded) for NULL.
@@ -294,20 +387,8 @@ unsafe fn with_frame<T: Copy>(
     fallback: T,
     get: impl FnOnce(&Frame) -> Result<T>,
 ) -> T {
-    value(fallback, || {
-        // SAFETY: per the contract.
-        get(&unsafe { arg(frame, "frame") }?.frame)
-    })
-}
-
-/// Checks a plane index against the frame's planes.
-fn plane(f: &Frame, plane: u32) -> Result<&cuframes::PlaneLayout> {
-    f.layout().planes().get(plane as usize).ok_or_else(|| {
-        invalid(format!(
-            "plane {plane}: the frame has {} plane(s)",
-            f.plane_count()
-        ))
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { with(frame, "frame", fallback, |f| get(&f.frame)) }
 }
 
 /// Sequence number (1, 2, ...); 0 for NULL.
@@ -462,7 +543,7 @@ pub unsafe extern "C" fn cuframes_frame_pitch(
     plane_index: u32,
 ) -> u32 {
     // SAFETY: per the contract.
-    unsafe { with_frame(frame, 0, |f| Ok(plane(f, plane_index)?.pitch)) }
+    unsafe { with_frame(frame, 0, |f| Ok(plane(f.layout(), plane_index)?.pitch)) }
 }
 
 /// Rows of plane `plane_index`.
@@ -482,7 +563,7 @@ pub unsafe extern "C" fn cuframes_frame_rows(
     plane_index: u32,
 ) -> u32 {
     // SAFETY: per the contract.
-    unsafe { with_frame(frame, 0, |f| Ok(plane(f, plane_index)?.rows)) }
+    unsafe { with_frame(frame, 0, |f| Ok(plane(f.layout(), plane_index)?.rows)) }
 }
 
 /// Meaningful bytes per row of plane `plane_index` (<= pitch).
@@ -502,7 +583,7 @@ pub unsafe extern "C" fn cuframes_frame_row_bytes(
     plane_index: u32,
 ) -> u32 {
     // SAFETY: per the contract.
-    unsafe { with_frame(frame, 0, |f| Ok(plane(f, plane_index)?.row_bytes)) }
+    unsafe { with_frame(frame, 0, |f| Ok(plane(f.layout(), plane_index)?.row_bytes)) }
 }
 
 /// First byte (read-only) of plane `plane_index`: row `r` starts at
@@ -523,7 +604,7 @@ pub unsafe extern "C" fn cuframes_frame_plane_data(
     // SAFETY: per the contract.
     unsafe {
         with_frame(frame, std::ptr::null(), |f| {
-            plane(f, plane_index)?;
+            plane(f.layout(), plane_index)?;
             Ok(f.plane(plane_index as usize).as_ptr())
         })
     }
@@ -541,8 +622,6 @@ pub unsafe extern "C" fn cuframes_frame_plane_data(
 // nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_frame_release(frame: *mut cuframes_frame_t) {
-    crate::guard((), || {
-        // SAFETY: per the contract: handed out by `next`, released once.
-        unsafe { take_back(frame) }
-    })
+    // SAFETY: per the contract: handed out by `next`, released once.
+    unsafe { take_back(frame) }
 }

@@ -16,7 +16,7 @@ mod subscriber;
 pub use publisher::*;
 pub use subscriber::*;
 
-use crate::{call, invalid, out_ptr};
+use crate::{fill, invalid};
 use cuframes::Result;
 use cuframes_cuda::{ExportMode, RawStream};
 use std::ffi::c_int;
@@ -105,15 +105,8 @@ pub extern "C" fn cuframes_cuda_available() -> c_int {
 // nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_driver_version(version: *mut c_int) -> c_int {
-    call(|| {
-        let out = out_ptr(version, "version")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(0) };
-        let v = cuframes_cuda::driver_version()?;
-        // SAFETY: as above.
-        unsafe { out.write(v) };
-        Ok(())
-    })
+    // SAFETY: NULL or writable per the contract.
+    unsafe { fill(version, "version", 0, cuframes_cuda::driver_version) }
 }
 
 /// Stores the number of CUDA devices this process sees in `*count` (0 on
@@ -129,15 +122,8 @@ pub unsafe extern "C" fn cuframes_cuda_driver_version(version: *mut c_int) -> c_
 // nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_device_count(count: *mut u32) -> c_int {
-    call(|| {
-        let out = out_ptr(count, "count")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(0) };
-        let n = cuframes_cuda::device_count()?;
-        // SAFETY: as above.
-        unsafe { out.write(n) };
-        Ok(())
-    })
+    // SAFETY: NULL or writable per the contract.
+    unsafe { fill(count, "count", 0, cuframes_cuda::device_count) }
 }
 
 // C may move these handles between threads between calls and use frames

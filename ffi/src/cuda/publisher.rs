@@ -2,12 +2,13 @@
 
 use super::{export_code, handle, kept_stream, raw, uintptr_t};
 use super::{CUFRAMES_CUDA_EXPORT_AUTO, CUFRAMES_CUDA_EXPORT_IPC, CUFRAMES_CUDA_EXPORT_VMM_FD};
-use crate::publisher::{ms, stats_of};
+use crate::publisher::{ms, pixel_format, publisher_abort, publisher_stats, Writer};
 use crate::{
-    arg, arg_mut, c_str, call, cuframes_publisher_options_t, cuframes_publisher_stats_t, hand_out,
-    invalid, out_ptr, size_t, take_back, value, CUFRAMES_MAX_PLANES,
+    arg_mut, byte_slice, c_str, call, create, cuframes_publisher_options_t,
+    cuframes_publisher_stats_t, fill, invalid, options_init, options_or_default, put, size_t,
+    take_back, with, Options, CUFRAMES_MAX_PLANES,
 };
-use cuframes::{PixelFormat, PublisherOptions, Result};
+use cuframes::{PublisherOptions, Result, RingStats};
 use cuframes_cuda::{
     CudaDetachedLease, CudaPublisher, CudaPublisherOptions, DevicePlane, ExportRequest,
 };
@@ -82,8 +83,20 @@ impl From<CudaPublisherOptions> for cuframes_cuda_publisher_options_t {
     }
 }
 
-impl cuframes_cuda_publisher_options_t {
-    pub(crate) fn to_rust(self) -> Result<CudaPublisherOptions> {
+impl Writer for cuframes_cuda_publisher_t {
+    fn ring_stats(&self) -> RingStats {
+        self.publisher.host().stats()
+    }
+    fn abort(&mut self) -> bool {
+        self.lease = None;
+        self.publisher.abort_detached()
+    }
+}
+
+impl Options for cuframes_cuda_publisher_options_t {
+    type Rust = CudaPublisherOptions;
+
+    fn to_rust(self) -> Result<CudaPublisherOptions> {
         let ring = cuframes_publisher_options_t {
             slot_count: self.slot_count,
             subscriber_capacity: self.subscriber_capacity,
@@ -178,12 +191,7 @@ impl cuframes_cuda_lease_t {
 pub extern "C" fn cuframes_cuda_publisher_options_init(
     options: *mut cuframes_cuda_publisher_options_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(options, "options")?;
-        // SAFETY: non-null; the caller provides a writable struct.
-        unsafe { out.write(CudaPublisherOptions::default().into()) };
-        Ok(())
-    })
+    options_init(options)
 }
 
 /// Creates the stream `key` for `width` x `height` frames of `format`
@@ -214,29 +222,17 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_create(
     options: *const cuframes_cuda_publisher_options_t,
     out: *mut *mut cuframes_cuda_publisher_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(out, "out")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(std::ptr::null_mut()) };
+    let make = || {
         // SAFETY: per the contract.
-        let key = unsafe { c_str(key, "key") }?;
-        let options = if options.is_null() {
-            CudaPublisherOptions::default()
-        } else {
-            // SAFETY: non-null and valid per the contract.
-            unsafe { options.read() }.to_rust()?
-        };
-        let format = PixelFormat::from_u32(format)
-            .ok_or_else(|| invalid(format!("format {format} is not a CUFRAMES_FORMAT_*")))?;
-        let publisher = CudaPublisher::create(key, format, width, height, options)?;
-        let handle = cuframes_cuda_publisher_t {
+        let (key, options) = unsafe { (c_str(key, "key")?, options_or_default(options)?) };
+        let publisher = CudaPublisher::create(key, pixel_format(format)?, width, height, options)?;
+        Ok(cuframes_cuda_publisher_t {
             publisher,
             lease: None,
-        };
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, handle) };
-        Ok(())
-    })
+        })
+    };
+    // SAFETY: `out` is NULL or writable per the contract.
+    unsafe { create(out, "out", make) }
 }
 
 /// Loans the next free slot for in-place writes (a decoder's output, a
@@ -261,10 +257,7 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_loan(
     publisher: *mut cuframes_cuda_publisher_t,
     lease: *mut cuframes_cuda_lease_t,
 ) -> c_int {
-    call(|| {
-        let lease = out_ptr(lease, "lease")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { lease.write(cuframes_cuda_lease_t::EMPTY) };
+    let loan = || {
         // SAFETY: per the contract.
         let h = unsafe { arg_mut(publisher, "publisher") }?;
         let loan = h.publisher.loan_detached()?;
@@ -287,10 +280,10 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_loan(
             out.rows[i] = p.rows;
             out.row_bytes[i] = p.row_bytes;
         }
-        // SAFETY: as above.
-        unsafe { lease.write(out) };
-        Ok(())
-    })
+        Ok(out)
+    };
+    // SAFETY: `lease` is NULL or writable per the contract.
+    unsafe { fill(lease, "lease", cuframes_cuda_lease_t::EMPTY, loan) }
 }
 
 /// Publishes the loaned slot with presentation time `pts_ns`: enqueues on
@@ -321,10 +314,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_commit(
         let h = unsafe { arg_mut(publisher, "publisher") }?;
         h.lease = None;
         let s = h.publisher.commit_detached(pts_ns)?;
-        if !seq.is_null() {
-            // SAFETY: non-null, writable per the contract.
-            unsafe { seq.write(s) };
-        }
+        // SAFETY: NULL or writable per the contract.
+        unsafe { put(seq, s) };
         Ok(())
     })
 }
@@ -345,16 +336,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_commit(
 pub unsafe extern "C" fn cuframes_cuda_publisher_abort(
     publisher: *mut cuframes_cuda_publisher_t,
 ) -> c_int {
-    call(|| {
-        // SAFETY: per the contract.
-        let h = unsafe { arg_mut(publisher, "publisher") }?;
-        h.lease = None;
-        if h.publisher.abort_detached() {
-            Ok(())
-        } else {
-            Err(invalid("no slot is loaned"))
-        }
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { publisher_abort(publisher) }
 }
 
 /// Source planes for the copy-from-device calls: plane `i` at `ptrs[i]`
@@ -495,10 +478,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_publish_from_device(
             return Err(e);
         }
         let s = h.publisher.commit_detached(pts_ns)?;
-        if !seq.is_null() {
-            // SAFETY: non-null, writable per the contract.
-            unsafe { seq.write(s) };
-        }
+        // SAFETY: NULL or writable per the contract.
+        unsafe { put(seq, s) };
         Ok(())
     })
 }
@@ -531,21 +512,16 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_publish_from_host(
     call(|| {
         // SAFETY: per the contract.
         let h = unsafe { arg_mut(publisher, "publisher") }?;
-        if data.is_null() {
-            return Err(invalid("data is NULL"));
-        }
+        // SAFETY: NULL or readable for `len` bytes per the contract.
+        let packed = unsafe { byte_slice(data, len) }?;
         if h.lease.is_some() {
             return Err(invalid(
                 "a slot is already loaned: commit or abort it first",
             ));
         }
-        // SAFETY: non-null and readable for `len` bytes per the contract.
-        let packed = unsafe { std::slice::from_raw_parts(data, len) };
         let s = h.publisher.publish_from_host(packed, pts_ns)?;
-        if !seq.is_null() {
-            // SAFETY: non-null, writable per the contract.
-            unsafe { seq.write(s) };
-        }
+        // SAFETY: NULL or writable per the contract.
+        unsafe { put(seq, s) };
         Ok(())
     })
 }
@@ -604,11 +580,12 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_set_stream(
 pub unsafe extern "C" fn cuframes_cuda_publisher_stream(
     publisher: *const cuframes_cuda_publisher_t,
 ) -> uintptr_t {
-    value(0, || {
-        // SAFETY: per the contract.
-        let h = unsafe { arg(publisher, "publisher") }?;
-        Ok(handle(h.publisher.stream()))
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(publisher, "publisher", 0, |h| {
+            Ok(handle(h.publisher.stream()))
+        })
+    }
 }
 
 /// The export mode in use: `CUFRAMES_CUDA_EXPORT_IPC` or
@@ -624,11 +601,12 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_stream(
 pub unsafe extern "C" fn cuframes_cuda_publisher_export_mode(
     publisher: *const cuframes_cuda_publisher_t,
 ) -> u32 {
-    value(0, || {
-        // SAFETY: per the contract.
-        let h = unsafe { arg(publisher, "publisher") }?;
-        Ok(export_code(h.publisher.export_mode()))
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(publisher, "publisher", 0, |h| {
+            Ok(export_code(h.publisher.export_mode()))
+        })
+    }
 }
 
 /// Bytes of a tightly packed frame for
@@ -644,11 +622,12 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_export_mode(
 pub unsafe extern "C" fn cuframes_cuda_publisher_packed_size(
     publisher: *const cuframes_cuda_publisher_t,
 ) -> size_t {
-    value(0, || {
-        // SAFETY: per the contract.
-        let h = unsafe { arg(publisher, "publisher") }?;
-        Ok(h.publisher.layout().packed_bytes() as usize)
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(publisher, "publisher", 0, |h| {
+            Ok(h.publisher.layout().packed_bytes() as usize)
+        })
+    }
 }
 
 /// Ring-wide counters, as `cuframes_publisher_stats`. On failure `*stats`
@@ -665,16 +644,8 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_stats(
     publisher: *const cuframes_cuda_publisher_t,
     stats: *mut cuframes_publisher_stats_t,
 ) -> c_int {
-    call(|| {
-        let stats = out_ptr(stats, "stats")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { stats.write(Default::default()) };
-        // SAFETY: per the contract.
-        let h = unsafe { arg(publisher, "publisher") }?;
-        // SAFETY: as above.
-        unsafe { stats.write(stats_of(h.publisher.host())) };
-        Ok(())
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { publisher_stats(publisher, stats) }
 }
 
 /// Finishes the publisher's stream, closes the ring (subscribers drain
@@ -694,8 +665,6 @@ pub unsafe extern "C" fn cuframes_cuda_publisher_stats(
 pub unsafe extern "C" fn cuframes_cuda_publisher_destroy(
     publisher: *mut cuframes_cuda_publisher_t,
 ) {
-    crate::guard((), || {
-        // SAFETY: per the contract: made by `create`, destroyed once.
-        unsafe { take_back(publisher) }
-    })
+    // SAFETY: per the contract: made by `create`, destroyed once.
+    unsafe { take_back(publisher) }
 }

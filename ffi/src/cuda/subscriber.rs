@@ -1,11 +1,14 @@
 //! CUDA subscriber and frame calls.
 
 use super::{export_code, handle, kept_stream, raw, uintptr_t};
-use crate::{
-    arg, arg_mut, c_str, call, cuframes_subscriber_options_t, cuframes_subscriber_stats_t,
-    hand_out, invalid, out_ptr, size_t, take_back, value,
+use crate::subscriber::{
+    connect, plane, subscriber_next, subscriber_stats, subscriber_try_next, Reader,
 };
-use cuframes::{Error, ErrorCode, Mode, Result, SubscriberOptions};
+use crate::{
+    arg, arg_mut, call, cuframes_subscriber_options_t, cuframes_subscriber_stats_t, invalid,
+    options_or_default, out_ptr, size_t, take_back, with,
+};
+use cuframes::{Error, ErrorCode, Result, SubscriberStats};
 use cuframes_cuda::{CudaFrame, CudaSubscriber, CudaSubscriberOptions};
 use std::ffi::{c_char, c_int};
 use std::time::Duration;
@@ -24,6 +27,26 @@ pub struct cuframes_cuda_subscriber_t {
 /// to `cuframes_cuda_frame_use_on`) before the release have run.
 pub struct cuframes_cuda_frame_t {
     frame: CudaFrame,
+}
+
+impl Reader for cuframes_cuda_subscriber_t {
+    type Item = cuframes_cuda_frame_t;
+    const OUT: &'static str = "frame_out";
+    const NOTHING: &'static str = "no new frame yet";
+
+    fn next(&mut self, timeout: Duration) -> Result<cuframes_cuda_frame_t> {
+        let frame = self.subscriber.next_frame(timeout)?;
+        Ok(cuframes_cuda_frame_t { frame })
+    }
+    fn try_next(&mut self) -> Result<Option<cuframes_cuda_frame_t>> {
+        Ok(self
+            .subscriber
+            .try_next()?
+            .map(|frame| cuframes_cuda_frame_t { frame }))
+    }
+    fn stats(&self) -> SubscriberStats {
+        self.subscriber.stats()
+    }
 }
 
 /// Connects to the GPU-memory stream `key` as `name` in `mode`
@@ -64,16 +87,7 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_create(
     options: *const cuframes_subscriber_options_t,
     out: *mut *mut cuframes_cuda_subscriber_t,
 ) -> c_int {
-    call(|| {
-        let out = out_ptr(out, "out")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: per the contract.
-        let key = unsafe { c_str(key, "key") }?;
-        // SAFETY: per the contract.
-        let name = unsafe { c_str(name, "name") }?;
-        let mode = Mode::from_u32(mode)
-            .ok_or_else(|| invalid(format!("mode {mode} is not a CUFRAMES_MODE_*")))?;
+    let make = |key: &str, name: &str, mode| {
         let device = match device {
             super::CUFRAMES_CUDA_DEVICE_AUTO => None,
             d => Some(u32::try_from(d).map_err(|_| {
@@ -83,21 +97,17 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_create(
             })?),
         };
         let stream = kept_stream(consumer_stream, "consumer_stream")?;
-        let ring = if options.is_null() {
-            SubscriberOptions::default()
-        } else {
-            // SAFETY: non-null and valid per the contract.
-            unsafe { options.read() }.to_rust()?
-        };
+        // SAFETY: NULL or valid per the contract.
+        let ring = unsafe { options_or_default(options) }?;
         let mut subscriber =
             CudaSubscriber::connect(key, name, mode, CudaSubscriberOptions { ring, device })?;
         // SAFETY: the caller guarantees the stream is live, of the device's
         // primary context, and outlives its use.
         unsafe { subscriber.set_consumer_stream(raw(stream)) };
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, cuframes_cuda_subscriber_t { subscriber }) };
-        Ok(())
-    })
+        Ok(cuframes_cuda_subscriber_t { subscriber })
+    };
+    // SAFETY: the contract is passed through.
+    unsafe { connect(key, name, mode, out, make) }
 }
 
 /// Makes frames taken from now on wait (and release) on `stream` (0 or 1:
@@ -144,11 +154,12 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_set_consumer_stream(
 pub unsafe extern "C" fn cuframes_cuda_subscriber_consumer_stream(
     subscriber: *const cuframes_cuda_subscriber_t,
 ) -> uintptr_t {
-    value(0, || {
-        // SAFETY: per the contract.
-        let s = &unsafe { arg(subscriber, "subscriber") }?.subscriber;
-        Ok(handle(s.consumer_stream()))
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(subscriber, "subscriber", 0, |s| {
+            Ok(handle(s.subscriber.consumer_stream()))
+        })
+    }
 }
 
 /// The CUDA device ordinal (in this process) the frames live on; -1 for
@@ -164,11 +175,12 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_consumer_stream(
 pub unsafe extern "C" fn cuframes_cuda_subscriber_device(
     subscriber: *const cuframes_cuda_subscriber_t,
 ) -> i32 {
-    value(-1, || {
-        // SAFETY: per the contract.
-        let s = &unsafe { arg(subscriber, "subscriber") }?.subscriber;
-        i32::try_from(s.device()).map_err(|_| invalid("device ordinal out of range"))
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(subscriber, "subscriber", -1, |s| {
+            i32::try_from(s.subscriber.device()).map_err(|_| invalid("device ordinal out of range"))
+        })
+    }
 }
 
 /// The export mode the publisher offers and this subscriber uses:
@@ -184,35 +196,12 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_device(
 pub unsafe extern "C" fn cuframes_cuda_subscriber_export_mode(
     subscriber: *const cuframes_cuda_subscriber_t,
 ) -> u32 {
-    value(0, || {
-        // SAFETY: per the contract.
-        let s = &unsafe { arg(subscriber, "subscriber") }?.subscriber;
-        Ok(export_code(s.export_mode()))
-    })
-}
-
-/// Frame-returning calls: clears `*frame_out`, runs `take`, hands the frame out.
-///
-/// # Safety
-/// As for `cuframes_cuda_subscriber_next`.
-// SAFETY: callers meet the `# Safety` contract above; the body assumes
-// nothing beyond it.
-unsafe fn deliver(
-    subscriber: *mut cuframes_cuda_subscriber_t,
-    frame_out: *mut *mut cuframes_cuda_frame_t,
-    take: impl FnOnce(&mut CudaSubscriber) -> Result<CudaFrame>,
-) -> c_int {
-    call(|| {
-        let out = out_ptr(frame_out, "frame_out")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: per the contract.
-        let s = &mut unsafe { arg_mut(subscriber, "subscriber") }?.subscriber;
-        let frame = take(s)?;
-        // SAFETY: `out` passed `out_ptr` (non-null); the caller guarantees it is writable.
-        unsafe { hand_out(out, cuframes_cuda_frame_t { frame }) };
-        Ok(())
-    })
+    // SAFETY: per the contract.
+    unsafe {
+        with(subscriber, "subscriber", 0, |s| {
+            Ok(export_code(s.subscriber.export_mode()))
+        })
+    }
 }
 
 /// Waits up to `timeout_ms` for the next frame (the newest, or the next in
@@ -240,9 +229,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_next(
     timeout_ms: u32,
     frame_out: *mut *mut cuframes_cuda_frame_t,
 ) -> c_int {
-    let timeout = Duration::from_millis(timeout_ms.into());
     // SAFETY: the contract is passed through.
-    unsafe { deliver(subscriber, frame_out, |s| s.next_frame(timeout)) }
+    unsafe { subscriber_next(subscriber, timeout_ms, frame_out) }
 }
 
 /// Takes a frame if one is ready, without waiting:
@@ -261,12 +249,7 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_try_next(
     frame_out: *mut *mut cuframes_cuda_frame_t,
 ) -> c_int {
     // SAFETY: the contract is passed through.
-    unsafe {
-        deliver(subscriber, frame_out, |s| {
-            s.try_next()?
-                .ok_or_else(|| Error::new(ErrorCode::WouldBlock, "no new frame yet"))
-        })
-    }
+    unsafe { subscriber_try_next(subscriber, frame_out) }
 }
 
 /// This subscriber's counters, as `cuframes_subscriber_stats`. On failure
@@ -284,16 +267,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_stats(
     subscriber: *const cuframes_cuda_subscriber_t,
     stats: *mut cuframes_subscriber_stats_t,
 ) -> c_int {
-    call(|| {
-        let stats = out_ptr(stats, "stats")?;
-        // SAFETY: non-null, writable per the contract.
-        unsafe { stats.write(Default::default()) };
-        // SAFETY: per the contract.
-        let s = unsafe { arg(subscriber, "subscriber") }?.subscriber.stats();
-        // SAFETY: as above.
-        unsafe { stats.write(s.into()) };
-        Ok(())
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { subscriber_stats(subscriber, stats) }
 }
 
 /// Synchronises the consumer stream (released frames' reads may still be
@@ -310,10 +285,8 @@ pub unsafe extern "C" fn cuframes_cuda_subscriber_stats(
 pub unsafe extern "C" fn cuframes_cuda_subscriber_destroy(
     subscriber: *mut cuframes_cuda_subscriber_t,
 ) {
-    crate::guard((), || {
-        // SAFETY: per the contract: made by `create`, destroyed once.
-        unsafe { take_back(subscriber) }
-    })
+    // SAFETY: per the contract: made by `create`, destroyed once.
+    unsafe { take_back(subscriber) }
 }
 
 /// Frame accessors: `fallback` (and `INVALID_ARGUMENT` recorded) for NULL.
@@ -327,20 +300,8 @@ unsafe fn with_frame<T: Copy>(
     fallback: T,
     get: impl FnOnce(&CudaFrame) -> Result<T>,
 ) -> T {
-    value(fallback, || {
-        // SAFETY: per the contract.
-        get(&unsafe { arg(frame, "frame") }?.frame)
-    })
-}
-
-/// Checks a plane index against the frame's planes.
-fn plane(f: &CudaFrame, plane: u32) -> Result<&cuframes::PlaneLayout> {
-    f.layout().planes().get(plane as usize).ok_or_else(|| {
-        invalid(format!(
-            "plane {plane}: the frame has {} plane(s)",
-            f.plane_count()
-        ))
-    })
+    // SAFETY: the contract is passed through.
+    unsafe { with(frame, "frame", fallback, |f| get(&f.frame)) }
 }
 
 /// Sequence number (1, 2, ...); 0 for NULL.
@@ -501,7 +462,7 @@ pub unsafe extern "C" fn cuframes_cuda_frame_device_ptr(
     // SAFETY: per the contract.
     unsafe {
         with_frame(frame, 0, |f| {
-            plane(f, plane_index)?;
+            plane(f.layout(), plane_index)?;
             Ok(f.device_ptr(plane_index as usize))
         })
     }
@@ -522,7 +483,7 @@ pub unsafe extern "C" fn cuframes_cuda_frame_pitch(
     plane_index: u32,
 ) -> u32 {
     // SAFETY: per the contract.
-    unsafe { with_frame(frame, 0, |f| Ok(plane(f, plane_index)?.pitch)) }
+    unsafe { with_frame(frame, 0, |f| Ok(plane(f.layout(), plane_index)?.pitch)) }
 }
 
 /// Rows of plane `plane_index`. 0 for a NULL frame or a plane the format
@@ -540,7 +501,7 @@ pub unsafe extern "C" fn cuframes_cuda_frame_rows(
     plane_index: u32,
 ) -> u32 {
     // SAFETY: per the contract.
-    unsafe { with_frame(frame, 0, |f| Ok(plane(f, plane_index)?.rows)) }
+    unsafe { with_frame(frame, 0, |f| Ok(plane(f.layout(), plane_index)?.rows)) }
 }
 
 /// Meaningful bytes per row of plane `plane_index` (<= pitch). 0 for a
@@ -558,7 +519,7 @@ pub unsafe extern "C" fn cuframes_cuda_frame_row_bytes(
     plane_index: u32,
 ) -> u32 {
     // SAFETY: per the contract.
-    unsafe { with_frame(frame, 0, |f| Ok(plane(f, plane_index)?.row_bytes)) }
+    unsafe { with_frame(frame, 0, |f| Ok(plane(f.layout(), plane_index)?.row_bytes)) }
 }
 
 /// Lets `stream` read the frame too: enqueues on `stream` a wait for the
@@ -656,8 +617,6 @@ pub unsafe extern "C" fn cuframes_cuda_frame_copy_to_host(
 // nothing beyond it.
 #[no_mangle]
 pub unsafe extern "C" fn cuframes_cuda_frame_release(frame: *mut cuframes_cuda_frame_t) {
-    crate::guard((), || {
-        // SAFETY: per the contract: handed out by `next`, released once.
-        unsafe { take_back(frame) }
-    })
+    // SAFETY: per the contract: handed out by `next`, released once.
+    unsafe { take_back(frame) }
 }

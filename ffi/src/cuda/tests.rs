@@ -6,23 +6,15 @@
 //! subscriber as separate processes.
 
 use super::*;
+use crate::tests::{last_error, BAD};
 use crate::{
-    cuframes_last_error_message, cuframes_publisher_create, cuframes_publisher_destroy,
-    cuframes_subscriber_create, cuframes_subscriber_options_init, cuframes_subscriber_options_t,
-    CUFRAMES_ERR_CUDA, CUFRAMES_ERR_INCOMPATIBLE, CUFRAMES_ERR_INVALID_ARGUMENT, CUFRAMES_OK,
+    cuframes_publisher_create, cuframes_publisher_destroy, cuframes_subscriber_create,
+    cuframes_subscriber_options_init, cuframes_subscriber_options_t, Options, CUFRAMES_ERR_CUDA,
+    CUFRAMES_ERR_INCOMPATIBLE, CUFRAMES_OK,
 };
 use cuframes_cuda::ExportRequest;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::ptr::{null, null_mut};
-
-const BAD: c_int = CUFRAMES_ERR_INVALID_ARGUMENT;
-
-fn last_error() -> String {
-    // SAFETY: the call returns a valid NUL-terminated string.
-    unsafe { CStr::from_ptr(cuframes_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
 
 /// `CUFRAMES_GPU=1`: a driver is expected (the simulator or a GPU).
 fn gpu() -> bool {

@@ -45,4 +45,11 @@ static void run(const char *name, void (*test)(void)) {
   fflush(stdout);
 }
 
+/* Prints the totals of test program `name`; returns its exit status (1 if
+ * any check failed). */
+static int finish(const char *name) {
+  printf("%s: %d checks, %d passed, %d failed\n", name, checks, checks - failures, failures);
+  return failures ? 1 : 0;
+}
+
 #endif

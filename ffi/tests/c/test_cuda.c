@@ -34,13 +34,14 @@
 #define _GNU_SOURCE
 #include <cuframes.h>
 
+#include "check.h"
+#include "children.h"
+
 #include <dlfcn.h>
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -159,47 +160,16 @@ static CUstream new_stream(unsigned flags) {
 
 /* ---- checks and the frame pattern ---------------------------------------- */
 
-static const char *self_path;
-static int checks, failures;
-
-#define CHECK(cond, ...)                                                         \
-  do {                                                                           \
-    checks++;                                                                    \
-    if (!(cond)) {                                                               \
-      failures++;                                                                \
-      fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);            \
-      fprintf(stderr, __VA_ARGS__);                                              \
-      fprintf(stderr, " [last error: %s]\n", cuframes_last_error_message());     \
-    }                                                                            \
-  } while (0)
-
-#define CHECK_RC(expr, want)                                                     \
-  do {                                                                           \
-    int rc_ = (expr);                                                            \
-    CHECK(rc_ == (want), "%s = %d (%s), want %d (%s)", #expr, rc_,               \
-          cuframes_error_name(rc_), (want), cuframes_error_name(want));          \
-  } while (0)
-
 #define CHECK_CU(expr)                                                           \
   do {                                                                           \
     CUresult cu_ = (expr);                                                       \
     CHECK(cu_ == 0, "%s = %s", #expr, cu_name(cu_));                             \
   } while (0)
 
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void make_key(char *buf, size_t len, const char *what) {
-  snprintf(buf, len, "ctest-%d-%s", (int)getpid(), what);
 }
 
 /* NV12 planes of a tightly packed frame. */
@@ -250,38 +220,6 @@ static CUresult copy_planes(int to_device, uint8_t *host, const uint64_t *dev, c
   return 0;
 }
 
-static pid_t spawn(char *const argv[]) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    execv(self_path, argv);
-    perror("execv");
-    _exit(127);
-  }
-  return pid;
-}
-
-static int wait_exit(pid_t pid) {
-  int status;
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-static void remove_leftovers(const char *key) {
-  char path[256];
-  const char *dir = getenv("CUFRAMES_SHM_DIR");
-  snprintf(path, sizeof path, "%s/.cuframes.%s.lock", dir && *dir ? dir : "/dev/shm", key);
-  unlink(path);
-}
-
-static int file_exists(const char *fmt, const char *key) {
-  char path[256], name[160];
-  const char *dir = getenv("CUFRAMES_SHM_DIR");
-  snprintf(name, sizeof name, fmt, key);
-  snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "/dev/shm", name);
-  return access(path, F_OK) == 0;
-}
-
 static uint32_t export_mode_of(const char *name) {
   if (strcmp(name, "ipc") == 0) return CUFRAMES_CUDA_EXPORT_IPC;
   if (strcmp(name, "vmm-fd") == 0) return CUFRAMES_CUDA_EXPORT_VMM_FD;
@@ -289,6 +227,8 @@ static uint32_t export_mode_of(const char *name) {
 }
 
 /* ---- child: publisher ------------------------------------------------------ */
+
+DEFINE_SUBSCRIBERS_OF(cuframes_cuda_publisher_stats)
 
 #define FAILP(...)                                                               \
   do {                                                                           \
@@ -321,14 +261,8 @@ static int child_publish(const char *key, unsigned n, const char *mode, unsigned
   if (cu.MemAlloc(&staging, (size_t)spitch[0] * (H + H / 2))) FAILP("cuMemAlloc");
   const uint64_t sptr[2] = {staging, staging + (uint64_t)spitch[0] * H};
 
-  cuframes_publisher_stats_t st;
-  double deadline = now_ms() + 60000;
-  do {
-    cuframes_cuda_publisher_stats(pub, &st);
-    if (st.subscribers >= subs) break;
-    usleep(2000);
-  } while (now_ms() < deadline);
-  if (st.subscribers < subs) FAILP("only %u of %u subscribers came", st.subscribers, subs);
+  unsigned came = wait_subscribers(subscribers_of, pub, subs);
+  if (came < subs) FAILP("only %u of %u subscribers came", came, subs);
 
   for (uint64_t seq = 1; seq <= n; seq++) {
     fill_packed(seq, packed);
@@ -399,17 +333,12 @@ static int child_subscribe(const char *key, unsigned n, const char *qmode) {
     fprintf(stderr, "cuMemAllocHost failed\n");
     return 3;
   }
-  cuframes_subscriber_options_t so;
-  cuframes_subscriber_options_init(&so);
-  so.connect_timeout_ms = 30000;
+  cuframes_subscriber_options_t so = subscriber_options(30000);
   cuframes_cuda_subscriber_t *sub = NULL;
   rc = cuframes_cuda_subscriber_create(key, queue ? "c-gpu-queue" : "c-gpu-newest",
                                        queue ? CUFRAMES_MODE_QUEUE : CUFRAMES_MODE_NEWEST_ONLY,
                                        CUFRAMES_CUDA_DEVICE_AUTO, (uintptr_t)consumer, &so, &sub);
-  if (rc) {
-    fprintf(stderr, "gpu-subscribe: create: %s\n", cuframes_last_error_message());
-    return 10 + rc;
-  }
+  if (rc) return failed("gpu-subscribe", "create", 10 + rc);
   if (cuframes_cuda_subscriber_consumer_stream(sub) != (uintptr_t)consumer || cuframes_cuda_subscriber_device(sub) != 0) {
     fprintf(stderr, "gpu-subscribe: consumer stream / device\n");
     bad = 1;
@@ -420,8 +349,7 @@ static int child_subscribe(const char *key, unsigned n, const char *qmode) {
     rc = cuframes_cuda_subscriber_next(sub, 30000, &f);
     if (rc == CUFRAMES_ERR_CLOSED) break;
     if (rc) {
-      fprintf(stderr, "gpu-subscribe: next: %s\n", cuframes_last_error_message());
-      bad = 1;
+      bad = failed("gpu-subscribe", "next", 1);
       break;
     }
     uint64_t seq = cuframes_cuda_frame_seq(f);
@@ -483,16 +411,7 @@ static int child_subscribe(const char *key, unsigned n, const char *qmode) {
   cuframes_cuda_subscriber_stats(sub, &st);
   uint32_t export_mode = cuframes_cuda_subscriber_export_mode(sub);
   cuframes_cuda_subscriber_destroy(sub); /* synchronises the consumer stream */
-  if (queue && (got != n || st.dropped != 0)) {
-    fprintf(stderr, "gpu-subscribe: queue got %llu of %u frames, %llu dropped\n", (unsigned long long)got, n,
-            (unsigned long long)st.dropped);
-    bad = 1;
-  }
-  if (got == 0 || last != n) {
-    fprintf(stderr, "gpu-subscribe: got %llu frames, last %llu of %u\n", (unsigned long long)got,
-            (unsigned long long)last, n);
-    bad = 1;
-  }
+  bad |= check_received("gpu-subscribe", "frames", queue, got, last, n, st.dropped);
   printf("  subscriber (%s, %s): %llu frames, last seq %llu, every byte verified (%llu by copy_to_host, %llu on the "
          "consumer stream, %llu on a use_on stream)\n",
          qmode, export_mode == CUFRAMES_CUDA_EXPORT_IPC ? "ipc" : "vmm-fd", (unsigned long long)got,
@@ -549,7 +468,7 @@ static int child_bench(long n) {
          (unsigned long long)(sum & 0xff));
   cuframes_cuda_subscriber_destroy(sub);
   cuframes_cuda_publisher_destroy(pub);
-  remove_leftovers(key);
+  remove_lock(key);
   return 0;
 }
 
@@ -565,14 +484,12 @@ static void round_trip(const char *mode) {
   char *pa[] = {(char *)self_path, "publish", key, n, (char *)mode, subs, NULL};
   char *qa[] = {(char *)self_path, "subscribe", key, n, "queue", NULL};
   char *na[] = {(char *)self_path, "subscribe", key, n, "newest", NULL};
-  pid_t p = spawn(pa), q = spawn(qa), s = spawn(na);
-  int rp = wait_exit(p), rq = wait_exit(q), rs = wait_exit(s);
-  CHECK(rp == 0, "%s: publisher process exited %d", mode, rp);
-  CHECK(rq == 0, "%s: queue subscriber process exited %d", mode, rq);
-  CHECK(rs == 0, "%s: newest-only subscriber process exited %d", mode, rs);
+  char who[40];
+  snprintf(who, sizeof who, "%s: ", mode);
+  run_children(who, pa, qa, na);
   CHECK(!file_exists("cuframes.%s", key), "segment of %s left behind", key);
   CHECK(!file_exists(".cuframes.%s.sock", key), "socket of %s left behind", key);
-  remove_leftovers(key);
+  remove_lock(key);
 }
 
 static void test_round_trip_ipc(void) { round_trip("ipc"); }
@@ -626,9 +543,7 @@ static void test_errors(void) {
            CUFRAMES_ERR_ALREADY_EXISTS);
 
   /* The host-only subscriber call on a GPU stream. */
-  cuframes_subscriber_options_t so;
-  cuframes_subscriber_options_init(&so);
-  so.connect_timeout_ms = 200;
+  cuframes_subscriber_options_t so = subscriber_options(200);
   cuframes_subscriber_t *host = (cuframes_subscriber_t *)&host;
   CHECK_RC(cuframes_subscriber_create(key, "host", CUFRAMES_MODE_QUEUE, &so, &host), CUFRAMES_ERR_INCOMPATIBLE);
   CHECK(host == NULL, "out not cleared on failure");
@@ -755,15 +670,7 @@ static void test_errors(void) {
   CHECK(sub == NULL && strstr(cuframes_last_error_message(), "host memory") != NULL, "%s",
         cuframes_last_error_message());
   cuframes_publisher_destroy(hp);
-  remove_leftovers(key);
-}
-
-static void run(const char *name, void (*test)(void)) {
-  int before = failures;
-  double t0 = now_ms();
-  test();
-  printf("%-24s %s (%.0f ms)\n", name, failures == before ? "ok" : "FAILED", now_ms() - t0);
-  fflush(stdout);
+  remove_lock(key);
 }
 
 int main(int argc, char **argv) {
@@ -793,6 +700,5 @@ int main(int argc, char **argv) {
   run("round_trip_ipc", test_round_trip_ipc);
   run("round_trip_vmm_fd", test_round_trip_vmm_fd);
   run("errors", test_errors);
-  printf("test_cuda: %d checks, %d passed, %d failed\n", checks, checks - failures, failures);
-  return failures ? 1 : 0;
+  return finish("test_cuda");
 }

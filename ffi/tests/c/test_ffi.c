@@ -19,14 +19,14 @@
 #define _GNU_SOURCE
 #include <cuframes.h>
 
-#include <errno.h>
+#include "check.h"
+#include "children.h"
+
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 /* The test hook of the library (not in the header): panics inside the
@@ -34,37 +34,6 @@
 int cuframes_testing_panic(int code);
 
 enum { W = 320, H = 240 };
-
-static const char *self_path;
-static int checks, failures;
-
-#define CHECK(cond, ...)                                                         \
-  do {                                                                           \
-    checks++;                                                                    \
-    if (!(cond)) {                                                               \
-      failures++;                                                                \
-      fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);            \
-      fprintf(stderr, __VA_ARGS__);                                              \
-      fprintf(stderr, " [last error: %s]\n", cuframes_last_error_message());     \
-    }                                                                            \
-  } while (0)
-
-#define CHECK_RC(expr, want)                                                     \
-  do {                                                                           \
-    int rc_ = (expr);                                                            \
-    CHECK(rc_ == (want), "%s = %d (%s), want %d (%s)", #expr, rc_,               \
-          cuframes_error_name(rc_), (want), cuframes_error_name(want));          \
-  } while (0)
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void make_key(char *buf, size_t len, const char *what) {
-  snprintf(buf, len, "ctest-%d-%s", (int)getpid(), what);
-}
 
 static uint8_t pattern(uint64_t seq, unsigned plane, unsigned row, unsigned col) {
   return (uint8_t)(seq * 31u + plane * 7u + row * 3u + col);
@@ -123,52 +92,27 @@ static int publish_one(cuframes_publisher_t *pub, uint64_t seq, uint8_t *packed)
 
 /* ---- child processes ---------------------------------------------------- */
 
+DEFINE_SUBSCRIBERS_OF(cuframes_publisher_stats)
+
+static int publish_frame(void *pub, uint64_t seq, uint8_t *packed) { return publish_one(pub, seq, packed); }
+
 static int child_publish(const char *key, unsigned n, unsigned subs) {
-  cuframes_publisher_options_t opts;
-  cuframes_publisher_options_init(&opts);
-  opts.block_timeout_ms = 20000; /* a queue subscriber under valgrind is slow */
+  cuframes_publisher_options_t opts = child_publisher_options();
   cuframes_publisher_t *pub = NULL;
   int rc = cuframes_publisher_create(key, CUFRAMES_FORMAT_NV12, W, H, &opts, &pub);
-  if (rc) {
-    fprintf(stderr, "publish: create: %s\n", cuframes_last_error_message());
-    return 10 + rc;
-  }
-  cuframes_publisher_stats_t st;
-  double deadline = now_ms() + 60000;
-  do {
-    cuframes_publisher_stats(pub, &st);
-    if (st.subscribers >= subs) break;
-    usleep(2000);
-  } while (now_ms() < deadline);
-  if (st.subscribers < subs) {
-    fprintf(stderr, "publish: only %u of %u subscribers came\n", st.subscribers, subs);
-    cuframes_publisher_destroy(pub);
-    return 2;
-  }
+  if (rc) return failed("publish", "create", 10 + rc);
   uint8_t *packed = malloc(cuframes_publisher_packed_size(pub));
-  for (uint64_t seq = 1; seq <= n; seq++) {
-    rc = publish_one(pub, seq, packed);
-    if (rc) {
-      fprintf(stderr, "publish: frame %llu: %s\n", (unsigned long long)seq, cuframes_last_error_message());
-      break;
-    }
-    if (seq % 16 == 0) usleep(1000); /* let the newest-only reader see some */
-  }
+  rc = publish_seqs(pub, n, subs, subscribers_of, publish_frame, packed, "frame");
   free(packed);
   cuframes_publisher_destroy(pub);
-  return rc ? 10 + rc : 0;
+  return rc;
 }
 
 static int child_subscribe(const char *key, unsigned n, unsigned mode) {
-  cuframes_subscriber_options_t opts;
-  cuframes_subscriber_options_init(&opts);
-  opts.connect_timeout_ms = 30000;
+  cuframes_subscriber_options_t opts = subscriber_options(30000);
   cuframes_subscriber_t *sub = NULL;
   int rc = cuframes_subscriber_create(key, mode == CUFRAMES_MODE_QUEUE ? "c-queue" : "c-newest", mode, &opts, &sub);
-  if (rc) {
-    fprintf(stderr, "subscribe: create: %s\n", cuframes_last_error_message());
-    return 10 + rc;
-  }
+  if (rc) return failed("subscribe", "create", 10 + rc);
   uint64_t last = 0, got = 0;
   int bad = 0;
   for (;;) {
@@ -176,8 +120,7 @@ static int child_subscribe(const char *key, unsigned n, unsigned mode) {
     rc = cuframes_subscriber_next(sub, 30000, &f);
     if (rc == CUFRAMES_ERR_CLOSED) break;
     if (rc) {
-      fprintf(stderr, "subscribe: next: %s\n", cuframes_last_error_message());
-      bad = 1;
+      bad = failed("subscribe", "next", 1);
       break;
     }
     uint64_t seq = cuframes_frame_seq(f);
@@ -198,16 +141,7 @@ static int child_subscribe(const char *key, unsigned n, unsigned mode) {
   cuframes_subscriber_stats_t st;
   cuframes_subscriber_stats(sub, &st);
   cuframes_subscriber_destroy(sub);
-  if (mode == CUFRAMES_MODE_QUEUE && (got != n || st.dropped != 0)) {
-    fprintf(stderr, "subscribe: queue got %llu of %u frames, %llu dropped\n", (unsigned long long)got, n,
-            (unsigned long long)st.dropped);
-    bad = 1;
-  }
-  if (got == 0 || last != n) {
-    fprintf(stderr, "subscribe: got %llu frames, last %llu of %u\n", (unsigned long long)got,
-            (unsigned long long)last, n);
-    bad = 1;
-  }
+  bad |= check_received("subscribe", "frames", mode == CUFRAMES_MODE_QUEUE, got, last, n, st.dropped);
   printf("subscriber (%s): %llu frames, last seq %llu, %llu skipped, all pixels verified\n",
          mode == CUFRAMES_MODE_QUEUE ? "queue" : "newest-only", (unsigned long long)got, (unsigned long long)last,
          (unsigned long long)st.dropped);
@@ -218,23 +152,6 @@ static int child_hold(const char *key) {
   cuframes_publisher_t *pub = NULL;
   if (cuframes_publisher_create(key, CUFRAMES_FORMAT_GRAY8, 64, 64, NULL, &pub)) return 1;
   for (;;) pause();
-}
-
-static pid_t spawn(char *const argv[]) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    execv(self_path, argv);
-    perror("execv");
-    _exit(127);
-  }
-  return pid;
-}
-
-static int wait_exit(pid_t pid) {
-  int status;
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 /* ---- tests ---------------------------------------------------------------- */
@@ -355,9 +272,7 @@ static void test_bad_arguments(void) {
 }
 
 static void test_not_found(void) {
-  cuframes_subscriber_options_t so;
-  cuframes_subscriber_options_init(&so);
-  so.connect_timeout_ms = 50;
+  cuframes_subscriber_options_t so = subscriber_options(50);
   cuframes_subscriber_t *sub = NULL;
   char key[64];
   make_key(key, sizeof key, "absent");
@@ -488,9 +403,7 @@ static void test_publisher_killed(void) {
   make_key(key, sizeof key, "killed");
   char *argv[] = {(char *)self_path, "hold", key, NULL};
   pid_t pid = spawn(argv);
-  cuframes_subscriber_options_t so;
-  cuframes_subscriber_options_init(&so);
-  so.connect_timeout_ms = 30000;
+  cuframes_subscriber_options_t so = subscriber_options(30000);
   so.liveness_interval_ms = 20;
   cuframes_subscriber_t *sub = NULL;
   CHECK_RC(cuframes_subscriber_create(key, "orphan", CUFRAMES_MODE_QUEUE, &so, &sub), CUFRAMES_OK);
@@ -501,42 +414,13 @@ static void test_publisher_killed(void) {
   CHECK_RC(cuframes_subscriber_next(sub, 5000, &f), CUFRAMES_ERR_PUBLISHER_GONE);
   cuframes_subscriber_destroy(sub);
   /* The dead publisher's segment is left behind; remove it. */
-  char path[256];
-  const char *dir = getenv("CUFRAMES_SHM_DIR");
-  snprintf(path, sizeof path, "%s/cuframes.%s", dir && *dir ? dir : "/dev/shm", key);
-  unlink(path);
-  snprintf(path, sizeof path, "%s/.cuframes.%s.lock", dir && *dir ? dir : "/dev/shm", key);
-  unlink(path);
+  remove_file("cuframes.%s", key);
+  remove_lock(key);
 }
 
-static void test_cross_process(void) {
-  char key[64], n[] = "150", subs[] = "2", queue[8], newest[8];
-  make_key(key, sizeof key, "xproc");
-  snprintf(queue, sizeof queue, "%u", CUFRAMES_MODE_QUEUE);
-  snprintf(newest, sizeof newest, "%u", CUFRAMES_MODE_NEWEST_ONLY);
-  char *pa[] = {(char *)self_path, "publish", key, n, subs, NULL};
-  char *qa[] = {(char *)self_path, "subscribe", key, n, queue, NULL};
-  char *na[] = {(char *)self_path, "subscribe", key, n, newest, NULL};
-  pid_t p = spawn(pa), q = spawn(qa), s = spawn(na);
-  int rp = wait_exit(p), rq = wait_exit(q), rs = wait_exit(s);
-  CHECK(rp == 0, "publisher process exited %d", rp);
-  CHECK(rq == 0, "queue subscriber process exited %d", rq);
-  CHECK(rs == 0, "newest-only subscriber process exited %d", rs);
-  char path[256];
-  const char *dir = getenv("CUFRAMES_SHM_DIR");
-  snprintf(path, sizeof path, "%s/.cuframes.%s.lock", dir && *dir ? dir : "/dev/shm", key);
-  unlink(path);
-}
+static void test_cross_process(void) { cross_process("150"); }
 
 /* ---- GPU calls without a driver ------------------------------------------- */
-
-static int file_exists(const char *fmt, const char *key) {
-  char path[256], name[160];
-  const char *dir = getenv("CUFRAMES_SHM_DIR");
-  snprintf(name, sizeof name, fmt, key);
-  snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "/dev/shm", name);
-  return access(path, F_OK) == 0;
-}
 
 static void test_cuda_without_driver(void) {
   /* Argument checks come before the driver is needed. */
@@ -588,9 +472,7 @@ static void test_cuda_without_driver(void) {
   make_key(key, sizeof key, "cuda-host");
   cuframes_publisher_t *hp = NULL;
   CHECK_RC(cuframes_publisher_create(key, CUFRAMES_FORMAT_NV12, W, H, NULL, &hp), CUFRAMES_OK);
-  cuframes_subscriber_options_t so;
-  cuframes_subscriber_options_init(&so);
-  so.connect_timeout_ms = 100;
+  cuframes_subscriber_options_t so = subscriber_options(100);
   sub = (cuframes_cuda_subscriber_t *)&sub;
   CHECK_RC(cuframes_cuda_subscriber_create(key, "gpu", CUFRAMES_MODE_QUEUE, CUFRAMES_CUDA_DEVICE_AUTO, 0, &so, &sub),
            CUFRAMES_ERR_INVALID_ARGUMENT);
@@ -627,14 +509,6 @@ static void test_cuda_without_driver(void) {
            CUFRAMES_ERR_NOT_FOUND);
 }
 
-static void run(const char *name, void (*test)(void)) {
-  int before = failures;
-  double t0 = now_ms();
-  test();
-  printf("%-24s %s (%.0f ms)\n", name, failures == before ? "ok" : "FAILED", now_ms() - t0);
-  fflush(stdout);
-}
-
 int main(int argc, char **argv) {
   self_path = argv[0];
   if (argc == 5 && strcmp(argv[1], "publish") == 0)
@@ -656,6 +530,5 @@ int main(int argc, char **argv) {
   run("publisher_killed", test_publisher_killed);
   run("cross_process", test_cross_process);
   run("cuda_without_driver", test_cuda_without_driver);
-  printf("test_ffi: %d checks, %d passed, %d failed\n", checks, checks - failures, failures);
-  return failures ? 1 : 0;
+  return finish("test_ffi");
 }

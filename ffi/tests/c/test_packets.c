@@ -17,23 +17,16 @@
 #define _GNU_SOURCE
 #include <cuframes.h>
 
+#define KEY_PREFIX "ctest-pkt-"
 #include "check.h"
+#include "children.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 enum { MAXP = 4096, GOP = 10 };
-
-static const char *self_path;
-
-static void make_key(char *buf, size_t len, const char *what) {
-  snprintf(buf, len, "ctest-pkt-%d-%s", (int)getpid(), what);
-}
 
 static size_t pkt_len(uint64_t seq) { return 8 + (size_t)((seq * 7919u) % (MAXP - 7)); }
 
@@ -122,9 +115,7 @@ static cuframes_packet_publisher_t *create_publisher(const char *key) {
 }
 
 static cuframes_packet_subscriber_t *connect_sub(const char *key, uint32_t mode, uint32_t max_held) {
-  cuframes_subscriber_options_t so;
-  cuframes_subscriber_options_init(&so);
-  so.connect_timeout_ms = 1000;
+  cuframes_subscriber_options_t so = subscriber_options(1000);
   so.max_held = max_held;
   cuframes_packet_subscriber_t *sub = NULL;
   CHECK_RC(cuframes_packet_subscriber_create(key, "c-packets", mode, &so, &sub), CUFRAMES_OK);
@@ -147,54 +138,29 @@ static uint64_t take(cuframes_packet_subscriber_t *sub, int *key) {
 
 /* ---- child processes ---------------------------------------------------- */
 
+DEFINE_SUBSCRIBERS_OF(cuframes_packet_publisher_stats)
+
+static int publish_seq(void *pub, uint64_t seq, uint8_t *buf) { return publish_packet(pub, seq, buf); }
+
 static int child_publish(const char *key, unsigned n, unsigned subs) {
-  cuframes_publisher_options_t opts;
-  cuframes_publisher_options_init(&opts);
-  opts.block_timeout_ms = 20000; /* a queue subscriber under valgrind is slow */
+  cuframes_publisher_options_t opts = child_publisher_options();
   cuframes_packet_stream_t s = h264_stream((const uint8_t *)"\0\0\0\1gSPS\0\0\0\1hPPS", 16);
   cuframes_packet_publisher_t *pub = NULL;
   int rc = cuframes_packet_publisher_create(key, &s, &opts, &pub);
-  if (rc) {
-    fprintf(stderr, "publish: create: %s\n", cuframes_last_error_message());
-    return 10 + rc;
-  }
-  cuframes_publisher_stats_t st;
-  double deadline = now_ms() + 60000;
-  do {
-    cuframes_packet_publisher_stats(pub, &st);
-    if (st.subscribers >= subs) break;
-    usleep(2000);
-  } while (now_ms() < deadline);
-  if (st.subscribers < subs) {
-    fprintf(stderr, "publish: only %u of %u subscribers came\n", st.subscribers, subs);
-    cuframes_packet_publisher_destroy(pub);
-    return 2;
-  }
+  if (rc) return failed("publish", "create", 10 + rc);
   uint8_t *buf = malloc(MAXP);
-  for (uint64_t seq = 1; seq <= n; seq++) {
-    rc = publish_packet(pub, seq, buf);
-    if (rc) {
-      fprintf(stderr, "publish: packet %llu: %s\n", (unsigned long long)seq, cuframes_last_error_message());
-      break;
-    }
-    if (seq % 16 == 0) usleep(1000); /* let the newest-only reader see some */
-  }
+  rc = publish_seqs(pub, n, subs, subscribers_of, publish_seq, buf, "packet");
   free(buf);
   cuframes_packet_publisher_destroy(pub);
-  return rc ? 10 + rc : 0;
+  return rc;
 }
 
 static int child_subscribe(const char *key, unsigned n, unsigned mode) {
-  cuframes_subscriber_options_t opts;
-  cuframes_subscriber_options_init(&opts);
-  opts.connect_timeout_ms = 30000;
+  cuframes_subscriber_options_t opts = subscriber_options(30000);
   cuframes_packet_subscriber_t *sub = NULL;
   int queue = mode == CUFRAMES_MODE_QUEUE;
   int rc = cuframes_packet_subscriber_create(key, queue ? "c-queue" : "c-newest", mode, &opts, &sub);
-  if (rc) {
-    fprintf(stderr, "subscribe: create: %s\n", cuframes_last_error_message());
-    return 10 + rc;
-  }
+  if (rc) return failed("subscribe", "create", 10 + rc);
   const uint8_t *extradata = NULL;
   size_t extradata_len = 0;
   int bad = cuframes_packet_subscriber_extradata(sub, &extradata, &extradata_len) || extradata_len != 16 ||
@@ -206,8 +172,7 @@ static int child_subscribe(const char *key, unsigned n, unsigned mode) {
     rc = cuframes_packet_subscriber_next(sub, 30000, &p);
     if (rc == CUFRAMES_ERR_CLOSED) break;
     if (rc) {
-      fprintf(stderr, "subscribe: next: %s\n", cuframes_last_error_message());
-      bad = 1;
+      bad = failed("subscribe", "next", 1);
       break;
     }
     uint64_t seq = cuframes_packet_seq(p);
@@ -227,40 +192,14 @@ static int child_subscribe(const char *key, unsigned n, unsigned mode) {
   cuframes_subscriber_stats_t st;
   cuframes_packet_subscriber_stats(sub, &st);
   cuframes_packet_subscriber_destroy(sub);
-  if (queue && (got != n || st.dropped != 0)) {
-    fprintf(stderr, "subscribe: queue got %llu of %u packets, %llu dropped\n", (unsigned long long)got, n,
-            (unsigned long long)st.dropped);
-    bad = 1;
-  }
   /* n is a keyframe (see test_cross_process): however far a newest-only
    * reader lags, it ends on it. */
-  if (got == 0 || last != n) {
-    fprintf(stderr, "subscribe: got %llu packets, last %llu of %u\n", (unsigned long long)got,
-            (unsigned long long)last, n);
-    bad = 1;
-  }
+  bad |= check_received("subscribe", "packets", queue, got, last, n, st.dropped);
   printf("  subscriber (%s): %llu packets, first seq %llu, last %llu, %llu skipped in %llu jumps to a keyframe, "
          "every byte verified\n",
          queue ? "queue" : "newest-only", (unsigned long long)got, (unsigned long long)first,
          (unsigned long long)last, (unsigned long long)st.dropped, (unsigned long long)jumps);
   return bad;
-}
-
-static pid_t spawn(char *const argv[]) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    execv(self_path, argv);
-    perror("execv");
-    _exit(127);
-  }
-  return pid;
-}
-
-static int wait_exit(pid_t pid) {
-  int status;
-  while (waitpid(pid, &status, 0) < 0)
-    if (errno != EINTR) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 /* ---- tests ---------------------------------------------------------------- */
@@ -329,9 +268,7 @@ static void test_bad_arguments(void) {
   CHECK(strstr(cuframes_last_error_message(), "packet is NULL") != NULL, "%s", cuframes_last_error_message());
   cuframes_packet_release(NULL);
 
-  cuframes_subscriber_options_t so;
-  cuframes_subscriber_options_init(&so);
-  so.connect_timeout_ms = 20;
+  cuframes_subscriber_options_t so = subscriber_options(20);
   CHECK_RC(cuframes_packet_subscriber_create(key, "n", CUFRAMES_MODE_QUEUE, &so, &sub), CUFRAMES_ERR_NOT_FOUND);
   CHECK(sub == NULL, "no subscriber on failure");
 }
@@ -503,9 +440,7 @@ static void test_incompatible(void) {
   CHECK_RC(cuframes_publisher_create(frames, CUFRAMES_FORMAT_GRAY8, 64, 64, NULL, &fpub), CUFRAMES_OK);
   cuframes_packet_publisher_t *ppub = create_publisher(packets);
   if (!fpub || !ppub) return;
-  cuframes_subscriber_options_t so;
-  cuframes_subscriber_options_init(&so);
-  so.connect_timeout_ms = 100;
+  cuframes_subscriber_options_t so = subscriber_options(100);
 
   cuframes_packet_subscriber_t *psub = (cuframes_packet_subscriber_t *)&psub;
   CHECK_RC(cuframes_packet_subscriber_create(frames, "p", CUFRAMES_MODE_QUEUE, &so, &psub),
@@ -655,22 +590,7 @@ static void test_cross_process(void) {
   /* The last packet is a keyframe (1 + 30 GOPs): it stays in the ring after
    * the close, so a newest-only reader that lags, and may not continue a
    * group of pictures whose packets were overwritten, still ends on it. */
-  char key[64], n[] = "301", subs[] = "2", queue[8], newest[8];
-  make_key(key, sizeof key, "xproc");
-  snprintf(queue, sizeof queue, "%u", CUFRAMES_MODE_QUEUE);
-  snprintf(newest, sizeof newest, "%u", CUFRAMES_MODE_NEWEST_ONLY);
-  char *pa[] = {(char *)self_path, "publish", key, n, subs, NULL};
-  char *qa[] = {(char *)self_path, "subscribe", key, n, queue, NULL};
-  char *na[] = {(char *)self_path, "subscribe", key, n, newest, NULL};
-  pid_t p = spawn(pa), q = spawn(qa), s = spawn(na);
-  int rp = wait_exit(p), rq = wait_exit(q), rs = wait_exit(s);
-  CHECK(rp == 0, "publisher process exited %d", rp);
-  CHECK(rq == 0, "queue subscriber process exited %d", rq);
-  CHECK(rs == 0, "newest-only subscriber process exited %d", rs);
-  char path[256];
-  const char *dir = getenv("CUFRAMES_SHM_DIR");
-  snprintf(path, sizeof path, "%s/.cuframes.%s.lock", dir && *dir ? dir : "/dev/shm", key);
-  unlink(path);
+  cross_process("301");
 }
 
 int main(int argc, char **argv) {
@@ -694,6 +614,5 @@ int main(int argc, char **argv) {
   run("extradata", test_extradata);
   run("release_after_gone", test_release_after_publisher_gone);
   run("cross_process", test_cross_process);
-  printf("test_packets: %d checks, %d passed, %d failed\n", checks, checks - failures, failures);
-  return failures ? 1 : 0;
+  return finish("test_packets");
 }
