@@ -363,7 +363,22 @@ pub struct Request<'a, 'py> {
     pub stream: Option<&'a Bound<'py, PyAny>>,
 }
 
-impl Request<'_, '_> {
+impl<'a, 'py> Request<'a, 'py> {
+    /// The arguments of a `__dlpack__` call, in the protocol's order.
+    pub fn new(
+        stream: Option<&'a Bound<'py, PyAny>>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(i32, i32)>,
+        copy: Option<bool>,
+    ) -> Self {
+        Self {
+            max_version,
+            dl_device,
+            copy,
+            stream,
+        }
+    }
+
     /// Whether to hand out a versioned capsule, or why the request cannot
     /// be met (`BufferError`, as the protocol says).
     pub fn check(&self, spec: &TensorSpec) -> PyResult<bool> {
@@ -520,15 +535,7 @@ impl DLPackView {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.answer(
-            py,
-            Request {
-                max_version,
-                dl_device,
-                copy,
-                stream,
-            },
-        )
+        self.answer(py, Request::new(stream, max_version, dl_device, copy))
     }
 
     /// `(device_type, device_id)`: `(1, 0)` host, `(2, gpu)` CUDA.

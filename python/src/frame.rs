@@ -6,13 +6,13 @@ use crate::dlpack::{
 };
 use crate::enums::PyPixelFormat;
 use crate::errors::{raise, IntoPy};
-use crate::holds::{Holds, Pin, Via};
+use crate::holds::{Holding, Holds, Item};
 use crate::planes::Slot;
 use cuframes::{ErrorCode, Frame};
 use cuframes_cuda::{CudaFrame, RawStream};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 impl Keep for Frame {}
 
@@ -31,15 +31,19 @@ pub enum Held {
     Cuda(Arc<CudaFrame>),
 }
 
-impl Held {
-    /// The frame as what a view keeps alive.
+impl Item for Held {
+    const CLASS: &'static str = "CuframesFrame";
+    const NOUN: &'static str = "frame";
+
     fn owner(&self) -> Owner {
         match self {
             Held::Host(f) => f.clone(),
             Held::Cuda(f) => f.clone(),
         }
     }
+}
 
+impl Held {
     /// The ring-level frame (its seq, layout, timestamps).
     fn host(&self) -> &Frame {
         match self {
@@ -102,9 +106,7 @@ struct Meta {
 #[pyclass(name = "CuframesFrame", module = "cuframes._native", frozen)]
 pub struct PyFrame {
     /// The frame and this object's hold on it, until released.
-    held: Mutex<Option<(Held, Arc<Pin>)>>,
-    /// The subscriber's holders, to register views with.
-    holds: Arc<Holds>,
+    held: Holding<Held>,
     /// What stays readable without touching the frame's memory.
     meta: Meta,
 }
@@ -128,38 +130,15 @@ impl PyFrame {
             latency_ns,
             slot,
         };
-        let pin = holds.pin(meta.seq, Via::Frame, "", held.owner());
         Self {
-            held: Mutex::new(Some((held, pin))),
-            holds,
+            held: Holding::new(held, meta.seq, holds),
             meta,
         }
     }
 
-    /// The held frame, or `CuframesReleasedError`.
-    fn held(&self) -> PyResult<Held> {
-        // The guard must be gone before `raise` runs Python code (which may
-        // switch to a thread that wants this lock while holding the GIL).
-        let held = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(h, _)| h.clone());
-        held.ok_or_else(|| {
-            raise(
-                ErrorCode::Released,
-                &format!(
-                    "frame {} was released (views made before release() stay valid)",
-                    self.meta.seq
-                ),
-            )
-        })
-    }
-
     /// The metadata, or `CuframesReleasedError`.
     fn meta(&self) -> PyResult<&Meta> {
-        self.held().map(|_| &self.meta)
+        self.held.get().map(|_| &self.meta)
     }
 
     /// A view of `spec` (`what` names it in errors); `origin` names the
@@ -173,7 +152,7 @@ impl PyFrame {
         visible: bool,
         numpy: bool,
     ) -> PyResult<DLPackView> {
-        let owner: Owner = self.held()?.owner();
+        let owner: Owner = self.held.get()?.owner();
         let spec = spec.ok_or_else(|| {
             raise(
                 ErrorCode::InvalidArgument,
@@ -184,7 +163,7 @@ impl PyFrame {
             )
         })?;
         let track = Track {
-            holds: self.holds.clone(),
+            holds: self.held.holds().clone(),
             seq: self.meta.seq,
             origin: origin.to_owned(),
             numpy,
@@ -314,19 +293,13 @@ impl PyFrame {
     /// Whether `release()` was called.
     #[getter]
     fn released(&self) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+        self.held.released()
     }
 
     /// Gives the slot back to the publisher (once no view of it remains).
     /// Idempotent.
     fn release(&self, py: Python<'_>) {
-        let taken = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
-        // Without the GIL: the last drop may free the subscriber's record,
-        // and the library may log (taking the GIL) meanwhile.
-        py.detach(|| drop(taken));
+        self.held.release(py);
     }
 
     /// `with frame:` releases the frame at the end of the block.
@@ -373,15 +346,8 @@ impl PyFrame {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.whole_view("frame", false)?.answer(
-            py,
-            Request {
-                max_version,
-                dl_device,
-                copy,
-                stream,
-            },
-        )
+        self.whole_view("frame", false)?
+            .answer(py, Request::new(stream, max_version, dl_device, copy))
     }
 
     /// `(device_type, device_id)` of the frame's memory: `(1, 0)` for host
@@ -429,7 +395,7 @@ impl PyFrame {
 
     /// A tightly packed copy of the picture (planes in order, no padding).
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
-        let held = self.held()?;
+        let held = self.held.get()?;
         let packed = py.detach(|| held.packed()).py()?;
         Ok(pyo3::types::PyBytes::new(py, &packed))
     }
@@ -439,7 +405,7 @@ impl PyFrame {
     /// pixels match the stamp's checksum. Raises `CuframesCorruptError`
     /// for a torn, reused or foreign frame.
     fn verify_test_pattern(&self, py: Python<'_>) -> PyResult<()> {
-        let held = self.held()?;
+        let held = self.held.get()?;
         let layout = self.meta.slot.layout;
         let seq = self.meta.seq;
         let checked = py.detach(|| match &held {

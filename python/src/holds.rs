@@ -1,11 +1,15 @@
-//! Who keeps a subscriber's frames held. Every `CuframesFrame` and every
-//! view exported from one (a numpy array, a DLPack capsule, the tensor a
-//! consumer made of it, a `DLPackView`) holds its frame's slot through a
-//! [`Pin`]; the subscriber keeps weak references to them, so that when it
-//! runs out of `max_held` its `CuframesCapacityError` can name the frames
-//! still held and what holds them.
+//! Who keeps a subscriber's frames (or packets) held. Every
+//! `CuframesFrame` or `Packet`, and every view exported from one (a numpy
+//! array, a DLPack capsule, the tensor a consumer made of it, a
+//! `DLPackView`, a packet's memoryview) holds its slot through a [`Pin`];
+//! the subscriber keeps weak references to them, so that when it runs out
+//! of `max_held` its `CuframesCapacityError` can name what is still held
+//! and by what. The Python object's own pin is kept by a [`Holding`] until
+//! `release()`.
 
 use crate::dlpack::{Keep, Owner};
+use crate::errors::raise;
+use cuframes::ErrorCode;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use std::collections::BTreeMap;
@@ -16,8 +20,12 @@ use std::sync::{Arc, Mutex, Weak};
 /// What a pin stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
-    /// The `CuframesFrame` object, until `release()`.
-    Frame,
+    /// The Python object of that class (`"CuframesFrame"`, `"Packet"`),
+    /// until `release()`.
+    Itself(&'static str),
+    /// A holder said in fixed words (a packet's memoryview, numpy array or
+    /// DLPack export).
+    Named(&'static str),
     /// A `DLPackView` object (`frame.plane(i)`).
     View,
     /// A DLPack capsule, and once consumed the array or tensor made from
@@ -28,10 +36,10 @@ pub enum Via {
     },
 }
 
-/// One holder of a frame: keeps the frame (its `owner`) alive and says
+/// One holder of a frame or packet: keeps it (its `owner`) alive and says
 /// what it is.
 pub struct Pin {
-    /// The seq of the frame it holds.
+    /// The seq of what it holds.
     seq: u64,
     /// What it is.
     via: Via,
@@ -41,7 +49,7 @@ pub struct Pin {
     /// at export, cleared by the capsule's destructor. Read and written
     /// with the GIL held only.
     capsule: AtomicPtr<ffi::PyObject>,
-    /// The frame, kept alive.
+    /// The frame or packet, kept alive.
     owner: Owner,
 }
 
@@ -66,7 +74,8 @@ impl Pin {
     fn describe(&self, _py: Python<'_>) -> String {
         let origin = &self.origin;
         match self.via {
-            Via::Frame => "the CuframesFrame itself (not released)".to_owned(),
+            Via::Itself(class) => format!("the {class} itself (not released)"),
+            Via::Named(what) => what.to_owned(),
             Via::View => format!("a DLPackView object ({origin})"),
             Via::Export { numpy } => {
                 let capsule = self.capsule.load(Ordering::Acquire);
@@ -100,7 +109,7 @@ impl Pin {
     }
 }
 
-/// The pins of one subscriber's frames.
+/// The pins of one subscriber's frames or packets.
 #[derive(Default)]
 pub struct Holds {
     /// Every pin made, dead ones pruned as new ones come.
@@ -108,7 +117,7 @@ pub struct Holds {
 }
 
 impl Holds {
-    /// A new holder of frame `seq` (kept alive through `owner`).
+    /// A new holder of frame (or packet) `seq`, kept alive through `owner`.
     pub fn pin(&self, seq: u64, via: Via, origin: impl Into<String>, owner: Owner) -> Arc<Pin> {
         let pin = Arc::new(Pin {
             seq,
@@ -123,7 +132,7 @@ impl Holds {
         pin
     }
 
-    /// For each frame still held (by seq), what holds it: `(seq, ["2 × a
+    /// For each frame (or packet) still held (by seq), what holds it: `(seq, ["2 × a
     /// numpy view (frame.y)", ...])`.
     pub fn report(&self, py: Python<'_>) -> Vec<(u64, Vec<String>)> {
         let live: Vec<Arc<Pin>> = self
@@ -151,5 +160,93 @@ impl Holds {
                 (seq, what)
             })
             .collect()
+    }
+}
+
+/// What a subscriber hands out to Python (a frame, a packet).
+pub trait Item: Clone + Send {
+    /// Its Python class, as the capacity error names it.
+    const CLASS: &'static str;
+    /// What messages call it (`"frame"`, `"packet"`).
+    const NOUN: &'static str;
+
+    /// What its views keep alive.
+    fn owner(&self) -> Owner;
+}
+
+/// A frame or packet as its Python object holds it: the item and the
+/// object's own pin until `release()`, after which everything but
+/// `released`, `release()` and `repr()` raises `CuframesReleasedError`.
+pub struct Holding<T> {
+    /// The item and the object's pin, until released.
+    held: Mutex<Option<(T, Arc<Pin>)>>,
+    /// The item's seq.
+    seq: u64,
+    /// The subscriber's holders, to register views with.
+    holds: Arc<Holds>,
+}
+
+impl<T: Item> Holding<T> {
+    /// Holds `item` (number `seq`), just taken by a subscriber whose
+    /// holders are `holds`.
+    pub fn new(item: T, seq: u64, holds: Arc<Holds>) -> Self {
+        let pin = holds.pin(seq, Via::Itself(T::CLASS), "", item.owner());
+        Self {
+            held: Mutex::new(Some((item, pin))),
+            seq,
+            holds,
+        }
+    }
+
+    /// The held item, or `CuframesReleasedError`.
+    pub fn get(&self) -> PyResult<T> {
+        // The guard must be gone before `raise` runs Python code (which may
+        // switch to a thread that wants this lock while holding the GIL).
+        let item = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(item, _)| item.clone());
+        item.ok_or_else(|| {
+            raise(
+                ErrorCode::Released,
+                &format!(
+                    "{} {} was released (views made before release() stay valid)",
+                    T::NOUN,
+                    self.seq
+                ),
+            )
+        })
+    }
+
+    /// The held item and a new holder of it (`via`, made by `origin`), or
+    /// `CuframesReleasedError`.
+    pub fn pin(&self, via: Via, origin: &str) -> PyResult<(T, Arc<Pin>)> {
+        let item = self.get()?;
+        let pin = self.holds.pin(self.seq, via, origin, item.owner());
+        Ok((item, pin))
+    }
+
+    /// The subscriber's holders.
+    pub fn holds(&self) -> &Arc<Holds> {
+        &self.holds
+    }
+
+    /// Whether `release()` was called.
+    pub fn released(&self) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// Lets go of the object's hold (the slot goes back once no view of it
+    /// remains). Idempotent.
+    pub fn release(&self, py: Python<'_>) {
+        let taken = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Without the GIL: the last drop may free the subscriber's record,
+        // and the library may log (taking the GIL) meanwhile.
+        py.detach(|| drop(taken));
     }
 }

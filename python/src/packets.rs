@@ -18,32 +18,23 @@
 //! array over the slot that carries the packet's hold (`bytes(packet)`
 //! copies).
 
-use crate::dlpack::{self, DLPackView, DlDevice, Keep, Request, TensorSpec, DEVICE_CPU};
+use crate::dlpack::{self, DLPackView, DlDevice, Keep, Owner, Request, TensorSpec, DEVICE_CPU};
 use crate::enums::{PyLosslessPolicy, PySubscriberMode};
-use crate::errors::{raise, to_py, IntoPy};
-use crate::subscriber::{is_code, DEFAULT_MAX_HELD};
-use cuframes::{
-    packet, Codec, ErrorCode, PacketMeta, PacketStream, PublisherOptions, SubscriberOptions,
-    SubscriberStats,
-};
+use crate::errors::{raise, IntoPy};
+use crate::holds::{Holding, Holds, Item, Pin, Via};
+use crate::publisher::{ring_options, Open};
+use crate::subscriber::{Connect, Handle, Session};
+use cuframes::{packet, Codec, ErrorCode, PacketMeta, PacketStream, SubscriberStats};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyMemoryView, PySlice, PyTuple};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, TryLockError, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest packet when Python code does not say: 1 MiB per slot, room for
 /// a 1080p keyframe (a 4K H.264 keyframe can be bigger).
 const DEFAULT_MAX_PACKET: u64 = 1 << 20;
 
-/// How long internal waits last (iteration): short, so that signals and
-/// `close()` are seen promptly.
-const SLICE_MS: u64 = 200;
-
-/// What the `Packet` object's own hold is called in `CuframesCapacityError`.
-const HELD_BY_PACKET: &str = "the Packet itself (not released)";
 /// What a `packet.data` memoryview's hold is called.
 const HELD_BY_MEMORYVIEW: &str = "a memoryview (packet.data) or a view sliced from it";
 /// What a `packet.numpy()` array's hold is called.
@@ -87,71 +78,14 @@ fn bytes_of<'py>(data: &Bound<'py, PyAny>, what: &str) -> PyResult<Bound<'py, Py
     Ok(view.call_method0("tobytes")?.cast_into::<PyBytes>()?)
 }
 
-/// One holder of a packet's slot: the `Packet` object until released, or a
-/// view made from it. The slot goes back to the publisher when the last
-/// holder of its packet goes.
-struct Hold {
-    /// The packet's seq.
-    seq: u64,
-    /// What holds it, in words.
-    what: &'static str,
-    /// The packet, kept alive.
-    packet: Arc<cuframes::Packet>,
-}
+impl Keep for cuframes::Packet {}
 
-impl Keep for Hold {}
+impl Item for Arc<cuframes::Packet> {
+    const CLASS: &'static str = "Packet";
+    const NOUN: &'static str = "packet";
 
-/// The holds of one subscriber's packets, so that its
-/// `CuframesCapacityError` can say what keeps which packet held.
-#[derive(Default)]
-struct Holds {
-    /// Every hold made, dead ones pruned as new ones come.
-    holds: Mutex<Vec<Weak<Hold>>>,
-}
-
-impl Holds {
-    /// A new holder (`what`) of `packet`.
-    fn hold(&self, seq: u64, what: &'static str, packet: &Arc<cuframes::Packet>) -> Arc<Hold> {
-        let hold = Arc::new(Hold {
-            seq,
-            what,
-            packet: packet.clone(),
-        });
-        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
-        holds.retain(|w| w.strong_count() > 0);
-        holds.push(Arc::downgrade(&hold));
-        hold
-    }
-
-    /// For each packet still held (by seq), what holds it.
-    fn report(&self) -> Vec<(u64, Vec<String>)> {
-        let live: Vec<Arc<Hold>> = self
-            .holds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        let mut by_seq: BTreeMap<u64, BTreeMap<&'static str, usize>> = BTreeMap::new();
-        for h in &live {
-            *by_seq.entry(h.seq).or_default().entry(h.what).or_default() += 1;
-        }
-        by_seq
-            .into_iter()
-            .map(|(seq, what)| {
-                let what = what
-                    .into_iter()
-                    .map(|(d, n)| {
-                        if n == 1 {
-                            d.to_owned()
-                        } else {
-                            format!("{n} × {d}")
-                        }
-                    })
-                    .collect();
-                (seq, what)
-            })
-            .collect()
+    fn owner(&self) -> Owner {
+        self.clone()
     }
 }
 
@@ -160,7 +94,7 @@ impl Holds {
 #[pyclass(name = "_PacketHold", module = "cuframes._native", frozen)]
 struct PacketHold {
     /// The hold.
-    _hold: Arc<Hold>,
+    _hold: Arc<Pin>,
 }
 
 /// What stays readable about a packet without touching its memory.
@@ -206,10 +140,8 @@ impl ViewType {
 /// `CuframesReleasedError`; views made before stay valid.
 #[pyclass(name = "Packet", module = "cuframes._native", frozen)]
 pub struct PyPacket {
-    /// This object's hold on the packet, until released.
-    held: Mutex<Option<Arc<Hold>>>,
-    /// The subscriber's holds, to register views with.
-    holds: Arc<Holds>,
+    /// The packet and this object's hold on it, until released.
+    held: Holding<Arc<cuframes::Packet>>,
     /// The subscriber's view type.
     view_type: Arc<ViewType>,
     /// What stays readable without the packet's memory.
@@ -219,7 +151,7 @@ pub struct PyPacket {
 impl PyPacket {
     /// Wraps a packet just taken by a subscriber.
     fn new(
-        packet: cuframes::Packet,
+        packet: Arc<cuframes::Packet>,
         latency_ns: u64,
         holds: Arc<Holds>,
         view_type: Arc<ViewType>,
@@ -230,50 +162,23 @@ impl PyPacket {
             commit_ns: packet.commit_ns(),
             latency_ns,
         };
-        let hold = holds.hold(info.seq, HELD_BY_PACKET, &Arc::new(packet));
         Self {
-            held: Mutex::new(Some(hold)),
-            holds,
+            held: Holding::new(packet, info.seq, holds),
             view_type,
             info,
         }
     }
 
-    /// The held packet, or `CuframesReleasedError`.
-    fn packet(&self) -> PyResult<Arc<cuframes::Packet>> {
-        // The guard is gone before `raise` runs Python code.
-        let packet = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|h| h.packet.clone());
-        packet.ok_or_else(|| {
-            raise(
-                ErrorCode::Released,
-                &format!(
-                    "packet {} was released (views made before release() stay valid)",
-                    self.info.seq
-                ),
-            )
-        })
-    }
-
     /// The metadata, or `CuframesReleasedError`.
     fn info(&self) -> PyResult<&Info> {
-        self.packet().map(|_| &self.info)
-    }
-
-    /// A new holder of the packet, or `CuframesReleasedError`.
-    fn hold(&self, what: &'static str) -> PyResult<Arc<Hold>> {
-        let packet = self.packet()?;
-        Ok(self.holds.hold(self.info.seq, what, &packet))
+        self.held.get().map(|_| &self.info)
     }
 
     /// A read-only DLPack view of the packet's bytes (one dimension of
-    /// uint8) that keeps `hold`.
-    fn dlpack_view(hold: Arc<Hold>) -> DLPackView {
-        let data = hold.packet.data();
+    /// uint8) held by `what`, or `CuframesReleasedError`.
+    fn dlpack_view(&self, what: &'static str) -> PyResult<DLPackView> {
+        let (packet, hold) = self.held.pin(Via::Named(what), "")?;
+        let data = packet.data();
         let spec = TensorSpec {
             data: data.as_ptr() as usize,
             device: DlDevice {
@@ -286,7 +191,7 @@ impl PyPacket {
             strides: [1, 0, 0],
             read_only: true,
         };
-        DLPackView::new(spec, hold)
+        Ok(DLPackView::new(spec, hold))
     }
 }
 
@@ -346,10 +251,7 @@ impl PyPacket {
     /// Whether `release()` was called.
     #[getter]
     fn released(&self) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+        self.held.released()
     }
 
     /// The packet's bytes as a read-only memoryview of exactly `nbytes`
@@ -358,8 +260,8 @@ impl PyPacket {
     /// even after `release()`.
     #[getter]
     fn data<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let hold = self.hold(HELD_BY_MEMORYVIEW)?;
-        let data = hold.packet.data();
+        let (packet, hold) = self.held.pin(Via::Named(HELD_BY_MEMORYVIEW), "")?;
+        let data = packet.data();
         let (address, len) = (data.as_ptr() as usize, data.len());
         // The exporter is a `ctypes` array over the whole slot (the packet
         // starts at the slot's first byte and is at most a slot long): the
@@ -383,13 +285,12 @@ impl PyPacket {
     /// The packet's bytes as a read-only one-dimensional numpy array of
     /// uint8, in place (no copy); it keeps the slot held as `data` does.
     fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let hold = self.hold(HELD_BY_NUMPY)?;
-        dlpack::to_numpy(py, Self::dlpack_view(hold))
+        dlpack::to_numpy(py, self.dlpack_view(HELD_BY_NUMPY)?)
     }
 
     /// A copy of the packet's bytes.
     fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let packet = self.packet()?;
+        let packet = self.held.get()?;
         Ok(PyBytes::new(py, packet.data()))
     }
 
@@ -410,16 +311,8 @@ impl PyPacket {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let hold = self.hold(HELD_BY_DLPACK)?;
-        Self::dlpack_view(hold).answer(
-            py,
-            Request {
-                max_version,
-                dl_device,
-                copy,
-                stream,
-            },
-        )
+        self.dlpack_view(HELD_BY_DLPACK)?
+            .answer(py, Request::new(stream, max_version, dl_device, copy))
     }
 
     /// `(1, 0)`: packets live in host memory.
@@ -431,10 +324,7 @@ impl PyPacket {
     /// Gives the slot back to the publisher (once no view of it remains).
     /// Idempotent.
     fn release(&self, py: Python<'_>) {
-        let taken = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
-        // Without the GIL: the last drop may free the subscriber's record,
-        // and the library may log (taking the GIL) meanwhile.
-        py.detach(|| drop(taken));
+        self.held.release(py);
     }
 
     /// `with packet:` releases the packet at the end of the block.
@@ -485,10 +375,66 @@ impl PyPacket {
     }
 }
 
-/// Whether `e` is the publisher's refusal of a `max_held` its ring cannot
-/// honour (`slot_count >= sum(max_held) + 2`).
-fn is_hold_budget(e: &cuframes::Error) -> bool {
-    e.code() == ErrorCode::Capacity && e.to_string().contains("max_held")
+impl Handle for cuframes::PacketSubscriber {
+    type Item = Arc<cuframes::Packet>;
+    const WHO: &'static str = "packet subscriber";
+    const NEXT: &'static str = "next_packet()";
+    const HOLDER: &'static str = "Packet";
+    const FIX: &'static str = "release packets you are done with (packet.release() or `with \
+                               packet:`) and drop their views (`del view`, `view.release()`) \
+                               before the next next_packet(); copy what must live longer \
+                               (bytes(packet))";
+    const STATS: [&'static str; 2] = ["packets_received", "last_pts_ns"];
+
+    fn next(&mut self, timeout: Duration, stop: impl Fn() -> bool) -> cuframes::Result<Self::Item> {
+        self.next_packet_unless(timeout, stop).map(Arc::new)
+    }
+
+    fn try_next(&mut self) -> cuframes::Result<Option<Self::Item>> {
+        Ok(cuframes::PacketSubscriber::try_next(self)?.map(Arc::new))
+    }
+
+    fn stats(&self) -> SubscriberStats {
+        cuframes::PacketSubscriber::stats(self)
+    }
+
+    fn budget_message(_key: &str, e: &cuframes::Error, asked: u32, defaulted: bool) -> String {
+        format!(
+            "{e}. This subscriber asked for max_held={asked}; the ring must cover every \
+             subscriber's max_held plus 2: start the publisher with more slots \
+             (PacketPublisher(..., slots=N)){}",
+            if defaulted {
+                ""
+            } else {
+                ", or ask for a smaller max_held"
+            }
+        )
+    }
+}
+
+/// What a packet stream carries besides its packets, as its publisher
+/// gave it.
+struct Described {
+    /// The codec.
+    codec: Codec,
+    /// The codec configuration.
+    extradata: Vec<u8>,
+    /// Largest packet, bytes.
+    max_packet: u64,
+    /// Coded `(width, height)` (0: unknown).
+    dimensions: (u32, u32),
+}
+
+impl Described {
+    /// What subscriber `sub` was told at connect.
+    fn of(sub: &cuframes::PacketSubscriber) -> Self {
+        Self {
+            codec: sub.codec(),
+            extradata: sub.extradata().to_vec(),
+            max_packet: sub.max_packet(),
+            dimensions: sub.dimensions(),
+        }
+    }
 }
 
 /// Reads the encoded packets of one stream, from a keyframe on.
@@ -504,149 +450,19 @@ fn is_hold_budget(e: &cuframes::Error) -> bool {
 /// thread and stay valid after the subscriber is closed.
 #[pyclass(name = "PacketSubscriber", module = "cuframes._native", frozen)]
 pub struct PyPacketSubscriber {
-    /// The reader, until closed.
-    sub: Mutex<Option<cuframes::PacketSubscriber>>,
-    /// Set by `close()`: pending and later waits give up.
-    closing: AtomicBool,
-    /// The counters as of the last call.
-    local: Mutex<SubscriberStats>,
-    /// Timeouts the caller asked for that expired.
-    timeouts: AtomicU64,
-    /// The holders of this subscriber's packets.
-    holds: Arc<Holds>,
+    /// The connection.
+    session: Session<cuframes::PacketSubscriber>,
     /// The `ctypes` type of `packet.data` views.
     view_type: Arc<ViewType>,
-    /// The effective `max_held`.
-    max_held: u32,
-    /// Whether `max_held` fell back from the default to 1.
-    fell_back: bool,
-    /// The stream key.
-    key: String,
-    /// The consumer name.
-    name: String,
-    /// How it reads.
-    mode: PySubscriberMode,
-    /// The codec.
-    codec: Codec,
-    /// The codec configuration, as of connect.
-    extradata: Vec<u8>,
-    /// Largest packet, bytes.
-    max_packet: u64,
-    /// Coded `(width, height)` as the publisher gave them.
-    dimensions: (u32, u32),
+    /// The codec, its configuration as of connect, the sizes.
+    stream: Described,
 }
 
 impl PyPacketSubscriber {
-    /// Runs `f` on the open subscriber with the GIL released, then
-    /// refreshes the local counters. The error stays a Rust error until
-    /// the lock is dropped and the GIL is back.
-    fn with_sub<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&mut cuframes::PacketSubscriber, &AtomicBool) -> cuframes::Result<T> + Send,
-    ) -> cuframes::Result<T> {
-        py.detach(|| {
-            let mut guard = self.sub.lock().unwrap_or_else(|p| p.into_inner());
-            if self.closing.load(Ordering::Acquire) {
-                guard.take();
-            }
-            let Some(sub) = guard.as_mut() else {
-                return Err(cuframes::Error::new(
-                    ErrorCode::Closed,
-                    "the subscriber was closed",
-                ));
-            };
-            let r = f(sub, &self.closing);
-            *self.local.lock().unwrap_or_else(|p| p.into_inner()) = sub.stats();
-            if self.closing.load(Ordering::Acquire) {
-                guard.take();
-            }
-            r
-        })
-    }
-
-    /// Every counter: read now unless a wait holds the subscriber, then as
-    /// of its last call.
-    fn snapshot(&self) -> SubscriberStats {
-        let live = match self.sub.try_lock() {
-            Ok(g) => g.as_ref().map(cuframes::PacketSubscriber::stats),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().as_ref().map(|s| s.stats()),
-            Err(TryLockError::WouldBlock) => None,
-        };
-        let base = live.unwrap_or_else(|| *self.local.lock().unwrap_or_else(|p| p.into_inner()));
-        SubscriberStats {
-            timeouts: self.timeouts.load(Ordering::Relaxed),
-            ..base
-        }
-    }
-
-    /// Wraps a packet just taken.
-    fn wrap(&self, packet: cuframes::Packet, latency_ns: u64) -> PyPacket {
-        PyPacket::new(
-            packet,
-            latency_ns,
-            self.holds.clone(),
-            self.view_type.clone(),
-        )
-    }
-
-    /// Waits up to `timeout_ms` for a packet; an expired wait counts in
-    /// `timeouts` only if `count_timeout`.
-    fn take(&self, py: Python<'_>, timeout_ms: u64, count_timeout: bool) -> PyResult<PyPacket> {
-        let timeout = Duration::from_millis(timeout_ms);
-        let got = self.with_sub(py, |sub, closing| {
-            let p = sub.next_packet_unless(timeout, || closing.load(Ordering::Acquire))?;
-            Ok((p, sub.stats().last_latency_ns))
-        });
-        match got {
-            Ok((p, latency)) => Ok(self.wrap(p, latency)),
-            Err(e) => Err(self.error(e, count_timeout)),
-        }
-    }
-
-    /// The Python exception for a failed read.
-    fn error(&self, e: cuframes::Error, count_timeout: bool) -> PyErr {
-        match e.code() {
-            ErrorCode::Timeout => {
-                if count_timeout {
-                    self.timeouts.fetch_add(1, Ordering::Relaxed);
-                }
-                to_py(e)
-            }
-            ErrorCode::Capacity => raise(ErrorCode::Capacity, &self.capacity_message()),
-            _ => to_py(e),
-        }
-    }
-
-    /// Why no further packet can be held: which packets are held, by what,
-    /// and what to do.
-    fn capacity_message(&self) -> String {
-        let mut m = format!(
-            "cannot take another packet: this subscriber already holds max_held={} packet(s), \
-             and a packet stays held while the Packet or any view of it lives, even after \
-             release()",
-            self.max_held
-        );
-        if self.fell_back {
-            m.push_str(&format!(
-                " (max_held is 1, not the default {DEFAULT_MAX_HELD}: the ring had no room \
-                 for {DEFAULT_MAX_HELD} when this subscriber connected)"
-            ));
-        }
-        let report = self.holds.report();
-        if !report.is_empty() {
-            m.push_str(". Held now:");
-            for (seq, what) in report {
-                m.push_str(&format!("\n  - packet seq {seq}: {}", what.join("; ")));
-            }
-        }
-        m.push_str(
-            "\nFix: release packets you are done with (packet.release() or `with packet:`) and \
-             drop their views (`del view`, `view.release()`) before the next next_packet(); \
-             copy what must live longer (bytes(packet)); or subscribe with a larger max_held \
-             (the publisher's ring needs slot_count >= sum of every subscriber's max_held + 2).",
-        );
-        m
+    /// Wraps a packet just taken, with its latency.
+    fn wrap(&self, (packet, latency_ns): (Arc<cuframes::Packet>, u64)) -> PyPacket {
+        let holds = self.session.holds().clone();
+        PyPacket::new(packet, latency_ns, holds, self.view_type.clone())
     }
 }
 
@@ -671,70 +487,24 @@ impl PyPacketSubscriber {
         max_held: Option<u32>,
         allow_other_owner: bool,
     ) -> PyResult<Self> {
-        let connect = |held: u32| {
-            let options = SubscriberOptions {
-                connect_timeout: Duration::from_millis(connect_timeout_ms),
-                max_held: held,
-                allow_other_owner,
-                ..Default::default()
-            };
-            cuframes::PacketSubscriber::connect(key, consumer_name, mode.into(), options)
+        let asked = Connect {
+            key,
+            name: consumer_name,
+            mode,
+            connect_timeout_ms,
+            max_held,
+            allow_other_owner,
         };
-        let asked = max_held.unwrap_or(DEFAULT_MAX_HELD);
-        let connected = py.detach(|| match connect(asked) {
-            Err(e) if max_held.is_none() && is_hold_budget(&e) => connect(1).map(|s| (s, 1)),
-            r => r.map(|s| (s, asked)),
-        });
-        let (sub, held) = connected.map_err(|e| {
-            if is_hold_budget(&e) {
-                raise(
-                    ErrorCode::Capacity,
-                    &format!(
-                        "{e}. This subscriber asked for max_held={asked}; the ring must cover \
-                         every subscriber's max_held plus 2: start the publisher with more \
-                         slots (PacketPublisher(..., slots=N)){}",
-                        if max_held.is_none() {
-                            ""
-                        } else {
-                            ", or ask for a smaller max_held"
-                        }
-                    ),
-                )
-            } else {
-                to_py(e)
-            }
-        })?;
-        let fell_back = held != asked;
-        if fell_back {
-            log::warn!(
-                target: "cuframes::python",
-                "packet subscriber {consumer_name:?} of stream {key:?} holds at most 1 packet, \
-                 not {asked}: the ring has no room for more (slot_count >= sum(max_held) + 2). \
-                 Keeping a packet's views alive across next_packet() will raise \
-                 CuframesCapacityError; start the publisher with more slots, or pass \
-                 max_held=1 to silence this warning"
-            );
-        }
-        let max_packet = sub.max_packet();
+        let connect =
+            |options| cuframes::PacketSubscriber::connect(key, consumer_name, mode.into(), options);
+        let (session, stream) = Session::connect(py, &asked, connect, Described::of)?;
         Ok(Self {
-            local: Mutex::new(sub.stats()),
-            codec: sub.codec(),
-            extradata: sub.extradata().to_vec(),
-            dimensions: sub.dimensions(),
-            max_packet,
-            sub: Mutex::new(Some(sub)),
-            closing: AtomicBool::new(false),
-            timeouts: AtomicU64::new(0),
-            holds: Arc::default(),
             view_type: Arc::new(ViewType {
-                slot_bytes: max_packet,
+                slot_bytes: stream.max_packet,
                 class: PyOnceLock::new(),
             }),
-            max_held: held,
-            fell_back,
-            key: key.to_owned(),
-            name: consumer_name.to_owned(),
-            mode,
+            session,
+            stream,
         })
     }
 
@@ -746,37 +516,25 @@ impl PyPacketSubscriber {
     /// `CuframesCapacityError` (already holding `max_held` packets).
     #[pyo3(signature = (timeout_ms=1000))]
     fn next_packet(&self, py: Python<'_>, timeout_ms: u64) -> PyResult<PyPacket> {
-        self.take(py, timeout_ms, true)
+        Ok(self.wrap(self.session.take(py, timeout_ms, true)?))
     }
 
     /// The next packet if one is ready now, else `None`.
     fn try_next(&self, py: Python<'_>) -> PyResult<Option<PyPacket>> {
-        let got = self.with_sub(py, |sub, _| {
-            Ok(sub.try_next()?.map(|p| (p, sub.stats().last_latency_ns)))
-        });
-        match got {
-            Ok(p) => Ok(p.map(|(p, latency)| self.wrap(p, latency))),
-            Err(e) => Err(self.error(e, false)),
-        }
+        Ok(self.session.try_take(py)?.map(|p| self.wrap(p)))
     }
 
     /// Leaves the stream. Idempotent; a `next_packet` waiting in another
     /// thread returns with `CuframesClosedError`. Packets still held stay
     /// valid until released.
     fn close(&self, py: Python<'_>) {
-        self.closing.store(true, Ordering::Release);
-        // A pending wait sees `closing` promptly and gives the lock back;
-        // wait for it without the GIL.
-        py.detach(|| {
-            let reader = self.sub.lock().unwrap_or_else(|p| p.into_inner()).take();
-            drop(reader);
-        });
+        self.session.close(py);
     }
 
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.session.closed()
     }
 
     /// `with cuframes.subscribe_packets(...) as sub:` closes it at the end.
@@ -799,114 +557,94 @@ impl PyPacketSubscriber {
     /// Iteration waits as long as it takes; it ends when the stream closes
     /// (or the subscriber is closed) and raises other errors.
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyPacket>> {
-        loop {
-            match self.take(py, SLICE_MS, false) {
-                Ok(p) => return Ok(Some(p)),
-                Err(e) if is_code(py, &e, ErrorCode::Timeout) => py.check_signals()?,
-                Err(e) if is_code(py, &e, ErrorCode::Closed) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-        }
+        Ok(self.session.iterate(py)?.map(|p| self.wrap(p)))
     }
 
     /// The stream key.
     #[getter]
     fn key(&self) -> &str {
-        &self.key
+        self.session.key()
     }
     /// The name this subscriber shows in `cuframes ls`.
     #[getter]
     fn consumer_name(&self) -> &str {
-        &self.name
+        self.session.name()
     }
     /// How it reads.
     #[getter]
     fn mode(&self) -> PySubscriberMode {
-        self.mode
+        self.session.mode()
     }
     /// Most packets (with their views) held at once.
     #[getter]
     fn max_held(&self) -> u32 {
-        self.max_held
+        self.session.max_held()
     }
     /// The codec, as ffmpeg names it: `"h264"`, `"hevc"`, `"av1"`, `"vp9"`,
     /// `"vp8"`, `"mjpeg"`.
     #[getter]
     fn codec(&self) -> &'static str {
-        self.codec.name()
+        self.stream.codec.name()
     }
     /// The codec configuration the publisher gave (Annex-B parameter sets
     /// or an avcC/hvcC record; empty if none), for the decoder's
     /// `extradata`.
     #[getter]
     fn extradata<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.extradata)
+        PyBytes::new(py, &self.stream.extradata)
     }
     /// Largest packet the stream carries, bytes.
     #[getter]
     fn max_packet(&self) -> u64 {
-        self.max_packet
+        self.stream.max_packet
     }
     /// Coded width the publisher gave (0: unknown).
     #[getter]
     fn width(&self) -> u32 {
-        self.dimensions.0
+        self.stream.dimensions.0
     }
     /// Coded height the publisher gave (0: unknown).
     #[getter]
     fn height(&self) -> u32 {
-        self.dimensions.1
+        self.stream.dimensions.1
     }
     /// Packets handed out.
     #[getter]
     fn packets_received(&self) -> u64 {
-        self.snapshot().frames_received
+        self.session.snapshot().frames_received
     }
     /// Waits that ran out of the time the caller gave (`next_packet`);
     /// iteration's internal waits do not count.
     #[getter]
     fn timeouts(&self) -> u64 {
-        self.snapshot().timeouts
+        self.session.snapshot().timeouts
     }
     /// Seq of the last packet (0: none yet).
     #[getter]
     fn last_seq(&self) -> u64 {
-        self.snapshot().last_seq
+        self.session.snapshot().last_seq
     }
     /// Packets skipped to reach a keyframe (NEWEST_ONLY falling behind, or
     /// QUEUE losing packets), as counted in shared memory.
     #[getter]
     fn dropped(&self) -> u64 {
-        self.snapshot().dropped
+        self.session.snapshot().dropped
     }
 
     /// All counters as a dict (for health reports). While another thread
     /// waits in `next_packet`, they are as of its previous call.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.snapshot();
-        let d = PyDict::new(py);
-        d.set_item("packets_received", s.frames_received)?;
-        d.set_item("timeouts", s.timeouts)?;
-        d.set_item("errors", s.errors)?;
-        d.set_item("last_seq", s.last_seq)?;
-        d.set_item("gap_count", s.gap_count)?;
-        d.set_item("last_pts_ns", s.last_frame_pts_ns)?;
-        d.set_item("last_latency_ns", s.last_latency_ns)?;
-        d.set_item("dropped", s.dropped)?;
-        d.set_item("ring_occupancy", s.ring_occupancy)?;
-        d.set_item("slot_count", s.slot_count)?;
-        d.set_item("max_held", self.max_held)?;
-        Ok(d)
+        self.session.stats(py)
     }
 
     /// `PacketSubscriber(key=…, consumer_name=…, codec=…, mode=…)`.
     fn __repr__(&self) -> String {
         format!(
             "PacketSubscriber(key={:?}, consumer_name={:?}, codec={}, mode=SubscriberMode.{}{})",
-            self.key,
-            self.name,
-            self.codec.name(),
-            self.mode.name(),
+            self.session.key(),
+            self.session.name(),
+            self.stream.codec.name(),
+            self.session.mode().name(),
             if self.closed() { ", closed" } else { "" }
         )
     }
@@ -924,37 +662,11 @@ impl PyPacketSubscriber {
 #[pyclass(name = "PacketPublisher", module = "cuframes._native", frozen)]
 pub struct PyPacketPublisher {
     /// The publisher, until closed.
-    publisher: Mutex<Option<cuframes::PacketPublisher>>,
+    publisher: Open<cuframes::PacketPublisher>,
     /// The stream key.
     key: String,
-    /// The codec.
-    codec: Codec,
-    /// The codec configuration.
-    extradata: Vec<u8>,
-    /// Largest packet, bytes.
-    max_packet: u64,
-    /// Coded `(width, height)` (0: unknown).
-    dimensions: (u32, u32),
-}
-
-impl PyPacketPublisher {
-    /// Runs `f` on the open publisher with the GIL released.
-    fn with_publisher<T: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&mut cuframes::PacketPublisher) -> cuframes::Result<T> + Send,
-    ) -> cuframes::Result<T> {
-        py.detach(|| {
-            let mut guard = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_mut() {
-                Some(p) => f(p),
-                None => Err(cuframes::Error::new(
-                    ErrorCode::Closed,
-                    "the publisher was closed",
-                )),
-            }
-        })
-    }
+    /// The codec, its configuration, the sizes.
+    stream: Described,
 }
 
 #[pymethods]
@@ -995,25 +707,26 @@ impl PyPacketPublisher {
             width,
             height,
         };
-        let options = PublisherOptions {
-            slot_count: slots,
+        let options = ring_options(
+            slots,
             subscriber_capacity,
-            policy: policy.into(),
-            block_timeout: Duration::from_millis(block_timeout_ms),
+            policy,
+            block_timeout_ms,
             mode,
             evict_lagging,
-            ..Default::default()
-        };
+        );
         let publisher = py
             .detach(|| cuframes::PacketPublisher::create(key, &stream, options))
             .py()?;
         Ok(Self {
-            max_packet: publisher.max_packet(),
-            publisher: Mutex::new(Some(publisher)),
+            stream: Described {
+                codec,
+                max_packet: publisher.max_packet(),
+                extradata: stream.extradata,
+                dimensions: (width, height),
+            },
+            publisher: Open::new(publisher),
             key: key.to_owned(),
-            codec,
-            extradata: stream.extradata,
-            dimensions: (width, height),
         })
     }
 
@@ -1036,19 +749,19 @@ impl PyPacketPublisher {
         key: bool,
         discontinuity: bool,
     ) -> PyResult<u64> {
+        let max_packet = self.stream.max_packet;
         let len = match data.cast::<PyBytes>() {
             Ok(b) => b.as_bytes().len(),
             Err(_) => PyMemoryView::from(data)
                 .and_then(|v| v.getattr("nbytes")?.extract::<usize>())
                 .unwrap_or(0),
         };
-        if len as u64 > self.max_packet {
+        if len as u64 > max_packet {
             return Err(raise(
                 ErrorCode::InvalidArgument,
                 &format!(
-                    "packet of {len} bytes is larger than this stream's max_packet of {} bytes \
-                     (PacketPublisher(..., max_packet=))",
-                    self.max_packet
+                    "packet of {len} bytes is larger than this stream's max_packet of \
+                     {max_packet} bytes (PacketPublisher(..., max_packet=))"
                 ),
             ));
         }
@@ -1070,31 +783,19 @@ impl PyPacketPublisher {
             duration_ns,
             flags,
         };
-        self.with_publisher(py, |p| p.publish(packet, &meta)).py()
+        self.publisher.with(py, |p| p.publish(packet, &meta)).py()
     }
 
     /// Closes the stream: subscribers drain what is left, then get
     /// `CuframesClosedError`; the segment is removed. Idempotent.
     fn close(&self, py: Python<'_>) {
-        py.detach(|| {
-            let p = self
-                .publisher
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            drop(p);
-        });
+        self.publisher.close(py);
     }
 
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
-        py.detach(|| {
-            self.publisher
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none()
-        })
+        self.publisher.is_closed(py)
     }
 
     /// `with PacketPublisher(...) as pub:` closes the stream at the end.
@@ -1117,33 +818,33 @@ impl PyPacketPublisher {
     /// The codec, as ffmpeg names it (`"h264"`, `"hevc"`, ...).
     #[getter]
     fn codec(&self) -> &'static str {
-        self.codec.name()
+        self.stream.codec.name()
     }
     /// Largest packet, bytes.
     #[getter]
     fn max_packet(&self) -> u64 {
-        self.max_packet
+        self.stream.max_packet
     }
     /// The codec configuration subscribers get.
     #[getter]
     fn extradata<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.extradata)
+        PyBytes::new(py, &self.stream.extradata)
     }
     /// Coded width (0: unknown).
     #[getter]
     fn width(&self) -> u32 {
-        self.dimensions.0
+        self.stream.dimensions.0
     }
     /// Coded height (0: unknown).
     #[getter]
     fn height(&self) -> u32 {
-        self.dimensions.1
+        self.stream.dimensions.1
     }
 
     /// Ring-wide counters from shared memory, with one dict per subscriber
     /// (waits for a `publish` blocked in another thread).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.with_publisher(py, |p| Ok(p.stats())).py()?;
+        let s = self.publisher.with(py, |p| Ok(p.stats())).py()?;
         crate::streams::ring_stats_dict(py, &s)
     }
 
@@ -1152,8 +853,8 @@ impl PyPacketPublisher {
         format!(
             "PacketPublisher(key={:?}, codec={}, max_packet={}{})",
             self.key,
-            self.codec.name(),
-            self.max_packet,
+            self.stream.codec.name(),
+            self.stream.max_packet,
             if self.closed(py) { ", closed" } else { "" }
         )
     }

@@ -14,7 +14,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyMemoryView, PySlice};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -30,6 +30,74 @@ impl Keep for MappingGuard {}
 /// A `Closed` error.
 fn closed() -> Error {
     Error::new(ErrorCode::Closed, "the publisher was closed")
+}
+
+/// A publisher handle (frames or packets) that its Python object owns
+/// until `close()`. Calls lock it without the GIL: the lock may be held
+/// for a whole loan wait, and a thread must never wait for it while
+/// holding the GIL.
+pub struct Open<W>(Mutex<Option<W>>);
+
+impl<W: Send> Open<W> {
+    /// Owns `w`.
+    pub fn new(w: W) -> Self {
+        Self(Mutex::new(Some(w)))
+    }
+
+    /// The lock (poisoning ignored); take it with the GIL released.
+    fn lock(&self) -> MutexGuard<'_, Option<W>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the open handle with the GIL released. Returns the Rust
+    /// error (`Closed` once closed), converted by the caller once the GIL
+    /// is back.
+    pub fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut W) -> cuframes::Result<T> + Send,
+    ) -> cuframes::Result<T> {
+        py.detach(|| f(self.lock().as_mut().ok_or_else(closed)?))
+    }
+
+    /// Takes the handle out, waiting for a call in progress; `None` once
+    /// closed. Call it with the GIL released.
+    fn take(&self) -> Option<W> {
+        self.lock().take()
+    }
+
+    /// Drops the handle (GIL released: a call in progress finishes
+    /// first). Idempotent.
+    pub fn close(&self, py: Python<'_>) {
+        py.detach(|| drop(self.take()));
+    }
+
+    /// Whether it was closed (waits for a call in progress).
+    pub fn is_closed(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.lock().is_none())
+    }
+}
+
+/// The ring options every publisher takes from Python (`slots=`,
+/// `subscriber_capacity=`, `policy=`, `block_timeout_ms=`, `mode=`,
+/// `evict_lagging=`).
+pub fn ring_options(
+    slots: u32,
+    subscriber_capacity: u32,
+    policy: PyLosslessPolicy,
+    block_timeout_ms: u64,
+    mode: u32,
+    evict_lagging: bool,
+) -> PublisherOptions {
+    PublisherOptions {
+        slot_count: slots,
+        subscriber_capacity,
+        policy: policy.into(),
+        block_timeout: Duration::from_millis(block_timeout_ms),
+        mode,
+        evict_lagging,
+        ..Default::default()
+    }
 }
 
 /// An `InvalidArgument` exception.
@@ -360,7 +428,7 @@ struct CudaInfo {
 pub struct PyPublisher {
     /// The writer, until closed. (Dropped before `in_flight`: a GPU
     /// publisher finishes its stream, and so every copy, first.)
-    publisher: Mutex<Option<Writer>>,
+    publisher: Open<Writer>,
     /// Keeps the ring's mapping alive for views that outlive the publisher
     /// (and for `stats()`).
     guard: MappingGuard,
@@ -405,20 +473,13 @@ pub struct PyLease {
 }
 
 impl PyPublisher {
-    /// Runs `f` on the open writer with the GIL released: the lock may be
-    /// held for a whole loan wait, and a thread must never wait for it
-    /// while holding the GIL. Returns the Rust error, converted by the
-    /// caller once the GIL is back.
+    /// Runs `f` on the open writer with the GIL released (see [`Open`]).
     fn with_publisher<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut Writer) -> cuframes::Result<T> + Send,
     ) -> cuframes::Result<T> {
-        py.detach(|| {
-            let mut guard = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
-            let w = guard.as_mut().ok_or_else(closed)?;
-            f(w)
-        })
+        self.publisher.with(py, f)
     }
 
     /// Runs `f` with the writer locked and the GIL held: the lock is taken
@@ -431,7 +492,7 @@ impl PyPublisher {
         f: impl for<'py> FnOnce(Python<'py>, &mut Writer) -> PyResult<T> + Send,
     ) -> PyResult<T> {
         py.detach(|| {
-            let mut guard = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = self.publisher.lock();
             Python::attach(|py| match guard.as_mut() {
                 Some(w) => f(py, w),
                 None => Err(crate::errors::to_py(closed())),
@@ -720,14 +781,15 @@ impl PyPublisher {
             Some(_) => defaults.pitch_align,
         });
         let ring = PublisherOptions {
-            slot_count: slots,
-            subscriber_capacity,
-            policy: policy.into(),
-            block_timeout: Duration::from_millis(block_timeout_ms),
-            mode,
             pitch_align,
-            evict_lagging,
-            ..Default::default()
+            ..ring_options(
+                slots,
+                subscriber_capacity,
+                policy,
+                block_timeout_ms,
+                mode,
+                evict_lagging,
+            )
         };
         let Some(device) = cuda_device else {
             let layout = FrameLayout::new(format.into(), width, height, pitch_align)
@@ -735,7 +797,7 @@ impl PyPublisher {
             let publisher = py.detach(|| Publisher::create(key, layout, ring)).py()?;
             return Ok(Self {
                 guard: publisher.mapping_guard(),
-                publisher: Mutex::new(Some(Writer::Host(Box::new(publisher)))),
+                publisher: Open::new(Writer::Host(Box::new(publisher))),
                 key: key.to_owned(),
                 layout,
                 cuda: None,
@@ -763,11 +825,11 @@ impl PyPublisher {
         Ok(Self {
             guard: publisher.host().mapping_guard(),
             layout: *publisher.layout(),
-            publisher: Mutex::new(Some(Writer::Cuda(Box::new(GpuWriter {
+            publisher: Open::new(Writer::Cuda(Box::new(GpuWriter {
                 publisher,
                 ctx,
                 loan: None,
-            })))),
+            }))),
             key: key.to_owned(),
             cuda: Some(info),
             in_flight: Mutex::new(VecDeque::new()),
@@ -889,12 +951,7 @@ impl PyPublisher {
     /// to 2 s for subscribers to detach before freeing its GPU memory.
     fn close(&self, py: Python<'_>) {
         py.detach(|| {
-            let p = self
-                .publisher
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if let Some(Writer::Cuda(mut g)) = p {
+            if let Some(Writer::Cuda(mut g)) = self.publisher.take() {
                 // A loan left open: nothing of it is published. Views of its
                 // planes (tensors made from them) may still be written: the
                 // memory must outlive them, so the publisher waits in the
@@ -922,12 +979,7 @@ impl PyPublisher {
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
-        py.detach(|| {
-            self.publisher
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none()
-        })
+        self.publisher.is_closed(py)
     }
 
     /// `with Publisher(...) as pub:` closes the stream at the end.

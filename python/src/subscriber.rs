@@ -1,10 +1,13 @@
 //! `CuframesSubscriber`: the seed's subscriber, plus iteration, `async for`,
-//! real drop and occupancy counters.
+//! real drop and occupancy counters. Its connection, waits, counters and
+//! `max_held` bookkeeping are a [`Session`], which `PacketSubscriber`
+//! (`packets.rs`) shares: both are generic over the std subscriber
+//! [`Handle`] they drive.
 
 use crate::enums::{PyPixelFormat, PySubscriberMode};
 use crate::errors::{raise, to_py};
 use crate::frame::{Held, PyFrame};
-use crate::holds::Holds;
+use crate::holds::{self, Holds};
 use cuframes::{
     ErrorCode, FrameLayout, MemoryKind, Mode, Monitor, Subscriber, SubscriberOptions,
     SubscriberStats,
@@ -13,7 +16,7 @@ use cuframes_cuda::{CudaSubscriber, CudaSubscriberOptions, RawStream};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 /// `max_held` when Python code does not say: the frame just taken plus the
@@ -68,7 +71,26 @@ impl Reader {
         }
     }
 
-    /// Waits up to `timeout` for a frame, giving up when `stop()`.
+    /// The GPU of a GPU-memory stream.
+    fn device(&self) -> Option<u32> {
+        match self {
+            Reader::Host(_) => None,
+            Reader::Cuda(s) => Some(s.device()),
+        }
+    }
+}
+
+impl Handle for Reader {
+    type Item = Held;
+    const WHO: &'static str = "subscriber";
+    const NEXT: &'static str = "next_frame()";
+    const HOLDER: &'static str = "frame";
+    const FIX: &'static str = "release frames you are done with (frame.release() or `with \
+                               frame:`) and drop or rebind their views (`del y`, `t = None`) \
+                               before the next next_frame(); copy what must live longer \
+                               (numpy.array(frame.y), tensor.clone())";
+    const STATS: [&'static str; 2] = ["frames_received", "last_frame_pts_ns"];
+
     fn next(&mut self, timeout: Duration, stop: impl Fn() -> bool) -> cuframes::Result<Held> {
         Ok(match self {
             Reader::Host(s) => Held::Host(Arc::new(s.next_frame_unless(timeout, stop)?)),
@@ -76,7 +98,6 @@ impl Reader {
         })
     }
 
-    /// A frame if one is ready.
     fn try_next(&mut self) -> cuframes::Result<Option<Held>> {
         Ok(match self {
             Reader::Host(s) => s.try_next()?.map(|f| Held::Host(Arc::new(f))),
@@ -84,12 +105,16 @@ impl Reader {
         })
     }
 
-    /// The GPU of a GPU-memory stream.
-    fn device(&self) -> Option<u32> {
-        match self {
-            Reader::Host(_) => None,
-            Reader::Cuda(s) => Some(s.device()),
-        }
+    fn stats(&self) -> SubscriberStats {
+        self.host().stats()
+    }
+
+    fn monitor(&self) -> Option<Monitor> {
+        Some(self.host().monitor())
+    }
+
+    fn budget_message(key: &str, _e: &cuframes::Error, asked: u32, defaulted: bool) -> String {
+        hold_budget_message(key, asked, defaulted)
     }
 }
 
@@ -134,28 +159,61 @@ fn hold_budget_message(key: &str, asked: u32, defaulted: bool) -> String {
     )
 }
 
-/// Reads frames of one stream.
+/// A std subscriber of either kind (a frame [`Reader`], a
+/// `cuframes::PacketSubscriber`), as a [`Session`] drives it, with the
+/// words its messages use.
+pub trait Handle: Send {
+    /// What it hands out.
+    type Item: holds::Item;
+    /// What the fallback warning calls the subscriber.
+    const WHO: &'static str;
+    /// The call that takes the next one (`"next_frame()"`).
+    const NEXT: &'static str;
+    /// What the capacity error says holds an item besides its views.
+    const HOLDER: &'static str;
+    /// The capacity error's advice, before "or subscribe with a larger
+    /// max_held".
+    const FIX: &'static str;
+    /// `stats()` keys of the `frames_received` and `last_frame_pts_ns`
+    /// counters.
+    const STATS: [&'static str; 2];
+
+    /// Waits up to `timeout` for the next item, giving up when `stop()`.
+    fn next(&mut self, timeout: Duration, stop: impl Fn() -> bool) -> cuframes::Result<Self::Item>;
+    /// The next item if one is ready.
+    fn try_next(&mut self) -> cuframes::Result<Option<Self::Item>>;
+    /// The counters, shared ones read now.
+    fn stats(&self) -> SubscriberStats;
+    /// Reads the shared counters while a wait holds the handle, where the
+    /// handle offers that.
+    fn monitor(&self) -> Option<Monitor> {
+        None
+    }
+    /// The message for a refused `max_held` (`e`), asked for or
+    /// `defaulted`. Runs without the GIL.
+    fn budget_message(key: &str, e: &cuframes::Error, asked: u32, defaulted: bool) -> String;
+}
+
+/// What frame and packet subscribers share: the handle until closed, the
+/// counters, the holds of what it handed out and its `max_held`.
 ///
 /// Thread-safety: every method may be called from any thread. Calls that
-/// take a frame (`next_frame`, `try_next`, iteration) are serialised: a
-/// second thread waits for the first. Counters and `close()` never wait
-/// for a pending `next_frame`; `close()` makes it return promptly with
-/// `CuframesClosedError`. Frames may be released from any thread and stay
-/// valid after the subscriber is closed.
-#[pyclass(name = "CuframesSubscriber", module = "cuframes._native", frozen)]
-pub struct PySubscriber {
-    /// The reader, until closed.
-    sub: Mutex<Option<Reader>>,
+/// take an item are serialised: a second thread waits for the first.
+/// Counters and `close()` never wait for a pending take; `close()` makes
+/// it return promptly with `CuframesClosedError`.
+pub struct Session<H: Handle> {
+    /// The handle, until closed.
+    sub: Mutex<Option<H>>,
     /// Reads the shared-memory counters while a wait holds `sub`.
     monitor: Mutex<Option<Monitor>>,
     /// Set by `close()`: pending and later waits give up.
     closing: AtomicBool,
-    /// The reader's own counters as of its last call.
+    /// The handle's own counters as of its last call.
     local: Mutex<SubscriberStats>,
     /// Timeouts the caller asked for that expired (internal slices of
     /// iteration and callbacks do not count).
     timeouts: AtomicU64,
-    /// The holders of this subscriber's frames.
+    /// The holders of this subscriber's items.
     holds: Arc<Holds>,
     /// The effective `max_held`.
     max_held: u32,
@@ -167,6 +225,36 @@ pub struct PySubscriber {
     name: String,
     /// How it reads.
     mode: PySubscriberMode,
+}
+
+/// The connection options a subscriber was asked for.
+pub struct Connect<'a> {
+    /// The stream key.
+    pub key: &'a str,
+    /// The consumer name.
+    pub name: &'a str,
+    /// How it reads.
+    pub mode: PySubscriberMode,
+    /// How long to wait for the stream to appear.
+    pub connect_timeout_ms: u64,
+    /// `max_held=` (`None`: the default, which may fall back to 1).
+    pub max_held: Option<u32>,
+    /// Whether a segment another user owns is accepted.
+    pub allow_other_owner: bool,
+}
+
+/// Reads frames of one stream.
+///
+/// Thread-safety: every method may be called from any thread. Calls that
+/// take a frame (`next_frame`, `try_next`, iteration) are serialised: a
+/// second thread waits for the first. Counters and `close()` never wait
+/// for a pending `next_frame`; `close()` makes it return promptly with
+/// `CuframesClosedError`. Frames may be released from any thread and stay
+/// valid after the subscriber is closed.
+#[pyclass(name = "CuframesSubscriber", module = "cuframes._native", frozen)]
+pub struct PySubscriber {
+    /// The connection.
+    session: Session<Reader>,
     /// The GPU of a GPU-memory stream.
     cuda_device: Option<u32>,
     /// The CUDA stream GPU frames are ordered on.
@@ -226,8 +314,69 @@ pub fn stream_handle(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     ))
 }
 
-impl PySubscriber {
-    /// Runs `f` on the open subscriber (GIL released), then refreshes the
+impl<H: Handle> Session<H> {
+    /// Connects with `connect` (GIL released) as `c` asks, falling back
+    /// from the default `max_held` to 1 (with a warning) when the ring has
+    /// no room for more; `info` reads what the caller keeps of the handle.
+    pub fn connect<I>(
+        py: Python<'_>,
+        c: &Connect<'_>,
+        connect: impl Fn(SubscriberOptions) -> cuframes::Result<H> + Sync,
+        info: impl FnOnce(&H) -> I,
+    ) -> PyResult<(Self, I)> {
+        let with_held = |held: u32| {
+            connect(SubscriberOptions {
+                connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+                max_held: held,
+                allow_other_owner: c.allow_other_owner,
+                ..Default::default()
+            })
+        };
+        let asked = c.max_held.unwrap_or(DEFAULT_MAX_HELD);
+        let defaulted = c.max_held.is_none();
+        let connected = py.detach(|| match with_held(asked) {
+            Err(e) if defaulted && is_hold_budget(&e) => with_held(1).map(|s| (s, 1)),
+            r => r.map(|s| (s, asked)),
+        });
+        let (sub, held) = connected.map_err(|e| {
+            if is_hold_budget(&e) {
+                let message = py.detach(|| H::budget_message(c.key, &e, asked, defaulted));
+                raise(ErrorCode::Capacity, &message)
+            } else {
+                to_py(e)
+            }
+        })?;
+        let fell_back = held != asked;
+        if fell_back {
+            let (noun, who, next) = (<H::Item as holds::Item>::NOUN, H::WHO, H::NEXT);
+            log::warn!(
+                target: "cuframes::python",
+                "{who} {:?} of stream {:?} holds at most 1 {noun}, not {asked}: the ring has \
+                 no room for more (slot_count >= sum(max_held) + 2). Keeping a {noun}'s views \
+                 alive across {next} will raise CuframesCapacityError; start the publisher \
+                 with more slots, or pass max_held=1 to silence this warning",
+                c.name,
+                c.key
+            );
+        }
+        let info = info(&sub);
+        let session = Self {
+            monitor: Mutex::new(sub.monitor()),
+            local: Mutex::new(sub.stats()),
+            sub: Mutex::new(Some(sub)),
+            closing: AtomicBool::new(false),
+            timeouts: AtomicU64::new(0),
+            holds: Arc::default(),
+            max_held: held,
+            fell_back,
+            key: c.key.to_owned(),
+            name: c.name.to_owned(),
+            mode: c.mode,
+        };
+        Ok((session, info))
+    }
+
+    /// Runs `f` on the open handle (GIL released), then refreshes the
     /// local counters. The error stays a Rust error: it becomes a Python
     /// exception only once the lock is dropped and the GIL is back (taking
     /// the GIL while holding the lock could deadlock against a thread that
@@ -235,7 +384,7 @@ impl PySubscriber {
     fn with_sub<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut Reader, &AtomicBool) -> cuframes::Result<T> + Send,
+        f: impl FnOnce(&mut H, &AtomicBool) -> cuframes::Result<T> + Send,
     ) -> cuframes::Result<T> {
         py.detach(|| {
             let mut guard = self.sub.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,7 +398,7 @@ impl PySubscriber {
                 ));
             };
             let r = f(sub, &self.closing);
-            *self.local.lock().unwrap_or_else(|p| p.into_inner()) = sub.host().stats();
+            *self.local.lock().unwrap_or_else(|p| p.into_inner()) = sub.stats();
             if self.closing.load(Ordering::Acquire) {
                 guard.take();
             }
@@ -257,30 +406,125 @@ impl PySubscriber {
         })
     }
 
-    /// Every counter: the local ones completed from shared memory.
-    fn snapshot(&self) -> SubscriberStats {
-        let local = SubscriberStats {
-            timeouts: self.timeouts.load(Ordering::Relaxed),
-            ..*self.local.lock().unwrap_or_else(|p| p.into_inner())
+    /// Every counter: read now unless a wait holds the handle; then as of
+    /// its last call, completed from shared memory where the handle has a
+    /// monitor.
+    pub fn snapshot(&self) -> SubscriberStats {
+        let live = match self.sub.try_lock() {
+            Ok(g) => g.as_ref().map(H::stats),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().as_ref().map(H::stats),
+            Err(TryLockError::WouldBlock) => None,
         };
-        match &*self.monitor.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(m) => m.complete(local),
-            None => local,
+        let base = live.unwrap_or_else(|| {
+            let local = *self.local.lock().unwrap_or_else(|p| p.into_inner());
+            match &*self.monitor.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(m) => m.complete(local),
+                None => local,
+            }
+        });
+        SubscriberStats {
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            ..base
         }
     }
 
-    /// Waits up to `timeout_ms` for a frame; an expired wait counts in
-    /// `timeouts` only if `count_timeout`.
-    fn take(&self, py: Python<'_>, timeout_ms: u64, count_timeout: bool) -> PyResult<PyFrame> {
+    /// Waits up to `timeout_ms` for an item; an expired wait counts in
+    /// `timeouts` only if `count_timeout`. Returns it with its latency.
+    pub fn take(
+        &self,
+        py: Python<'_>,
+        timeout_ms: u64,
+        count_timeout: bool,
+    ) -> PyResult<(H::Item, u64)> {
         let timeout = Duration::from_millis(timeout_ms);
         let got = self.with_sub(py, |sub, closing| {
-            let f = sub.next(timeout, || closing.load(Ordering::Acquire))?;
-            Ok((f, sub.host().stats().last_latency_ns))
+            let item = sub.next(timeout, || closing.load(Ordering::Acquire))?;
+            Ok((item, sub.stats().last_latency_ns))
         });
-        match got {
-            Ok((held, latency)) => Ok(PyFrame::new(held, latency, self.holds.clone())),
-            Err(e) => Err(self.error(py, e, count_timeout)),
+        got.map_err(|e| self.error(py, e, count_timeout))
+    }
+
+    /// The next item if one is ready now, with its latency.
+    pub fn try_take(&self, py: Python<'_>) -> PyResult<Option<(H::Item, u64)>> {
+        let got = self.with_sub(py, |sub, _| {
+            Ok(sub.try_next()?.map(|i| (i, sub.stats().last_latency_ns)))
+        });
+        got.map_err(|e| self.error(py, e, false))
+    }
+
+    /// Iteration's next item: waits as long as it takes, in short slices
+    /// (nothing counts in `timeouts`); `None` when the stream closes (or
+    /// the subscriber is closed).
+    pub fn iterate(&self, py: Python<'_>) -> PyResult<Option<(H::Item, u64)>> {
+        loop {
+            match self.take(py, SLICE_MS, false) {
+                Ok(i) => return Ok(Some(i)),
+                Err(e) if is_code(py, &e, ErrorCode::Timeout) => py.check_signals()?,
+                Err(e) if is_code(py, &e, ErrorCode::Closed) => return Ok(None),
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    /// Leaves the stream. Idempotent; a take waiting in another thread
+    /// returns with `CuframesClosedError`.
+    pub fn close(&self, py: Python<'_>) {
+        self.closing.store(true, Ordering::Release);
+        // A pending wait sees `closing` within its liveness interval and
+        // gives the lock back; wait for it without the GIL.
+        py.detach(|| {
+            let reader = self.sub.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(reader);
+            self.monitor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        });
+    }
+
+    /// Whether `close()` was called.
+    pub fn closed(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// All counters as a dict (for health reports).
+    pub fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let [received, last_pts] = H::STATS;
+        let s = self.snapshot();
+        let d = PyDict::new(py);
+        d.set_item(received, s.frames_received)?;
+        d.set_item("timeouts", s.timeouts)?;
+        d.set_item("errors", s.errors)?;
+        d.set_item("last_seq", s.last_seq)?;
+        d.set_item("gap_count", s.gap_count)?;
+        d.set_item(last_pts, s.last_frame_pts_ns)?;
+        d.set_item("last_latency_ns", s.last_latency_ns)?;
+        d.set_item("dropped", s.dropped)?;
+        d.set_item("ring_occupancy", s.ring_occupancy)?;
+        d.set_item("slot_count", s.slot_count)?;
+        d.set_item("max_held", self.max_held)?;
+        Ok(d)
+    }
+
+    /// The holders of this subscriber's items.
+    pub fn holds(&self) -> &Arc<Holds> {
+        &self.holds
+    }
+    /// The stream key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// The consumer name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// How it reads.
+    pub fn mode(&self) -> PySubscriberMode {
+        self.mode
+    }
+    /// The effective `max_held`.
+    pub fn max_held(&self) -> u32 {
+        self.max_held
     }
 
     /// The Python exception for a failed read.
@@ -297,14 +541,16 @@ impl PySubscriber {
         }
     }
 
-    /// Why no further frame can be held: which frames are held, by what,
-    /// and what to do.
+    /// Why no further item can be held: which are held, by what, and what
+    /// to do.
     fn capacity_message(&self, py: Python<'_>) -> String {
+        let noun = <H::Item as holds::Item>::NOUN;
         let mut m = format!(
-            "cannot take another frame: this subscriber already holds max_held={} frame(s), \
-             and a frame stays held while the frame or any view of it lives, even after \
+            "cannot take another {noun}: this subscriber already holds max_held={} {noun}(s), \
+             and a {noun} stays held while the {} or any view of it lives, even after \
              release()",
-            self.max_held
+            self.max_held,
+            H::HOLDER
         );
         if self.fell_back {
             m.push_str(&format!(
@@ -316,17 +562,22 @@ impl PySubscriber {
         if !report.is_empty() {
             m.push_str(". Held now:");
             for (seq, what) in report {
-                m.push_str(&format!("\n  - frame seq {seq}: {}", what.join("; ")));
+                m.push_str(&format!("\n  - {noun} seq {seq}: {}", what.join("; ")));
             }
         }
-        m.push_str(
-            "\nFix: release frames you are done with (frame.release() or `with frame:`) and \
-             drop or rebind their views (`del y`, `t = None`) before the next next_frame(); \
-             copy what must live longer (numpy.array(frame.y), tensor.clone()); or subscribe \
-             with a larger max_held (the publisher's ring needs slot_count >= sum of every \
-             subscriber's max_held + 2).",
-        );
+        m.push_str(&format!(
+            "\nFix: {}; or subscribe with a larger max_held (the publisher's ring needs \
+             slot_count >= sum of every subscriber's max_held + 2).",
+            H::FIX
+        ));
         m
+    }
+}
+
+impl PySubscriber {
+    /// Wraps a frame just taken, with its latency.
+    fn wrap(&self, (held, latency): (Held, u64)) -> PyFrame {
+        PyFrame::new(held, latency, self.session.holds().clone())
     }
 
     /// Calls `cuframes._callback.<class>(self, callback, **kwargs)`.
@@ -378,13 +629,15 @@ impl PySubscriber {
         allow_other_owner: bool,
     ) -> PyResult<Self> {
         let consumer_stream = consumer_stream.map_or(Ok(0), consumer_stream_handle)?;
-        let connect = |held: u32| {
-            let options = SubscriberOptions {
-                connect_timeout: Duration::from_millis(connect_timeout_ms),
-                max_held: held,
-                allow_other_owner,
-                ..Default::default()
-            };
+        let asked = Connect {
+            key,
+            name: consumer_name,
+            mode,
+            connect_timeout_ms,
+            max_held,
+            allow_other_owner,
+        };
+        let connect = |options| {
             Reader::connect(
                 key,
                 consumer_name,
@@ -394,45 +647,13 @@ impl PySubscriber {
                 consumer_stream,
             )
         };
-        let asked = max_held.unwrap_or(DEFAULT_MAX_HELD);
-        let connected = py.detach(|| match connect(asked) {
-            Err(e) if max_held.is_none() && is_hold_budget(&e) => connect(1).map(|s| (s, 1)),
-            r => r.map(|s| (s, asked)),
-        });
-        let (sub, held) = connected.map_err(|e| {
-            if is_hold_budget(&e) {
-                let message = py.detach(|| hold_budget_message(key, asked, max_held.is_none()));
-                raise(ErrorCode::Capacity, &message)
-            } else {
-                to_py(e)
-            }
+        let (session, (layout, device)) = Session::connect(py, &asked, connect, |sub: &Reader| {
+            (*sub.host().layout(), sub.device())
         })?;
-        let fell_back = held != asked;
-        if fell_back {
-            log::warn!(
-                target: "cuframes::python",
-                "subscriber {consumer_name:?} of stream {key:?} holds at most 1 frame, not \
-                 {asked}: the ring has no room for more (slot_count >= sum(max_held) + 2). \
-                 Keeping a frame's views alive across next_frame() will raise \
-                 CuframesCapacityError; start the publisher with more slots, or pass \
-                 max_held=1 to silence this warning"
-            );
-        }
-        let cuda_device = sub.device().or(cuda_device);
         Ok(Self {
-            layout: *sub.host().layout(),
-            monitor: Mutex::new(Some(sub.host().monitor())),
-            local: Mutex::new(sub.host().stats()),
-            sub: Mutex::new(Some(sub)),
-            closing: AtomicBool::new(false),
-            timeouts: AtomicU64::new(0),
-            holds: Arc::default(),
-            max_held: held,
-            fell_back,
-            key: key.to_owned(),
-            name: consumer_name.to_owned(),
-            mode,
-            cuda_device,
+            session,
+            layout,
+            cuda_device: device.or(cuda_device),
             consumer_stream,
         })
     }
@@ -446,7 +667,7 @@ impl PySubscriber {
     /// them).
     #[pyo3(signature = (timeout_ms=1000))]
     fn next_frame(&self, py: Python<'_>, timeout_ms: u64) -> PyResult<PyFrame> {
-        self.take(py, timeout_ms, true)
+        Ok(self.wrap(self.session.take(py, timeout_ms, true)?))
     }
 
     /// `next_frame` for the package's own loops (iteration, `async for`,
@@ -459,43 +680,25 @@ impl PySubscriber {
         timeout_ms: u64,
         count_timeout: bool,
     ) -> PyResult<PyFrame> {
-        self.take(py, timeout_ms, count_timeout)
+        Ok(self.wrap(self.session.take(py, timeout_ms, count_timeout)?))
     }
 
     /// The next frame if one is ready now, else `None`.
     fn try_next(&self, py: Python<'_>) -> PyResult<Option<PyFrame>> {
-        let got = self.with_sub(py, |sub, _| {
-            Ok(sub
-                .try_next()?
-                .map(|f| (f, sub.host().stats().last_latency_ns)))
-        });
-        match got {
-            Ok(f) => Ok(f.map(|(held, latency)| PyFrame::new(held, latency, self.holds.clone()))),
-            Err(e) => Err(self.error(py, e, false)),
-        }
+        Ok(self.session.try_take(py)?.map(|f| self.wrap(f)))
     }
 
     /// Leaves the stream. Idempotent; a `next_frame` waiting in another
     /// thread returns with `CuframesClosedError`. Frames still held stay
     /// valid until released.
     fn close(&self, py: Python<'_>) {
-        self.closing.store(true, Ordering::Release);
-        // A pending wait sees `closing` within its liveness interval and
-        // gives the lock back; wait for it without the GIL.
-        py.detach(|| {
-            let reader = self.sub.lock().unwrap_or_else(|p| p.into_inner()).take();
-            drop(reader);
-            self.monitor
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-        });
+        self.session.close(py);
     }
 
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
+        self.session.closed()
     }
 
     /// `with subscribe(...) as sub:` closes the subscriber at the end.
@@ -519,14 +722,7 @@ impl PySubscriber {
     /// in `timeouts`); it ends when the stream closes (or the subscriber is
     /// closed) and raises other errors.
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyFrame>> {
-        loop {
-            match self.take(py, SLICE_MS, false) {
-                Ok(f) => return Ok(Some(f)),
-                Err(e) if is_code(py, &e, ErrorCode::Timeout) => py.check_signals()?,
-                Err(e) if is_code(py, &e, ErrorCode::Closed) => return Ok(None),
-                Err(e) => return Err(e),
-            }
-        }
+        Ok(self.session.iterate(py)?.map(|f| self.wrap(f)))
     }
 
     /// `async for frame in subscriber`: waits in a worker thread, never on
@@ -595,22 +791,22 @@ impl PySubscriber {
     /// The stream key.
     #[getter]
     fn key(&self) -> &str {
-        &self.key
+        self.session.key()
     }
     /// The name this subscriber shows in `cuframes ls`.
     #[getter]
     fn consumer_name(&self) -> &str {
-        &self.name
+        self.session.name()
     }
     /// How it reads.
     #[getter]
     fn mode(&self) -> PySubscriberMode {
-        self.mode
+        self.session.mode()
     }
     /// Most frames (with their views) held at once.
     #[getter]
     fn max_held(&self) -> u32 {
-        self.max_held
+        self.session.max_held()
     }
     /// The GPU of a GPU-memory stream (`None` for host-memory streams
     /// unless one was asked for).
@@ -645,73 +841,60 @@ impl PySubscriber {
     /// Frames handed out.
     #[getter]
     fn frames_received(&self) -> u64 {
-        self.snapshot().frames_received
+        self.session.snapshot().frames_received
     }
     /// Waits that ran out of the time the caller gave (`next_frame`,
     /// `next_frame_async`, a callback's `timeout_ms`); the internal waits
     /// of iteration and callbacks do not count.
     #[getter]
     fn timeouts(&self) -> u64 {
-        self.snapshot().timeouts
+        self.session.snapshot().timeouts
     }
     /// Calls that failed otherwise.
     #[getter]
     fn errors(&self) -> u64 {
-        self.snapshot().errors
+        self.session.snapshot().errors
     }
     /// Seq of the last frame (0: none yet).
     #[getter]
     fn last_seq(&self) -> u64 {
-        self.snapshot().last_seq
+        self.session.snapshot().last_seq
     }
     /// Times the seq jumped by more than one.
     #[getter]
     fn gap_count(&self) -> u64 {
-        self.snapshot().gap_count
+        self.session.snapshot().gap_count
     }
     /// PTS of the last frame.
     #[getter]
     fn last_frame_pts_ns(&self) -> i64 {
-        self.snapshot().last_frame_pts_ns
+        self.session.snapshot().last_frame_pts_ns
     }
     /// Frames lost (QUEUE under DROP_OLDEST, or evicted for lagging) or
     /// skipped (NEWEST_ONLY), as counted in shared memory by the publisher.
     #[getter]
     fn dropped(&self) -> u64 {
-        self.snapshot().dropped
+        self.session.snapshot().dropped
     }
     /// Slots of the ring held or still needed, read from shared memory.
     #[getter]
     fn ring_occupancy(&self) -> u32 {
-        self.snapshot().ring_occupancy
+        self.session.snapshot().ring_occupancy
     }
 
     /// All counters as a dict (for health reports).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.snapshot();
-        let d = PyDict::new(py);
-        d.set_item("frames_received", s.frames_received)?;
-        d.set_item("timeouts", s.timeouts)?;
-        d.set_item("errors", s.errors)?;
-        d.set_item("last_seq", s.last_seq)?;
-        d.set_item("gap_count", s.gap_count)?;
-        d.set_item("last_frame_pts_ns", s.last_frame_pts_ns)?;
-        d.set_item("last_latency_ns", s.last_latency_ns)?;
-        d.set_item("dropped", s.dropped)?;
-        d.set_item("ring_occupancy", s.ring_occupancy)?;
-        d.set_item("slot_count", s.slot_count)?;
-        d.set_item("max_held", self.max_held)?;
-        Ok(d)
+        self.session.stats(py)
     }
 
     /// `CuframesSubscriber(key=…, consumer_name=…, mode=…, max_held=…)`.
     fn __repr__(&self) -> String {
         format!(
             "CuframesSubscriber(key={:?}, consumer_name={:?}, mode=SubscriberMode.{}, max_held={}{})",
-            self.key,
-            self.name,
-            self.mode.name(),
-            self.max_held,
+            self.session.key(),
+            self.session.name(),
+            self.session.mode().name(),
+            self.session.max_held(),
             if self.closed() { ", closed" } else { "" }
         )
     }
