@@ -66,7 +66,11 @@ pub(crate) fn template_caps(with_encoded: bool) -> gst::Caps {
 /// A cuframes error as GStreamer shows it: the message with the stable
 /// name and number (`Timeout/1`), as the CLI prints them.
 pub(crate) fn describe(e: &cuframes::Error) -> String {
-    format!("{e} [cuframes error {}/{}]", e.code().name(), e.code() as i32)
+    format!(
+        "{e} [cuframes error {}/{}]",
+        e.code().name(),
+        e.code() as i32
+    )
 }
 
 /// Offsets and strides of the planes of a ring layout, as `GstVideoMeta`
@@ -124,7 +128,9 @@ pub(crate) fn packet_caps(codec: Codec, extradata: &[u8], width: u32, height: u3
         Codec::Mjpeg => gst::Caps::builder("image/jpeg"),
     };
     if width > 0 && height > 0 {
-        b = b.field("width", width as i32).field("height", height as i32);
+        b = b
+            .field("width", width as i32)
+            .field("height", height as i32);
     }
     b.build()
 }

@@ -274,7 +274,13 @@ mod imp {
             shared.outstanding.fetch_add(1, Ordering::AcqRel);
             drop(st);
             shared.pool_loans.fetch_add(1, Ordering::Relaxed);
-            gst::trace!(CAT, imp = self, "loaned slot {} (seq {})", lease.slot, lease.seq);
+            gst::trace!(
+                CAT,
+                imp = self,
+                "loaned slot {} (seq {})",
+                lease.slot,
+                lease.seq
+            );
             let mut buffer = gst::Buffer::from_mut_slice(LoanMemory {
                 data: lease.data,
                 len: lease.len,

@@ -287,9 +287,8 @@ mod imp {
                     ["the key property is not set"]
                 ));
             };
-            cuframes::validate_key(&key).map_err(|e| {
-                gst::error_msg!(gst::ResourceError::Settings, ["{}", describe(&e)])
-            })?;
+            cuframes::validate_key(&key)
+                .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["{}", describe(&e)]))?;
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::default();
             for c in [&self.zero_copy, &self.copied, &self.dropped] {
                 c.store(0, Ordering::Relaxed);
@@ -318,8 +317,8 @@ mod imp {
             if state.caps.as_ref() == Some(caps) {
                 return Ok(());
             }
-            let stream = parse_caps(caps)
-                .map_err(|m| gst::loggable_error!(CAT, "caps {caps}: {m}"))?;
+            let stream =
+                parse_caps(caps).map_err(|m| gst::loggable_error!(CAT, "caps {caps}: {m}"))?;
             gst::info!(CAT, imp = self, "caps {caps}: (re)creating the stream");
             // A new stream (new epoch) for new caps: subscribers see the
             // old one close and a new publisher start.
@@ -380,7 +379,11 @@ mod imp {
                 || info.width() != layout.width
                 || info.height() != layout.height
             {
-                gst::debug!(CAT, imp = self, "allocation query for other caps {caps}: no pool");
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "allocation query for other caps {caps}: no pool"
+                );
                 return Ok(());
             }
             let pool = SlotPool::new(PoolSetup {
@@ -394,10 +397,17 @@ mod imp {
             config.set_params(Some(&caps), size, 0, 0);
             config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str());
             if pool.set_config(config).is_err() {
-                return Err(gst::loggable_error!(CAT, "the slot pool refused its config"));
+                return Err(gst::loggable_error!(
+                    CAT,
+                    "the slot pool refused its config"
+                ));
             }
             query.add_allocation_pool(Some(pool.upcast_ref::<gst::BufferPool>()), size, 0, 0);
-            gst::debug!(CAT, imp = self, "proposed the slot pool ({size} bytes a slot)");
+            gst::debug!(
+                CAT,
+                imp = self,
+                "proposed the slot pool ({size} bytes a slot)"
+            );
             Ok(())
         }
 
@@ -420,7 +430,10 @@ mod imp {
 
     impl CuframesSink {
         fn settings(&self) -> Settings {
-            self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            self.settings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
         }
 
         fn key(&self) -> String {
@@ -447,12 +460,26 @@ mod imp {
                         ..Default::default()
                     },
                 )?;
-                gst::info!(CAT, imp = self, "publishing {key:?} in GPU memory on device {} ({})", p.device(), p.export_mode());
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "publishing {key:?} in GPU memory on device {} ({})",
+                    p.device(),
+                    p.export_mode()
+                );
                 return Ok(Target::Cuda(Box::new(p)));
             }
             let layout = FrameLayout::new(format, info.width(), info.height(), 64)?;
             let p = Publisher::create(&key, layout, options)?;
-            gst::info!(CAT, imp = self, "publishing {key:?}: {}x{} {}, epoch {:016x}", layout.width, layout.height, format.name(), p.epoch());
+            gst::info!(
+                CAT,
+                imp = self,
+                "publishing {key:?}: {}x{} {}, epoch {:016x}",
+                layout.width,
+                layout.height,
+                format.name(),
+                p.epoch()
+            );
             Ok(Target::Host(p))
         }
 
@@ -473,7 +500,13 @@ mod imp {
                 height,
             };
             let p = PacketPublisher::create(&key, &stream, s.options(true))?;
-            gst::info!(CAT, imp = self, "publishing {key:?}: {} packets, {} bytes of codec configuration", codec.name(), stream.extradata.len());
+            gst::info!(
+                CAT,
+                imp = self,
+                "publishing {key:?}: {} packets, {} bytes of codec configuration",
+                codec.name(),
+                stream.extradata.len()
+            );
             Ok(Target::Packets(p))
         }
 
@@ -503,7 +536,11 @@ mod imp {
                     return Err(gst::FlowError::Flushing);
                 }
                 if !logged {
-                    gst::info!(CAT, imp = self, "waiting for {want} subscribers ({have} connected)");
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "waiting for {want} subscribers ({have} connected)"
+                    );
                     logged = true;
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -538,22 +575,38 @@ mod imp {
                     ring.pending = None;
                     return match p.commit_detached(pts) {
                         Ok(seq) => {
-                            gst::trace!(CAT, imp = self, "zero copy: committed the loaned slot as seq {seq}");
+                            gst::trace!(
+                                CAT,
+                                imp = self,
+                                "zero copy: committed the loaned slot as seq {seq}"
+                            );
                             self.zero_copy.fetch_add(1, Ordering::Relaxed);
-                            self.note_mode(state, true, "upstream wrote into the ring's slot (the sink's pool)");
+                            self.note_mode(
+                                state,
+                                true,
+                                "upstream wrote into the ring's slot (the sink's pool)",
+                            );
                             Ok(gst::FlowSuccess::Ok)
                         }
                         Err(e) => Err(self.fail(&e)),
                     };
                 }
                 // The single loan belongs to a buffer still upstream.
-                gst::warning!(CAT, imp = self, "buffer dropped: the ring's loan is held by a pool buffer not rendered yet");
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "buffer dropped: the ring's loan is held by a pool buffer not rendered yet"
+                );
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return Ok(gst::FlowSuccess::Ok);
             }
             let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info)
                 .map_err(|_| {
-                    gst::element_imp_error!(self, gst::StreamError::Format, ["buffer does not match the caps {info:?}"]);
+                    gst::element_imp_error!(
+                        self,
+                        gst::StreamError::Format,
+                        ["buffer does not match the caps {info:?}"]
+                    );
                     gst::FlowError::Error
                 })?;
             let result = match &mut ring.target {
@@ -604,7 +657,11 @@ mod imp {
             let missing = matches!(self.ring.lock().target, Target::None);
             if missing {
                 if !key {
-                    gst::debug!(CAT, imp = self, "delta unit before the first keyframe: dropped");
+                    gst::debug!(
+                        CAT,
+                        imp = self,
+                        "delta unit before the first keyframe: dropped"
+                    );
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     return Ok(gst::FlowSuccess::Ok);
                 }
@@ -612,7 +669,11 @@ mod imp {
                 match self.create_packets(codec, extradata, width, height) {
                     Ok(t) => self.ring.lock().replace(t),
                     Err(e) => {
-                        gst::element_imp_error!(self, gst::ResourceError::OpenWrite, ["cannot create the stream: {}", describe(&e)]);
+                        gst::element_imp_error!(
+                            self,
+                            gst::ResourceError::OpenWrite,
+                            ["cannot create the stream: {}", describe(&e)]
+                        );
                         return Err(gst::FlowError::Error);
                     }
                 }
@@ -641,7 +702,12 @@ mod imp {
             };
             match p.publish(&map, &meta) {
                 Ok(seq) => {
-                    gst::trace!(CAT, imp = self, "packet seq {seq}: {} bytes, key {key}", map.size());
+                    gst::trace!(
+                        CAT,
+                        imp = self,
+                        "packet seq {seq}: {} bytes, key {key}",
+                        map.size()
+                    );
                     state.skip_to_key = false;
                     self.copied.fetch_add(1, Ordering::Relaxed);
                     self.note_mode(state, false, "encoded packets are copied into a slot");
@@ -654,7 +720,10 @@ mod imp {
                     self.drop_buffer(&e);
                     Ok(gst::FlowSuccess::Ok)
                 }
-                Err(e) if e.code() == ErrorCode::InvalidArgument && map.size() as u64 > p.max_packet() => {
+                Err(e)
+                    if e.code() == ErrorCode::InvalidArgument
+                        && map.size() as u64 > p.max_packet() =>
+                {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Encode,
@@ -673,7 +742,12 @@ mod imp {
                 return;
             }
             state.last_zero_copy = Some(zero_copy);
-            gst::info!(CAT, imp = self, "{}: {reason}", if zero_copy { "zero copy" } else { "copying" });
+            gst::info!(
+                CAT,
+                imp = self,
+                "{}: {reason}",
+                if zero_copy { "zero copy" } else { "copying" }
+            );
             let s = gst::Structure::builder("cuframessink-mode")
                 .field("key", self.key())
                 .field("zero-copy", zero_copy)
@@ -686,11 +760,20 @@ mod imp {
 
         fn drop_buffer(&self, e: &cuframes::Error) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            gst::warning!(CAT, imp = self, "buffer dropped ({n} so far): {}", describe(e));
+            gst::warning!(
+                CAT,
+                imp = self,
+                "buffer dropped ({n} so far): {}",
+                describe(e)
+            );
         }
 
         fn fail(&self, e: &cuframes::Error) -> gst::FlowError {
-            gst::element_imp_error!(self, gst::ResourceError::Write, ["publishing failed: {}", describe(e)]);
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Write,
+                ["publishing failed: {}", describe(e)]
+            );
             gst::FlowError::Error
         }
 
@@ -735,7 +818,10 @@ mod imp {
         let lease = p.loan_detached()?;
         if lease.data.is_null() || lease.len < layout.slot_bytes as usize {
             p.abort_detached();
-            return Err(cuframes::Error::new(ErrorCode::Internal, "loan without host bytes"));
+            return Err(cuframes::Error::new(
+                ErrorCode::Internal,
+                "loan without host bytes",
+            ));
         }
         // SAFETY: the detached loan makes its `len` bytes ours to write
         // until the commit below; nobody else in this process sees them.

@@ -4,8 +4,8 @@
 
 use crate::common::{self, describe, ReadMode, CAT};
 use cuframes::{
-    Content, ErrorCode, Frame, FrameLayout, MemoryKind, Mode, Packet, PacketSubscriber,
-    Subscriber, SubscriberOptions,
+    Content, ErrorCode, Frame, FrameLayout, MemoryKind, Mode, Packet, PacketSubscriber, Subscriber,
+    SubscriberOptions,
 };
 use gst::glib;
 use gst::prelude::*;
@@ -31,9 +31,10 @@ pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
 }
 
 const DEFAULT_MAX_HELD: u32 = 3;
-/// Timestamps further than this from the running time re-anchor the
-/// mapping (a stall, a backlog, a publisher whose clock jumped).
-const MAX_DRIFT: gst::ClockTime = gst::ClockTime::from_seconds(1);
+/// Timestamps this far behind the running time (a stall) or ahead of it
+/// (a publisher whose clock jumped) re-anchor the mapping.
+const MAX_BEHIND: gst::ClockTime = gst::ClockTime::from_seconds(1);
+const MAX_AHEAD: gst::ClockTime = gst::ClockTime::from_seconds(10);
 /// Drops are reported at most this often.
 const DROP_REPORT_EVERY: Duration = Duration::from_millis(100);
 
@@ -91,6 +92,8 @@ struct State {
     connects: u64,
     /// Frame pts (packets: dts) and running time of the mapping's anchor.
     anchor: Option<(i64, gst::ClockTime)>,
+    /// The last timestamp pushed (mapped): the mapping never goes back.
+    last_out: Option<gst::ClockTime>,
     /// The next buffer is a discontinuity (first, after a reconnect or drops).
     discont: bool,
     /// Byte-stream packets: the next keyframe gets the codec configuration
@@ -221,7 +224,9 @@ mod imp {
             let mut s = self.settings.lock().unwrap_or_else(|e| e.into_inner());
             match pspec.name() {
                 "key" => s.key = value.get().expect("type checked upstream"),
-                "subscriber-name" => s.subscriber_name = value.get().expect("type checked upstream"),
+                "subscriber-name" => {
+                    s.subscriber_name = value.get().expect("type checked upstream")
+                }
                 "mode" => s.mode = value.get().expect("type checked upstream"),
                 "timeout" => s.timeout_ms = value.get().expect("type checked upstream"),
                 "reconnect" => s.reconnect = value.get().expect("type checked upstream"),
@@ -296,14 +301,21 @@ mod imp {
         fn start(&self) -> Result<(), gst::ErrorMessage> {
             let s = self.settings();
             let key = s.key.ok_or_else(|| {
-                gst::error_msg!(gst::ResourceError::Settings, ["the key property is not set"])
+                gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ["the key property is not set"]
+                )
             })?;
-            cuframes::validate_key(&key).map_err(|e| {
-                gst::error_msg!(gst::ResourceError::Settings, ["{}", describe(&e)])
-            })?;
+            cuframes::validate_key(&key)
+                .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["{}", describe(&e)]))?;
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::default();
             *self.caps.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            for c in [&self.zero_copy, &self.copied, &self.dropped, &self.reconnects] {
+            for c in [
+                &self.zero_copy,
+                &self.copied,
+                &self.dropped,
+                &self.reconnects,
+            ] {
                 c.store(0, Ordering::Relaxed);
             }
             Ok(())
@@ -363,8 +375,8 @@ mod imp {
         ) -> Result<CreateSuccess, gst::FlowError> {
             let settings = self.settings();
             let mut started = Instant::now();
-            let timeout = (settings.timeout_ms > 0)
-                .then(|| Duration::from_millis(settings.timeout_ms));
+            let timeout =
+                (settings.timeout_ms > 0).then(|| Duration::from_millis(settings.timeout_ms));
             loop {
                 if self.flushing.load(Ordering::SeqCst) {
                     return Err(gst::FlowError::Flushing);
@@ -376,7 +388,11 @@ mod imp {
                         true => {
                             drop(state);
                             if !self.obj().negotiate() {
-                                gst::element_imp_error!(self, gst::CoreError::Negotiation, ["downstream refused the stream's caps"]);
+                                gst::element_imp_error!(
+                                    self,
+                                    gst::CoreError::Negotiation,
+                                    ["downstream refused the stream's caps"]
+                                );
                                 return Err(gst::FlowError::NotNegotiated);
                             }
                             continue;
@@ -435,12 +451,25 @@ mod imp {
                         ErrorCode::Closed | ErrorCode::PublisherGone | ErrorCode::NotFound
                             if settings.reconnect =>
                         {
-                            gst::info!(CAT, imp = self, "stream ended ({}); reconnecting", describe(&e));
+                            gst::info!(
+                                CAT,
+                                imp = self,
+                                "stream ended ({}); reconnecting",
+                                describe(&e)
+                            );
                             state.conn = None;
                         }
                         _ => {
                             state.conn = None;
-                            gst::element_imp_error!(self, gst::ResourceError::Read, ["reading {:?} failed: {}", settings.key.as_deref().unwrap_or(""), describe(&e)]);
+                            gst::element_imp_error!(
+                                self,
+                                gst::ResourceError::Read,
+                                [
+                                    "reading {:?} failed: {}",
+                                    settings.key.as_deref().unwrap_or(""),
+                                    describe(&e)
+                                ]
+                            );
                             return Err(gst::FlowError::Error);
                         }
                     },
@@ -451,7 +480,10 @@ mod imp {
 
     impl CuframesSrc {
         fn settings(&self) -> Settings {
-            self.settings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            self.settings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
         }
 
         /// Timed out (no stream, or no frame): an error, or with
@@ -540,7 +572,12 @@ mod imp {
                         ) =>
                     {
                         if !logged {
-                            gst::debug!(CAT, imp = self, "waiting for stream {key:?}: {}", describe(&e));
+                            gst::debug!(
+                                CAT,
+                                imp = self,
+                                "waiting for stream {key:?}: {}",
+                                describe(&e)
+                            );
                             logged = true;
                         }
                         std::thread::sleep(Duration::from_millis(10));
@@ -549,10 +586,19 @@ mod imp {
                         // Not enough slots for our max-held beside the
                         // other readers' (or every record is taken).
                         max_held -= 1;
-                        gst::debug!(CAT, imp = self, "{}; trying max-held {max_held}", describe(&e));
+                        gst::debug!(
+                            CAT,
+                            imp = self,
+                            "{}; trying max-held {max_held}",
+                            describe(&e)
+                        );
                     }
                     Err(e) => {
-                        gst::element_imp_error!(self, gst::ResourceError::OpenRead, ["cannot subscribe to {key:?}: {}", describe(&e)]);
+                        gst::element_imp_error!(
+                            self,
+                            gst::ResourceError::OpenRead,
+                            ["cannot subscribe to {key:?}: {}", describe(&e)]
+                        );
                         return Err(gst::FlowError::Error);
                     }
                 }
@@ -579,7 +625,8 @@ mod imp {
                 Conn::Packets(s) => {
                     let (w, h) = s.dimensions();
                     state.layout = None;
-                    state.send_extradata = s.extradata().first() != Some(&1) && !s.extradata().is_empty();
+                    state.send_extradata =
+                        s.extradata().first() != Some(&1) && !s.extradata().is_empty();
                     common::packet_caps(s.codec(), s.extradata(), w, h)
                 }
             };
@@ -587,16 +634,23 @@ mod imp {
             if state.connects > 1 {
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-            gst::info!(CAT, imp = self, "connected to {key:?} (epoch {:016x}, max-held {max_held}): {caps}", conn.epoch());
+            gst::info!(
+                CAT,
+                imp = self,
+                "connected to {key:?} (epoch {:016x}, max-held {max_held}): {caps}",
+                conn.epoch()
+            );
             let msg = gst::Structure::builder("cuframessrc-connected")
                 .field("key", &key)
                 .field("epoch", format!("{:016x}", conn.epoch()))
                 .field("reconnects", state.connects - 1)
                 .field("caps", &caps)
                 .build();
-            let _ = self
-                .obj()
-                .post_message(gst::message::Element::builder(msg).src(&*self.obj()).build());
+            let _ = self.obj().post_message(
+                gst::message::Element::builder(msg)
+                    .src(&*self.obj())
+                    .build(),
+            );
             state.seen_dropped = conn.dropped();
             state.conn = Some(conn);
             state.anchor = None;
@@ -638,19 +692,36 @@ mod imp {
 
         /// Maps a stream timestamp to this pipeline's running time: the
         /// first one after (re)connecting is stamped with the running time
-        /// of its arrival, later ones keep their distance to it; a jump of
-        /// more than a second either way re-anchors.
+        /// of its arrival, later ones keep their distance to it. The
+        /// mapping re-anchors (never going backwards) when a timestamp
+        /// goes back, falls more than a second behind the running time
+        /// (a stall), or runs more than ten seconds ahead of it.
         fn map_time(&self, state: &mut State, ts: i64) -> Option<gst::ClockTime> {
-            let now = self.obj().current_running_time().unwrap_or(gst::ClockTime::ZERO);
+            let now = self
+                .obj()
+                .current_running_time()
+                .unwrap_or(gst::ClockTime::ZERO);
             if let Some((t0, rt0)) = state.anchor {
                 let mapped = rt0.nseconds() as i128 + (ts as i128 - t0 as i128);
-                if mapped >= 0 && (mapped - now.nseconds() as i128).unsigned_abs() <= MAX_DRIFT.nseconds() as u128 {
-                    return Some(gst::ClockTime::from_nseconds(mapped as u64));
+                let now_ns = now.nseconds() as i128;
+                let last = state.last_out.map_or(-1, |t| t.nseconds() as i128);
+                if mapped > last
+                    && mapped >= now_ns - MAX_BEHIND.nseconds() as i128
+                    && mapped <= now_ns + MAX_AHEAD.nseconds() as i128
+                {
+                    let t = gst::ClockTime::from_nseconds(mapped as u64);
+                    state.last_out = Some(t);
+                    return Some(t);
                 }
                 gst::debug!(CAT, imp = self, "timestamps jumped: re-anchoring");
             }
-            state.anchor = Some((ts, now));
-            Some(now)
+            let rt = match state.last_out {
+                Some(last) if last >= now => last + gst::ClockTime::from_nseconds(1),
+                _ => now,
+            };
+            state.anchor = Some((ts, rt));
+            state.last_out = Some(rt);
+            Some(rt)
         }
 
         fn buffer(
@@ -663,7 +734,8 @@ mod imp {
             let zero_copy_ok = self.live.load(Ordering::Acquire) + 1 < max_held;
             let mut buffer = match item {
                 Item::Frame(frame) => {
-                    let (layout, info) = state.layout.clone().ok_or(gst::FlowError::NotNegotiated)?;
+                    let (layout, info) =
+                        state.layout.clone().ok_or(gst::FlowError::NotNegotiated)?;
                     let pts = frame.pts_ns();
                     let strided_ok = self.video_meta.load(Ordering::Relaxed)
                         || common::is_default_layout(&layout, &info);
@@ -746,7 +818,10 @@ mod imp {
                 }
             };
             if std::mem::take(&mut state.discont) {
-                buffer.get_mut().expect("a new buffer").set_flags(gst::BufferFlags::DISCONT);
+                buffer
+                    .get_mut()
+                    .expect("a new buffer")
+                    .set_flags(gst::BufferFlags::DISCONT);
             }
             Ok(buffer)
         }

@@ -65,15 +65,28 @@ fn zero_copy_counters_per_upstream() {
         // videotestsrc takes the sink's pool: every frame in place.
         ("videotestsrc num-buffers=40", "", 40, 0),
         // videoconvert converting I420 -> NV12 writes into the pool too.
-        ("videotestsrc num-buffers=40 ! video/x-raw,format=I420", "videoconvert !", 40, 0),
+        (
+            "videotestsrc num-buffers=40 ! video/x-raw,format=I420",
+            "videoconvert !",
+            40,
+            0,
+        ),
         // No allocation query reaches the sink: every buffer is copied.
-        ("videotestsrc num-buffers=40", "identity drop-allocation=true !", 0, 40),
+        (
+            "videotestsrc num-buffers=40",
+            "identity drop-allocation=true !",
+            0,
+            40,
+        ),
     ];
     for (i, (src, between, zero, copied)) in cases.into_iter().enumerate() {
         let p = run(&format!(
             "{src} ! {between} {caps} ! cuframessink name=s key=zc{i} sync=false"
         ));
-        let (z, c) = (counter(&p, "s", "zero-copy-buffers"), counter(&p, "s", "copied-buffers"));
+        let (z, c) = (
+            counter(&p, "s", "zero-copy-buffers"),
+            counter(&p, "s", "copied-buffers"),
+        );
         println!("{src} ! {between} cuframessink: zero-copy {z}, copied {c}");
         assert_eq!((z, c), (zero, copied), "{src} ! {between}");
     }
@@ -82,7 +95,10 @@ fn zero_copy_counters_per_upstream() {
     let p = run(&format!(
         "videotestsrc num-buffers=40 ! {caps} ! queue ! cuframessink name=s key=zcq sync=false"
     ));
-    let (z, c) = (counter(&p, "s", "zero-copy-buffers"), counter(&p, "s", "copied-buffers"));
+    let (z, c) = (
+        counter(&p, "s", "zero-copy-buffers"),
+        counter(&p, "s", "copied-buffers"),
+    );
     println!("videotestsrc ! queue ! cuframessink: zero-copy {z}, copied {c}");
     assert_eq!(z + c, 40);
     assert_eq!(counter(&p, "s", "dropped-buffers"), 0);
@@ -101,12 +117,22 @@ fn strided_zero_copy_frames_are_byte_exact() {
         let mut sub = None;
         let start = Instant::now();
         while sub.is_none() && start.elapsed() < Duration::from_secs(20) {
-            sub = cuframes::Subscriber::connect("strided", "test", cuframes::Mode::Queue, Default::default()).ok();
+            sub = cuframes::Subscriber::connect(
+                "strided",
+                "test",
+                cuframes::Mode::Queue,
+                Default::default(),
+            )
+            .ok();
         }
         let mut sub = sub.expect("stream appears");
         assert_eq!(sub.layout().planes()[0].pitch, 320);
         (0..30)
-            .map(|_| sub.next_frame(Duration::from_secs(10)).expect("frame").to_packed())
+            .map(|_| {
+                sub.next_frame(Duration::from_secs(10))
+                    .expect("frame")
+                    .to_packed()
+            })
             .collect::<Vec<_>>()
     });
     let p = run(&format!(
@@ -115,7 +141,9 @@ fn strided_zero_copy_frames_are_byte_exact() {
     assert_eq!(counter(&p, "s", "zero-copy-buffers"), 30);
     let got = sub.join().unwrap();
     // The same pattern into an appsink, unpacked by its own strides.
-    let want = reference_frames(&format!("videotestsrc num-buffers=30 pattern=ball ! {caps}"));
+    let want = reference_frames(&format!(
+        "videotestsrc num-buffers=30 pattern=ball ! {caps}"
+    ));
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(g == w, "frame {i} differs");
@@ -128,7 +156,11 @@ fn reference_frames(src: &str) -> Vec<Vec<u8>> {
         .unwrap()
         .downcast::<gst::Pipeline>()
         .unwrap();
-    let sink = pipeline.by_name("a").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let sink = pipeline
+        .by_name("a")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let mut frames = Vec::new();
     while let Ok(sample) = sink.pull_sample() {
@@ -141,7 +173,8 @@ fn reference_frames(src: &str) -> Vec<Vec<u8>> {
 /// A single-plane (packed RGB) frame without its row padding.
 fn packed(sample: &gst::Sample) -> Vec<u8> {
     let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
-    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer().unwrap(), &info).unwrap();
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer().unwrap(), &info)
+        .unwrap();
     let stride = frame.plane_stride()[0] as usize;
     let data = frame.plane_data(0).unwrap();
     let row_bytes = info.width() as usize * info.format_info().pixel_stride()[0] as usize;
@@ -170,10 +203,18 @@ fn caps_change_recreates_the_stream_and_the_reader_follows() {
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
-    let out = reader.by_name("out").unwrap().downcast::<gst_app::AppSink>().unwrap();
+    let out = reader
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
     reader.set_state(gst::State::Playing).unwrap();
     writer.set_state(gst::State::Playing).unwrap();
-    let appsrc = writer.by_name("in").unwrap().downcast::<gst_app::AppSrc>().unwrap();
+    let appsrc = writer
+        .by_name("in")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
     let sizes = [(320u32, 240u32), (640, 480)];
     let pusher = std::thread::spawn(move || {
         let mut n = 0u64;
@@ -187,7 +228,9 @@ fn caps_change_recreates_the_stream_and_the_reader_follows() {
             appsrc.set_caps(Some(&caps));
             for _ in 0..10 {
                 let mut b = gst::Buffer::from_mut_slice(vec![n as u8; (w * h) as usize]);
-                b.get_mut().unwrap().set_pts(gst::ClockTime::from_mseconds(n * 33));
+                b.get_mut()
+                    .unwrap()
+                    .set_pts(gst::ClockTime::from_mseconds(n * 33));
                 appsrc.push_buffer(b).expect("push");
                 n += 1;
             }
@@ -202,10 +245,16 @@ fn caps_change_recreates_the_stream_and_the_reader_follows() {
         };
         let s = sample.caps().unwrap().structure(0).unwrap().to_owned();
         let map = sample.buffer().unwrap().map_readable().unwrap();
-        let (w, h) = (s.get::<i32>("width").unwrap(), s.get::<i32>("height").unwrap());
+        let (w, h) = (
+            s.get::<i32>("width").unwrap(),
+            s.get::<i32>("height").unwrap(),
+        );
         let value = map[0];
         // Rows are contiguous at these widths (multiples of 64).
-        assert!(map[..(w * h) as usize].iter().all(|&b| b == value), "frame {value} torn");
+        assert!(
+            map[..(w * h) as usize].iter().all(|&b| b == value),
+            "frame {value} torn"
+        );
         got.push((w, h, value));
     }
     pusher.join().unwrap();

@@ -19,7 +19,9 @@ fn raw_frames_reach_cuframessrc_and_the_cli_byte_exact() {
     let env = Env::new(plugin, "raw");
     let cli = common::cli();
     if cli.is_none() {
-        eprintln!("SKIPPED (CLI part): no cuframes binary; build it with cargo build -p cuframes-cli");
+        eprintln!(
+            "SKIPPED (CLI part): no cuframes binary; build it with cargo build -p cuframes-cli"
+        );
     }
     let caps = "video/x-raw,format=NV12,width=1280,height=720";
     let reference = env.launch(&format!(
@@ -31,7 +33,19 @@ fn raw_frames_reach_cuframessrc_and_the_cli_byte_exact() {
     let cli_reader = cli.as_ref().map(|exe| {
         env.cli(
             exe,
-            &["subscribe", "--key", "raw", "--mode", "queue", "--frames", "300", "--timeout-ms", "20000", "--connect-timeout-ms", "20000"],
+            &[
+                "subscribe",
+                "--key",
+                "raw",
+                "--mode",
+                "queue",
+                "--frames",
+                "300",
+                "--timeout-ms",
+                "20000",
+                "--connect-timeout-ms",
+                "20000",
+            ],
         )
     });
     let readers = 1 + cli_reader.is_some() as u32;
@@ -56,7 +70,10 @@ fn raw_frames_reach_cuframessrc_and_the_cli_byte_exact() {
         Some(300),
         "{sink_out}"
     );
-    assert_eq!(message_field(&sink_out, "cuframessink-stats", "copied-buffers"), Some(0));
+    assert_eq!(
+        message_field(&sink_out, "cuframessink-stats", "copied-buffers"),
+        Some(0)
+    );
     if let Some(c) = cli_reader {
         let (ok, out) = finish(c, LIMIT);
         assert!(ok, "cuframes subscribe failed:\n{out}");
@@ -85,7 +102,16 @@ fn cli_publisher_encoded_to_a_playable_file() {
     let file = env.path("clip.mkv");
     let publisher = env.cli(
         &cli,
-        &["publish", "--key", "cam", "--testsrc", "320x240@30", "--seconds", "30", "--quiet"],
+        &[
+            "publish",
+            "--key",
+            "cam",
+            "--testsrc",
+            "320x240@30",
+            "--seconds",
+            "30",
+            "--quiet",
+        ],
     );
     let reader = env.launch(&format!(
         "cuframessrc key=cam mode=queue num-buffers=60 timeout=20000 ! videoconvert ! {encoder} ! {parser} ! matroskamux ! filesink location={}",
@@ -115,7 +141,8 @@ fn cli_publisher_encoded_to_a_playable_file() {
 fn sink_killed_mid_stream() {
     let plugin = require_gst!();
     let env = Env::new(plugin, "killsink");
-    let live = "videotestsrc is-live=true ! video/x-raw,format=GRAY8,width=320,height=240,framerate=30/1";
+    let live =
+        "videotestsrc is-live=true ! video/x-raw,format=GRAY8,width=320,height=240,framerate=30/1";
     let plain = env.launch("cuframessrc key=k1 timeout=20000 ! fakesink");
     let follower = env.launch("cuframessrc key=k1 reconnect=true num-buffers=60 ! fakesink");
     let mut sink = env.launch(&format!("{live} ! cuframessink key=k1"));
@@ -123,16 +150,25 @@ fn sink_killed_mid_stream() {
     sink.kill().expect("kill -9 the sink");
     let _ = sink.wait();
     let (ok, out) = finish(plain, Duration::from_secs(15));
-    assert!(!ok && out.contains("PublisherGone"), "reader without reconnect:\n{out}");
+    assert!(
+        !ok && out.contains("PublisherGone"),
+        "reader without reconnect:\n{out}"
+    );
     // A new sink on the key, another size: the follower reconnects.
-    let sink2 = env.launch(&format!(
-        "videotestsrc is-live=true num-buffers=90 ! video/x-raw,format=GRAY8,width=160,height=120,framerate=30/1 ! cuframessink key=k1"
-    ));
+    let sink2 = env.launch(
+        "videotestsrc is-live=true num-buffers=90 ! video/x-raw,format=GRAY8,width=160,height=120,framerate=30/1 ! cuframessink key=k1",
+    );
     let (ok, out) = finish(follower, LIMIT);
     let _ = finish(sink2, LIMIT);
     assert!(ok, "reader with reconnect=true:\n{out}");
-    assert!(out.contains("reconnects=(guint64)1"), "no reconnection seen:\n{out}");
-    assert!(out.contains("width\\=\\(int\\)160"), "caps not renegotiated:\n{out}");
+    assert!(
+        out.contains("reconnects=(guint64)1"),
+        "no reconnection seen:\n{out}"
+    );
+    assert!(
+        out.contains("width\\=\\(int\\)160"),
+        "caps not renegotiated:\n{out}"
+    );
 }
 
 /// kill -9 of a queue-mode reader: the sink goes on to the end without a
@@ -153,7 +189,11 @@ fn reader_killed_mid_stream() {
     let stat = env.cli_output(&cli, &["stat", "k2", "--json"]);
     let json: serde_json::Value =
         serde_json::from_slice(&stat.stdout).expect("stat --json prints JSON");
-    assert_eq!(json["subscribers"].as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(
+        json["subscribers"].as_array().map(Vec::len),
+        Some(1),
+        "{json}"
+    );
     reader.kill().expect("kill -9 the reader");
     let _ = reader.wait();
     let mut reclaimed = false;
@@ -169,11 +209,21 @@ fn reader_killed_mid_stream() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(reclaimed, "the dead reader's record and slots were not reclaimed");
+    assert!(
+        reclaimed,
+        "the dead reader's record and slots were not reclaimed"
+    );
     let (ok, out) = finish(sink, LIMIT);
     assert!(ok, "sink pipeline failed after its reader died:\n{out}");
-    assert_eq!(message_field(&out, "cuframessink-stats", "dropped-buffers"), Some(0), "{out}");
-    assert_eq!(message_field(&out, "cuframessink-stats", "zero-copy-buffers"), Some(120));
+    assert_eq!(
+        message_field(&out, "cuframessink-stats", "dropped-buffers"),
+        Some(0),
+        "{out}"
+    );
+    assert_eq!(
+        message_field(&out, "cuframessink-stats", "zero-copy-buffers"),
+        Some(120)
+    );
 }
 
 /// H.264 access units (byte-stream and avc) through cuframessink: the CLI
@@ -191,14 +241,29 @@ fn h264_packets_to_the_cli_recorder_and_cuframessrc() {
     }
     let env = Env::new(plugin, "h264");
     let cli = common::cli();
-    let ffmpeg = std::process::Command::new("ffmpeg").arg("-version").output().is_ok();
+    let ffmpeg = std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok();
     for format in ["byte-stream", "avc"] {
         let key = format!("h264-{format}");
         let mp4 = env.path(&format!("{format}.mp4"));
         let recorder = cli.as_ref().filter(|_| ffmpeg).map(|exe| {
             env.cli(
                 exe,
-                &["subscribe", "--key", &key, "--record", mp4.to_str().unwrap(), "--frames", "100", "--timeout-ms", "20000", "--connect-timeout-ms", "20000"],
+                &[
+                    "subscribe",
+                    "--key",
+                    &key,
+                    "--record",
+                    mp4.to_str().unwrap(),
+                    "--frames",
+                    "100",
+                    "--timeout-ms",
+                    "20000",
+                    "--connect-timeout-ms",
+                    "20000",
+                ],
             )
         });
         let decoder = env.launch(&format!(
@@ -210,10 +275,18 @@ fn h264_packets_to_the_cli_recorder_and_cuframessrc() {
         ));
         let (ok, out) = finish(sink, LIMIT);
         assert!(ok, "{format} sink failed:\n{out}");
-        assert_eq!(message_field(&out, "cuframessink-stats", "copied-buffers"), Some(100), "{out}");
+        assert_eq!(
+            message_field(&out, "cuframessink-stats", "copied-buffers"),
+            Some(100),
+            "{out}"
+        );
         let (ok, out) = finish(decoder, LIMIT);
         assert!(ok, "{format} cuframessrc decode failed:\n{out}");
-        assert_eq!(checksums(&out).len(), 100, "{format}: decoded frames\n{out}");
+        assert_eq!(
+            checksums(&out).len(),
+            100,
+            "{format}: decoded frames\n{out}"
+        );
         match recorder {
             Some(r) => {
                 let (ok, out) = finish(r, LIMIT);

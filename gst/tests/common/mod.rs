@@ -30,14 +30,20 @@ pub fn plugin_dir() -> Result<PathBuf, String> {
         .env("GST_PLUGIN_PATH", &dir)
         .env("GST_REGISTRY", dir.join("gst-test-registry.bin"))
         .output()
-        .map_err(|e| format!("gst-inspect-1.0 cannot run ({e}): GStreamer tools are not installed"))?;
+        .map_err(|e| {
+            format!("gst-inspect-1.0 cannot run ({e}): GStreamer tools are not installed")
+        })?;
     if !inspect.status.success() {
         return Err(format!(
             "gst-inspect-1.0 cannot load the plugin: {}",
             String::from_utf8_lossy(&inspect.stderr)
         ));
     }
-    if Command::new("gst-launch-1.0").arg("--version").output().is_err() {
+    if Command::new("gst-launch-1.0")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         return Err("gst-launch-1.0 is not installed".into());
     }
     Ok(dir)
