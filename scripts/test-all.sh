@@ -20,6 +20,18 @@ if ! command -v ffmpeg >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-g
     || echo "ffmpeg could not be installed; the video-file test will be skipped"
 fi
 command -v ffmpeg >/dev/null 2>&1 && ffmpeg -version | head -1 || echo "ffmpeg: not available"
+# GStreamer: the workspace's gst-plugin-cuframes crate builds against its
+# development files; its tests run gst-launch-1.0 pipelines (videotestsrc,
+# checksumsink, h264parse, avdec_h264, openh264enc, matroskamux).
+if ! pkg-config --exists gstreamer-1.0 gstreamer-base-1.0 gstreamer-video-1.0 2>/dev/null \
+   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pkg-config \
+      libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools \
+      gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+      gstreamer1.0-libav >/dev/null) \
+    || echo "GStreamer could not be installed; the workspace build needs it (gst-plugin-cuframes)"
+fi
+pkg-config --modversion gstreamer-1.0 2>/dev/null | sed 's/^/gstreamer /' || echo "gstreamer: not available"
 
 step "format"
 cargo fmt --all --check

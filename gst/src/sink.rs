@@ -624,7 +624,7 @@ mod imp {
                     let reason = if matches!(ring.target, Target::Cuda(_)) {
                         "GPU memory: each buffer is uploaded from system memory"
                     } else {
-                        "buffer not from the sink's pool: copied into a slot"
+                        "buffer not written in a slot (not from the sink's pool, or a plain buffer of it while another was out): copied into a slot"
                     };
                     self.note_mode(state, false, reason);
                     Ok(gst::FlowSuccess::Ok)

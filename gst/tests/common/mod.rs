@@ -19,16 +19,46 @@ pub fn profile_dir() -> PathBuf {
 }
 
 /// The plugin's directory (for `GST_PLUGIN_PATH`), or why the GStreamer
-/// tests cannot run here.
+/// tests cannot run here. `cargo test` leaves the cdylib in
+/// `target/<profile>/deps` (`cargo build` also in `target/<profile>`); it
+/// is copied alone into `target/<profile>/gst-plugin/` so that GStreamer
+/// does not scan every other library in `deps`.
 pub fn plugin_dir() -> Result<PathBuf, String> {
-    let dir = profile_dir();
-    if !dir.join("libgstcuframes.so").exists() {
-        return Err(format!("{} has no libgstcuframes.so", dir.display()));
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(install_plugin).clone()
+}
+
+fn install_plugin() -> Result<PathBuf, String> {
+    let profile = profile_dir();
+    let newest = [
+        profile.join("libgstcuframes.so"),
+        profile.join("deps/libgstcuframes.so"),
+    ]
+    .into_iter()
+    .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+    .max()
+    .map(|(_, p)| p)
+    .ok_or_else(|| format!("no libgstcuframes.so in {} or its deps", profile.display()))?;
+    let dir = profile.join("gst-plugin");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let so = dir.join("libgstcuframes.so");
+    let same = |a: &Path, b: &Path| {
+        std::fs::read(a)
+            .ok()
+            .zip(std::fs::read(b).ok())
+            .is_some_and(|(x, y)| x == y)
+    };
+    if !same(&newest, &so) {
+        // Copied beside and renamed: a test binary running at the same
+        // time never sees half a library.
+        let tmp = dir.join(format!(".libgstcuframes.{}.so", std::process::id()));
+        std::fs::copy(&newest, &tmp).map_err(|e| format!("copy the plugin: {e}"))?;
+        std::fs::rename(&tmp, &so).map_err(|e| format!("install the plugin: {e}"))?;
     }
     let inspect = Command::new("gst-inspect-1.0")
         .arg("cuframessink")
         .env("GST_PLUGIN_PATH", &dir)
-        .env("GST_REGISTRY", dir.join("gst-test-registry.bin"))
+        .env("GST_REGISTRY", dir.join("registry.bin"))
         .output()
         .map_err(|e| {
             format!("gst-inspect-1.0 cannot run ({e}): GStreamer tools are not installed")
@@ -129,7 +159,7 @@ impl Env {
 
     fn envs(&self, c: &mut Command) {
         c.env("GST_PLUGIN_PATH", &self.plugin)
-            .env("GST_REGISTRY", self.plugin.join("gst-test-registry.bin"))
+            .env("GST_REGISTRY", self.plugin.join("registry.bin"))
             .env("CUFRAMES_SHM_DIR", &self.shm);
     }
 
