@@ -284,11 +284,11 @@ mod imp {
             let Some(key) = s.key else {
                 return Err(gst::error_msg!(
                     gst::ResourceError::Settings,
-                    ["the key property is not set"]
+                    ("the key property is not set")
                 ));
             };
             cuframes::validate_key(&key)
-                .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["{}", describe(&e)]))?;
+                .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", describe(&e))))?;
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::default();
             for c in [&self.zero_copy, &self.copied, &self.dropped] {
                 c.store(0, Ordering::Relaxed);
@@ -344,7 +344,7 @@ mod imp {
                         gst::element_imp_error!(
                             self,
                             gst::ResourceError::OpenWrite,
-                            ["cannot create the stream: {}", describe(&e)]
+                            ("cannot create the stream: {}", describe(&e))
                         );
                         return Err(gst::loggable_error!(CAT, "{}", describe(&e)));
                     }
@@ -605,7 +605,7 @@ mod imp {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Format,
-                        ["buffer does not match the caps {info:?}"]
+                        ("buffer does not match the caps {info:?}")
                     );
                     gst::FlowError::Error
                 })?;
@@ -672,7 +672,7 @@ mod imp {
                         gst::element_imp_error!(
                             self,
                             gst::ResourceError::OpenWrite,
-                            ["cannot create the stream: {}", describe(&e)]
+                            ("cannot create the stream: {}", describe(&e))
                         );
                         return Err(gst::FlowError::Error);
                     }
@@ -727,7 +727,7 @@ mod imp {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Encode,
-                        ["access unit of {} bytes is larger than max-packet ({} bytes): raise max-packet. {}", map.size(), p.max_packet(), describe(&e)]
+                        ("access unit of {} bytes is larger than max-packet ({} bytes): raise max-packet. {}", map.size(), p.max_packet(), describe(&e))
                     );
                     Err(gst::FlowError::Error)
                 }
@@ -772,7 +772,7 @@ mod imp {
             gst::element_imp_error!(
                 self,
                 gst::ResourceError::Write,
-                ["publishing failed: {}", describe(e)]
+                ("publishing failed: {}", describe(e))
             );
             gst::FlowError::Error
         }

@@ -303,11 +303,11 @@ mod imp {
             let key = s.key.ok_or_else(|| {
                 gst::error_msg!(
                     gst::ResourceError::Settings,
-                    ["the key property is not set"]
+                    ("the key property is not set")
                 )
             })?;
             cuframes::validate_key(&key)
-                .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ["{}", describe(&e)]))?;
+                .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", describe(&e))))?;
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::default();
             *self.caps.lock().unwrap_or_else(|e| e.into_inner()) = None;
             for c in [
@@ -391,7 +391,7 @@ mod imp {
                                 gst::element_imp_error!(
                                     self,
                                     gst::CoreError::Negotiation,
-                                    ["downstream refused the stream's caps"]
+                                    ("downstream refused the stream's caps")
                                 );
                                 return Err(gst::FlowError::NotNegotiated);
                             }
@@ -464,11 +464,11 @@ mod imp {
                             gst::element_imp_error!(
                                 self,
                                 gst::ResourceError::Read,
-                                [
+                                (
                                     "reading {:?} failed: {}",
                                     settings.key.as_deref().unwrap_or(""),
                                     describe(&e)
-                                ]
+                                )
                             );
                             return Err(gst::FlowError::Error);
                         }
@@ -509,7 +509,7 @@ mod imp {
                     format!("no stream {key:?} within {} ms", settings.timeout_ms)
                 },
             );
-            gst::element_imp_error!(self, gst::ResourceError::Read, ["{}", describe(&e)]);
+            gst::element_imp_error!(self, gst::ResourceError::Read, ("{}", describe(&e)));
             Err(gst::FlowError::Error)
         }
 
@@ -597,7 +597,7 @@ mod imp {
                         gst::element_imp_error!(
                             self,
                             gst::ResourceError::OpenRead,
-                            ["cannot subscribe to {key:?}: {}", describe(&e)]
+                            ("cannot subscribe to {key:?}: {}", describe(&e))
                         );
                         return Err(gst::FlowError::Error);
                     }
