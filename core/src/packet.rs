@@ -174,7 +174,7 @@ impl Ring<'_> {
     /// a keyframe always, anything else only right after its predecessor.
     /// `flags` must be read while the packet is held.
     pub(crate) fn continues(last: u64, seq: u64, flags: u64) -> bool {
-        flags & KEY != 0 || (last != 0 && seq == last + 1)
+        flags & KEY != 0 || (last != 0 && last.checked_add(1) == Some(seq))
     }
 
     /// The oldest keyframe in the ring after `after`, up to `head`. Flags
@@ -227,9 +227,11 @@ impl Ring<'_> {
         bit: u64,
         withdrew: &mut bool,
     ) -> Result<(u32, u64), ReadError> {
+        // Hostile memory may hold anything here: no overflow on it.
         let last = rec.last_seq.load(Relaxed);
+        let next = last.saturating_add(1);
         let mut seen_head = None;
-        loop {
+        for _ in 0..crate::reader::MAX_RETRIES {
             let closed = self.is_closed();
             let (head, _) = self.head();
             if seen_head == Some(head) {
@@ -237,20 +239,19 @@ impl Ring<'_> {
             }
             seen_head = Some(head);
             let (key, key_slot) = self.last_key();
-            if key != 0 && key <= head && (key > last + 1 || last == 0) {
+            if key != 0 && key <= head && (key > next || last == 0) {
                 if let Some(got) = self.hold_if(key_slot, key, bit, withdrew, |f| f & KEY != 0)? {
                     if last != 0 {
-                        rec.dropped.fetch_add(key - last - 1, Relaxed);
+                        rec.dropped.fetch_add(key - next, Relaxed);
                     }
                     return Ok(got);
                 }
             }
-            let want = last + 1;
-            if last != 0 && want <= head {
+            if last != 0 && next <= head {
                 let (seq, slot) =
-                    unpack(self.index[(want as usize) & (self.index.len() - 1)].load(Acquire));
-                if seq == want {
-                    if let Some(got) = self.hold_if(slot, want, bit, withdrew, |_| true)? {
+                    unpack(self.index[(next as usize) & (self.index.len() - 1)].load(Acquire));
+                if seq == next {
+                    if let Some(got) = self.hold_if(slot, next, bit, withdrew, |_| true)? {
                         return Ok(got);
                     }
                 }

@@ -85,21 +85,27 @@ impl<H: RingRef> ReadGrant<H> {
             (Mode::NewestOnly, true) => r.acquire_packet_newest(rec, bit, &mut withdrew),
             (Mode::Queue, _) => r.acquire_queue(rec, bit, &mut withdrew),
         };
+        // The length is read once, under the hold: the value checked is the
+        // value handed out.
         let got = got.and_then(|(slot, seq)| {
-            // A packet longer than its slot is hostile memory: give it back.
             let len = r.slots[slot as usize].len.load(Relaxed);
             if r.packet_max.is_some_and(|max| len > max) {
+                // Hostile memory: give it back. A queue cursor already
+                // stepped past it, so it counts as lost.
                 r.withdraw(slot, bit, &mut withdrew);
+                if token.mode == Mode::Queue {
+                    rec.dropped.fetch_add(1, Relaxed);
+                }
                 return Err(ReadError::Corrupt);
             }
-            Ok((slot, seq))
+            Ok((slot, seq, len))
         });
         // A withdrawn probe may have made the writer's CAS fail: tell a
         // waiting writer, so it rescans now rather than after its nap.
         if withdrew && r.bump_space() {
             ring.wake(Wake::Writer);
         }
-        let (slot, seq) = match got {
+        let (slot, seq, len) = match got {
             Ok(v) => v,
             Err(e) => {
                 let _ = rec
@@ -113,7 +119,7 @@ impl<H: RingRef> ReadGrant<H> {
         let s = &r.slots[slot as usize];
         let (pts_ns, commit_ns) = (s.pts_ns.load(Relaxed) as i64, s.commit_ns.load(Relaxed));
         let meta = crate::PacketMeta {
-            len: s.len.load(Relaxed),
+            len,
             pts_ns,
             dts_ns: s.dts_ns.load(Relaxed) as i64,
             duration_ns: s.duration_ns.load(Relaxed),
@@ -215,7 +221,7 @@ impl<H: RingRef> core::fmt::Debug for ReadGrant<H> {
 
 /// Bound on retries when the writer keeps overtaking a reader; past it the
 /// reader waits for the next commit like any other.
-const MAX_RETRIES: usize = 64;
+pub(crate) const MAX_RETRIES: usize = 64;
 
 impl Ring<'_> {
     /// Sets `bit` on `slot` and keeps it only if the slot is not being
@@ -326,10 +332,10 @@ impl Ring<'_> {
                     crate::sync::crash_point(); // Q4 done
                     return Ok(got);
                 }
-                // Busy, not gone: the slot still holds `want` (a loan that
-                // found it pinned gives it back, and wakes us when it does).
+                // A packet busy, not gone: the slot still holds `want` (a
+                // loan that found it pinned gives it back, and wakes us).
                 let s = &self.slots[slot as usize];
-                if s.seq.load(Acquire) == want && ok(s.flags.load(Relaxed)) {
+                if packets && s.seq.load(Acquire) == want && ok(s.flags.load(Relaxed)) {
                     return Err(ReadError::WouldBlock);
                 }
             }
@@ -365,11 +371,13 @@ impl Ring<'_> {
     /// A lossless subscriber the writer evicted starts again at the newest
     /// frame, counting the frames it skipped.
     fn rejoin(&self, rec: &SubscriberRecord, evicted: u64) -> ReadError {
-        let pinned = self.pin_cursor(rec);
+        // Back at the head, packets too: a pin at an older keyframe would
+        // hand the writer back a ring it has just found too full.
+        let pinned = self.pin_cursor(rec, false);
         if evicted != NO_CURSOR {
             // From the first seq it did not get: an eviction that raced the
             // cursor step of its last read left the cursor on that one.
-            let from = (evicted & !EVICTED).max(rec.last_seq.load(Relaxed) + 1);
+            let from = (evicted & !EVICTED).max(rec.last_seq.load(Relaxed).saturating_add(1));
             rec.dropped.fetch_add(pinned.saturating_sub(from), Relaxed);
         }
         ReadError::Lagged

@@ -183,7 +183,7 @@ impl Ring<'_> {
         }
         crate::sync::crash_point(); // R5 done
         if req.mode == Mode::Queue {
-            self.pin_cursor(r);
+            self.pin_cursor(r, true);
         }
         Ok(token)
     }
@@ -196,11 +196,11 @@ impl Ring<'_> {
     /// The loop is bounded: only a writer committing faster than two head
     /// loads (or hostile memory) could exhaust it, and then the cursor
     /// simply starts at a frame the reader may find already overwritten.
-    pub(crate) fn pin_cursor(&self, r: &SubscriberRecord) -> u64 {
+    pub(crate) fn pin_cursor(&self, r: &SubscriberRecord, at_key: bool) -> u64 {
         let mut pinned = None;
         for _ in 0..1024 {
             let (seq, _) = self.head();
-            let want = if self.is_packets() {
+            let want = if self.is_packets() && at_key {
                 self.packet_start(r, seq)
             } else {
                 seq.max(1)

@@ -660,3 +660,20 @@ fn hostile_packet_length_is_corrupt_and_holds_nothing() {
     );
     assert_eq!(ring.stats().active().next().unwrap().held, 0);
 }
+
+#[test]
+fn hostile_counters_do_not_overflow() {
+    use crate::sync::Ordering::Relaxed;
+    let st = Storage::new(4, 1);
+    let ring = st.ring(LosslessPolicy::DropOldest).for_packets(100);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::NewestOnly, 1)).unwrap();
+    commit_packet(&mut w, true, 1);
+    // A reader whose last seq is the largest there is, and a newest
+    // keyframe far ahead of the writer: wrong answers at worst, no panic.
+    ring.subscribers()[0].last_seq.store(u64::MAX, Relaxed);
+    let _ = sub.try_read();
+    ring.control().last_key.store(pack(MAX_SEQ, 0), Relaxed);
+    commit_packet(&mut w, true, 1);
+    assert_eq!(ring.stats().gop, 0);
+}

@@ -387,10 +387,13 @@ impl<H: RingRef> Writer<H> {
         if meta.is_key() {
             let (prev, _) = unpack(ring.ctl.last_key.swap(word, Release));
             if prev != 0 {
-                ring.ctl.gop.store(seq - prev, Relaxed);
+                // Saturating: another process may have scribbled on it.
+                ring.ctl.gop.store(seq.saturating_sub(prev), Relaxed);
             }
         }
-        ring.ctl.bytes.fetch_add(meta.len, Relaxed);
+        if meta.len != 0 {
+            ring.ctl.bytes.fetch_add(meta.len, Relaxed);
+        }
         // Release: the frame's bytes and header happen-before any reader
         // whose acquiring fetch_or sees WRITER clear.
         s.lease.fetch_and(!WRITER, Release);

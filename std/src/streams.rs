@@ -60,7 +60,7 @@ impl StreamStatus {
 /// let _p = Publisher::create("doc-stat", layout, Default::default()).unwrap();
 /// let s = stream_status("doc-stat").unwrap();
 /// assert!(s.publisher_alive);
-/// assert_eq!(s.info.format, PixelFormat::Nv12);
+/// assert_eq!(s.info.format, Some(PixelFormat::Nv12));
 /// assert!(stream_status("doc-missing").is_err());
 /// ```
 pub fn stream_status(key: &str) -> Result<StreamStatus> {

@@ -201,7 +201,6 @@ mod seen {
         QUEUE_START_AT_HEAD,
         QUEUE_START_PAST_GONE_KEY,
         QUEUE_START_PAST_BROKEN_GOP,
-        REJOIN_AT_KEY,
         REJOIN_AT_HEAD,
         LOSSLESS_RUNS,
         WOULD_BLOCK,
@@ -891,23 +890,20 @@ impl<'r> Run<'r> {
         }
         assert_eq!(got_want, want, "read by record {idx}, step {step}");
         if want == Want::Err(ReadError::Lagged) {
-            // Back from an eviction, pinned again (never behind where it
-            // was: `check`); what it skipped since the first seq it did not
-            // get counts as dropped.
+            // Back from an eviction, pinned again at the head (a pin at an
+            // older keyframe would hand the writer back the ring it just
+            // found too full); what it skipped since the first seq it did
+            // not get counts as dropped.
             let evicted_at = before.cursor;
             let pinned = self.st.subs[idx as usize].cursor.load(SeqCst);
             assert_eq!(
                 pinned,
-                self.m.packet_start(before.last),
+                self.m.head.0.max(1),
                 "rejoin pinned (evicted at {evicted_at}, last {}, head {}, newest keyframe {key}), step {step}",
                 before.last,
                 self.m.head.0
             );
-            hit(if self.m.sound_key(before.last).is_some() {
-                &seen::REJOIN_AT_KEY
-            } else {
-                &seen::REJOIN_AT_HEAD
-            });
+            hit(&seen::REJOIN_AT_HEAD);
             after.cursor = pinned;
             after.evicted = false;
             after.dropped += pinned.saturating_sub(evicted_at.max(before.last + 1));
@@ -1370,4 +1366,33 @@ fn registration_after_the_gop_is_broken_is_lossless_from_the_next_keyframe() {
         (2, 2),
         "6 and 7 (no keyframe before them) dropped"
     );
+}
+
+/// A lossless reader the writer evicted comes back at the head even when
+/// the newest keyframe and the run after it are still in the ring: pinned
+/// there, it would hand the writer back the full ring it was evicted for.
+#[test]
+fn rejoin_pins_at_the_head_not_at_an_older_keyframe() {
+    let st = Storage::new(8, 1);
+    let ring = st.ring(LosslessPolicy::Block).for_packets(MAX_LEN);
+    let mut w = Writer::new(&ring);
+    commit_one(&mut w, true); // 1
+    let sub = Subscription::register(&ring, &request(Mode::Queue, 1, b"slow")).expect("register");
+    for key in [false, true, false, false, false, false, false] {
+        commit_one(&mut w, key); // 2..=8, keyframe 3
+    }
+    assert_eq!(w.poll_loan(), Err(LoanError::Backpressure));
+    assert_eq!(w.evict_laggards(), 1);
+    commit_one(&mut w, false); // 9 overwrites 1
+    assert_eq!(sub.try_read().unwrap_err(), ReadError::Lagged);
+    assert_eq!(
+        st.subs[0].cursor.load(SeqCst),
+        9,
+        "at the head, not keyframe 3"
+    );
+    // The writer has the ring again: every slot but the head's is free.
+    for _ in 0..6 {
+        commit_one(&mut w, false);
+    }
+    assert_eq!(w.poll_loan(), Ok(()));
 }
