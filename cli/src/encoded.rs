@@ -9,7 +9,7 @@
 //! ([`crate::mpegts`]) are all the container code we need.
 
 use crate::latency::{human_ns, Samples};
-use crate::mpegts::{self, Demuxer, EsPacket, Muxer, TsCodec};
+use crate::mpegts::{self, DemuxError, Demuxer, EsPacket, Muxer, TsCodec};
 use crate::publish::{probe_stream, tool_missing, Meter};
 use crate::subscribe::Args as SubscribeArgs;
 use crate::{invalid, stdout_is_tty};
@@ -23,13 +23,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Nanoseconds per 90 kHz MPEG tick is 100000/9: convert exactly.
+/// A 90 kHz MPEG tick is 100000/9 ns. Ticks round up to nanoseconds and
+/// nanoseconds down to ticks, so every tick comes back as itself.
 fn ticks_to_ns(t: i64) -> i64 {
-    t.saturating_mul(100_000) / 9
+    t.saturating_mul(100_000).saturating_add(8).div_euclid(9)
 }
 
 fn ns_to_ticks(ns: i64) -> i64 {
-    ns.saturating_mul(9) / 100_000
+    ns.saturating_mul(9).div_euclid(100_000)
 }
 
 fn ts_codec(c: Codec) -> Result<TsCodec> {
@@ -128,13 +129,27 @@ pub fn publish(
                 0
             }
             Ok(k) => {
-                demux.push(&buf[..k], &mut packets).map_err(|e| {
-                    invalid(format!(
-                        "{}: {e} (--max-packet is {} bytes)",
-                        how.input.display(),
-                        how.max_packet
-                    ))
-                })?;
+                let mut more = &buf[..k];
+                // A broken PES header loses that packet, not the stream:
+                // go on from the next keyframe. The demuxer keeps the bytes
+                // after the bad one; an empty push resumes.
+                while let Err(e) = demux.push(more, &mut packets) {
+                    let input = how.input.display();
+                    match e {
+                        DemuxError::PesHeader { .. } => {
+                            tracing::warn!(input = %input, error = %e, "packet lost; going on from the next keyframe");
+                            (state.skip_to_key, state.lost) = (true, true);
+                            more = &[];
+                        }
+                        DemuxError::PesTooLarge { .. } => {
+                            return Err(invalid(format!(
+                                "{input}: {e}; the stream's packets are at most {} bytes: raise --max-packet",
+                                how.max_packet
+                            )))
+                        }
+                        e => return Err(invalid(format!("{input}: {e}"))),
+                    }
+                }
                 k
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -247,12 +262,12 @@ impl Feed<'_> {
 
 /// `cuframes subscribe` on a packet stream: statistics, `--verify` (every
 /// sequence decodable), `--record FILE` (remuxed by ffmpeg).
-pub fn subscribe(args: &SubscribeArgs, name: &str, stop: &AtomicBool) -> Result<()> {
-    let options = SubscriberOptions {
-        connect_timeout: Duration::from_millis(args.connect_timeout_ms),
-        allow_other_owner: args.allow_other_owner,
-        ..Default::default()
-    };
+pub fn subscribe(
+    args: &SubscribeArgs,
+    name: &str,
+    options: SubscriberOptions,
+    stop: &AtomicBool,
+) -> Result<()> {
     let mode = args.mode.unwrap_or(if args.record.is_some() {
         Mode::Queue
     } else {
@@ -401,8 +416,12 @@ impl Tally {
 /// Remuxes packets into a file: our MPEG-TS into ffmpeg's stdin, `-c copy`
 /// into whatever container the file name asks for.
 struct Recorder {
-    child: Option<Child>,
+    child: Child,
     mux: Option<Muxer<std::process::ChildStdin>>,
+    /// ffmpeg's stderr, read to the end on a thread of its own from the
+    /// start: ffmpeg never blocks on a full pipe, and a failure's message
+    /// is there once ffmpeg exits.
+    stderr: Option<std::thread::JoinHandle<String>>,
     codec: TsCodec,
     /// NAL length size when packets are length-prefixed (avcC/hvcC).
     nal_len: Option<usize>,
@@ -427,13 +446,20 @@ impl Recorder {
             .spawn()
             .map_err(|e| tool_missing("ffmpeg", e))?;
         let stdin = child.stdin.take().expect("piped stdin");
+        let mut err = child.stderr.take().expect("piped stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
         // Keyframes without parameter sets of their own (a source that keeps
         // them out of band) get the stream's in front.
         let mut mux = Muxer::new(stdin, codec);
         mux.set_parameter_sets((!params.is_empty()).then_some(params));
         Ok(Self {
-            child: Some(child),
+            child,
             mux: Some(mux),
+            stderr: Some(stderr),
             codec,
             nal_len,
             path: path.to_owned(),
@@ -441,6 +467,9 @@ impl Recorder {
     }
 
     fn write(&mut self, p: &cuframes::Packet) -> Result<()> {
+        if p.data().is_empty() {
+            return Ok(()); // nothing a file could hold
+        }
         let annexb;
         let mut data = p.data();
         if let Some(n) = self.nal_len {
@@ -449,49 +478,67 @@ impl Recorder {
             data = &annexb;
         }
         let mux = self.mux.as_mut().expect("open until finish");
-        mux.write(
+        let written = mux.write(
             data,
             ns_to_ticks(p.pts_ns()),
             Some(ns_to_ticks(p.dts_ns())),
             p.is_key(),
-        )
-        .map_err(|e| self.failed(e))
+        );
+        match written {
+            Ok(()) => Ok(()),
+            // Refused before anything reached ffmpeg: not ffmpeg's fault.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Err(invalid(format!(
+                "packet {}: {e} (a stream without codec configuration must carry Annex B packets)",
+                p.seq()
+            ))),
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     /// Ends the file; ffmpeg's verdict is the result.
     fn finish(mut self) -> Result<std::path::PathBuf> {
         if let Some(mux) = self.mux.take() {
-            let stdin = mux.finish().map_err(|e| self.failed(e))?;
-            drop(stdin);
+            match mux.finish() {
+                Ok(stdin) => drop(stdin),
+                Err(e) => return Err(self.failed(e)),
+            }
         }
-        let child = self.child.take().expect("running until finish");
-        let out = child
-            .wait_with_output()
+        let status = self
+            .child
+            .wait()
             .map_err(|e| Error::io("wait for ffmpeg", e))?;
-        if !out.status.success() {
+        if !status.success() {
+            let why = self.stderr_text();
             return Err(Error::new(
                 ErrorCode::Io,
                 format!(
                     "ffmpeg could not write {}: {}",
                     self.path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
+                    why.trim()
                 ),
             ));
         }
         Ok(self.path.clone())
     }
 
+    /// Closes ffmpeg's input (it then exits) and says what it printed.
     fn failed(&mut self, e: std::io::Error) -> Error {
-        let mut why = String::new();
-        if let Some(err) = self.child.as_mut().and_then(|c| c.stderr.as_mut()) {
-            let _ = err.read_to_string(&mut why);
-        }
+        drop(self.mux.take());
+        let _ = self.child.wait();
+        let why = self.stderr_text();
         let what = format!(
             "ffmpeg writing {} to {}",
             self.codec.name(),
             self.path.display()
         );
         Error::io(format!("{what} ({})", why.trim()), e)
+    }
+
+    fn stderr_text(&mut self) -> String {
+        self.stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
     }
 }
 
@@ -500,8 +547,7 @@ impl Drop for Recorder {
         if let Some(mux) = self.mux.take() {
             let _ = mux.finish().map(|mut w| w.flush());
         }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
+        let _ = self.child.wait();
+        self.stderr_text();
     }
 }

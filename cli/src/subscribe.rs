@@ -82,15 +82,14 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     }
 }
 
-/// Whether `key` names a packet stream, waiting up to `wait` for it to
-/// appear (a frame stream, or none at all, is read as frames).
-fn is_packet_stream(key: &str, wait: Duration) -> bool {
+/// The stream at `key`, waiting up to `wait` for it to appear.
+fn probe(key: &str, wait: Duration) -> Option<cuframes::StreamStatus> {
     let deadline = Instant::now() + wait;
     loop {
         match cuframes::stream_status(key) {
-            Ok(s) => return s.info.content == cuframes::Content::Packets,
+            Ok(s) => return Some(s),
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Err(_) => return false,
+            Err(_) => return None,
         }
     }
 }
@@ -138,21 +137,16 @@ impl Taken {
 }
 
 impl Source {
-    fn open(args: &Args, name: &str, options: &SubscriberOptions) -> Result<Self> {
-        // A stream in GPU memory is read with the CUDA backend, asked for
-        // or not: wait (within the connect timeout) for the stream to say
-        // where its frames live.
-        let deadline = Instant::now() + options.connect_timeout;
-        let on_gpu = args.cuda
-            || loop {
-                match cuframes::stream_status(&args.key) {
-                    Ok(s) => break s.info.memory != MemoryKind::Host,
-                    Err(_) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    Err(_) => break false,
-                }
-            };
+    /// Connects; `on_gpu` is what a probe found (`None`: no stream yet).
+    /// A stream in GPU memory is read with the CUDA backend, asked for or
+    /// not.
+    fn open(
+        args: &Args,
+        name: &str,
+        options: &SubscriberOptions,
+        on_gpu: Option<bool>,
+    ) -> Result<Self> {
+        let on_gpu = args.cuda || on_gpu.unwrap_or(false);
         if !on_gpu {
             let mut sub = ReconnectingSubscriber::new(&args.key, name, mode(args), options.clone());
             sub.ensure_connected(options.connect_timeout)?;
@@ -230,10 +224,27 @@ pub fn run(args: Args) -> Result<()> {
         allow_other_owner: args.allow_other_owner,
         ..Default::default()
     };
-    if args.record.is_some() || is_packet_stream(&args.key, options.connect_timeout) {
-        return crate::encoded::subscribe(&args, &name, &stop);
+    // One wait for the stream serves the probe and the connect: a missing
+    // stream costs one connect timeout (a reconnecting reader waits on).
+    let started = Instant::now();
+    let status = probe(&args.key, options.connect_timeout);
+    let packets = status
+        .as_ref()
+        .is_some_and(|s| s.info.content == cuframes::Content::Packets);
+    let mut options = options;
+    if !args.reconnect {
+        options.connect_timeout = options.connect_timeout.saturating_sub(started.elapsed());
     }
-    let mut sub = Source::open(&args, &name, &options)?;
+    if args.record.is_some() || packets {
+        if args.reconnect {
+            return Err(crate::invalid(
+                "--reconnect is for frame streams: a packet subscriber ends when its publisher does",
+            ));
+        }
+        return crate::encoded::subscribe(&args, &name, options, &stop);
+    }
+    let on_gpu = status.map(|s| s.info.memory != MemoryKind::Host);
+    let mut sub = Source::open(&args, &name, &options, on_gpu)?;
     let timeout = Duration::from_millis(args.timeout_ms);
     let tty = stdout_is_tty() && !args.report;
     let mut t = Tally::default();

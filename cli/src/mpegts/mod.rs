@@ -23,7 +23,7 @@ mod demux;
 mod mux;
 mod nal;
 
-pub use demux::{Demuxer, EsPacket};
+pub use demux::{DemuxError, Demuxer, EsPacket};
 pub use mux::Muxer;
 pub use nal::{avcc_parameter_sets, length_prefixed_to_annexb, parameter_sets};
 
@@ -93,7 +93,7 @@ mod tests {
     //! comparisons with ffmpeg/ffprobe on real encoder output (skipped only
     //! when `ffmpeg` is not on PATH).
 
-    use super::demux::{DemuxError, PMT_SEARCH_PACKETS};
+    use super::demux::PMT_SEARCH_PACKETS;
     use super::nal::{is_keyframe, nal_type, nal_units};
     use super::*;
     use std::path::{Path, PathBuf};
