@@ -13,7 +13,9 @@
 //!   when a newer keyframe is published while they are still behind it (or
 //!   their next packet was overwritten), they jump to that keyframe. They
 //!   never see a gap inside a group of pictures.
-//! - QUEUE readers are lossless from the newest keyframe at registration on.
+//! - QUEUE readers are lossless from the newest keyframe at registration on
+//!   when the ring still holds it and every packet after it (else from the
+//!   next keyframe); after an eviction they rejoin at the head.
 //!   Under drop-oldest, a reader whose next packet was overwritten skips to
 //!   the next keyframe still in the ring (or waits for one).
 //!
@@ -51,7 +53,9 @@ pub const KEY: u64 = 1 << 0;
 /// Something was lost before this packet at the source (a decoder should
 /// resynchronise).
 pub const DISCONTINUITY: u64 = 1 << 1;
-/// Every flag this protocol version defines.
+/// Every flag this protocol version defines. Other bits are carried as
+/// the publisher set them (a later minor version may define them); readers
+/// must ignore the ones they do not know.
 pub const KNOWN_FLAGS: u64 = KEY | DISCONTINUITY;
 
 /// Largest packet a stream may be configured for (256 MiB).

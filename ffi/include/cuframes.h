@@ -1143,7 +1143,8 @@ void cuframes_packet_publisher_destroy(struct cuframes_packet_publisher_t *publi
 // `CUFRAMES_MODE_NEWEST_ONLY` starts at the newest keyframe and, when a
 // newer group of pictures began while it lags, jumps to its keyframe;
 // `CUFRAMES_MODE_QUEUE` is lossless from the newest keyframe at connect
-// on. `options` may be NULL for the defaults. On success `*out` is the
+// on when the ring still holds it and every packet after it (else from
+// the next keyframe). `options` may be NULL for the defaults. On success `*out` is the
 // new subscriber; on failure NULL.
 //
 // Errors: as `cuframes_subscriber_create`; `INCOMPATIBLE` for a frame

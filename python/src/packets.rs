@@ -441,7 +441,8 @@ impl Described {
 ///
 /// NEWEST_ONLY joins at the newest keyframe and, when it falls behind a
 /// newer keyframe, jumps to it; QUEUE is lossless from the newest keyframe
-/// at connect. Either way the packets handed out decode from the first:
+/// at connect when the ring still holds it and every packet after it
+/// (else from the next keyframe). Either way the packets handed out decode from the first:
 /// it is a keyframe, and so is the packet after any skip.
 ///
 /// Thread-safety as `CuframesSubscriber`: calls that take a packet are
