@@ -395,8 +395,8 @@ pub(crate) unsafe fn put<T>(p: *mut T, v: T) {
     }
 }
 
-/// `len` bytes at `data` (a frame or packet to copy in), or
-/// `InvalidArgument` if `data` is NULL.
+/// `len` bytes at `data` (a frame or packet to copy in): none for NULL
+/// with `len` 0, `InvalidArgument` for NULL with bytes to read.
 ///
 /// # Safety
 /// `data` is NULL or readable for `len` bytes, unchanged for `'a`.
@@ -404,7 +404,12 @@ pub(crate) unsafe fn put<T>(p: *mut T, v: T) {
 // nothing beyond it.
 pub(crate) unsafe fn byte_slice<'a>(data: *const u8, len: usize) -> Result<&'a [u8]> {
     if data.is_null() {
-        return Err(invalid("data is NULL"));
+        // No bytes need no buffer (an empty packet).
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(invalid("data is NULL"))
+        };
     }
     // SAFETY: non-null and readable for `len` bytes per the contract.
     Ok(unsafe { std::slice::from_raw_parts(data, len) })

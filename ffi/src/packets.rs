@@ -1094,6 +1094,15 @@ mod tests {
                 assert!(cuframes_packet_commit_ns(packet) > 0);
                 cuframes_packet_release(packet);
             }
+            // An empty packet needs no buffer; bytes without one are refused.
+            let rc = cuframes_packet_publisher_publish(publisher, null(), 0, &info, &mut seq);
+            assert_eq!((rc, seq), (CUFRAMES_OK, 3));
+            let rc = cuframes_packet_publisher_publish(publisher, null(), 1, &info, &mut seq);
+            assert_eq!(rc, BAD);
+            let rc = cuframes_packet_subscriber_next(subscriber, 1000, &mut packet);
+            assert_eq!(rc, CUFRAMES_OK, "{}", last_error());
+            assert_eq!(cuframes_packet_size(packet), 0);
+            cuframes_packet_release(packet);
             cuframes_packet_subscriber_destroy(subscriber);
             cuframes_packet_publisher_destroy(publisher);
         }
