@@ -74,6 +74,20 @@ esac
 export CUFRAMES_BIN="${CUFRAMES_BIN:-$ROOT/target/release/cuframes}"
 [ -x "$CUFRAMES_BIN" ] || cargo build --release -p cuframes-cli
 
+# python/tests/test_gstreamer.py runs gst-launch-1.0 with the GStreamer
+# plugin (target/debug/libgstcuframes.so; test-all.sh's `cargo test
+# --workspace` has built it already, then this is a no-op). Where GStreamer's
+# development files are missing the test says it was skipped.
+if [ -z "${CUFRAMES_GST_PLUGIN:-}" ] && command -v gst-launch-1.0 >/dev/null 2>&1 \
+   && pkg-config --exists gstreamer-1.0 gstreamer-base-1.0 gstreamer-video-1.0 2>/dev/null; then
+  step "GStreamer plugin for test_gstreamer.py (cargo build -p gst-plugin-cuframes)"
+  if cargo build -q -p gst-plugin-cuframes; then
+    export CUFRAMES_GST_PLUGIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/libgstcuframes.so"
+  else
+    echo "the GStreamer plugin did not build: test_gstreamer.py will look for an older build or skip"
+  fi
+fi
+
 step "pytest against the installed wheel"
 # From the repository root, so the installed wheel (not python/cuframes
 # sources) is what the tests import.
