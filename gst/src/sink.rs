@@ -181,8 +181,8 @@ mod imp {
                         .build(),
                     glib::ParamSpecUInt::builder("wait-subscribers")
                         .nick("Wait for subscribers")
-                        .blurb("Hold the first frame of every stream (each caps) until this many subscribers are connected, so queue-mode readers get it from the start (0: do not wait)")
-                        .maximum(63)
+                        .blurb("Hold the first frame of every stream (each caps) until this many subscribers are connected, so queue-mode readers get it from the start (0: do not wait; at most the ring's 16 subscriber records)")
+                        .maximum(16)
                         .default_value(0)
                         .mutable_ready()
                         .build(),

@@ -105,6 +105,9 @@ struct State {
     last_report: Option<Instant>,
     /// Layout and default-layout info of the current frame stream.
     layout: Option<(FrameLayout, gst_video::VideoInfo)>,
+    /// The max-held the subscription was registered with (lowered at
+    /// connect when the ring has too few slots for the property's).
+    max_held: u32,
 }
 
 /// A held frame or packet as a buffer's memory: released when GStreamer
@@ -387,6 +390,9 @@ mod imp {
                     match self.connect(&settings, &mut state, deadline)? {
                         true => {
                             drop(state);
+                            // The wait for a frame starts now, not when the
+                            // wait for the stream did.
+                            started = Instant::now();
                             if !self.obj().negotiate() {
                                 gst::element_imp_error!(
                                     self,
@@ -606,6 +612,7 @@ mod imp {
         }
 
         fn connected(&self, settings: &Settings, state: &mut State, conn: Conn, max_held: u32) {
+            state.max_held = max_held;
             let key = settings.key.clone().unwrap_or_default();
             let caps = match &conn {
                 Conn::Frames(s) => {
@@ -730,7 +737,9 @@ mod imp {
             item: Item,
             _settings: &Settings,
         ) -> Result<gst::Buffer, gst::FlowError> {
-            let max_held = self.settings().max_held.max(1) as usize;
+            // What the subscription may really hold, not the property: it
+            // may have been lowered at connect.
+            let max_held = state.max_held.max(1) as usize;
             let zero_copy_ok = self.live.load(Ordering::Acquire) + 1 < max_held;
             let mut buffer = match item {
                 Item::Frame(frame) => {
@@ -805,7 +814,9 @@ mod imp {
                     };
                     b.set_dts(mapped_dts);
                     b.set_pts(shift(pts));
-                    if dur > 0 {
+                    // u64::MAX is GStreamer's "none" (a publisher copying
+                    // GST_BUFFER_DURATION may send it): no duration.
+                    if dur > 0 && dur != u64::MAX {
                         b.set_duration(gst::ClockTime::from_nseconds(dur));
                     }
                     if !key {
