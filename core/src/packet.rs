@@ -4,8 +4,9 @@
 //! A packet ring is a frame ring whose slots hold variable-size packets (up
 //! to `layout.slot_bytes`) and whose slot headers carry [`PacketMeta`]. The
 //! leases, the reclaim of dead holders and the lossless policies are the
-//! frame ring's, unchanged; what differs is which packet a reader may take
-//! next. A decoder can start only at a keyframe and cannot skip a packet
+//! frame ring's; what differs is which packet a reader may take next (and a
+//! pin/loan handshake for lossless readers that start behind the head, see
+//! `docs/protocol.md`). A decoder can start only at a keyframe and cannot skip a packet
 //! after it, so a packet is handed out only if it is a keyframe or directly
 //! follows the reader's last one:
 //!
@@ -213,8 +214,7 @@ impl Ring<'_> {
             return false;
         }
         (from..=to).all(|seq| {
-            let (s, slot) =
-                unpack(self.index[(seq as usize) & (self.index.len() - 1)].load(Acquire));
+            let (s, slot) = self.indexed(seq);
             s == seq
                 && self.slots.get(slot as usize).is_some_and(|h| {
                     h.lease.load(Acquire) & WRITER == 0 && h.seq.load(Acquire) == seq
@@ -252,8 +252,7 @@ impl Ring<'_> {
                 }
             }
             if last != 0 && next <= head {
-                let (seq, slot) =
-                    unpack(self.index[(next as usize) & (self.index.len() - 1)].load(Acquire));
+                let (seq, slot) = self.indexed(next);
                 if seq == next {
                     if let Some(got) = self.hold_if(slot, next, bit, withdrew, |_| true)? {
                         return Ok(got);

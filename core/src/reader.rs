@@ -318,8 +318,7 @@ impl Ring<'_> {
                     ReadError::WouldBlock
                 });
             }
-            let entry = self.index[(want as usize) & (self.index.len() - 1)].load(Acquire);
-            let (seq, slot) = unpack(entry);
+            let (seq, slot) = self.indexed(want);
             // A packet is taken only where a decoder can go on from.
             let last = rec.last_seq.load(Relaxed);
             let packets = self.is_packets();

@@ -139,6 +139,12 @@ impl<'a> Ring<'a> {
         self.subs
     }
 
+    /// `(seq, slot)` of the index-ring entry for `seq`: the frame with
+    /// that seq if it is still indexed, else whichever reused the entry.
+    pub(crate) fn indexed(&self, seq: u64) -> (u64, u32) {
+        unpack(self.index[(seq as usize) & (self.index.len() - 1)].load(Acquire))
+    }
+
     /// `(seq, slot)` of the newest committed frame (seq 0: none yet).
     pub fn head(&self) -> (u64, u32) {
         unpack(self.ctl.head.load(SeqCst))
