@@ -9,8 +9,16 @@ export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"
 export CUFRAMES_CHAOS_ROUNDS="${CUFRAMES_CHAOS_ROUNDS:-200}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Disk is the scarce resource on a CI machine (a full run once ran out): no
+# incremental caches and line tables only in unoptimised builds keep the
+# whole run's target directory to a few GiB; backtraces keep file:line.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
 
-step() { printf '\n==> %s\n' "$*"; }
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+free_space() { df -h --output=avail "$PWD" 2>/dev/null | tail -1 | tr -d ' '; }
+used_space() { du -sh "$target_dir" 2>/dev/null | cut -f1; }
+step() { printf '\n==> %s   [target %s, disk free %s]\n' "$*" "$(used_space)" "$(free_space)"; }
 
 step "tools"
 # ffmpeg lets the process tests decode a real video file; without it they
@@ -82,6 +90,7 @@ step "Python package: wheel, pytest, mypy --strict"
 
 step "loom models (LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS)"
 RUSTFLAGS="--cfg loom" cargo test -p cuframes-verification --test loom --release --target-dir target/loom
+rm -rf target/loom  # built for this step only
 
 step "miri over the core's unit tests"
 if cargo +nightly miri --version >/dev/null 2>&1 \

@@ -145,6 +145,7 @@ if [ $have_valgrind = 1 ]; then
     -Wl,-rpath,"$target/ffi-valgrind/release" -o "$work/test_packets_vg"
   valgrind -q --trace-children=yes --error-exitcode=99 --leak-check=full \
     --errors-for-leak-kinds=definite --show-leak-kinds=definite "$work/test_packets_vg"
+  rm -rf "$target/ffi-valgrind"  # built for this step only
 else
   echo "valgrind skipped: not installed and it could not be installed here (not root or no apt-get)"
 fi
