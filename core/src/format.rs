@@ -97,7 +97,14 @@ impl PixelFormat {
         Some((width.checked_mul(per_pixel)?, rows, channels))
     }
 
-    fn needs_even_dimensions(self) -> bool {
+    /// Whether width and height must be even (4:2:0 chroma subsampling).
+    ///
+    /// ```
+    /// # use cuframes_core::PixelFormat;
+    /// assert!(PixelFormat::Nv12.needs_even_dimensions());
+    /// assert!(!PixelFormat::Rgb24.needs_even_dimensions());
+    /// ```
+    pub fn needs_even_dimensions(self) -> bool {
         matches!(self, Self::Nv12 | Self::P010)
     }
 }

@@ -224,9 +224,10 @@ impl<'a> Ring<'a> {
         self.ctl.space_waiters.store(0, Relaxed);
     }
 
-    /// Called after freeing space (release, deregistration, reclaim):
-    /// bumps `space`; returns whether the writer is waiting for it.
-    pub(crate) fn bump_space(&self) -> bool {
+    /// Called after freeing space (release, deregistration, reclaim, or a
+    /// writer's own retained slot let go): bumps `space`; returns whether
+    /// the writer is waiting for it (then wake it with [`Wake::Writer`]).
+    pub fn bump_space(&self) -> bool {
         fence(SeqCst);
         if self.ctl.space_waiters.load(Relaxed) != 0 {
             self.ctl.space.fetch_add(1, Release);

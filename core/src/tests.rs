@@ -88,6 +88,36 @@ fn writer_never_touches_held_or_head_slot() {
 }
 
 #[test]
+fn retained_slot_survives_drop_oldest_and_a_reader_holding_the_rest() {
+    let st = Storage::new(4, 1);
+    let ring = st.ring(LosslessPolicy::DropOldest);
+    let mut w = Writer::new(&ring);
+    let sub = Subscription::register(&ring, &req(Mode::Queue, 1)).unwrap();
+    let kept = w.try_loan().unwrap().commit(0, 0).slot;
+    assert_eq!(w.retain_head(), Some(kept));
+    let held = sub.try_read().unwrap(); // seq 1, in the retained slot too
+    for _ in 0..10 {
+        let c = w.try_loan().unwrap().commit(0, 0);
+        assert_ne!(c.slot, kept, "a retained slot is never loaned");
+    }
+    drop(held);
+    let reader = sub.try_read().unwrap(); // holds one more slot
+                                          // Head, retained and the reader's slot: one left, then none.
+    let last = w.try_loan().unwrap();
+    assert_ne!(last.slot(), kept);
+    drop(last);
+    let head = w.try_loan().unwrap().commit(0, 0).slot;
+    let g = w.try_loan().unwrap();
+    assert!(g.slot() != kept && g.slot() != head && g.slot() != reader.slot());
+    g.commit(0, 0);
+    drop(reader);
+    assert_eq!(st.slots[kept as usize].seq.load(sync::Ordering::Relaxed), 1);
+    assert!(w.release_retained());
+    assert!(!w.release_retained());
+    assert_eq!(w.try_loan().unwrap().slot(), kept, "oldest once released");
+}
+
+#[test]
 fn aborted_loan_publishes_nothing_and_hides_old_frame() {
     let st = Storage::new(3, 1);
     let ring = st.ring(LosslessPolicy::Block);

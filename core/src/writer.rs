@@ -53,6 +53,8 @@ pub struct Writer<H: RingRef> {
     next_seq: u64,
     head_slot: Option<u32>,
     pending: Option<u32>,
+    /// A published slot kept out of the picks (see [`Writer::retain_head`]).
+    retained: Option<u32>,
 }
 
 impl<H: RingRef> Writer<H> {
@@ -64,6 +66,7 @@ impl<H: RingRef> Writer<H> {
             next_seq: 1,
             head_slot: None,
             pending: None,
+            retained: None,
         }
     }
 
@@ -220,6 +223,41 @@ impl<H: RingRef> Writer<H> {
         true
     }
 
+    /// Keeps the newest frame's slot out of this writer's picks until
+    /// [`release_retained`](Self::release_retained): the frame stays intact
+    /// (and readable) while newer ones are written elsewhere. For a writer
+    /// whose own process still refers to bytes it published in place, such
+    /// as a media buffer that outlives its hand-off. One slot at a time (a
+    /// second call moves the hold to the new head); `None` before the
+    /// first commit. Writer-local: nothing in shared memory changes.
+    ///
+    /// ```
+    /// # use cuframes_core::*;
+    /// # let ctl = ControlBlock::new();
+    /// # let slots: Vec<SlotHeader> = (0..3).map(|_| SlotHeader::new()).collect();
+    /// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+    /// # let subs: Vec<SubscriberRecord> = (0..1).map(|_| SubscriberRecord::new()).collect();
+    /// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+    /// let mut writer = Writer::new(&ring);
+    /// let kept = writer.try_loan().unwrap().commit(0, 0).slot;
+    /// assert_eq!(writer.retain_head(), Some(kept));
+    /// for _ in 0..5 {
+    ///     assert_ne!(writer.try_loan().unwrap().commit(0, 0).slot, kept);
+    /// }
+    /// assert!(writer.release_retained());
+    /// // Its frame is the oldest now: the next loan takes it.
+    /// assert_eq!(writer.try_loan().unwrap().commit(0, 0).slot, kept);
+    /// ```
+    pub fn retain_head(&mut self) -> Option<u32> {
+        self.retained = self.head_slot;
+        self.retained
+    }
+
+    /// Ends [`retain_head`](Self::retain_head); false if nothing was retained.
+    pub fn release_retained(&mut self) -> bool {
+        self.retained.take().is_some()
+    }
+
     /// Whether [`try_loan`](Self::try_loan) would find a slot now, without
     /// taking it (for waiting loops).
     pub fn poll_loan(&self) -> Result<(), LoanError> {
@@ -274,7 +312,7 @@ impl<H: RingRef> Writer<H> {
         let mut c = Candidates::default();
         for (i, s) in ring.slots.iter().enumerate() {
             let i = i as u32;
-            if Some(i) == self.head_slot {
+            if Some(i) == self.head_slot || Some(i) == self.retained {
                 continue;
             }
             let seq = s.seq.load(Relaxed);

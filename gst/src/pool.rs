@@ -6,19 +6,21 @@
 //! memory, described by a `GstVideoMeta` with the ring's plane offsets and
 //! pitches. Upstream writes the picture straight into the slot; when the
 //! buffer reaches `render`, the sink commits the loan (nothing is copied).
-//! A publisher has one loan at a time, and a committed slot may be
-//! recycled by the ring once nobody reads it, so the pool hands out a loan
-//! only when no other buffer of it is alive (loaned or not); otherwise,
-//! or when upstream cannot honour the ring's strides, it hands out a plain
-//! buffer in system memory with the same layout, which the sink copies.
-//! A loaned buffer freed without being rendered gives its slot back.
+//! A publisher has one loan at a time, so the pool hands out a loan only
+//! when no other buffer of it is alive (loaned or not); otherwise, or when
+//! upstream cannot honour the ring's strides, it hands out a plain buffer
+//! in system memory, which the sink copies. A rendered buffer may outlive
+//! its render (a `tee` branch, a probe, `last-sample`): the sink retains
+//! its slot ([`Publisher::retain_newest`]) until the buffer's memory is
+//! freed, so its bytes never change under whoever still holds it. A loaned
+//! buffer freed without being rendered gives its slot back.
 
 use crate::common::{is_default_layout, meta_planes, CAT};
-use cuframes::{FrameLayout, MappingGuard, PacketPublisher, Publisher};
+use cuframes::{FrameLayout, MappingGuard, PacketPublisher, Publisher, Retention};
 use cuframes_cuda::CudaPublisher;
 use gst::glib;
 use gst::subclass::prelude::*;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// What the sink publishes into.
@@ -40,12 +42,31 @@ pub(crate) struct PendingLoan {
     pub len: usize,
 }
 
+/// What a loaned buffer's memory and the sink share about its slot; never
+/// locked across a wait, so freeing the buffer on any thread is prompt.
+#[derive(Default)]
+pub(crate) struct LoanTicket {
+    /// Set by the render that committed the loan.
+    committed: AtomicBool,
+    /// The committed slot's hold, dropped with the memory.
+    retention: Mutex<Option<Retention>>,
+}
+
+impl LoanTicket {
+    /// The loan was published; `retention` keeps its slot until the
+    /// memory goes.
+    pub fn committed(&self, retention: Option<Retention>) {
+        *self.retention.lock().unwrap_or_else(|e| e.into_inner()) = retention;
+        self.committed.store(true, Ordering::Release);
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct RingState {
     pub target: Target,
     /// Bumped whenever the target is replaced (caps change, stop).
     pub generation: u64,
-    pub pending: Option<PendingLoan>,
+    pub pending: Option<(PendingLoan, Arc<LoanTicket>)>,
 }
 
 impl RingState {
@@ -66,6 +87,10 @@ pub(crate) struct Shared {
     /// Loans handed out by the pool, and plain buffers (statistics).
     pub pool_loans: AtomicU64,
     pub pool_plain: AtomicU64,
+    /// Bumped by the sink's `unlock` (pause, flush, stop) and the pool's
+    /// `flush_start`: a loan waiting in the pool gives up. A count, not a
+    /// flag: `unlock_stop` follows a pause's `unlock` at once.
+    pub interrupts: AtomicU64,
 }
 
 impl Shared {
@@ -80,6 +105,7 @@ struct LoanMemory {
     data: *mut u8,
     len: usize,
     loan: PendingLoan,
+    ticket: Arc<LoanTicket>,
     shared: Arc<Shared>,
     // Keeps the slot mapped even after the publisher is gone.
     _guard: MappingGuard,
@@ -102,18 +128,29 @@ impl AsMut<[u8]> for LoanMemory {
 
 impl Drop for LoanMemory {
     fn drop(&mut self) {
-        let mut st = self.shared.lock();
-        if st.pending == Some(self.loan) {
-            st.pending = None;
-            if let Target::Host(p) = &mut st.target {
-                p.abort_detached();
-            }
-            gst::debug!(
-                CAT,
-                "a loaned buffer was freed without being rendered: slot given back"
+        if self.ticket.committed.load(Ordering::Acquire) {
+            // Published: the slot is the ring's again (the retention wakes
+            // a loan waiting for it, without the ring's lock).
+            drop(
+                self.ticket
+                    .retention
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
             );
+        } else {
+            let mut st = self.shared.lock();
+            if st.pending.as_ref().map(|(l, _)| *l) == Some(self.loan) {
+                st.pending = None;
+                if let Target::Host(p) = &mut st.target {
+                    p.abort_detached();
+                }
+                gst::debug!(
+                    CAT,
+                    "a loaned buffer was freed without being rendered: slot given back"
+                );
+            }
         }
-        drop(st);
         self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -208,7 +245,7 @@ mod imp {
                 .ok_or(gst::FlowError::NotNegotiated)?;
             let buffer = match self.loan(&setup) {
                 Some(b) => b,
-                None => plain(&setup),
+                None => plain(&setup, self.video_meta.load(Ordering::Relaxed)),
             };
             Ok(buffer)
         }
@@ -221,6 +258,12 @@ mod imp {
         }
 
         fn reset_buffer(&self, _buffer: &mut gst::BufferRef) {}
+
+        fn flush_start(&self) {
+            if let Some(setup) = &*self.setup.lock().unwrap_or_else(|e| e.into_inner()) {
+                setup.shared.interrupts.fetch_add(1, Ordering::AcqRel);
+            }
+        }
     }
 
     impl SlotPool {
@@ -252,7 +295,13 @@ mod imp {
             if publisher.layout() != &setup.layout {
                 return None;
             }
-            let lease = match publisher.loan_detached() {
+            // Upstream's thread waits here for a slot (a lossless reader
+            // behind), until a pause, flush or stop interrupts it: then a
+            // plain buffer, which the sink can preroll on.
+            let at = shared.interrupts.load(Ordering::Acquire);
+            let lease = match publisher
+                .loan_detached_unless(|| shared.interrupts.load(Ordering::Acquire) != at)
+            {
                 Ok(l) if !l.data.is_null() => l,
                 Ok(_) => {
                     publisher.abort_detached();
@@ -270,7 +319,8 @@ mod imp {
                 len: lease.len,
             };
             let guard = publisher.mapping_guard();
-            st.pending = Some(loan);
+            let ticket = Arc::new(LoanTicket::default());
+            st.pending = Some((loan, ticket.clone()));
             shared.outstanding.fetch_add(1, Ordering::AcqRel);
             drop(st);
             shared.pool_loans.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +335,7 @@ mod imp {
                 data: lease.data,
                 len: lease.len,
                 loan,
+                ticket,
                 shared: shared.clone(),
                 _guard: guard,
             });
@@ -293,16 +344,25 @@ mod imp {
         }
     }
 
-    /// A buffer in system memory with the ring's layout.
-    fn plain(setup: &PoolSetup) -> gst::Buffer {
+    /// A buffer in system memory: with the ring's layout (and its meta)
+    /// for an upstream that takes `GstVideoMeta`, else GStreamer's default
+    /// layout for the caps, which is all such an upstream can write.
+    fn plain(setup: &PoolSetup, video_meta: bool) -> gst::Buffer {
         let shared = &setup.shared;
         shared.outstanding.fetch_add(1, Ordering::AcqRel);
         shared.pool_plain.fetch_add(1, Ordering::Relaxed);
+        let size = if video_meta {
+            setup.layout.slot_bytes as usize
+        } else {
+            setup.info.size()
+        };
         let mut buffer = gst::Buffer::from_mut_slice(PlainMemory {
-            bytes: vec![0; setup.layout.slot_bytes as usize],
+            bytes: vec![0; size],
             shared: shared.clone(),
         });
-        add_meta(buffer.get_mut().expect("a new buffer"), setup);
+        if video_meta {
+            add_meta(buffer.get_mut().expect("a new buffer"), setup);
+        }
         buffer
     }
 

@@ -304,6 +304,7 @@ mod imp {
 
         fn unlock(&self) -> Result<(), gst::ErrorMessage> {
             self.unlocked.store(true, Ordering::SeqCst);
+            self.ring.interrupts.fetch_add(1, Ordering::AcqRel);
             Ok(())
         }
 
@@ -317,8 +318,15 @@ mod imp {
             if state.caps.as_ref() == Some(caps) {
                 return Ok(());
             }
-            let stream =
-                parse_caps(caps).map_err(|m| gst::loggable_error!(CAT, "caps {caps}: {m}"))?;
+            let stream = parse_caps(caps).map_err(|m| {
+                // Said on the bus: not-negotiated alone does not say why.
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Negotiation,
+                    ("cannot publish {caps}: {m}")
+                );
+                gst::loggable_error!(CAT, "caps {caps}: {m}")
+            })?;
             gst::info!(CAT, imp = self, "caps {caps}: (re)creating the stream");
             // A new stream (new epoch) for new caps: subscribers see the
             // old one close and a new publisher start.
@@ -395,7 +403,9 @@ mod imp {
             let size = layout.slot_bytes as u32;
             let mut config = pool.config();
             config.set_params(Some(&caps), size, 0, 0);
-            config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str());
+            // The video-meta option is upstream's to set (it says it honours
+            // the ring's strides); an upstream that does not gets buffers in
+            // GStreamer's default layout.
             if pool.set_config(config).is_err() {
                 return Err(gst::loggable_error!(
                     CAT,
@@ -532,8 +542,9 @@ mod imp {
                     state.waited = true;
                     return Ok(());
                 }
-                if self.unlocked.load(Ordering::SeqCst) {
-                    return Err(gst::FlowError::Flushing);
+                if self.is_unlocked() {
+                    self.wait_unlocked()?;
+                    continue;
                 }
                 if !logged {
                     gst::info!(
@@ -557,11 +568,27 @@ mod imp {
             };
             let info = info.clone();
             self.wait_for_subscribers(state)?;
+            loop {
+                match self.publish_raw(state, buffer, &info)? {
+                    Some(done) => return Ok(done),
+                    None => self.wait_unlocked()?,
+                }
+            }
+        }
+
+        /// One attempt to publish a raw frame; `None` when `unlock` cut
+        /// the wait for a slot short.
+        fn publish_raw(
+            &self,
+            state: &mut State,
+            buffer: &gst::Buffer,
+            info: &gst_video::VideoInfo,
+        ) -> Result<Option<gst::FlowSuccess>, gst::FlowError> {
             let pts = pts_ns(buffer);
             let mut ring = self.ring.lock();
             let ring = &mut *ring;
             // A buffer of the pool over the pending loan: commit it in place.
-            if let Some(loan) = ring.pending {
+            if let Some((loan, ticket)) = ring.pending.clone() {
                 let ours = loan.generation == ring.generation
                     && buffer.n_memory() == 1
                     && buffer
@@ -573,23 +600,29 @@ mod imp {
                         return Err(gst::FlowError::Error);
                     };
                     ring.pending = None;
-                    return match p.commit_detached(pts) {
-                        Ok(seq) => {
-                            gst::trace!(
-                                CAT,
-                                imp = self,
-                                "zero copy: committed the loaned slot as seq {seq}"
-                            );
-                            self.zero_copy.fetch_add(1, Ordering::Relaxed);
-                            self.note_mode(
-                                state,
-                                true,
-                                "upstream wrote into the ring's slot (the sink's pool)",
-                            );
-                            Ok(gst::FlowSuccess::Ok)
-                        }
-                        Err(e) => Err(self.fail(&e)),
-                    };
+                    let seq = p.commit_detached(pts).map_err(|e| self.fail(&e))?;
+                    // The buffer may outlive this render (tee, probe,
+                    // last-sample): its slot stays as published until its
+                    // memory is freed.
+                    let retention = p
+                        .retain_newest()
+                        .inspect_err(|e| {
+                            gst::warning!(CAT, imp = self, "slot not retained: {}", describe(e))
+                        })
+                        .ok();
+                    ticket.committed(retention);
+                    gst::trace!(
+                        CAT,
+                        imp = self,
+                        "zero copy: committed the loaned slot as seq {seq}"
+                    );
+                    self.zero_copy.fetch_add(1, Ordering::Relaxed);
+                    self.note_mode(
+                        state,
+                        true,
+                        "upstream wrote into the ring's slot (the sink's pool)",
+                    );
+                    return Ok(Some(gst::FlowSuccess::Ok));
                 }
                 // The single loan belongs to a buffer still upstream.
                 gst::warning!(
@@ -598,19 +631,19 @@ mod imp {
                     "buffer dropped: the ring's loan is held by a pool buffer not rendered yet"
                 );
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                return Ok(gst::FlowSuccess::Ok);
+                return Ok(Some(gst::FlowSuccess::Ok));
             }
-            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), &info)
+            let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer.as_ref(), info)
                 .map_err(|_| {
-                    gst::element_imp_error!(
-                        self,
-                        gst::StreamError::Format,
-                        ("buffer does not match the caps {info:?}")
-                    );
-                    gst::FlowError::Error
-                })?;
+                gst::element_imp_error!(
+                    self,
+                    gst::StreamError::Format,
+                    ("buffer does not match the caps {info:?}")
+                );
+                gst::FlowError::Error
+            })?;
             let result = match &mut ring.target {
-                Target::Host(p) => copy_into_loan(p, &frame, pts),
+                Target::Host(p) => copy_into_loan(p, &frame, pts, &|| self.is_unlocked()),
                 Target::Cuda(p) => {
                     let packed = pack(&frame, p.layout());
                     p.publish_from_host(&packed, pts)
@@ -627,11 +660,12 @@ mod imp {
                         "buffer not written in a slot (not from the sink's pool, or a plain buffer of it while another was out): copied into a slot"
                     };
                     self.note_mode(state, false, reason);
-                    Ok(gst::FlowSuccess::Ok)
+                    Ok(Some(gst::FlowSuccess::Ok))
                 }
+                Err(e) if self.interrupted(&e) => Ok(None),
                 Err(e) if e.code() == ErrorCode::Timeout => {
                     self.drop_buffer(&e);
-                    Ok(gst::FlowSuccess::Ok)
+                    Ok(Some(gst::FlowSuccess::Ok))
                 }
                 Err(e) => Err(self.fail(&e)),
             }
@@ -700,7 +734,20 @@ mod imp {
             let Target::Packets(p) = &mut ring.target else {
                 return Err(gst::FlowError::NotNegotiated);
             };
-            match p.publish(&map, &meta) {
+            let mut published = p.publish_unless(&map, &meta, || self.is_unlocked());
+            while matches!(&published, Err(e) if self.interrupted(e)) {
+                drop(ring);
+                self.wait_unlocked()?;
+                ring = self.ring.lock();
+                let Target::Packets(p) = &mut ring.target else {
+                    return Err(gst::FlowError::NotNegotiated);
+                };
+                published = p.publish_unless(&map, &meta, || self.is_unlocked());
+            }
+            let Target::Packets(p) = &mut ring.target else {
+                return Err(gst::FlowError::NotNegotiated);
+            };
+            match published {
                 Ok(seq) => {
                     gst::trace!(
                         CAT,
@@ -733,6 +780,27 @@ mod imp {
                 }
                 Err(e) => Err(self.fail(&e)),
             }
+        }
+
+        fn is_unlocked(&self) -> bool {
+            self.unlocked.load(Ordering::SeqCst)
+        }
+
+        /// Whether `e` is a wait for a slot that `unlock` cut short.
+        fn interrupted(&self, e: &cuframes::Error) -> bool {
+            e.code() == ErrorCode::WouldBlock && self.is_unlocked()
+        }
+
+        /// After `unlock` interrupted a wait in `render`: waits as a
+        /// paused sink must (flushing: `Flushing`; playing again: `Ok`, and
+        /// the caller tries again).
+        fn wait_unlocked(&self) -> Result<(), gst::FlowError> {
+            self.obj().wait_preroll()?;
+            if self.is_unlocked() {
+                // Not yet cleared by unlock_stop: do not spin.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
         }
 
         /// Logs, and posts a `cuframessink-mode` element message, when
@@ -813,9 +881,10 @@ mod imp {
         p: &mut Publisher,
         frame: &gst_video::VideoFrameRef<&gst::BufferRef>,
         pts: i64,
+        stop: &dyn Fn() -> bool,
     ) -> cuframes::Result<u64> {
         let layout = *p.layout();
-        let lease = p.loan_detached()?;
+        let lease = p.loan_detached_unless(stop)?;
         if lease.data.is_null() || lease.len < layout.slot_bytes as usize {
             p.abort_detached();
             return Err(cuframes::Error::new(
@@ -897,8 +966,14 @@ mod imp {
         let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| e.to_string())?;
         let format = common::to_cuframes(info.format())
             .ok_or_else(|| format!("format {} is not one cuframes carries", info.format()))?;
-        FrameLayout::new(format, info.width(), info.height(), 64)
-            .map_err(|e| format!("{}x{}: {e}", info.width(), info.height()))?;
+        let (w, h) = (info.width(), info.height());
+        if format.needs_even_dimensions() && (w % 2 != 0 || h % 2 != 0) {
+            return Err(format!(
+                "{} needs an even width and height (4:2:0 chroma), not {w}x{h}",
+                format.name()
+            ));
+        }
+        FrameLayout::new(format, w, h, 64).map_err(|e| format!("{w}x{h}: {e}"))?;
         Ok(Stream::Raw { info, format })
     }
 }

@@ -277,3 +277,303 @@ fn sink_without_key_fails_to_start() {
     assert!(p.set_state(gst::State::Playing).is_err());
     p.set_state(gst::State::Null).unwrap();
 }
+
+/// Starts a pipeline and returns it with its bus; panics on a parse error.
+fn start(desc: &str) -> (gst::Pipeline, gst::Bus) {
+    let pipeline = gst::parse::launch(desc)
+        .expect("pipeline parses")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).expect("playing");
+    (pipeline, bus)
+}
+
+/// Waits for EOS; false on an error message or after `limit`.
+fn reaches_eos(bus: &gst::Bus, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+            break;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => return true,
+            gst::MessageView::Error(e) => {
+                eprintln!("error: {} ({:?})", e.error(), e.debug());
+                return false;
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// A buffer upstream keeps after the sink rendered it in place (as a tee
+/// branch, a probe or last-sample would) is not overwritten by the frames
+/// the ring publishes after it.
+#[test]
+fn a_rendered_buffer_kept_upstream_keeps_its_bytes() {
+    if !init() {
+        return;
+    }
+    let (pipeline, bus) = start(
+        "videotestsrc pattern=ball num-buffers=30 ! video/x-raw,format=GRAY8,width=320,height=240 \
+         ! cuframessink name=sink key=kept slots=3 sync=false",
+    );
+    // Not started yet by the time the probe is in place: the first buffer
+    // cannot have passed (the sink prerolls on it at the earliest).
+    /// The first buffer, and its bytes when it reached the sink.
+    type Kept = Option<(gst::Buffer, Vec<u8>)>;
+    let kept: std::sync::Arc<Mutex<Kept>> = Default::default();
+    let k = kept.clone();
+    pipeline
+        .by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
+                let mut k = k.lock().unwrap();
+                if k.is_none() {
+                    let bytes = b.map_readable().unwrap().to_vec();
+                    *k = Some((b.clone(), bytes));
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    assert!(reaches_eos(&bus, Duration::from_secs(30)));
+    let zero_copy = counter(&pipeline, "sink", "zero-copy-buffers");
+    let copied = counter(&pipeline, "sink", "copied-buffers");
+    {
+        let k = kept.lock().unwrap();
+        let (buffer, then) = k.as_ref().expect("a buffer was kept");
+        let now = buffer.map_readable().unwrap();
+        assert!(
+            now.as_slice() == then.as_slice(),
+            "the kept buffer's bytes changed after {} more frames",
+            zero_copy + copied - 1
+        );
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    // The kept buffer was a slot (zero copy); the others were copied into
+    // the two slots left while it lived.
+    assert_eq!((zero_copy, copied), (1, 29));
+}
+
+/// An upstream that does not take GstVideoMeta gets buffers in
+/// GStreamer's default layout from the sink's pool (at a width whose rows
+/// the ring pads), and what it writes there is published unsheared.
+#[test]
+fn pool_without_video_meta_uses_the_default_layout() {
+    if !init() {
+        return;
+    }
+    let key = "nometa";
+    let (w, h) = (100u32, 6u32);
+    let pipeline = gst::Pipeline::new();
+    let sink = gst::ElementFactory::make("cuframessink")
+        .property("key", key)
+        .property("sync", false)
+        .build()
+        .unwrap();
+    pipeline.add(&sink).unwrap();
+    let src = gst::Pad::builder(gst::PadDirection::Src)
+        .name("src")
+        .build();
+    src.link(&sink.static_pad("sink").unwrap()).unwrap();
+    src.set_active(true).unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::Gray8, w, h)
+        .fps(gst::Fraction::new(30, 1))
+        .build()
+        .unwrap();
+    let caps = info.to_caps().unwrap();
+    assert!(src.push_event(gst::event::StreamStart::new("nometa")));
+    assert!(src.push_event(gst::event::Caps::new(&caps)));
+    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    assert!(src.push_event(gst::event::Segment::new(&segment)));
+    let mut reader =
+        cuframes::Subscriber::connect(key, "check", cuframes::Mode::Queue, Default::default())
+            .unwrap();
+
+    let mut query = gst::query::Allocation::new(Some(&caps), true);
+    assert!(
+        src.peer_query(&mut query),
+        "the sink answers the allocation query"
+    );
+    let pools = query.allocation_pools();
+    let pool = pools[0].0.clone().expect("the sink proposes its pool");
+    let config = pool.config();
+    assert!(
+        !config.has_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str()),
+        "the proposed pool does not claim upstream takes GstVideoMeta"
+    );
+    pool.set_config(config).unwrap();
+    pool.set_active(true).unwrap();
+    let mut buffer = pool.acquire_buffer(None).unwrap();
+    assert_eq!(buffer.size(), info.size(), "default layout, not the ring's");
+    if let Some(meta) = buffer.meta::<gst_video::VideoMeta>() {
+        assert_eq!(meta.stride()[0], info.stride()[0], "default stride");
+    }
+    {
+        // What an upstream ignoring meta writes: rows at the default stride.
+        let stride = info.stride()[0] as usize;
+        let mut map = buffer.get_mut().unwrap().map_writable().unwrap();
+        for r in 0..h as usize {
+            map[r * stride..r * stride + w as usize].fill(r as u8 + 1);
+        }
+    }
+    assert_eq!(src.push(buffer), Ok(gst::FlowSuccess::Ok));
+    let frame = reader.next_frame(Duration::from_secs(5)).unwrap();
+    for r in 0..h as usize {
+        let row = &frame.plane(0)[r * frame.pitch(0) as usize..][..w as usize];
+        assert!(
+            row.iter().all(|&b| b == r as u8 + 1),
+            "row {r} sheared: {row:?}"
+        );
+    }
+    drop(frame);
+    pool.set_active(false).unwrap();
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// A sink waiting for `wait-subscribers` is paused and resumed: upstream
+/// goes on once playing again (the pause does not end its task), and
+/// every frame arrives when a subscriber connects.
+#[test]
+fn pausing_a_sink_that_waits_for_subscribers_resumes() {
+    if !init() {
+        return;
+    }
+    let key = "pausewait";
+    let (pipeline, bus) = start(&format!(
+        "videotestsrc num-buffers=20 ! video/x-raw,format=GRAY8,width=64,height=64 \
+         ! cuframessink key={key} wait-subscribers=1 sync=false"
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    pipeline.set_state(gst::State::Paused).unwrap();
+    let (r, _, _) = pipeline.state(gst::ClockTime::from_seconds(5));
+    assert!(r.is_ok(), "paused while waiting");
+    let mut reader =
+        cuframes::Subscriber::connect(key, "late", cuframes::Mode::Queue, Default::default())
+            .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < 20 {
+        match reader.next_frame(Duration::from_secs(5)) {
+            Ok(f) => seqs.push(f.seq()),
+            Err(e) => panic!("after {} frames: {e}", seqs.len()),
+        }
+    }
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
+    assert!(reaches_eos(&bus, Duration::from_secs(10)));
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// A sink blocked on a lossless subscriber that reads nothing (policy
+/// block, a minute's block-timeout) pauses and stops at once, and after a
+/// pause goes on where it was once the subscriber reads.
+#[test]
+fn a_sink_blocked_on_a_slow_subscriber_pauses_and_stops_promptly() {
+    if !init() {
+        return;
+    }
+    let key = "blocked";
+    let (pipeline, bus) = start(&format!(
+        "videotestsrc num-buffers=30 ! video/x-raw,format=GRAY8,width=64,height=64 \
+         ! cuframessink name=sink key={key} slots=4 policy=block block-timeout=60000 \
+           wait-subscribers=1 sync=false"
+    ));
+    let start_wait = Instant::now();
+    let mut reader = loop {
+        match cuframes::Subscriber::connect(key, "slow", cuframes::Mode::Queue, Default::default())
+        {
+            Ok(r) => break r,
+            Err(_) if start_wait.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("no stream: {e}"),
+        }
+    };
+    // The ring fills; the sink waits for the reader.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Paused).unwrap();
+    let (r, _, _) = pipeline.state(gst::ClockTime::from_seconds(5));
+    assert!(r.is_ok(), "paused");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "pause took {:?}",
+        t.elapsed()
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut seqs = Vec::new();
+    for _ in 0..10 {
+        seqs.push(reader.next_frame(Duration::from_secs(5)).unwrap().seq());
+    }
+    assert_eq!(
+        seqs,
+        (1..=10).collect::<Vec<u64>>(),
+        "lossless across the pause"
+    );
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    drop(bus);
+    assert_eq!(counter(&pipeline, "sink", "dropped-buffers"), 0);
+}
+
+/// NV12 at an odd size cannot be carried: the sink says why on the bus.
+#[test]
+fn odd_nv12_size_is_an_error_with_a_reason() {
+    if !init() {
+        return;
+    }
+    let (pipeline, bus) = start(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=NV12,width=101,height=100 \
+         ! cuframessink key=oddsize",
+    );
+    let mut said = String::new();
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(10)) {
+        match msg.view() {
+            gst::MessageView::Error(e) => {
+                said.push_str(&format!("{} {:?}\n", e.error(), e.debug()));
+                if said.contains("even") {
+                    break;
+                }
+            }
+            gst::MessageView::Eos(_) => break,
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(
+        said.to_lowercase()
+            .contains("nv12 needs an even width and height")
+            && said.contains("101x100"),
+        "errors on the bus: {said}"
+    );
+}
+
+/// `wait-subscribers` cannot ask for more subscribers than a ring has
+/// records (16): the property's range says so.
+#[test]
+fn wait_subscribers_is_bounded_by_the_subscriber_records() {
+    if !init() {
+        return;
+    }
+    let sink = gst::ElementFactory::make("cuframessink").build().unwrap();
+    let spec = sink
+        .find_property("wait-subscribers")
+        .unwrap()
+        .downcast::<gst::glib::ParamSpecUInt>()
+        .unwrap();
+    assert_eq!(
+        spec.maximum(),
+        cuframes::PublisherOptions::default().subscriber_capacity
+    );
+}

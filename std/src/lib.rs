@@ -49,7 +49,9 @@ pub use cuframes_core::{
 pub use error::{Error, Result};
 pub use key::{shm_dir, validate_key, MAX_KEY_LEN};
 pub use packets::{Packet, PacketLease, PacketPublisher, PacketStream, PacketSubscriber};
-pub use publisher::{DetachedLease, MappingGuard, Publisher, PublisherOptions, WriteLease};
+pub use publisher::{
+    DetachedLease, MappingGuard, Publisher, PublisherOptions, Retention, WriteLease,
+};
 pub use reconnect::ReconnectingSubscriber;
 pub use streams::{list_streams, stream_status, StreamStatus};
 pub use subscriber::{Frame, Frames, Monitor, Subscriber, SubscriberOptions, SubscriberStats};

@@ -144,8 +144,20 @@ impl PacketPublisher {
     /// [`Publisher::loan`] does. A packet larger than the stream's maximum
     /// is `InvalidArgument`, and nothing is published.
     pub fn publish(&mut self, data: &[u8], meta: &PacketMeta) -> Result<u64> {
+        self.publish_unless(data, meta, || false)
+    }
+
+    /// [`publish`](Self::publish) whose wait for a slot gives up with
+    /// `WouldBlock` once `stop()` turns true (see
+    /// [`Publisher::loan_detached_unless`]); nothing is published then.
+    pub fn publish_unless(
+        &mut self,
+        data: &[u8],
+        meta: &PacketMeta,
+        stop: impl Fn() -> bool,
+    ) -> Result<u64> {
         self.check_len(data.len() as u64)?;
-        let lease = self.inner.loan_detached()?;
+        let lease = self.inner.loan_detached_unless(stop)?;
         // SAFETY: the detached loan gives us `lease.len` (= max_packet >=
         // data.len(), checked above) writable bytes until commit or abort;
         // `data` is a separate buffer of ours.

@@ -95,6 +95,8 @@ pub struct Publisher {
     keeper: Option<JoinHandle<()>>,
     /// `.cuframes.<key>.lock`, flocked for the publisher's life.
     lock: (File, std::path::PathBuf),
+    /// Set by the [`Retention`] of the retained slot once it is dropped.
+    retention: Option<Arc<AtomicBool>>,
 }
 
 impl Publisher {
@@ -212,6 +214,7 @@ impl Publisher {
             forks: sys::fork_generation(),
             keeper: Some(keeper),
             lock,
+            retention: None,
         })
     }
 
@@ -265,7 +268,7 @@ impl Publisher {
     /// held or (policy `Block`) still needed by a lossless subscriber.
     pub fn loan(&mut self) -> Result<WriteLease<'_>> {
         self.require_host()?;
-        let slot = self.loan_slot()?;
+        let slot = self.loan_slot(&|| false)?;
         let shared = self.writer.handle().clone();
         let grant = self.writer.grant_pending().expect("the slot just loaned");
         debug_assert_eq!(grant.slot(), slot);
@@ -275,10 +278,10 @@ impl Publisher {
     /// Waits for a slot and takes it, as a pending loan of the writer. A
     /// slot seen free can be lost to a reader's momentary probe before the
     /// writer takes it: then it waits again, within the same deadline.
-    pub(crate) fn loan_slot(&mut self) -> Result<u32> {
+    pub(crate) fn loan_slot(&mut self, stop: &dyn Fn() -> bool) -> Result<u32> {
         let deadline = Instant::now() + self.block_timeout;
         loop {
-            self.wait_for_slot(deadline)?;
+            self.wait_for_slot(deadline, stop)?;
             match self.writer.begin() {
                 Ok(slot) => return Ok(slot),
                 Err(e) => loan_error(e)?,
@@ -306,10 +309,38 @@ impl Publisher {
     /// assert!(p.commit_detached(0).is_err());
     /// ```
     pub fn loan_detached(&mut self) -> Result<DetachedLease> {
+        self.loan_detached_unless(|| false)
+    }
+
+    /// [`loan_detached`](Self::loan_detached) that gives up with
+    /// `WouldBlock` when `stop()` turns true while it waits for a slot
+    /// (polled at least every 50 ms): lets a media framework's flush or
+    /// state change interrupt a loan blocked by a slow subscriber.
+    ///
+    /// ```
+    /// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+    /// use cuframes::*;
+    /// use std::time::Duration;
+    /// let layout = FrameLayout::new(PixelFormat::Gray8, 16, 16, 64).unwrap();
+    /// let options = PublisherOptions { slot_count: 3, block_timeout: Duration::from_secs(60), ..Default::default() };
+    /// let mut p = Publisher::create("doc-detached-unless", layout, options).unwrap();
+    /// let mut s = Subscriber::connect("doc-detached-unless", "s", Mode::NewestOnly, Default::default()).unwrap();
+    /// p.publish_from(&[0; 256], 0).unwrap();
+    /// let held = s.next_frame(Duration::from_secs(1)).unwrap();
+    /// p.publish_from(&[1; 256], 0).unwrap();
+    /// let kept = p.retain_newest().unwrap();
+    /// p.publish_from(&[2; 256], 0).unwrap();
+    /// // Held, retained, head: no slot is free, and this loan would wait a minute.
+    /// let e = p.loan_detached_unless(|| true).unwrap_err();
+    /// assert_eq!(e.code(), ErrorCode::WouldBlock);
+    /// drop(held);
+    /// assert!(p.loan_detached_unless(|| true).is_ok(), "a free slot is taken without waiting");
+    /// ```
+    pub fn loan_detached_unless(&mut self, stop: impl Fn() -> bool) -> Result<DetachedLease> {
         if self.writer.pending().is_some() {
             loan_error(LoanError::Pending)?;
         }
-        let slot = self.loan_slot()?;
+        let slot = self.loan_slot(&stop)?;
         let shared = self.writer.handle();
         Ok(DetachedLease {
             seq: self.writer.next_seq(),
@@ -332,15 +363,73 @@ impl Publisher {
         self.writer.abort_pending()
     }
 
+    /// Keeps the newest frame's slot from being reused by this publisher
+    /// until the returned [`Retention`] is dropped (from any thread): for
+    /// bytes published in place that something in this process still
+    /// reads, such as a GStreamer buffer that outlives its render. The
+    /// frame stays readable by subscribers as usual. One retention at a
+    /// time (`Capacity` while one is alive); it costs the ring one slot
+    /// while it lasts. `InvalidArgument` before the first commit.
+    ///
+    /// ```
+    /// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+    /// use cuframes::*;
+    /// let layout = FrameLayout::new(PixelFormat::Gray8, 16, 16, 64).unwrap();
+    /// let options = PublisherOptions { slot_count: 3, ..Default::default() };
+    /// let mut p = Publisher::create("doc-retain", layout, options).unwrap();
+    /// p.publish_from(&[7; 256], 0).unwrap();
+    /// let kept = p.retain_newest().unwrap();
+    /// for i in 0..10 {
+    ///     p.publish_from(&[i; 256], 0).unwrap(); // written around the kept slot
+    /// }
+    /// assert_eq!(p.retain_newest().unwrap_err().code(), ErrorCode::Capacity);
+    /// drop(kept); // any thread; the slot is the ring's again
+    /// p.publish_from(&[0; 256], 0).unwrap();
+    /// ```
+    pub fn retain_newest(&mut self) -> Result<Retention> {
+        self.apply_released();
+        if self.retention.is_some() {
+            return Err(Error::new(
+                ErrorCode::Capacity,
+                "a slot is retained already (drop its Retention first)",
+            ));
+        }
+        if self.writer.retain_head().is_none() {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "nothing published yet",
+            ));
+        }
+        let released = Arc::new(AtomicBool::new(false));
+        self.retention = Some(released.clone());
+        Ok(Retention {
+            released,
+            shared: self.writer.handle().clone(),
+        })
+    }
+
+    /// Lets go of the retained slot once its [`Retention`] was dropped.
+    fn apply_released(&mut self) {
+        if self
+            .retention
+            .as_ref()
+            .is_some_and(|r| r.load(Ordering::Acquire))
+        {
+            self.retention = None;
+            self.writer.release_retained();
+        }
+    }
+
     /// Waits until a loan would succeed, sweeping dead subscribers while it
     /// waits. At the deadline, lossless subscribers that still hold the
     /// writer back are evicted (if so configured); otherwise, or if
     /// subscribers hold every slot, `Timeout`.
-    fn wait_for_slot(&mut self, deadline: Instant) -> Result<()> {
+    fn wait_for_slot(&mut self, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<()> {
         self.check_intact()?;
         let shared = self.writer.handle().clone();
         let ring = shared.ring();
         loop {
+            self.apply_released();
             match self.writer.poll_loan() {
                 Ok(()) => return Ok(()),
                 Err(e) => loan_error(e)?,
@@ -357,6 +446,12 @@ impl Publisher {
                     continue;
                 }
             }
+            if stop() {
+                return Err(Error::new(
+                    ErrorCode::WouldBlock,
+                    "the wait for a slot was interrupted",
+                ));
+            }
             if now >= deadline {
                 self.check_intact()?;
                 let why = match self.writer.poll_loan() {
@@ -369,6 +464,9 @@ impl Publisher {
                 return Err(Error::new(ErrorCode::Timeout, why));
             }
             let seen = ring.begin_wait_space();
+            // After the announce: a Retention dropped from here on bumps
+            // `space`, so the futex wait below returns.
+            self.apply_released();
             if self.writer.poll_loan().is_err() {
                 let nap = (deadline - now).min(Duration::from_millis(50));
                 sys::futex_wait(&ring.control().space, seen, nap);
@@ -394,6 +492,7 @@ impl Publisher {
     pub fn try_loan(&mut self) -> Result<Option<WriteLease<'_>>> {
         self.require_host()?;
         self.check_intact()?;
+        self.apply_released();
         let shared = self.writer.handle().clone();
         match self.writer.try_loan() {
             Ok(grant) => Ok(Some(WriteLease::new(grant, shared))),
@@ -647,6 +746,33 @@ fn smooth(average: f64, sample: f64) -> f64 {
         sample
     } else {
         0.5 * average + 0.5 * sample
+    }
+}
+
+/// A publisher's hold on its newest slot, from
+/// [`Publisher::retain_newest`]; dropping it (on any thread) gives the
+/// slot back to the ring and wakes a loan waiting for one.
+pub struct Retention {
+    released: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Retention {
+    fn drop(&mut self) {
+        // SeqCst store, then bump_space's fence: the writer either sees the
+        // flag after announcing its wait, or gets the bump (see wait_for_slot).
+        self.released.store(true, Ordering::SeqCst);
+        if self.shared.ring().bump_space() {
+            self.shared.wake(cuframes_core::Wake::Writer);
+        }
+    }
+}
+
+impl std::fmt::Debug for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retention")
+            .field("released", &self.released.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
