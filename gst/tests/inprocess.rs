@@ -577,3 +577,140 @@ fn wait_subscribers_is_bounded_by_the_subscriber_records() {
         cuframes::PublisherOptions::default().subscriber_capacity
     );
 }
+
+/// A reader pipeline `cuframessrc <props> ! appsink name=out sync=false`.
+fn reader(props: &str) -> (gst::Pipeline, gst_app::AppSink) {
+    let pipeline = gst::parse::launch(&format!(
+        "cuframessrc name=r {props} ! appsink name=out sync=false"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let out = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, out)
+}
+
+fn gray_publisher(key: &str, slots: u32) -> cuframes::Publisher {
+    let layout = cuframes::FrameLayout::new(cuframes::PixelFormat::Gray8, 64, 4, 64).unwrap();
+    let options = cuframes::PublisherOptions {
+        slot_count: slots,
+        block_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    cuframes::Publisher::create(key, layout, options).unwrap()
+}
+
+/// A cuframessrc whose max-held was lowered at connect (a ring of 3
+/// slots fits one held frame) copies frames once one of its buffers is
+/// alive downstream, instead of stalling on a hold it may not take.
+#[test]
+fn source_holds_no_more_than_it_registered_for() {
+    if !init() {
+        return;
+    }
+    let key = "lowered";
+    let mut p = gray_publisher(key, 3);
+    let (pipeline, out) = reader(&format!("key={key} mode=queue max-held=8"));
+    let start = Instant::now();
+    while p.stats().active().count() == 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let publish = std::thread::spawn(move || {
+        for n in 0..10u8 {
+            p.publish_from(&[n; 256], 0).unwrap();
+        }
+        p
+    });
+    // Every sample is kept: the buffers downstream stay alive.
+    let mut kept = Vec::new();
+    while kept.len() < 10 && start.elapsed() < Duration::from_secs(20) {
+        if let Some(s) = out.try_pull_sample(gst::ClockTime::from_mseconds(200)) {
+            kept.push(s);
+        }
+    }
+    let values: Vec<u8> = kept
+        .iter()
+        .map(|s| s.buffer().unwrap().map_readable().unwrap()[0])
+        .collect();
+    assert_eq!(values, (0..10).collect::<Vec<u8>>());
+    let r = pipeline.by_name("r").unwrap();
+    assert_eq!(r.property::<u64>("zero-copy-buffers"), 0);
+    drop(publish.join().unwrap());
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// `timeout` counts from the connect for the first frame: a stream that
+/// appears late, then sends its first frame within the timeout, is read.
+#[test]
+fn source_timeout_counts_from_the_connect() {
+    if !init() {
+        return;
+    }
+    let key = "latestream";
+    let (pipeline, out) = reader(&format!("key={key} timeout=1500"));
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut p = gray_publisher(key, 4);
+    std::thread::sleep(Duration::from_millis(1000)); // 2 s from the start
+    p.publish_from(&[9; 256], 0).unwrap();
+    let sample = out.try_pull_sample(gst::ClockTime::from_seconds(3));
+    let bus = pipeline.bus().unwrap();
+    let error = bus.pop_filtered(&[gst::MessageType::Error]);
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(error.is_none(), "timed out: {error:?}");
+    let sample = sample.expect("the first frame");
+    assert_eq!(sample.buffer().unwrap().map_readable().unwrap()[0], 9);
+}
+
+/// A packet whose duration is GStreamer's "none" (u64::MAX, as a
+/// publisher copying GST_BUFFER_DURATION sends) leaves the buffer's
+/// duration unset.
+#[test]
+fn packet_duration_none_is_no_duration() {
+    if !init() {
+        return;
+    }
+    let key = "nodur";
+    let stream = cuframes::PacketStream {
+        codec: cuframes::Codec::H264,
+        max_packet: 4096,
+        extradata: vec![
+            0, 0, 0, 1, 0x67, 0x42, 0, 0x1e, 0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80,
+        ],
+        width: 64,
+        height: 64,
+    };
+    let mut p = cuframes::PacketPublisher::create(key, &stream, Default::default()).unwrap();
+    let (pipeline, out) = reader(&format!("key={key} mode=queue"));
+    let start = Instant::now();
+    while p.stats().active().count() == 0 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (n, duration_ns) in [(0i64, u64::MAX), (1, 40_000_000)] {
+        let meta = cuframes::PacketMeta {
+            pts_ns: n * 40_000_000,
+            dts_ns: n * 40_000_000,
+            duration_ns,
+            flags: cuframes::packet::KEY,
+            ..Default::default()
+        };
+        p.publish(&[0, 0, 0, 1, 0x65, 0x88, n as u8], &meta)
+            .unwrap();
+    }
+    let a = out
+        .try_pull_sample(gst::ClockTime::from_seconds(5))
+        .expect("packet 1");
+    let b = out
+        .try_pull_sample(gst::ClockTime::from_seconds(5))
+        .expect("packet 2");
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(a.buffer().unwrap().duration(), None);
+    assert_eq!(
+        b.buffer().unwrap().duration(),
+        Some(gst::ClockTime::from_mseconds(40))
+    );
+}
