@@ -223,6 +223,12 @@ impl PacketPublisher {
     /// Closes the stream: subscribers drain what is left, then get `Closed`.
     pub fn close(self) {}
 
+    /// Ends the stream as if this publisher had died (subscribers get
+    /// `PublisherGone`); see [`Publisher::abandon`].
+    pub fn abandon(self) {
+        self.inner.abandon();
+    }
+
     fn check_len(&self, len: u64) -> Result<()> {
         let max = self.max_packet();
         if len > max {

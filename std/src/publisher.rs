@@ -97,6 +97,8 @@ pub struct Publisher {
     lock: (File, std::path::PathBuf),
     /// Set by the [`Retention`] of the retained slot once it is dropped.
     retention: Option<Arc<AtomicBool>>,
+    /// Ended by [`abandon`](Publisher::abandon): no close on drop.
+    abandoned: bool,
 }
 
 impl Publisher {
@@ -215,6 +217,7 @@ impl Publisher {
             keeper: Some(keeper),
             lock,
             retention: None,
+            abandoned: false,
         })
     }
 
@@ -547,6 +550,26 @@ impl Publisher {
     /// Dropping the publisher does this too.
     pub fn close(self) {}
 
+    /// Ends the stream as if this publisher had died: the key is free
+    /// again and subscribers get `PublisherGone` (not `Closed`), so those
+    /// that reconnect wait for the next publisher. For a relay whose
+    /// source died elsewhere (a bridge whose remote publisher vanished).
+    ///
+    /// ```
+    /// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+    /// use cuframes::*;
+    /// use std::time::Duration;
+    /// let layout = FrameLayout::new(PixelFormat::Gray8, 16, 16, 64).unwrap();
+    /// let p = Publisher::create("doc-abandon", layout, Default::default()).unwrap();
+    /// let mut s = Subscriber::connect("doc-abandon", "s", Mode::Queue, Default::default()).unwrap();
+    /// p.abandon();
+    /// let e = s.next_frame(Duration::from_secs(2)).unwrap_err();
+    /// assert_eq!(e.code(), ErrorCode::PublisherGone);
+    /// ```
+    pub fn abandon(mut self) {
+        self.abandoned = true;
+    }
+
     /// Closes the stream as [`close`](Self::close) does but keeps it
     /// mapped and its records readable until the publisher is dropped: for
     /// the CUDA layer, which must see subscribers let go of device memory
@@ -574,7 +597,9 @@ impl Drop for Publisher {
         if sys::fork_generation() != self.forks {
             return; // the parent's stream, and no keeper thread here
         }
-        self.writer.close();
+        if !self.abandoned {
+            self.writer.close();
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(k) = self.keeper.take() {
             k.thread().unpark();
