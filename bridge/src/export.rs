@@ -87,6 +87,12 @@ pub fn export(opts: &ExportOptions, stop: &AtomicBool) -> Result<ExportStats, Bo
     let mut stats = ExportStats::default();
     let mut buf = Vec::new();
     while !stop.load(Ordering::Relaxed) {
+        // Lossless: read the local stream only once an importer listens,
+        // so it gets the stream from the first frame read.
+        if opts.mode == Mode::Lossless && !data.matching_status().wait()?.matching() {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         let Some(mut source) = connect(&opts.key, opts.mode, stop)? else {
             break;
         };

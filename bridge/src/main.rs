@@ -118,7 +118,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+        // The first signal stops cleanly; a second one (say, while a
+        // client waits for its router) ends the process at once.
+        let registered = signal_hook::flag::register_conditional_shutdown(sig, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, stop.clone()));
+        if let Err(e) = registered {
             eprintln!("error: cannot install a signal handler: {e}");
             return ExitCode::FAILURE;
         }

@@ -53,6 +53,12 @@ impl NetOptions {
         };
         if let Some(mode) = &self.mode {
             set(&mut c, "mode", &serde_json::to_string(mode)?)?;
+            if self.config.is_none() && mode == "client" {
+                // A client waits for its router (at start and after a
+                // restart of it) instead of giving up.
+                set(&mut c, "connect/timeout_ms", "-1")?;
+                set(&mut c, "connect/exit_on_failure", "false")?;
+            }
         }
         if !self.connect.is_empty() {
             set(

@@ -1,0 +1,597 @@
+//! Bridges in separate processes over real Zenoh sessions on 127.0.0.1:
+//! peer to peer and through a router, lossless raw frames byte-exact and in
+//! order, an H.264 packet stream recorded on the far side, kill -9 of the
+//! importer, the exporter and the router, TLS, and what listens where.
+
+use cuframes::{testsrc, FrameLayout, Mode, PixelFormat, Publisher, PublisherOptions, Subscriber};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+/// A private shm directory for this test binary and its children.
+static SHM: LazyLock<PathBuf> = LazyLock::new(|| {
+    let dir = std::env::temp_dir().join(format!("cuframes-bridge-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::env::set_var("CUFRAMES_SHM_DIR", &dir);
+    dir
+});
+
+/// A free TCP port on 127.0.0.1, distinct within this run.
+fn port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed);
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (SIGKILL) when dropped; its stderr goes to a
+/// log file shown when a test fails.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops it with SIGINT and returns what it printed on stdout.
+    fn interrupt(mut self) -> String {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            use std::io::Read;
+            let _ = o.read_to_string(&mut out);
+        }
+        out
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- {} (last lines)", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+fn bridge(tag: &str, args: &[&str]) -> Proc {
+    let log = SHM.join(format!("{tag}-{}.log", port()));
+    let child = Command::new(env!("CARGO_BIN_EXE_cuframes-bridge"))
+        .args(args)
+        .env("CUFRAMES_SHM_DIR", &*SHM)
+        .env("RUST_LOG", "info,zenoh=warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc { child, log }
+}
+
+fn endpoint(port: u16) -> String {
+    format!("tcp/127.0.0.1:{port}")
+}
+
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn active(key: &str) -> usize {
+    cuframes::stream_status(key).map_or(0, |s| s.stats.active().count())
+}
+
+fn layout() -> FrameLayout {
+    FrameLayout::new(PixelFormat::Nv12, 320, 180, 64).unwrap()
+}
+
+/// Publishes stamped test frames into `key` until `stop`, or `count`.
+fn publish(
+    key: &str,
+    count: Option<u64>,
+    fps: u32,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    let key = key.to_owned();
+    let mut p = Publisher::create(
+        &key,
+        layout(),
+        PublisherOptions {
+            slot_count: 8,
+            block_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| n < c) {
+            let mut lease = p.loan().unwrap();
+            let seq = lease.seq();
+            testsrc::fill(&layout(), lease.data_mut(), seq);
+            lease.commit(seq as i64).unwrap();
+            n += 1;
+            if fps > 0 {
+                std::thread::sleep(Duration::from_secs(1) / fps);
+            }
+        }
+        n
+    })
+}
+
+/// The seq a test frame was stamped with, after checking every byte of it.
+fn stamped(frame: &cuframes::Frame) -> u64 {
+    let l = frame.layout();
+    let at = l.planes()[0].offset as usize;
+    let seq = u64::from_le_bytes(frame.data()[at + 8..at + 16].try_into().unwrap());
+    assert_eq!(
+        testsrc::verify(l, frame.data(), seq),
+        Ok(()),
+        "frame stamped {seq} damaged"
+    );
+    seq
+}
+
+/// Lossless, peer to peer: every frame arrives byte-exact and in order.
+#[test]
+fn lossless_raw_frames_arrive_byte_exact_in_order() {
+    LazyLock::force(&SHM);
+    let p = port();
+    // The source exists (no frame yet), the bridge comes up around it.
+    let _exporter = bridge(
+        "exp",
+        &[
+            "export",
+            "--key",
+            "ll-src",
+            "--as",
+            "ll",
+            "--mode",
+            "lossless",
+            "--listen",
+            &endpoint(p),
+        ],
+    );
+    let importer = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "ll",
+            "--key",
+            "ll-dst",
+            "--mode",
+            "lossless",
+            "--connect",
+            &endpoint(p),
+        ],
+    );
+    let frames = 200;
+    let publisher = {
+        // Created now, published into once the exporter reads it and a
+        // reader reads the importer's stream.
+        let mut pub_ = Publisher::create("ll-src", layout(), PublisherOptions::default()).unwrap();
+        std::thread::spawn(move || {
+            assert!(wait_for(Duration::from_secs(20), || active("ll-src") >= 1
+                && active("ll-dst") >= 1));
+            for _ in 0..frames {
+                let mut lease = pub_.loan().unwrap();
+                let seq = lease.seq();
+                testsrc::fill(&layout(), lease.data_mut(), seq);
+                lease.commit(0).unwrap();
+            }
+            pub_
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || cuframes::stream_status(
+            "ll-dst"
+        )
+        .is_ok()),
+        "the importer created its stream"
+    );
+    let mut reader =
+        Subscriber::connect("ll-dst", "reader", Mode::Queue, Default::default()).unwrap();
+    let mut seqs = Vec::new();
+    while seqs.len() < frames as usize {
+        let f = reader
+            .next_frame(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("after {} frames: {e}", seqs.len()));
+        seqs.push(stamped(&f));
+    }
+    assert_eq!(seqs, (1..=frames).collect::<Vec<u64>>());
+    // The source closes: so does the far side, with the same error.
+    drop(publisher.join().unwrap());
+    let e = reader.next_frame(Duration::from_secs(10)).unwrap_err();
+    assert_eq!(e.code(), cuframes::ErrorCode::Closed);
+    let report = importer.interrupt();
+    assert!(report.contains(&format!("imported {frames} ")), "{report}");
+}
+
+/// Through a router: frames keep coming after kill -9 of the importer, of
+/// the exporter and of the router, each restarted.
+#[test]
+fn kill9_of_importer_exporter_and_router_recovers() {
+    LazyLock::force(&SHM);
+    let p = port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish("rk-src", None, 200, stop.clone());
+    let router = || bridge("router", &["router", "--listen", &endpoint(p)]);
+    let exporter = || {
+        bridge(
+            "exp",
+            &[
+                "export",
+                "--key",
+                "rk-src",
+                "--as",
+                "rk",
+                "--zenoh-mode",
+                "client",
+                "--connect",
+                &endpoint(p),
+            ],
+        )
+    };
+    let importer = || {
+        bridge(
+            "imp",
+            &[
+                "import",
+                "--remote",
+                "rk",
+                "--key",
+                "rk-dst",
+                "--zenoh-mode",
+                "client",
+                "--connect",
+                &endpoint(p),
+            ],
+        )
+    };
+    let mut r = router();
+    let mut e = exporter();
+    let mut i = importer();
+    let mut reader = cuframes::ReconnectingSubscriber::new(
+        "rk-dst",
+        "reader",
+        Mode::NewestOnly,
+        Default::default(),
+    );
+    // Frames with stamps newer than `after` arrive (intact) within the limit.
+    let flowing = |what: &str, reader: &mut cuframes::ReconnectingSubscriber| {
+        let mut newer = 0;
+        let mut last = 0;
+        let ok = wait_for(Duration::from_secs(20), || {
+            if let Ok(f) = reader.next_frame(Duration::from_millis(200)) {
+                let s = stamped(&f);
+                if s > last {
+                    newer += 1;
+                    last = s;
+                }
+            }
+            newer >= 10
+        });
+        assert!(ok, "{what}: frames stopped ({newer} arrived)");
+    };
+    flowing("start", &mut reader);
+    i.kill9();
+    i = importer();
+    flowing("importer restarted", &mut reader);
+    e.kill9();
+    e = exporter();
+    flowing("exporter restarted", &mut reader);
+    r.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    r = router();
+    flowing("router restarted", &mut reader);
+    assert!(
+        reader.reconnects() >= 2,
+        "the far side's stream was re-created"
+    );
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+    drop((r, e, i));
+}
+
+/// The exporter's process dies: the importer's stream ends as a dead
+/// publisher's does (`PublisherGone`), not as closed.
+#[test]
+fn exporter_death_is_publisher_gone_on_the_far_side() {
+    LazyLock::force(&SHM);
+    let p = port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish("eg-src", None, 100, stop.clone());
+    let mut e = bridge(
+        "exp",
+        &[
+            "export",
+            "--key",
+            "eg-src",
+            "--as",
+            "eg",
+            "--listen",
+            &endpoint(p),
+        ],
+    );
+    let _i = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "eg",
+            "--key",
+            "eg-dst",
+            "--connect",
+            &endpoint(p),
+        ],
+    );
+    assert!(wait_for(Duration::from_secs(20), || {
+        cuframes::stream_status("eg-dst").is_ok()
+    }));
+    let mut reader =
+        Subscriber::connect("eg-dst", "reader", Mode::NewestOnly, Default::default()).unwrap();
+    reader.next_frame(Duration::from_secs(10)).unwrap();
+    e.kill9();
+    let err = loop {
+        match reader.next_frame(Duration::from_secs(10)) {
+            Ok(_) => continue,
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.code(), cuframes::ErrorCode::PublisherGone, "{err}");
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+}
+
+/// Listening sockets of a process: (address, port) of its TCP listeners,
+/// from /proc.
+fn listeners(pid: u32) -> Vec<(String, u16)> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(String::from)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (f[1], f[3], f[9]);
+            let listening = table.starts_with("udp") || state == "0A";
+            if listening && inodes.iter().any(|i| i == inode) {
+                let (addr, port) = local.split_once(':').unwrap();
+                out.push((addr.to_owned(), u16::from_str_radix(port, 16).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Without a listen flag nothing listens; with one, only there. No
+/// multicast scouting socket either.
+#[test]
+fn nothing_listens_beyond_what_was_asked() {
+    LazyLock::force(&SHM);
+    let p = port();
+    let quiet = bridge(
+        "quiet",
+        &["import", "--remote", "nobody", "--key", "quiet-dst"],
+    );
+    let listening = bridge(
+        "listening",
+        &["export", "--key", "nobody-src", "--listen", &endpoint(p)],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        listeners(quiet.pid()),
+        vec![],
+        "the importer listens nowhere"
+    );
+    let l = listeners(listening.pid());
+    // 127.0.0.1 in /proc's little-endian hex.
+    assert_eq!(
+        l,
+        vec![("0100007F".to_owned(), p)],
+        "only the asked endpoint"
+    );
+}
+
+/// TLS from a Zenoh configuration file: an importer that trusts the
+/// exporter's CA gets frames; one without the CA gets none.
+#[test]
+fn tls_configuration_is_used_and_enforced() {
+    LazyLock::force(&SHM);
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: openssl is not installed (needed to make test certificates)");
+        return;
+    }
+    let dir = SHM.join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    let p = port();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let server = dir.join("server.json5");
+    std::fs::write(
+        &server,
+        format!(
+            r#"{{ mode: "peer", scouting: {{ multicast: {{ enabled: false }} }},
+                 listen: {{ endpoints: ["tls/localhost:{p}"] }},
+                 transport: {{ link: {{ tls: {{ listen_private_key: "{}", listen_certificate: "{}" }} }} }} }}"#,
+            path("server.key"),
+            path("server.crt")
+        ),
+    )
+    .unwrap();
+    let client = |name: &str, ca: Option<&str>| {
+        let file = dir.join(name);
+        let tls = ca.map_or(String::new(), |ca| {
+            format!(r#"transport: {{ link: {{ tls: {{ root_ca_certificate: "{ca}" }} }} }},"#)
+        });
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{ mode: "peer", scouting: {{ multicast: {{ enabled: false }} }}, listen: {{ endpoints: [] }},
+                     {tls} connect: {{ endpoints: ["tls/localhost:{p}"] }} }}"#
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let trusting = client("trusting.json5", Some(&path("ca.crt")));
+    let untrusting = client("untrusting.json5", None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish("tls-src", None, 100, stop.clone());
+    let _e = bridge(
+        "exp",
+        &[
+            "export",
+            "--key",
+            "tls-src",
+            "--as",
+            "tls",
+            "--zenoh-config",
+            server.to_str().unwrap(),
+        ],
+    );
+    let _bad = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "tls",
+            "--key",
+            "tls-untrusted",
+            "--zenoh-config",
+            untrusting.to_str().unwrap(),
+        ],
+    );
+    let _good = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "tls",
+            "--key",
+            "tls-trusted",
+            "--zenoh-config",
+            trusting.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || cuframes::stream_status(
+            "tls-trusted"
+        )
+        .is_ok_and(|s| s.stats.published > 10)),
+        "frames over TLS"
+    );
+    assert!(
+        cuframes::stream_status("tls-untrusted").is_err(),
+        "no frames without the CA"
+    );
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
+}
+
+/// A CA, and a certificate for `localhost` it signed.
+fn certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cuframes test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.crt",
+    ]);
+}
