@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// Carries cuframes streams between hosts over Zenoh.
 #[derive(Parser)]
-#[command(name = "cuframes bridge", version)]
+#[command(name = "cuframes-bridge", bin_name = "cuframes bridge", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -115,7 +115,14 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // As the cuframes CLI: 64 (EX_USAGE) for a bad command line.
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // The first signal stops cleanly; a second one (say, while a
@@ -173,8 +180,13 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            // The exit status is the error code, as for the cuframes CLI;
+            // a network or configuration failure is Io.
+            let code = e
+                .downcast_ref::<cuframes::Error>()
+                .map_or(cuframes::ErrorCode::Io, |e| e.code());
+            eprintln!("error[{}/{}]: {e}", code.name(), code as i32);
+            ExitCode::from(code as u8)
         }
     }
 }

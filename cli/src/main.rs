@@ -7,6 +7,7 @@
 //! table is in `docs/errors.md`.
 
 mod bench;
+mod bridge;
 mod demo;
 mod encoded;
 mod exporter;
@@ -70,6 +71,9 @@ enum Command {
     /// Benchmark handoff latency and throughput against baselines (needs
     /// the `bench` feature: cargo install --path cli --features bench).
     Bench(bench::Args),
+    /// Carry streams between hosts over Zenoh: export, import, router
+    /// (runs the cuframes-bridge program: cargo install --path bridge).
+    Bridge(bridge::Args),
 }
 
 /// Why a command failed: a library error (its code is the exit status) or
@@ -78,7 +82,6 @@ pub(crate) enum Failure {
     /// A cuframes error; the exit status is its code.
     Error(Error),
     /// The subcommand is not in this build; the message says how to get it.
-    #[cfg_attr(feature = "bench", allow(dead_code))]
     Unavailable(String),
 }
 
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Doctor => inspect::doctor().map_err(Failure::from),
         Command::Exporter(a) => exporter::run(a).map_err(Failure::from),
         Command::Bench(a) => bench::run(a),
+        Command::Bridge(a) => bridge::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! Exit statuses of the command line: a command line that does not parse
 //! is 64 (never 2, which is `NotFound`), `--help`/`--version` are 0, a
-//! build without the benchmark harness says how to get it (69), and
+//! build without the benchmark harness or the bridge program says how to
+//! get it (69), and
 //! docs/errors.md lists every status the command can end with.
 
 mod common;
@@ -81,6 +82,36 @@ fn bench_without_the_feature_says_how_to_get_it() {
             "{stderr}"
         );
     }
+}
+
+/// `cuframes bridge` runs the cuframes-bridge program beside it (the
+/// usage errors are then its own, 64 too); a `cuframes` without it says
+/// how to get it (69).
+#[test]
+fn bridge_runs_the_bridge_program_or_says_how_to_get_it() {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cuframes"));
+    if exe.with_file_name("cuframes-bridge").is_file() {
+        let out = run(&["bridge", "export", "--help"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(stdout.contains("Usage: cuframes bridge export"), "{stdout}");
+        assert_eq!(run(&["bridge", "export", "--bogus"]).status.code(), Some(64));
+    } else {
+        eprintln!("cuframes-bridge not built beside cuframes: its run is not checked");
+    }
+    let alone = std::env::temp_dir().join(format!("cuframes-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&alone).unwrap();
+    let copy = alone.join("cuframes");
+    std::fs::copy(&exe, &copy).unwrap();
+    let out = std::process::Command::new(&copy)
+        .args(["bridge", "export", "--key", "k"])
+        .env("PATH", &alone)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&alone);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("cargo install --path bridge"), "{stderr}");
 }
 
 /// The statuses listed in docs/errors.md: the first cell of each table
