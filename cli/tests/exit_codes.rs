@@ -95,7 +95,10 @@ fn bridge_runs_the_bridge_program_or_says_how_to_get_it() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0));
         assert!(stdout.contains("Usage: cuframes bridge export"), "{stdout}");
-        assert_eq!(run(&["bridge", "export", "--bogus"]).status.code(), Some(64));
+        assert_eq!(
+            run(&["bridge", "export", "--bogus"]).status.code(),
+            Some(64)
+        );
     } else {
         eprintln!("cuframes-bridge not built beside cuframes: its run is not checked");
     }
