@@ -595,3 +595,174 @@ fn certificates(dir: &Path) {
         "server.crt",
     ]);
 }
+
+/// The cuframes CLI built beside the bridge (the workspace's bins).
+fn cli() -> Option<PathBuf> {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_cuframes-bridge")).with_file_name("cuframes");
+    exe.is_file().then_some(exe)
+}
+
+fn have_ffmpeg() -> bool {
+    ["ffmpeg", "ffprobe"]
+        .iter()
+        .all(|t| Command::new(t).arg("-version").output().is_ok())
+}
+
+/// An H.264 packet stream (a real file, `cuframes publish --encoded`)
+/// crosses the bridge losslessly: recorded on the far side by `cuframes
+/// subscribe --record`, it decodes without an error. An importer that
+/// joins mid-stream starts its ring at a keyframe.
+#[test]
+fn packet_stream_recorded_on_the_far_side_decodes() {
+    LazyLock::force(&SHM);
+    let (Some(cli), true) = (cli(), have_ffmpeg()) else {
+        eprintln!("skipped: needs ffmpeg and the cuframes CLI built beside the bridge");
+        return;
+    };
+    let dir = SHM.join("packets");
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.mp4");
+    let made = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25:duration=4",
+        ])
+        .args([
+            "-c:v", "libx264", "-g", "25", "-bf", "2", "-pix_fmt", "yuv420p",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let p = port();
+    let _e = bridge(
+        "exp",
+        &[
+            "export",
+            "--key",
+            "pk-src",
+            "--as",
+            "pk",
+            "--mode",
+            "lossless",
+            "--listen",
+            &endpoint(p),
+        ],
+    );
+    let _i = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "pk",
+            "--key",
+            "pk-dst",
+            "--mode",
+            "lossless",
+            "--connect",
+            &endpoint(p),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut publisher = Command::new(&cli)
+        .args([
+            "publish",
+            "--key",
+            "pk-src",
+            "--encoded",
+            "--quiet",
+            "--input",
+        ])
+        .arg(&input)
+        .env("CUFRAMES_SHM_DIR", &*SHM)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(20), || {
+        cuframes::stream_status("pk-dst").is_ok()
+    }));
+    let recording = dir.join("out.mp4");
+    let recorder = Command::new(&cli)
+        .args([
+            "subscribe",
+            "--key",
+            "pk-dst",
+            "--mode",
+            "queue",
+            "--record",
+        ])
+        .arg(&recording)
+        .env("CUFRAMES_SHM_DIR", &*SHM)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A late importer, 1.5 s in: its ring starts at a keyframe.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _late = bridge(
+        "late",
+        &[
+            "import",
+            "--remote",
+            "pk",
+            "--key",
+            "pk-late",
+            "--connect",
+            &endpoint(p),
+        ],
+    );
+    assert!(wait_for(Duration::from_secs(20), || {
+        cuframes::stream_status("pk-late").is_ok()
+    }));
+    let mut late =
+        cuframes::PacketSubscriber::connect("pk-late", "late", Mode::Queue, Default::default())
+            .unwrap();
+    let first = late.next_packet(Duration::from_secs(10)).unwrap();
+    assert!(
+        first.is_key() && first.seq() == 1,
+        "the late ring's first packet (seq {}) is a keyframe: {}",
+        first.seq(),
+        first.is_key()
+    );
+    drop((first, late));
+    assert!(publisher.wait().unwrap().success());
+    // The source closed: the far side's stream closes, the recorder ends.
+    let out = recorder.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "recorder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let decoded = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&recording)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&decoded.stderr);
+    assert!(
+        decoded.status.success() && errors.trim().is_empty(),
+        "decode errors: {errors}"
+    );
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&recording)
+        .output()
+        .unwrap();
+    let frames: u64 = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(frames >= 75, "{frames} of 100 frames recorded");
+}
