@@ -766,3 +766,32 @@ fn packet_stream_recorded_on_the_far_side_decodes() {
         .unwrap_or(0);
     assert!(frames >= 75, "{frames} of 100 frames recorded");
 }
+
+/// The benchmark runs (`--quick`) and measures every row.
+#[test]
+fn bench_measures_every_row() {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_cuframes-bridge"))
+        .with_file_name("examples")
+        .join("bridge-bench");
+    if !exe.is_file() {
+        eprintln!("skipped: the bridge-bench example is not built");
+        return;
+    }
+    let out = Command::new(&exe).arg("--quick").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("local ") || l.starts_with("bridge"))
+        .collect();
+    assert_eq!(rows.len(), 6, "{stdout}");
+    for row in rows {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        let fps: f64 = fields[fields.len() - 6].parse().unwrap();
+        assert!(fps > 0.0, "{row}");
+    }
+}
