@@ -166,7 +166,7 @@ fn connect(key: &str, mode: Mode, stop: &AtomicBool) -> Result<Option<Source>, B
             | ErrorCode::Timeout
             | ErrorCode::PublisherGone
             | ErrorCode::Closed => {}
-            _ => return Err(format!("local stream {key:?}: {e}").into()),
+            _ => return Err(e.into()),
         }
     }
     Ok(None)
