@@ -523,6 +523,7 @@ fn tls_configuration_is_used_and_enforced() {
         .is_ok_and(|s| s.stats.published > 10)),
         "frames over TLS"
     );
+    std::thread::sleep(Duration::from_secs(1));
     assert!(
         cuframes::stream_status("tls-untrusted").is_err(),
         "no frames without the CA"
@@ -794,4 +795,98 @@ fn bench_measures_every_row() {
         let fps: f64 = fields[fields.len() - 6].parse().unwrap();
         assert!(fps > 0.0, "{row}");
     }
+}
+
+/// User and password authentication from a Zenoh configuration file: the
+/// importer with the right password gets frames, one with a wrong
+/// password gets none.
+#[test]
+fn user_password_authentication_is_enforced() {
+    LazyLock::force(&SHM);
+    let dir = SHM.join("usrpwd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("users.txt"),
+        "camera:camera-secret\nanalytics:open-sesame\n",
+    )
+    .unwrap();
+    let p = port();
+    let file = |name: &str, body: String| {
+        let f = dir.join(name);
+        std::fs::write(&f, body).unwrap();
+        f.display().to_string()
+    };
+    let common = r#"mode: "peer", scouting: { multicast: { enabled: false } }"#;
+    let server = file(
+        "server.json5",
+        format!(
+            r#"{{ {common}, listen: {{ endpoints: ["tcp/127.0.0.1:{p}"] }},
+                 transport: {{ auth: {{ usrpwd: {{ user: "camera", password: "camera-secret",
+                   dictionary_file: "{}" }} }} }} }}"#,
+            dir.join("users.txt").display()
+        ),
+    );
+    let client = |name: &str, password: &str| {
+        file(
+            name,
+            format!(
+                r#"{{ {common}, listen: {{ endpoints: [] }}, connect: {{ endpoints: ["tcp/127.0.0.1:{p}"] }},
+                     transport: {{ auth: {{ usrpwd: {{ user: "analytics", password: "{password}" }} }} }} }}"#
+            ),
+        )
+    };
+    let right = client("right.json5", "open-sesame");
+    let wrong = client("wrong.json5", "guess");
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = publish("auth-src", None, 100, stop.clone());
+    let _e = bridge(
+        "exp",
+        &[
+            "export",
+            "--key",
+            "auth-src",
+            "--as",
+            "auth",
+            "--zenoh-config",
+            &server,
+        ],
+    );
+    let _bad = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "auth",
+            "--key",
+            "auth-wrong",
+            "--zenoh-config",
+            &wrong,
+        ],
+    );
+    let _good = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "auth",
+            "--key",
+            "auth-right",
+            "--zenoh-config",
+            &right,
+        ],
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            cuframes::stream_status("auth-right").is_ok_and(|s| s.stats.published > 10)
+        }),
+        "frames with the right password"
+    );
+    // As long again, and more, for the refused one.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        cuframes::stream_status("auth-wrong").is_err(),
+        "no frames with a wrong password"
+    );
+    stop.store(true, Ordering::Relaxed);
+    publisher.join().unwrap();
 }
