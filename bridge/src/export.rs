@@ -129,6 +129,11 @@ pub fn export(opts: &ExportOptions, stop: &AtomicBool) -> Result<ExportStats, Bo
         };
         match ended {
             Some(state) => {
+                // In order with the data: an importer publishes what came
+                // before it, then ends its stream the same way.
+                buf.clear();
+                end_marker(meta.epoch, state).encode(&mut buf);
+                data.put(std::mem::take(&mut buf)).wait()?;
                 meta.state = state;
                 announce(&meta)?;
             }
@@ -136,6 +141,22 @@ pub fn export(opts: &ExportOptions, stop: &AtomicBool) -> Result<ExportStats, Bo
         }
     }
     Ok(stats)
+}
+
+/// The data sample that says a stream ended.
+fn end_marker(epoch: u64, state: State) -> Header {
+    Header {
+        kind: Kind::End,
+        compression: Compression::None,
+        epoch,
+        seq: 0,
+        pts_ns: 0,
+        dts_ns: 0,
+        duration_ns: 0,
+        flags: wire::end_flags(state),
+        len: 0,
+        sent_ns: cuframes::now_ns(),
+    }
 }
 
 /// Waits for the local stream; `None` when stopped first.
@@ -150,15 +171,21 @@ fn connect(key: &str, mode: Mode, stop: &AtomicBool) -> Result<Option<Source>, B
     };
     let name = "bridge-export";
     while !stop.load(Ordering::Relaxed) {
-        let frames = Subscriber::connect(key, name, read, options.clone());
-        let e = match frames {
-            Ok(s) => return Ok(Some(Source::Frames(s))),
-            Err(e) if e.code() == ErrorCode::Incompatible => {
-                match PacketSubscriber::connect(key, name, read, options.clone()) {
-                    Ok(s) => return Ok(Some(Source::Packets(s))),
-                    Err(e) => e,
-                }
+        // A frame reader first; a packet stream refuses it as Incompatible
+        // (and says so in its header), a GPU-memory one too (and then the
+        // frame reader's error is the one to report).
+        let connected = match Subscriber::connect(key, name, read, options.clone()) {
+            Err(e)
+                if e.code() == ErrorCode::Incompatible
+                    && cuframes::stream_status(key)
+                        .is_ok_and(|s| s.info.content == cuframes::Content::Packets) =>
+            {
+                PacketSubscriber::connect(key, name, read, options.clone()).map(Source::Packets)
             }
+            r => r.map(Source::Frames),
+        };
+        let e = match connected {
+            Ok(source) => return Ok(Some(source)),
             Err(e) => e,
         };
         match e.code() {

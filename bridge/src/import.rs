@@ -25,6 +25,10 @@ pub struct ImportOptions {
     pub mode: Mode,
     /// Slots of the local ring (default: as many as the exporter's).
     pub slots: Option<u32>,
+    /// The largest local ring a stream description may ask for, bytes
+    /// (slots times frame or packet size): a bound on what a peer can make
+    /// this host reserve in shared memory.
+    pub max_ring_bytes: u64,
     /// How to reach the other side.
     pub net: NetOptions,
 }
@@ -120,14 +124,19 @@ pub fn import(opts: &ImportOptions, stop: &AtomicBool) -> Result<ImportStats, Bo
         opts,
         session: &session,
         keys: &keys,
+        metas: &metas,
         local: None,
         stats: ImportStats::default(),
         last_query: None,
         want_meta: true,
+        ending: None,
     };
     while !stop.load(Ordering::Relaxed) {
-        while let Ok(Some(s)) = metas.try_recv() {
-            imp.on_meta(&s.payload().to_bytes());
+        imp.read_metas();
+        if let Some((epoch, state, deadline)) = imp.ending {
+            if Instant::now() >= deadline {
+                imp.end(Some(epoch), state);
+            }
         }
         while let Ok(Some(s)) = alive.try_recv() {
             if s.kind() == SampleKind::Delete {
@@ -154,6 +163,10 @@ struct Importer<'o> {
     opts: &'o ImportOptions,
     session: &'o zenoh::Session,
     keys: &'o Keys,
+    metas: &'o zenoh::pubsub::Subscriber<FifoChannelHandler<Sample>>,
+    /// Lossless: the stream's end was announced; it ends when its end
+    /// marker arrives after the last data (or at the deadline).
+    ending: Option<(u64, State, Instant)>,
     local: Option<Local>,
     stats: ImportStats,
     last_query: Option<Instant>,
@@ -171,6 +184,13 @@ impl Importer<'_> {
             self.last_query = Some(Instant::now());
         }
         due
+    }
+
+    /// Takes the descriptions that arrived.
+    fn read_metas(&mut self) {
+        while let Ok(Some(s)) = self.metas.try_recv() {
+            self.on_meta(&s.payload().to_bytes());
+        }
     }
 
     /// Asks the exporter for its stream's description.
@@ -219,7 +239,17 @@ impl Importer<'_> {
                     Err(e) => tracing::error!(error = %e, "cannot create the local stream"),
                 }
             }
-            state => self.end(Some(meta.epoch), state),
+            state => {
+                let current = self.local.as_ref().is_some_and(|l| l.epoch == meta.epoch);
+                if current && self.opts.mode == Mode::Lossless {
+                    // The description may overtake the last samples: end
+                    // at the end marker that follows them.
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    self.ending.get_or_insert((meta.epoch, state, deadline));
+                } else {
+                    self.end(Some(meta.epoch), state);
+                }
+            }
         }
     }
 
@@ -232,19 +262,36 @@ impl Importer<'_> {
         {
             let l = self.local.take().expect("checked");
             self.want_meta = true;
+            self.ending = None;
             tracing::info!(key = self.opts.key.as_str(), ?state, "local stream ended");
             l.target.end(state);
         }
     }
 
     fn create(&self, meta: &Meta) -> Result<Target, BoxError> {
+        let lossless = self.opts.mode == Mode::Lossless;
         let options = PublisherOptions {
-            slot_count: self.opts.slots.unwrap_or(meta.slots).max(2),
-            policy: match self.opts.mode {
-                Mode::Lossless => LosslessPolicy::Block,
-                Mode::Newest => LosslessPolicy::DropOldest,
+            slot_count: self.opts.slots.unwrap_or(meta.slots).clamp(2, 64),
+            policy: if lossless {
+                LosslessPolicy::Block
+            } else {
+                LosslessPolicy::DropOldest
             },
+            // Lossless: a lagging local reader is waited for, not evicted,
+            // so the wait reaches the exporter (up to LOSSLESS_STALL).
+            evict_lagging: !lossless,
             ..Default::default()
+        };
+        let slots = u64::from(options.slot_count);
+        let too_big = |bytes: u64| -> Result<(), BoxError> {
+            if bytes.saturating_mul(slots) > self.opts.max_ring_bytes {
+                return Err(format!(
+                    "the stream needs {slots} slots of {bytes} bytes, more than the {} bytes allowed (--max-ring-mb)",
+                    self.opts.max_ring_bytes
+                )
+                .into());
+            }
+            Ok(())
         };
         let key = &self.opts.key;
         let target = match &meta.stream {
@@ -256,6 +303,7 @@ impl Importer<'_> {
                 let format = PixelFormat::from_name(format)
                     .ok_or_else(|| format!("unknown pixel format {format:?}"))?;
                 let layout = FrameLayout::new(format, *width, *height, 64)?;
+                too_big(layout.slot_bytes)?;
                 Target::Frames(Publisher::create(key, layout, options)?)
             }
             Stream::Packets {
@@ -265,6 +313,7 @@ impl Importer<'_> {
                 width,
                 height,
             } => {
+                too_big(*max_packet)?;
                 let stream = PacketStream {
                     codec: Codec::from_name(codec)
                         .ok_or_else(|| format!("unknown codec {codec:?}"))?,
@@ -293,15 +342,37 @@ impl Importer<'_> {
                 return Ok(());
             }
         };
-        if self.local.as_ref().is_none_or(|l| l.epoch != h.epoch) && self.query_due() {
+        if self.local.as_ref().is_none_or(|l| l.epoch != h.epoch) {
             // A stream not described yet (a late join, or its description
-            // is still on the way: it travels apart from the data): ask.
-            self.fetch_meta()?;
+            // is still on the way: it travels apart from the data).
+            self.read_metas();
+            if self.local.as_ref().is_none_or(|l| l.epoch != h.epoch) && self.query_due() {
+                self.fetch_meta()?;
+            }
+        }
+        if h.kind == Kind::End {
+            self.end(Some(h.epoch), wire::end_state(h.flags));
+            return Ok(());
         }
         let Some(local) = self.local.as_mut().filter(|l| l.epoch == h.epoch) else {
             self.stats.skipped += 1;
             return Ok(());
         };
+        // The size the local ring takes, checked before anything is
+        // decompressed or allocated for it.
+        let fits = match &local.target {
+            Target::Frames(p) => h.len == p.layout().packed_bytes(),
+            Target::Packets(p) => h.len <= p.max_packet(),
+        };
+        if !fits {
+            self.stats.refused += 1;
+            tracing::error!(
+                seq = h.seq,
+                len = h.len,
+                "sample of the wrong size for the stream"
+            );
+            return Ok(());
+        }
         let payload = match wire::payload(bytes, h.compression, h.len) {
             Ok(p) => p,
             Err(e) => {
@@ -315,7 +386,7 @@ impl Importer<'_> {
             local.need_key = true;
             local.discontinuity = true;
         }
-        local.next_seq = Some(h.seq + 1);
+        local.next_seq = Some(h.seq.wrapping_add(1));
         let lossless = self.opts.mode == Mode::Lossless;
         let result = match (&mut local.target, h.kind) {
             (Target::Frames(p), Kind::Frame) => {

@@ -92,6 +92,10 @@ struct ImportArgs {
     /// Slots of the local ring (default: as many as the exporter's)
     #[arg(long)]
     slots: Option<u32>,
+    /// The largest local ring a remote stream may make this host reserve
+    /// (slots times frame or packet size), MiB
+    #[arg(long, default_value_t = 4096)]
+    max_ring_mb: u64,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
                 key: a.key,
                 mode: a.mode,
                 slots: a.slots,
+                max_ring_bytes: a.max_ring_mb.saturating_mul(1 << 20),
                 net: a.net.options(),
             };
             import(&opts, &stop).map(|s| {

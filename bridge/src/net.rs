@@ -18,6 +18,10 @@ pub struct NetOptions {
     pub mode: Option<String>,
 }
 
+/// The longest a lossless bridge waits for a stalled far-side reader
+/// before the link is closed (and both sides recover as after a restart).
+pub const LOSSLESS_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An error of the bridge, said in words.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -47,6 +51,14 @@ impl NetOptions {
                     &mut c,
                     "connect/retry",
                     "{period_init_ms: 100, period_max_ms: 1000, period_increase_factor: 2}",
+                )?;
+                // A lossless put may wait this long (microseconds) for a
+                // slow far-side reader before Zenoh closes the link
+                // (Zenoh's default: 5 s).
+                set(
+                    &mut c,
+                    "transport/link/tx/queue/congestion_control/block/wait_before_close",
+                    &LOSSLESS_STALL.as_micros().to_string(),
                 )?;
                 c
             }

@@ -50,6 +50,10 @@ pub enum Kind {
     Frame = 1,
     /// An encoded packet (access unit).
     Packet = 2,
+    /// The stream ended after the samples before it (no payload; `flags`
+    /// is 1 for closed, 2 for gone): in order with the data, so a
+    /// lossless importer publishes everything before it first.
+    End = 3,
 }
 
 /// How the payload is compressed.
@@ -168,6 +172,7 @@ impl Header {
         let kind = match sample[6] {
             1 => Kind::Frame,
             2 => Kind::Packet,
+            3 => Kind::End,
             k => return Err(WireError::Field("kind", k)),
         };
         let compression = match sample[7] {
@@ -194,6 +199,29 @@ impl Header {
             },
             &sample[HEADER_LEN..],
         ))
+    }
+}
+
+/// The `flags` of an [`Kind::End`] sample for a stream's end state.
+pub fn end_flags(state: State) -> u64 {
+    match state {
+        State::Gone => 2,
+        _ => 1,
+    }
+}
+
+/// The end state an [`Kind::End`] sample's `flags` name.
+///
+/// ```
+/// use cuframes_bridge::wire::*;
+/// assert_eq!(end_state(end_flags(State::Gone)), State::Gone);
+/// assert_eq!(end_state(end_flags(State::Closed)), State::Closed);
+/// ```
+pub fn end_state(flags: u64) -> State {
+    if flags == 2 {
+        State::Gone
+    } else {
+        State::Closed
     }
 }
 

@@ -93,6 +93,33 @@ fn bridge(tag: &str, args: &[&str]) -> Proc {
     Proc { child, log }
 }
 
+/// An exporter of `<name>-src` listening on `port` and an importer into
+/// `<name>-dst` connected to it, both in `mode`.
+fn peer_to_peer(name: &str, mode: &str, port: u16) -> (Proc, Proc) {
+    let (src, dst, ep) = (format!("{name}-src"), format!("{name}-dst"), endpoint(port));
+    let exporter = bridge(
+        "exp",
+        &[
+            "export", "--key", &src, "--as", name, "--mode", mode, "--listen", &ep,
+        ],
+    );
+    let importer = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            name,
+            "--key",
+            &dst,
+            "--mode",
+            mode,
+            "--connect",
+            &ep,
+        ],
+    );
+    (exporter, importer)
+}
+
 fn endpoint(port: u16) -> String {
     format!("tcp/127.0.0.1:{port}")
 }
@@ -163,40 +190,15 @@ fn stamped(frame: &cuframes::Frame) -> u64 {
     seq
 }
 
-/// Lossless, peer to peer: every frame arrives byte-exact and in order.
+/// Lossless, peer to peer: every frame arrives byte-exact and in order,
+/// the last ones too when the source closes right after them while a slow
+/// far-side reader still has a backlog; then the far side closes as well.
 #[test]
 fn lossless_raw_frames_arrive_byte_exact_in_order() {
     LazyLock::force(&SHM);
     let p = port();
     // The source exists (no frame yet), the bridge comes up around it.
-    let _exporter = bridge(
-        "exp",
-        &[
-            "export",
-            "--key",
-            "ll-src",
-            "--as",
-            "ll",
-            "--mode",
-            "lossless",
-            "--listen",
-            &endpoint(p),
-        ],
-    );
-    let importer = bridge(
-        "imp",
-        &[
-            "import",
-            "--remote",
-            "ll",
-            "--key",
-            "ll-dst",
-            "--mode",
-            "lossless",
-            "--connect",
-            &endpoint(p),
-        ],
-    );
+    let (_exporter, importer) = peer_to_peer("ll", "lossless", p);
     let frames = 200;
     let publisher = {
         // Created now, published into once the exporter reads it and a
@@ -211,7 +213,8 @@ fn lossless_raw_frames_arrive_byte_exact_in_order() {
                 testsrc::fill(&layout(), lease.data_mut(), seq);
                 lease.commit(0).unwrap();
             }
-            pub_
+            // Closed at once, while frames are still on their way.
+            drop(pub_);
         })
     };
     assert!(
@@ -229,10 +232,11 @@ fn lossless_raw_frames_arrive_byte_exact_in_order() {
             .next_frame(Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("after {} frames: {e}", seqs.len()));
         seqs.push(stamped(&f));
+        std::thread::sleep(Duration::from_millis(2)); // a slow reader
     }
     assert_eq!(seqs, (1..=frames).collect::<Vec<u64>>());
-    // The source closes: so does the far side, with the same error.
-    drop(publisher.join().unwrap());
+    // The source closed: so does the far side, with the same error.
+    publisher.join().unwrap();
     let e = reader.next_frame(Duration::from_secs(10)).unwrap_err();
     assert_eq!(e.code(), cuframes::ErrorCode::Closed);
     let report = importer.interrupt();
@@ -333,30 +337,7 @@ fn exporter_death_is_publisher_gone_on_the_far_side() {
     let p = port();
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = publish("eg-src", None, 100, stop.clone());
-    let mut e = bridge(
-        "exp",
-        &[
-            "export",
-            "--key",
-            "eg-src",
-            "--as",
-            "eg",
-            "--listen",
-            &endpoint(p),
-        ],
-    );
-    let _i = bridge(
-        "imp",
-        &[
-            "import",
-            "--remote",
-            "eg",
-            "--key",
-            "eg-dst",
-            "--connect",
-            &endpoint(p),
-        ],
-    );
+    let (mut e, _i) = peer_to_peer("eg", "newest", p);
     assert!(wait_for(Duration::from_secs(20), || {
         cuframes::stream_status("eg-dst").is_ok()
     }));
@@ -645,34 +626,7 @@ fn packet_stream_recorded_on_the_far_side_decodes() {
         String::from_utf8_lossy(&made.stderr)
     );
     let p = port();
-    let _e = bridge(
-        "exp",
-        &[
-            "export",
-            "--key",
-            "pk-src",
-            "--as",
-            "pk",
-            "--mode",
-            "lossless",
-            "--listen",
-            &endpoint(p),
-        ],
-    );
-    let _i = bridge(
-        "imp",
-        &[
-            "import",
-            "--remote",
-            "pk",
-            "--key",
-            "pk-dst",
-            "--mode",
-            "lossless",
-            "--connect",
-            &endpoint(p),
-        ],
-    );
+    let (_e, _i) = peer_to_peer("pk", "lossless", p);
     std::thread::sleep(Duration::from_millis(500));
     let mut publisher = Command::new(&cli)
         .args([
@@ -889,4 +843,119 @@ fn user_password_authentication_is_enforced() {
     );
     stop.store(true, Ordering::Relaxed);
     publisher.join().unwrap();
+}
+
+/// A peer that speaks the wire format but lies: a description asking for
+/// a ring beyond `--max-ring-mb`, samples whose header claims 256 MiB,
+/// the wrong size, another wire version, garbage. Each is refused and
+/// counted; the importer goes on and publishes the honest frame after them.
+#[test]
+fn hostile_samples_are_refused_and_the_importer_goes_on() {
+    use cuframes_bridge::wire::{self, Compression, Header, Kind, Meta, State, Stream};
+    use zenoh::Wait;
+    LazyLock::force(&SHM);
+    let p = port();
+    let importer = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "evil",
+            "--key",
+            "evil-dst",
+            "--mode",
+            "lossless",
+            "--listen",
+            &endpoint(p),
+            "--max-ring-mb",
+            "64",
+        ],
+    );
+    let mut config = zenoh::Config::default();
+    for (k, v) in [
+        ("scouting/multicast/enabled", "false".to_owned()),
+        ("listen/endpoints", "[]".to_owned()),
+        ("connect/endpoints", format!("[\"{}\"]", endpoint(p))),
+    ] {
+        config.insert_json5(k, &v).unwrap();
+    }
+    let session = zenoh::open(config).wait().unwrap();
+    let keys = wire::Keys::new("evil");
+    let meta = session.declare_publisher(keys.meta.clone()).wait().unwrap();
+    let data = session.declare_publisher(keys.data.clone()).wait().unwrap();
+    assert!(wait_for(Duration::from_secs(20), || {
+        data.matching_status().wait().unwrap().matching()
+    }));
+    let describe = |epoch: u64, format: &str, width: u32, height: u32, slots: u32| Meta {
+        version: wire::WIRE_VERSION,
+        epoch,
+        state: State::Live,
+        slots,
+        stream: Stream::Frames {
+            format: format.into(),
+            width,
+            height,
+        },
+    };
+    // 64 slots of 8192x8192 RGBA: 16 GiB of shared memory.
+    meta.put(describe(1, "rgba8", 8192, 8192, 64).to_bytes())
+        .wait()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        cuframes::stream_status("evil-dst").is_err(),
+        "no 16 GiB ring"
+    );
+    meta.put(describe(2, "gray8", 64, 4, 4).to_bytes())
+        .wait()
+        .unwrap();
+    assert!(wait_for(Duration::from_secs(10), || {
+        cuframes::stream_status("evil-dst").is_ok()
+    }));
+    let mut reader =
+        Subscriber::connect("evil-dst", "reader", Mode::Queue, Default::default()).unwrap();
+    let sample = |len: u64, compression: Compression, payload: &[u8]| {
+        let mut out = Vec::new();
+        Header {
+            kind: Kind::Frame,
+            compression,
+            epoch: 2,
+            seq: 1,
+            pts_ns: 0,
+            dts_ns: 0,
+            duration_ns: 0,
+            flags: 0,
+            len,
+            sent_ns: 0,
+        }
+        .encode(&mut out);
+        out.extend_from_slice(payload);
+        out
+    };
+    let mut other_version = sample(256, Compression::None, &[1; 256]);
+    other_version[4] = 9;
+    for evil in [
+        sample(256 << 20, Compression::Lz4, &[0x1f, 0, 0, 0]),
+        sample(100, Compression::None, &[1; 100]),
+        other_version,
+        b"garbage".to_vec(),
+    ] {
+        data.put(evil).wait().unwrap();
+    }
+    data.put(sample(256, Compression::None, &[7; 256]))
+        .wait()
+        .unwrap();
+    let f = reader
+        .next_frame(Duration::from_secs(10))
+        .expect("the honest frame");
+    assert!(f
+        .plane(0)
+        .chunks(f.pitch(0) as usize)
+        .all(|row| row[..64].iter().all(|&b| b == 7)));
+    drop(f);
+    let report = importer.interrupt();
+    assert!(
+        report.contains("imported 1 ") && report.contains(" 4 refused"),
+        "{report}"
+    );
 }

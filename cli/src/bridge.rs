@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
-/// Arguments passed on as they are.
+/// Arguments passed on as they are (`--help` too: the bridge's own).
 #[derive(clap::Args)]
 pub struct Args {
     /// export, import or router, and their flags (`cuframes bridge --help`)
@@ -41,5 +41,11 @@ fn locate() -> Option<PathBuf> {
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|dir| dir.join(PROGRAM));
-    beside.into_iter().chain(on_path).find(|p| p.is_file())
+    beside.into_iter().chain(on_path).find(|p| executable(p))
+}
+
+fn executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

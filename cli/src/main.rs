@@ -73,6 +73,7 @@ enum Command {
     Bench(bench::Args),
     /// Carry streams between hosts over Zenoh: export, import, router
     /// (runs the cuframes-bridge program: cargo install --path bridge).
+    #[command(disable_help_flag = true)]
     Bridge(bridge::Args),
 }
 

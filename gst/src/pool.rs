@@ -281,6 +281,9 @@ mod imp {
                 );
                 return None;
             }
+            // Before the lock: an unlock while this waits for the lock
+            // counts too.
+            let at = shared.interrupts.load(Ordering::Acquire);
             let mut st = shared.lock();
             if shared.outstanding.load(Ordering::Acquire) > 0
                 || st.pending.is_some()
@@ -298,7 +301,6 @@ mod imp {
             // Upstream's thread waits here for a slot (a lossless reader
             // behind), until a pause, flush or stop interrupts it: then a
             // plain buffer, which the sink can preroll on.
-            let at = shared.interrupts.load(Ordering::Acquire);
             let lease = match publisher
                 .loan_detached_unless(|| shared.interrupts.load(Ordering::Acquire) != at)
             {

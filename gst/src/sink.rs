@@ -143,7 +143,7 @@ mod imp {
                         .build(),
                     glib::ParamSpecUInt::builder("slots")
                         .nick("Slots")
-                        .blurb("Slots in the ring (2-64); 0 = automatic: 8 for raw video, 64 for encoded streams (so a late reader finds a keyframe)")
+                        .blurb("Slots in the ring (2-64); 0 = automatic: 8 for raw video, 64 for encoded streams (so a late reader finds a keyframe). Raw video in host memory gets one more, for a buffer kept after its render (a tee, a probe)")
                         .maximum(64)
                         .default_value(DEFAULT_SLOTS)
                         .mutable_ready()
@@ -480,6 +480,13 @@ mod imp {
                 return Ok(Target::Cuda(Box::new(p)));
             }
             let layout = FrameLayout::new(format, info.width(), info.height(), 64)?;
+            // One slot more than asked: room for a rendered buffer that
+            // outlives its render (its slot is retained) beside what the
+            // readers' max-held budgets take.
+            let options = PublisherOptions {
+                slot_count: (options.slot_count + 1).min(cuframes::core::MAX_SLOTS),
+                ..options
+            };
             let p = Publisher::create(&key, layout, options)?;
             gst::info!(
                 CAT,

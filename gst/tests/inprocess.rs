@@ -356,7 +356,7 @@ fn a_rendered_buffer_kept_upstream_keeps_its_bytes() {
     }
     pipeline.set_state(gst::State::Null).unwrap();
     // The kept buffer was a slot (zero copy); the others were copied into
-    // the two slots left while it lived.
+    // the other slots while it lived.
     assert_eq!((zero_copy, copied), (1, 29));
 }
 
