@@ -53,10 +53,14 @@ step "format"
 cargo fmt --all --check
 
 step "clippy"
-cargo clippy "${WORKSPACE[@]}" --all-targets -- -D warnings
-cargo clippy -p cuframes-cli --all-targets --features bench -- -D warnings
+# Lint builds (metadata only) serve nothing after this step: their own
+# directory, removed at its end.
+lint=(--target-dir target/clippy)
+cargo clippy "${lint[@]}" "${WORKSPACE[@]}" --all-targets -- -D warnings
+cargo clippy "${lint[@]}" -p cuframes-cli --all-targets --features bench -- -D warnings
 # The crash model check compiles only optimised (see its header).
-cargo clippy -p cuframes-verification --tests --release -- -D warnings
+cargo clippy "${lint[@]}" -p cuframes-verification --tests --release -- -D warnings
+rm -rf target/clippy
 
 step "no_std build of the core (x86_64-unknown-none)"
 rustup target list --installed | grep -qx x86_64-unknown-none || rustup target add x86_64-unknown-none
