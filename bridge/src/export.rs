@@ -129,12 +129,16 @@ pub fn export(opts: &ExportOptions, stop: &AtomicBool) -> Result<ExportStats, Bo
         };
         match ended {
             Some(state) => {
+                // Queries answer the end from here on (before the marker:
+                // an importer that ends at the marker and asks at once must
+                // not hear "live").
+                meta.state = state;
+                *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(meta.to_bytes());
                 // In order with the data: an importer publishes what came
                 // before it, then ends its stream the same way.
                 buf.clear();
                 end_marker(meta.epoch, state).encode(&mut buf);
                 data.put(std::mem::take(&mut buf)).wait()?;
-                meta.state = state;
                 announce(&meta)?;
             }
             None => break,

@@ -130,6 +130,7 @@ pub fn import(opts: &ImportOptions, stop: &AtomicBool) -> Result<ImportStats, Bo
         last_query: None,
         want_meta: true,
         ending: None,
+        ended: None,
     };
     while !stop.load(Ordering::Relaxed) {
         imp.read_metas();
@@ -172,6 +173,8 @@ struct Importer<'o> {
     last_query: Option<Instant>,
     /// Data of a stream not described yet arrived: query its description.
     want_meta: bool,
+    /// The last stream the exporter said ended.
+    ended: Option<u64>,
 }
 
 impl Importer<'_> {
@@ -220,7 +223,11 @@ impl Importer<'_> {
         };
         match meta.state {
             State::Live => {
-                if self.local.as_ref().is_some_and(|l| l.epoch == meta.epoch) {
+                if self.local.as_ref().is_some_and(|l| l.epoch == meta.epoch)
+                    || self.ended == Some(meta.epoch)
+                {
+                    // Ours already, or one that ended (a reply to a query
+                    // sent before the end can arrive after it).
                     return;
                 }
                 // A new remote stream: the old one ended unannounced.
@@ -253,8 +260,13 @@ impl Importer<'_> {
         }
     }
 
-    /// Ends the local stream (of `epoch`, or whichever there is).
+    /// Ends the local stream (of `epoch`, or whichever there is). An
+    /// `epoch` named by the exporter (its end marker or description) is
+    /// over for good: a stale description of it is not followed again.
     fn end(&mut self, epoch: Option<u64>, state: State) {
+        if epoch.is_some() {
+            self.ended = epoch;
+        }
         if self
             .local
             .as_ref()

@@ -851,7 +851,7 @@ fn user_password_authentication_is_enforced() {
 /// counted; the importer goes on and publishes the honest frame after them.
 #[test]
 fn hostile_samples_are_refused_and_the_importer_goes_on() {
-    use cuframes_bridge::wire::{self, Compression, Header, Kind, Meta, State, Stream};
+    use cuframes_bridge::wire::{Compression, Kind};
     use zenoh::Wait;
     LazyLock::force(&SHM);
     let p = port();
@@ -871,34 +871,10 @@ fn hostile_samples_are_refused_and_the_importer_goes_on() {
             "64",
         ],
     );
-    let mut config = zenoh::Config::default();
-    for (k, v) in [
-        ("scouting/multicast/enabled", "false".to_owned()),
-        ("listen/endpoints", "[]".to_owned()),
-        ("connect/endpoints", format!("[\"{}\"]", endpoint(p))),
-    ] {
-        config.insert_json5(k, &v).unwrap();
-    }
-    let session = zenoh::open(config).wait().unwrap();
-    let keys = wire::Keys::new("evil");
-    let meta = session.declare_publisher(keys.meta.clone()).wait().unwrap();
-    let data = session.declare_publisher(keys.data.clone()).wait().unwrap();
-    assert!(wait_for(Duration::from_secs(20), || {
-        data.matching_status().wait().unwrap().matching()
-    }));
-    let describe = |epoch: u64, format: &str, width: u32, height: u32, slots: u32| Meta {
-        version: wire::WIRE_VERSION,
-        epoch,
-        state: State::Live,
-        slots,
-        stream: Stream::Frames {
-            format: format.into(),
-            width,
-            height,
-        },
-    };
+    let peer = FakeExporter::connect("evil", p);
+    let (meta, data) = (&peer.meta, &peer.data);
     // 64 slots of 8192x8192 RGBA: 16 GiB of shared memory.
-    meta.put(describe(1, "rgba8", 8192, 8192, 64).to_bytes())
+    meta.put(raw_meta(1, "rgba8", 8192, 8192, 64).to_bytes())
         .wait()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -906,7 +882,7 @@ fn hostile_samples_are_refused_and_the_importer_goes_on() {
         cuframes::stream_status("evil-dst").is_err(),
         "no 16 GiB ring"
     );
-    meta.put(describe(2, "gray8", 64, 4, 4).to_bytes())
+    meta.put(raw_meta(2, "gray8", 64, 4, 4).to_bytes())
         .wait()
         .unwrap();
     assert!(wait_for(Duration::from_secs(10), || {
@@ -915,22 +891,7 @@ fn hostile_samples_are_refused_and_the_importer_goes_on() {
     let mut reader =
         Subscriber::connect("evil-dst", "reader", Mode::Queue, Default::default()).unwrap();
     let sample = |len: u64, compression: Compression, payload: &[u8]| {
-        let mut out = Vec::new();
-        Header {
-            kind: Kind::Frame,
-            compression,
-            epoch: 2,
-            seq: 1,
-            pts_ns: 0,
-            dts_ns: 0,
-            duration_ns: 0,
-            flags: 0,
-            len,
-            sent_ns: 0,
-        }
-        .encode(&mut out);
-        out.extend_from_slice(payload);
-        out
+        frame_sample(Kind::Frame, 2, 1, len, compression, payload)
     };
     let mut other_version = sample(256, Compression::None, &[1; 256]);
     other_version[4] = 9;
@@ -957,5 +918,166 @@ fn hostile_samples_are_refused_and_the_importer_goes_on() {
     assert!(
         report.contains("imported 1 ") && report.contains(" 4 refused"),
         "{report}"
+    );
+}
+
+/// A test peer speaking the wire format as an exporter named `name`
+/// would, connected to an importer listening on `port`.
+struct FakeExporter {
+    session: zenoh::Session,
+    keys: cuframes_bridge::wire::Keys,
+    meta: zenoh::pubsub::Publisher<'static>,
+    data: zenoh::pubsub::Publisher<'static>,
+}
+
+impl FakeExporter {
+    fn connect(name: &str, port: u16) -> Self {
+        use zenoh::Wait;
+        let mut config = zenoh::Config::default();
+        for (k, v) in [
+            ("scouting/multicast/enabled", "false".to_owned()),
+            ("listen/endpoints", "[]".to_owned()),
+            ("connect/endpoints", format!("[\"{}\"]", endpoint(port))),
+        ] {
+            config.insert_json5(k, &v).unwrap();
+        }
+        let session = zenoh::open(config).wait().unwrap();
+        let keys = cuframes_bridge::wire::Keys::new(name);
+        let meta = session.declare_publisher(keys.meta.clone()).wait().unwrap();
+        let data = session.declare_publisher(keys.data.clone()).wait().unwrap();
+        assert!(wait_for(Duration::from_secs(20), || {
+            data.matching_status().wait().unwrap().matching()
+        }));
+        Self {
+            session,
+            keys,
+            meta,
+            data,
+        }
+    }
+}
+
+/// The description of a live raw stream.
+fn raw_meta(
+    epoch: u64,
+    format: &str,
+    width: u32,
+    height: u32,
+    slots: u32,
+) -> cuframes_bridge::wire::Meta {
+    use cuframes_bridge::wire::{Meta, State, Stream, WIRE_VERSION};
+    Meta {
+        version: WIRE_VERSION,
+        epoch,
+        state: State::Live,
+        slots,
+        stream: Stream::Frames {
+            format: format.into(),
+            width,
+            height,
+        },
+    }
+}
+
+/// A data sample: header and payload.
+fn frame_sample(
+    kind: cuframes_bridge::wire::Kind,
+    epoch: u64,
+    flags: u64,
+    len: u64,
+    compression: cuframes_bridge::wire::Compression,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    cuframes_bridge::wire::Header {
+        kind,
+        compression,
+        epoch,
+        seq: 1,
+        pts_ns: 0,
+        dts_ns: 0,
+        duration_ns: 0,
+        flags,
+        len,
+        sent_ns: 0,
+    }
+    .encode(&mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A reply to a description query sent before a stream's end can arrive
+/// after its end marker: the importer does not bring the ended stream back.
+#[test]
+fn an_ended_stream_is_not_revived_by_a_stale_description() {
+    use cuframes_bridge::wire::{end_flags, Compression, Kind, State};
+    use zenoh::Wait;
+    LazyLock::force(&SHM);
+    let p = port();
+    let _importer = bridge(
+        "imp",
+        &[
+            "import",
+            "--remote",
+            "stale",
+            "--key",
+            "stale-dst",
+            "--mode",
+            "lossless",
+            "--listen",
+            &endpoint(p),
+        ],
+    );
+    let peer = FakeExporter::connect("stale", p);
+    // Every query is answered "live": the stale reply.
+    let live = raw_meta(5, "gray8", 64, 4, 4).to_bytes();
+    let answer = live.clone();
+    let _queryable = peer
+        .session
+        .declare_queryable(peer.keys.meta.clone())
+        .callback(move |q| {
+            let _ = q.reply(q.key_expr().clone(), answer.clone()).wait();
+        })
+        .wait()
+        .unwrap();
+    peer.meta.put(live).wait().unwrap();
+    assert!(wait_for(Duration::from_secs(10), || {
+        cuframes::stream_status("stale-dst").is_ok()
+    }));
+    let mut reader =
+        Subscriber::connect("stale-dst", "reader", Mode::Queue, Default::default()).unwrap();
+    peer.data
+        .put(frame_sample(
+            Kind::Frame,
+            5,
+            0,
+            256,
+            Compression::None,
+            &[3; 256],
+        ))
+        .wait()
+        .unwrap();
+    reader
+        .next_frame(Duration::from_secs(10))
+        .expect("the frame");
+    peer.data
+        .put(frame_sample(
+            Kind::End,
+            5,
+            end_flags(State::Closed),
+            0,
+            Compression::None,
+            &[],
+        ))
+        .wait()
+        .unwrap();
+    let e = reader.next_frame(Duration::from_secs(10)).unwrap_err();
+    assert_eq!(e.code(), cuframes::ErrorCode::Closed);
+    drop(reader);
+    // The importer asks again (twice a second) and hears "live".
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        cuframes::stream_status("stale-dst").is_err(),
+        "the ended stream came back"
     );
 }
