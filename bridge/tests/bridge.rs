@@ -401,18 +401,20 @@ fn nothing_listens_beyond_what_was_asked() {
         "listening",
         &["export", "--key", "nobody-src", "--listen", &endpoint(p)],
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // 127.0.0.1 in /proc's little-endian hex.
+    let asked = vec![("0100007F".to_owned(), p)];
+    // Up once the exporter listens (a loaded machine may take a while);
+    // the importer started first, and gets a moment more.
+    let up = wait_for(Duration::from_secs(20), || {
+        !listeners(listening.pid()).is_empty()
+    });
+    assert!(up, "the exporter never listened");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(listeners(listening.pid()), asked, "only the asked endpoint");
     assert_eq!(
         listeners(quiet.pid()),
         vec![],
         "the importer listens nowhere"
-    );
-    let l = listeners(listening.pid());
-    // 127.0.0.1 in /proc's little-endian hex.
-    assert_eq!(
-        l,
-        vec![("0100007F".to_owned(), p)],
-        "only the asked endpoint"
     );
 }
 
