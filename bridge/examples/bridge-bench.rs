@@ -78,12 +78,10 @@ fn main() {
 fn pattern_frame(layout: &FrameLayout) -> Vec<u8> {
     let mut slot = vec![0u8; layout.slot_bytes as usize];
     cuframes::testsrc::fill(layout, &mut slot, 1);
-    let mut packed = Vec::with_capacity(layout.packed_bytes() as usize);
-    for p in layout.planes() {
-        for r in 0..p.rows as usize {
-            let at = p.offset as usize + r * p.pitch as usize;
-            packed.extend_from_slice(&slot[at..at + p.row_bytes as usize]);
-        }
+    let mut packed = vec![0u8; layout.packed_bytes() as usize];
+    for (src, dst, len) in layout.packed_rows() {
+        let (src, dst, len) = (src as usize, dst as usize, len as usize);
+        packed[dst..dst + len].copy_from_slice(&slot[src..src + len]);
     }
     packed
 }

@@ -269,12 +269,8 @@ impl Item {
                 header.encode(out);
                 match compression {
                     // Rows straight from the slot into the sample.
-                    Compression::None => pack_into(f, out),
-                    Compression::Lz4 => {
-                        let mut packed = Vec::with_capacity(len as usize);
-                        pack_into(f, &mut packed);
-                        wire::append_payload(out, &packed, compression);
-                    }
+                    Compression::None => f.pack_into(out),
+                    Compression::Lz4 => wire::append_payload(out, &f.to_packed(), compression),
                 }
                 len
             }
@@ -296,17 +292,6 @@ impl Item {
                 out.extend_from_slice(p.data());
                 p.data().len() as u64
             }
-        }
-    }
-}
-
-/// The frame's planes, rows back to back (no pitch padding).
-fn pack_into(f: &Frame, out: &mut Vec<u8>) {
-    for (i, plane) in f.layout().planes().iter().enumerate() {
-        let bytes = f.plane(i);
-        for r in 0..plane.rows as usize {
-            let at = r * plane.pitch as usize;
-            out.extend_from_slice(&bytes[at..at + plane.row_bytes as usize]);
         }
     }
 }

@@ -699,13 +699,34 @@ impl Frame {
     }
     /// Copies the picture out tightly packed (no pitch padding).
     pub fn to_packed(&self) -> Vec<u8> {
-        let data = self.data();
-        let mut out = vec![0; self.layout().packed_bytes() as usize];
-        for (src, dst, len) in self.layout().packed_rows() {
-            let (src, dst, len) = (src as usize, dst as usize, len as usize);
-            out[dst..dst + len].copy_from_slice(&data[src..src + len]);
-        }
+        let mut out = Vec::with_capacity(self.layout().packed_bytes() as usize);
+        self.pack_into(&mut out);
         out
+    }
+
+    /// Appends the picture tightly packed to `out` (as
+    /// [`to_packed`](Self::to_packed), without a buffer of its own: behind
+    /// a header, say).
+    ///
+    /// ```
+    /// # use cuframes::*;
+    /// # use std::time::Duration;
+    /// # std::env::set_var("CUFRAMES_SHM_DIR", std::env::temp_dir());
+    /// let layout = FrameLayout::new(PixelFormat::Gray8, 10, 2, 64).unwrap();
+    /// let mut p = Publisher::create("doc-pack-into", layout, Default::default()).unwrap();
+    /// let mut s = Subscriber::connect("doc-pack-into", "s", Mode::Queue, Default::default()).unwrap();
+    /// p.publish_from(&[5; 20], 0).unwrap();
+    /// let mut out = b"hdr".to_vec();
+    /// s.next_frame(Duration::from_secs(1)).unwrap().pack_into(&mut out);
+    /// assert_eq!(out.len(), 3 + 20); // rows of 10, not pitches of 64
+    /// ```
+    pub fn pack_into(&self, out: &mut Vec<u8>) {
+        let data = self.data();
+        // `packed_rows` yields the rows in packed order.
+        for (src, _, len) in self.layout().packed_rows() {
+            let (src, len) = (src as usize, len as usize);
+            out.extend_from_slice(&data[src..src + len]);
+        }
     }
     /// Address of the slot's first byte (host memory).
     pub fn as_ptr(&self) -> *const u8 {
