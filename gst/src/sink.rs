@@ -737,22 +737,20 @@ mod imp {
                 duration_ns: buffer.duration().map_or(0, |d| d.nseconds()),
                 flags,
             };
-            let mut ring = self.ring.lock();
-            let Target::Packets(p) = &mut ring.target else {
-                return Err(gst::FlowError::NotNegotiated);
-            };
-            let mut published = p.publish_unless(&map, &meta, || self.is_unlocked());
-            while matches!(&published, Err(e) if self.interrupted(e)) {
-                drop(ring);
-                self.wait_unlocked()?;
-                ring = self.ring.lock();
+            // Published, or failed, with the ring's packet limit; after an
+            // `unlock` cut the wait short, paused, then tried again.
+            let (published, max_packet) = loop {
+                let mut ring = self.ring.lock();
                 let Target::Packets(p) = &mut ring.target else {
                     return Err(gst::FlowError::NotNegotiated);
                 };
-                published = p.publish_unless(&map, &meta, || self.is_unlocked());
-            }
-            let Target::Packets(p) = &mut ring.target else {
-                return Err(gst::FlowError::NotNegotiated);
+                match p.publish_unless(&map, &meta, || self.is_unlocked()) {
+                    Err(e) if self.interrupted(&e) => {
+                        drop(ring);
+                        self.wait_unlocked()?;
+                    }
+                    r => break (r, p.max_packet()),
+                }
             };
             match published {
                 Ok(seq) => {
@@ -775,13 +773,12 @@ mod imp {
                     Ok(gst::FlowSuccess::Ok)
                 }
                 Err(e)
-                    if e.code() == ErrorCode::InvalidArgument
-                        && map.size() as u64 > p.max_packet() =>
+                    if e.code() == ErrorCode::InvalidArgument && map.size() as u64 > max_packet =>
                 {
                     gst::element_imp_error!(
                         self,
                         gst::StreamError::Encode,
-                        ("access unit of {} bytes is larger than max-packet ({} bytes): raise max-packet. {}", map.size(), p.max_packet(), describe(&e))
+                        ("access unit of {} bytes is larger than max-packet ({} bytes): raise max-packet. {}", map.size(), max_packet, describe(&e))
                     );
                     Err(gst::FlowError::Error)
                 }
