@@ -50,6 +50,10 @@ enum Source {
 /// each new stream is announced with its own epoch, its end (closed or
 /// dead) too, and the exporter waits for the next one.
 pub fn export(opts: &ExportOptions, stop: &AtomicBool) -> Result<ExportStats, BoxError> {
+    // The name becomes key expressions: the key rule keeps out wildcards,
+    // separators and the empty name.
+    cuframes::validate_key(&opts.key)?;
+    cuframes::validate_key(&opts.name)?;
     let session = opts.net.open()?;
     let keys = Keys::new(&opts.name);
     let data = session

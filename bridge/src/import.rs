@@ -101,6 +101,7 @@ impl DataRx {
 /// Imports until `stop` turns true.
 pub fn import(opts: &ImportOptions, stop: &AtomicBool) -> Result<ImportStats, BoxError> {
     cuframes::validate_key(&opts.key)?;
+    cuframes::validate_key(&opts.remote)?;
     let session = opts.net.open()?;
     let keys = Keys::new(&opts.remote);
     let sub = session.declare_subscriber(keys.data.clone());

@@ -45,7 +45,7 @@ struct NetArgs {
     #[arg(long, value_name = "ENDPOINT")]
     listen: Vec<String>,
     /// Zenoh mode: peer (default), client or router
-    #[arg(long)]
+    #[arg(long, value_parser = ["peer", "client", "router"])]
     zenoh_mode: Option<String>,
 }
 
@@ -89,8 +89,8 @@ struct ImportArgs {
     /// newest (keep the latest) or lossless (backpressure end to end)
     #[arg(long, default_value = "newest", value_parser = parse_mode)]
     mode: Mode,
-    /// Slots of the local ring (default: as many as the exporter's)
-    #[arg(long)]
+    /// Slots of the local ring, 2-64 (default: as many as the exporter's)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=64))]
     slots: Option<u32>,
     /// The largest local ring a remote stream may make this host reserve
     /// (slots times frame or packet size), MiB

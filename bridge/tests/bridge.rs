@@ -1083,3 +1083,34 @@ fn an_ended_stream_is_not_revived_by_a_stale_description() {
         "the ended stream came back"
     );
 }
+
+/// Names become key expressions, so they follow the stream-key rule
+/// (`InvalidArgument`, 5, before any network); malformed flag values are
+/// usage errors (64), as for the cuframes CLI.
+#[test]
+fn bad_names_and_values_are_refused_before_any_network() {
+    let status = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cuframes-bridge"))
+            .args(args)
+            .env("CUFRAMES_SHM_DIR", &*SHM)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    for args in [
+        &["export", "--key", "k", "--as", "a/**"][..],
+        &["export", "--key", ""],
+        &["import", "--remote", "", "--key", "k"],
+        &["import", "--remote", "cam/*", "--key", "k"],
+    ] {
+        assert_eq!(status(args), Some(5), "{args:?}");
+    }
+    for args in [
+        &["import", "--remote", "r", "--key", "k", "--slots", "1"][..],
+        &["import", "--remote", "r", "--key", "k", "--slots", "65"],
+        &["export", "--key", "k", "--zenoh-mode", "sideways"],
+    ] {
+        assert_eq!(status(args), Some(64), "{args:?}");
+    }
+}

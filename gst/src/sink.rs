@@ -143,7 +143,7 @@ mod imp {
                         .build(),
                     glib::ParamSpecUInt::builder("slots")
                         .nick("Slots")
-                        .blurb("Slots in the ring (2-64); 0 = automatic: 8 for raw video, 64 for encoded streams (so a late reader finds a keyframe). Raw video in host memory gets one more, for a buffer kept after its render (a tee, a probe)")
+                        .blurb("Slots in the ring (2-64); 0 = automatic: 8 for raw video, 64 for encoded streams (so a late reader finds a keyframe). Raw video in host memory gets one more, for a buffer kept after its render (a tee, a probe), up to 64 in all")
                         .maximum(64)
                         .default_value(DEFAULT_SLOTS)
                         .mutable_ready()
@@ -289,6 +289,12 @@ mod imp {
             };
             cuframes::validate_key(&key)
                 .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", describe(&e))))?;
+            if s.slots == 1 {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("slots is 0 (automatic) or 2-64, not 1")
+                ));
+            }
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = State::default();
             for c in [&self.zero_copy, &self.copied, &self.dropped] {
                 c.store(0, Ordering::Relaxed);

@@ -268,6 +268,18 @@ fn caps_change_recreates_the_stream_and_the_reader_follows() {
     assert_eq!(reconnects, 1);
 }
 
+/// `slots` is 0 (automatic) or 2-64: a one-slot ring is refused at start.
+#[test]
+fn sink_with_one_slot_fails_to_start() {
+    if !init() {
+        return;
+    }
+    let p = gst::parse::launch("videotestsrc num-buffers=1 ! cuframessink key=oneslot slots=1")
+        .unwrap();
+    assert!(p.set_state(gst::State::Playing).is_err());
+    p.set_state(gst::State::Null).unwrap();
+}
+
 #[test]
 fn sink_without_key_fails_to_start() {
     if !init() {
