@@ -317,13 +317,12 @@ pub(crate) fn subscriber(spec: &ChildSpec) -> Res<String> {
         };
         synchronize(frame.consumer_stream())?;
         let now = now_ns();
-        let taken = Taken {
-            seq: frame.seq(),
-            phase: frame.pts_ns() as u64,
-            latency_ns: now.saturating_sub(frame.as_ref().commit_ns()),
+        let taken = Taken::new(
+            frame.seq(),
+            frame.pts_ns() as u64,
+            now.saturating_sub(frame.as_ref().commit_ns()),
             now,
-            bytes: 0,
-        };
+        );
         frame.release();
         Ok(Some(taken))
     });

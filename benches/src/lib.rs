@@ -14,6 +14,7 @@
 //! role ([`Options::child_prefix`] + spec), or `python3 -c` scripts.
 #![deny(missing_docs)]
 
+pub mod floor;
 pub mod gpu;
 pub mod output;
 pub mod packets;
@@ -22,10 +23,11 @@ pub mod proto;
 pub mod python;
 pub mod reference;
 pub mod spec;
+pub mod work;
 
 pub use output::{Figures, Row};
 pub use peers::child_main;
-pub use spec::{Case, ChildSpec, Mode, PacketShape, Peer, Phases, Wake, Workload};
+pub use spec::{Case, ChildSpec, Mode, PacketShape, Peer, Phases, Wake, Work, Workload};
 
 use proto::parse_kv;
 use std::io::{BufRead, BufReader};
@@ -98,7 +100,7 @@ pub struct Outcome {
     pub table: String,
 }
 
-fn phases(size: Size, w: Workload) -> Phases {
+fn phases(size: Size, w: Workload, work: Work) -> Phases {
     let (latency_frames, latency_interval_us, throughput_ms) = match (size, w.name) {
         (Size::Smoke, _) => (200, 500, 250),
         (Size::Quick, "4KiB") => (1000, 200, 700),
@@ -107,11 +109,40 @@ fn phases(size: Size, w: Workload) -> Phases {
         (Size::Full, "1080p") => (300, 4000, 2000),
         (Size::Full, _) => (150, 12000, 2000),
     };
-    Phases {
+    let mut p = Phases {
         latency_frames,
         latency_interval_us,
         throughput_ms,
+        throughput_interval_us: 0,
+    };
+    if work != Work::Handoff && size != Size::Smoke {
+        // A consumer is busy for milliseconds a frame: fewer, sparser
+        // latency frames, so that each finds it idle.
+        p.latency_frames = 20;
+        p.latency_interval_us = if w.name == "4K" { 100_000 } else { 30_000 };
     }
+    p
+}
+
+/// The real-time rows' frame rate: 4K at 60 fps, a camera that never
+/// waits.
+pub const REALTIME_FPS: u64 = 60;
+
+/// The real-time rows: a publisher at [`REALTIME_FPS`] for a few seconds,
+/// subscribers newest-only, each checksumming every byte; passed if no
+/// subscriber missed a frame.
+fn realtime_phases(size: Size) -> Phases {
+    Phases {
+        latency_frames: 20,
+        latency_interval_us: 100_000,
+        throughput_ms: if size == Size::Full { 5000 } else { 2000 },
+        throughput_interval_us: 1_000_000 / REALTIME_FPS,
+    }
+}
+
+/// Whether `case` is a real-time row.
+pub fn is_realtime(case: &Case) -> bool {
+    case.phases.throughput_interval_us > 0
 }
 
 /// Cores this process may run on.
@@ -164,13 +195,68 @@ fn frame_plan(size: Size) -> Vec<(Case, Option<String>)> {
         Peer::PythonCuframes,
     ];
     let gpu_peers = [Peer::CuframesCuda, Peer::TorchMp];
+    // Consumer rows: the Rust subscribers of the zero-copy peers and the
+    // copy baseline, each doing real work on every frame it takes.
+    let consumer_peers = [Peer::Cuframes, Peer::Iceoryx2, Peer::UnixSocket];
+    let (consumer_workloads, consumer_subs, works): (&[Workload], &[usize], &[Work]) = match size {
+        Size::Smoke => (&[Workload::SMALL], &[1], &[Work::Checksum]),
+        Size::Quick => (&[Workload::HD], &[1], &[Work::Checksum, Work::Rgb]),
+        Size::Full => (
+            &[Workload::HD, Workload::UHD],
+            &[1, 4, 8],
+            &[Work::Checksum, Work::Rgb],
+        ),
+    };
     let cores = cores();
     let mut out = Vec::new();
     for (workloads, subs, peers) in [
         (workloads, subs, &host_peers[..]),
         (gpu_workloads, &[1][..], &gpu_peers[..]),
     ] {
-        add_cases(size, cores, workloads, subs, peers, &mut out);
+        add_cases(size, cores, workloads, subs, peers, Work::Handoff, &mut out);
+    }
+    for &work in works {
+        add_cases(
+            size,
+            cores,
+            consumer_workloads,
+            consumer_subs,
+            &consumer_peers,
+            work,
+            &mut out,
+        );
+    }
+    // The pass/fail rows: 4K at 60 fps to 8 checksumming subscribers (and
+    // fewer in a full run, to show where a machine stops); the peers at 8.
+    if size != Size::Smoke {
+        let counts: &[usize] = if size == Size::Full {
+            &[1, 2, 4, 8]
+        } else {
+            &[8]
+        };
+        let mut rows: Vec<(Peer, usize)> = counts.iter().map(|&n| (Peer::Cuframes, n)).collect();
+        if size == Size::Full {
+            rows.extend([(Peer::Iceoryx2, 8), (Peer::UnixSocket, 8)]);
+        }
+        for (peer, n) in rows {
+            let mode = if peer == Peer::UnixSocket {
+                Mode::Queue
+            } else {
+                Mode::Newest
+            };
+            out.push((
+                Case {
+                    peer,
+                    wake: Wake::Block,
+                    mode,
+                    workload: Workload::UHD,
+                    work: Work::Checksum,
+                    subscribers: n,
+                    phases: realtime_phases(size),
+                },
+                None,
+            ));
+        }
     }
     out
 }
@@ -181,6 +267,7 @@ fn add_cases(
     workloads: &[Workload],
     subs: &[usize],
     peers: &[Peer],
+    work: Work,
     out: &mut Vec<(Case, Option<String>)>,
 ) {
     for &workload in workloads {
@@ -188,13 +275,19 @@ fn add_cases(
             for &peer in peers {
                 for &mode in peer.modes() {
                     for &wake in peer.wakes() {
+                        // A consumer is busy with its frame, not waiting for
+                        // the next one: its rows block.
+                        if work != Work::Handoff && wake == Wake::Spin {
+                            continue;
+                        }
                         let case = Case {
                             peer,
                             wake,
                             mode,
                             workload,
+                            work,
                             subscribers: n,
-                            phases: phases(size, workload),
+                            phases: phases(size, workload, work),
                         };
                         let skip = (wake == Wake::Spin && n + 1 > cores).then(|| {
                             format!(
@@ -237,6 +330,7 @@ fn skipped_row(case: &Case, reason: &str) -> Row {
         wake: case.wake.name().into(),
         mode: case.mode.name().into(),
         payload: case.workload.name.into(),
+        work: case.work.name().into(),
         bytes: case.workload.bytes(),
         subscribers: case.subscribers,
         status: "skipped".into(),
@@ -250,25 +344,6 @@ fn skipped_row(case: &Case, reason: &str) -> Row {
 pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Outcome, String> {
     std::fs::create_dir_all(&opts.out)
         .map_err(|e| format!("create {}: {e}", opts.out.display()))?;
-    let mut rows = Vec::new();
-    let (copies, pings) = match opts.size {
-        Size::Smoke => (10, 2_000),
-        Size::Quick => (50, 10_000),
-        Size::Full => (200, 50_000),
-    };
-    for r in [
-        reference::memcpy(Workload::HD.bytes(), copies, "1080p NV12 frame"),
-        reference::memcpy(Workload::SMALL.bytes(), copies * 20, "4 KiB"),
-        reference::futex_ping_pong(pings),
-    ] {
-        progress(&format!(
-            "reference: {} p50 {} ({})",
-            r.name,
-            output::human_ns(r.p50_ns),
-            r.note
-        ));
-        rows.push(Row::reference(&r));
-    }
     // Streams go to a private directory, removed at the end (lock files
     // and the segments of a case that failed included), unless the caller
     // chose one.
@@ -283,19 +358,113 @@ pub fn run(opts: &Options, mut progress: impl FnMut(&str)) -> Result<Outcome, St
     if let Some(dir) = &private {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
-    let result = run_cases(opts, private.as_deref(), rows, progress);
+    let shm_dir = private
+        .clone()
+        .or_else(|| std::env::var_os("CUFRAMES_SHM_DIR").map(PathBuf::from))
+        .unwrap_or_else(std::env::temp_dir);
+    let cases: Vec<_> = plan(opts.size, opts.rows)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (c, _))| opts.peers.is_empty() || opts.peers.contains(&c.peer))
+        .collect();
+    let result = references(opts, &cases, &shm_dir, &mut progress)
+        .and_then(|refs| run_cases(opts, private.as_deref(), cases, refs, progress));
     if let Some(dir) = &private {
         let _ = std::fs::remove_dir_all(dir);
     }
     result
 }
 
+/// What the rows are compared with, measured before them: the handoff
+/// floors at each cadence the host rows publish at, and one core's read
+/// bandwidth for each frame size the consumer rows read.
+#[derive(Default)]
+struct Refs {
+    rows: Vec<Row>,
+    /// `(kind, interval us, p50 ns)`.
+    floors: Vec<(floor::Kind, u64, u64)>,
+    /// `(workload name, GB/s)`.
+    reads: Vec<(&'static str, f64)>,
+}
+
+/// Whether `case` is a handoff row of a host peer: one with a floor.
+fn has_floor(case: &Case) -> bool {
+    case.work == Work::Handoff && !case.peer.gpu() && case.workload.packets.is_none()
+}
+
+fn references(
+    opts: &Options,
+    cases: &[(usize, (Case, Option<String>))],
+    shm_dir: &Path,
+    progress: &mut impl FnMut(&str),
+) -> Result<Refs, String> {
+    let (copies, pings) = match opts.size {
+        Size::Smoke => (10, 2_000),
+        Size::Quick => (50, 20_000),
+        Size::Full => (200, 100_000),
+    };
+    let mut refs = Refs::default();
+    let mut measured = vec![
+        reference::memcpy(Workload::HD.bytes(), copies, "1080p NV12 frame"),
+        reference::memcpy(Workload::SMALL.bytes(), copies * 20, "4 KiB"),
+    ];
+    for (_, (case, _)) in cases {
+        let w = case.workload;
+        if case.work != Work::Handoff && !refs.reads.iter().any(|(n, _)| *n == w.name) {
+            // Enough distinct frames to overflow the last-level cache.
+            let frames = (96 << 20) / w.bytes() + 1;
+            let r = reference::read(w.bytes(), frames.min(64), copies, w.name);
+            refs.reads
+                .push((w.name, reference::gbps(w.bytes(), r.p50_ns)));
+            measured.push(r);
+        }
+    }
+    let child = |kind, interval_us: u64, rounds| {
+        floor::measure(
+            kind,
+            Duration::from_micros(interval_us),
+            rounds,
+            &opts.exe,
+            &opts.child_prefix,
+            shm_dir,
+        )
+    };
+    if cases.iter().any(|(_, (c, _))| has_floor(c)) {
+        measured.push(child(floor::Kind::PingPong, 0, pings)?);
+    }
+    for (_, (case, skip)) in cases {
+        let kind = floor::Kind::of(case.wake);
+        let interval = case.phases.latency_interval_us;
+        if !has_floor(case)
+            || skip.is_some()
+            || refs.floors.iter().any(|f| (f.0, f.1) == (kind, interval))
+        {
+            continue;
+        }
+        let r = child(kind, interval, case.phases.latency_frames as usize)?;
+        refs.floors.push((kind, interval, r.p50_ns));
+        measured.push(r);
+    }
+    for r in measured {
+        progress(&format!(
+            "reference: {} p50 {} ({})",
+            r.name,
+            output::human_ns(r.p50_ns),
+            r.note
+        ));
+        refs.rows.push(Row::reference(&r));
+    }
+    Ok(refs)
+}
+
 fn run_cases(
     opts: &Options,
     shm_dir: Option<&Path>,
-    mut rows: Vec<Row>,
+    cases: Vec<(usize, (Case, Option<String>))>,
+    refs: Refs,
     mut progress: impl FnMut(&str),
 ) -> Result<Outcome, String> {
+    let mut rows = refs.rows;
     let mut missing: Vec<(Peer, Option<String>)> = Vec::new();
     let mut why_not = |peer: Peer| -> Option<String> {
         if let Some((_, r)) = missing.iter().find(|(p, _)| *p == peer) {
@@ -305,22 +474,31 @@ fn run_cases(
         missing.push((peer, r.clone()));
         r
     };
-    let chosen = |p: Peer| opts.peers.is_empty() || opts.peers.contains(&p);
-    for (i, (case, skip)) in plan(opts.size, opts.rows)
-        .into_iter()
-        .enumerate()
-        .filter(|(_, (c, _))| chosen(c.peer))
-    {
-        let row = match skip.or_else(|| why_not(case.peer)) {
+    for (i, (case, skip)) in cases {
+        let mut row = match skip.or_else(|| why_not(case.peer)) {
             Some(reason) => skipped_row(&case, &reason),
             None => run_case(opts, shm_dir, &case, i),
         };
+        if has_floor(&case) {
+            let kind = floor::Kind::of(case.wake);
+            row.figures.floor_ns = refs
+                .floors
+                .iter()
+                .find(|f| (f.0, f.1) == (kind, case.phases.latency_interval_us))
+                .map_or(0, |f| f.2);
+        }
+        if let Some((_, gbps)) = refs.reads.iter().find(|(n, _)| *n == case.workload.name) {
+            if case.work != Work::Handoff {
+                row.figures.read_ref_gbps = *gbps;
+            }
+        }
         progress(&format!(
-            "{} {} {} {} x{}: {}",
+            "{} {} {} {} {} x{}: {}",
             row.peer,
             row.wake,
             row.mode,
             row.payload,
+            row.work,
             row.subscribers,
             match row.status.as_str() {
                 "ok" if output::is_join(&row) => format!(
@@ -620,17 +798,44 @@ fn measure(
         sub_cpu_ns: mean("cpu_ns") as u64,
         sub_rss_kib: mean("rss_kib") as u64,
         sub_shmem_kib: mean("shmem_kib") as u64,
-        lost: if case.mode == Mode::Queue {
+        lost: if case.mode == Mode::Queue || is_realtime(case) {
             subs.iter().map(|s| num(s, "lost") as u64).sum()
         } else {
             0
         },
+        damaged: subs.iter().map(|s| num(s, "damaged") as u64).sum(),
+        ..Default::default()
     };
     if figures.samples == 0 || figures.sub_fps <= 0.0 {
         return Err(format!(
             "no frames measured ({} latency samples, {:.0} frames/s)",
             figures.samples, figures.sub_fps
         ));
+    }
+    if figures.damaged > 0 {
+        return Err(format!(
+            "{} frames were not what their publisher wrote (checked by the subscribers' {} work)",
+            figures.damaged,
+            case.work.name()
+        ));
+    }
+    if is_realtime(case) {
+        let sent = num(&publisher, "frames") as u64;
+        let fewest = subs
+            .iter()
+            .map(|s| num(s, "frames") as u64)
+            .min()
+            .unwrap_or(0);
+        let verdict = if figures.lost == 0 && fewest >= sent {
+            "PASS"
+        } else {
+            "FAIL"
+        };
+        let note = format!(
+            "{verdict}: {n} subscribers at {REALTIME_FPS} fps, each checksumming every byte: {} frames sent, the fewest any took {fewest}, {} lost",
+            sent, figures.lost
+        );
+        return Ok((figures, note));
     }
     let note = match case.workload.packets {
         Some(shape) => packets::rate_note(shape, figures.sub_fps, mean("bytes"), mean("frames")),

@@ -30,8 +30,24 @@ pub struct Figures {
     pub sub_rss_kib: u64,
     /// Subscriber RssShmem (mean), KiB.
     pub sub_shmem_kib: u64,
-    /// Frames a queue subscriber missed (sum).
+    /// Frames a queue (or real-time) subscriber missed (sum).
     pub lost: u64,
+    /// Frames that did not hold what the publisher wrote (sum; a failed
+    /// row if any).
+    pub damaged: u64,
+    /// The p50 of this row's handoff floor (same wake-up, same cadence),
+    /// nanoseconds; 0 where none applies.
+    pub floor_ns: u64,
+    /// One core's read bandwidth over frames of this row's size, GB/s; 0
+    /// unless a consumer row.
+    pub read_ref_gbps: f64,
+}
+
+impl Figures {
+    /// Bytes all subscribers of a consumer row read per nanosecond (GB/s).
+    pub fn read_gbps(&self, bytes: usize, subscribers: usize) -> f64 {
+        self.sub_fps * (bytes * subscribers) as f64 / 1e9
+    }
 }
 
 /// One line of the results.
@@ -45,6 +61,8 @@ pub struct Row {
     pub mode: String,
     /// Workload name.
     pub payload: String,
+    /// What each subscriber did with a frame (`-`: nothing, `sum`, `rgb`).
+    pub work: String,
     /// Payload bytes (0 for "all").
     pub bytes: usize,
     /// Subscriber processes (0 for "all").
@@ -66,6 +84,7 @@ impl Row {
             wake: "-".into(),
             mode: "-".into(),
             payload: "-".into(),
+            work: "-".into(),
             bytes: 0,
             subscribers: 0,
             status: "reference".into(),
@@ -119,17 +138,47 @@ pub fn is_packets(r: &Row) -> bool {
     Workload::by_name(&r.payload).is_some_and(|w| w.packets.is_some())
 }
 
+/// What a row is compared with, as printed: a handoff row's p50 over its
+/// floor (`1.4x`), a consumer row's read rate over one core's read
+/// bandwidth (`63%`), else `-`.
+pub fn versus(r: &Row) -> String {
+    let f = &r.figures;
+    if f.floor_ns > 0 && f.p50_ns > 0 {
+        format!("{:.1}x", f.p50_ns as f64 / f.floor_ns as f64)
+    } else if f.read_ref_gbps > 0.0 {
+        format!(
+            "{:.0}%",
+            100.0 * f.read_gbps(r.bytes, r.subscribers) / f.read_ref_gbps
+        )
+    } else {
+        "-".into()
+    }
+}
+
 /// The table printed on stdout. Packet rows count packets where frame
-/// rows count frames; join rows have latencies only.
+/// rows count frames; join rows have latencies only. `GB/s` is what the
+/// subscribers of a consumer row read together; `vs ref` compares a row
+/// with its reference ([`versus`]).
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     // The size column fits the longest workload name (`join-gop60-ring16`).
     let w = rows.iter().map(|r| r.payload.len()).fold(6, usize::max);
+    let head = |r: &Row| {
+        format!(
+            "{:<15} {:<9} {:<6} {:<w$} {:<4} {:>4}",
+            r.peer,
+            r.wake,
+            r.mode,
+            r.payload,
+            r.work,
+            subs(r.subscribers)
+        )
+    };
     let _ = writeln!(
         s,
-        "{:<15} {:<9} {:<6} {:<w$} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}  note",
-        "peer", "wake", "mode", "size", "subs", "p50", "p99", "p99.9", "pub fps", "sub fps",
-        "pub cpu/f", "sub cpu/f", "sub RSS", "sub shm"
+        "{:<15} {:<9} {:<6} {:<w$} {:<4} {:>4} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9} {:>9} {:>8} {:>8}  note",
+        "peer", "wake", "mode", "size", "work", "subs", "p50", "p99", "p99.9", "pub fps",
+        "sub fps", "GB/s", "vs ref", "pub cpu/f", "sub cpu/f", "sub RSS", "sub shm"
     );
     for r in rows {
         let f = &r.figures;
@@ -137,15 +186,13 @@ pub fn table(rows: &[Row]) -> String {
             "ok" if is_join(r) => {
                 let _ = writeln!(
                     s,
-                    "{:<15} {:<9} {:<6} {:<w$} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}  {}",
-                    r.peer,
-                    r.wake,
-                    r.mode,
-                    r.payload,
-                    r.subscribers,
+                    "{} {:>9} {:>9} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9} {:>9} {:>8} {:>8}  {}",
+                    head(r),
                     human_ns(f.p50_ns),
                     human_ns(f.p99_ns),
                     human_ns(f.p999_ns),
+                    "-",
+                    "-",
                     "-",
                     "-",
                     "-",
@@ -166,19 +213,22 @@ pub fn table(rows: &[Row]) -> String {
                 if !r.reason.is_empty() {
                     note.push(r.reason.clone());
                 }
+                let gbps = if f.read_ref_gbps > 0.0 {
+                    format!("{:.1}", f.read_gbps(r.bytes, r.subscribers))
+                } else {
+                    "-".into()
+                };
                 let _ = writeln!(
                     s,
-                    "{:<15} {:<9} {:<6} {:<w$} {:>4} {:>9} {:>9} {:>9} {:>10.0} {:>10.0} {:>10} {:>10} {:>7}Mi {:>7}Mi  {}",
-                    r.peer,
-                    r.wake,
-                    r.mode,
-                    r.payload,
-                    r.subscribers,
+                    "{} {:>9} {:>9} {:>9} {:>8.0} {:>8.0} {:>6} {:>6} {:>9} {:>9} {:>6}Mi {:>6}Mi  {}",
+                    head(r),
                     human_ns(f.p50_ns),
                     human_ns(f.p99_ns),
                     human_ns(f.p999_ns),
                     f.pub_fps,
                     f.sub_fps,
+                    gbps,
+                    versus(r),
                     human_ns(f.pub_cpu_ns),
                     human_ns(f.sub_cpu_ns),
                     f.sub_rss_kib / 1024,
@@ -196,20 +246,11 @@ pub fn table(rows: &[Row]) -> String {
                     human_ns(f.p999_ns),
                     r.reason,
                     // The width of the columns before p50.
-                    width = 38 + w
+                    width = 43 + w
                 );
             }
             status => {
-                let _ = writeln!(
-                    s,
-                    "{:<15} {:<9} {:<6} {:<w$} {:>4} {status}: {}",
-                    r.peer,
-                    r.wake,
-                    r.mode,
-                    r.payload,
-                    subs(r.subscribers),
-                    r.reason
-                );
+                let _ = writeln!(s, "{} {status}: {}", head(r), r.reason);
             }
         }
     }
@@ -220,7 +261,7 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// CSV header.
-pub const CSV_HEADER: &str = "peer,wake,mode,payload,payload_bytes,subscribers,status,reason,p50_ns,p99_ns,p999_ns,latency_samples,pub_fps,sub_fps,pub_cpu_ns_per_frame,sub_cpu_ns_per_frame,sub_rss_kib,sub_rss_shmem_kib,lost,max_ns";
+pub const CSV_HEADER: &str = "peer,wake,mode,payload,payload_bytes,subscribers,status,reason,p50_ns,p99_ns,p999_ns,latency_samples,pub_fps,sub_fps,pub_cpu_ns_per_frame,sub_cpu_ns_per_frame,sub_rss_kib,sub_rss_shmem_kib,lost,max_ns,work,read_gbps,floor_ns,read_ref_gbps,versus,damaged";
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
@@ -238,7 +279,7 @@ pub fn csv(rows: &[Row]) -> String {
         let f = &r.figures;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{},{},{},{},{:.2},{},{:.2},{},{}",
             csv_field(&r.peer),
             r.wake,
             r.mode,
@@ -258,7 +299,13 @@ pub fn csv(rows: &[Row]) -> String {
             f.sub_rss_kib,
             f.sub_shmem_kib,
             f.lost,
-            f.max_ns
+            f.max_ns,
+            r.work,
+            f.read_gbps(r.bytes, r.subscribers),
+            f.floor_ns,
+            f.read_ref_gbps,
+            versus(r),
+            f.damaged
         );
     }
     s
@@ -266,14 +313,15 @@ pub fn csv(rows: &[Row]) -> String {
 
 /// Plots handoff latency p50 (x) against received frames/s (y), both
 /// log scale, one colour per peer and wake-up mode, a marker per payload.
-/// Only `ok` frame rows: simulator figures ([`SIM`]) are not plotted, nor
-/// packet rows (packets/s is not frames/s, join time not a handoff).
+/// Only `ok` handoff rows of frames: simulator figures ([`SIM`]) are not
+/// plotted, nor packet rows (packets/s is not frames/s, join time not a
+/// handoff), nor consumer rows (their rate is the work's).
 pub fn svg(rows: &[Row], path: &Path, title: &str) -> Result<(), String> {
     use plotters::prelude::*;
     let ok: Vec<&Row> = rows
         .iter()
         .filter(|r| r.status == "ok" && r.figures.p50_ns > 0 && r.figures.sub_fps > 0.0)
-        .filter(|r| !is_packets(r))
+        .filter(|r| !is_packets(r) && r.work == "-")
         .collect();
     let e = |e: &dyn std::fmt::Display| format!("plot {}: {e}", path.display());
     let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
@@ -351,6 +399,7 @@ mod tests {
             wake: "blocking".into(),
             mode: "queue".into(),
             payload: "1080p".into(),
+            work: "-".into(),
             bytes: 3_110_400,
             subscribers: 1,
             status: status.into(),

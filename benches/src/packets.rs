@@ -18,7 +18,7 @@ use crate::peers::{
     wait_connected, Fanout, Res, Sink, Taken,
 };
 use crate::proto::{get_header, now_ns, parse_kv, put_header, quantile, HEADER, PHASE_LATENCY};
-use crate::spec::{Case, ChildSpec, Mode, PacketShape, Peer, Phases, Wake, Workload};
+use crate::spec::{Case, ChildSpec, Mode, PacketShape, Peer, Phases, Wake, Work, Workload};
 use crate::{Run, Size};
 use cuframes::{packet, Codec, PacketMeta, PacketPublisher, PacketStream, PacketSubscriber};
 use std::collections::BTreeMap;
@@ -166,15 +166,7 @@ impl Source {
 /// Reads every byte of a packet (a checksum, so that reading in place is
 /// not free); returns its length.
 fn touch(data: &[u8]) -> u64 {
-    let mut words = data.chunks_exact(8);
-    let mut sum = 0u64;
-    for w in &mut words {
-        sum = sum.wrapping_add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-    }
-    for &b in words.remainder() {
-        sum = sum.wrapping_add(b as u64);
-    }
-    std::hint::black_box(sum);
+    std::hint::black_box(crate::work::checksum(data));
     data.len() as u64
 }
 
@@ -212,6 +204,7 @@ pub(crate) fn plan(size: Size) -> Vec<(Case, Option<String>)> {
         wake: Wake::Block,
         mode: Mode::Queue,
         workload,
+        work: Work::Handoff,
         subscribers,
         phases,
     };
@@ -249,6 +242,7 @@ fn phases(size: Size, w: Workload) -> Phases {
         latency_frames,
         latency_interval_us: p.interval_us(),
         throughput_ms,
+        throughput_interval_us: 0,
     }
 }
 
@@ -401,13 +395,9 @@ fn cuframes_sub(spec: &ChildSpec) -> Res<String> {
         };
         let now = now_ns();
         let (seq, _, phase) = get_header(p.data());
-        Ok(Some(Taken {
-            seq,
-            phase,
-            latency_ns: now.saturating_sub(p.commit_ns()),
-            now,
-            bytes: touch(p.data()),
-        }))
+        let mut taken = Taken::new(seq, phase, now.saturating_sub(p.commit_ns()), now);
+        taken.bytes = touch(p.data());
+        Ok(Some(taken))
     })
 }
 

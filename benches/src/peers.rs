@@ -6,7 +6,8 @@ use crate::proto::{
     get_header, now_ns, put_header, PubMeter, Recorder, HEADER, PHASE_END, PHASE_LATENCY,
     PHASE_THROUGHPUT, PHASE_WARMUP,
 };
-use crate::spec::{Case, ChildSpec, Mode, Peer, Wake, RING_SLOTS};
+use crate::spec::{Case, ChildSpec, Mode, Peer, Wake, Work, RING_SLOTS};
+use crate::work::Consumer;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ pub(crate) fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String 
 
 /// Runs one child process described by `spec`.
 pub fn child_main(spec: &str) -> Res<()> {
+    if let Some(floor) = spec.strip_prefix(crate::floor::CHILD) {
+        return crate::floor::child(floor);
+    }
     let spec = ChildSpec::decode(spec)?;
     let line = match (spec.case.peer, spec.role.as_str()) {
         _ if spec.case.workload.packets.is_some() => crate::packets::child(&spec)?,
@@ -77,6 +81,40 @@ pub(crate) struct Taken {
     pub now: u64,
     /// Payload bytes the subscriber read (packets; 0 for frames).
     pub bytes: u64,
+    /// Whether the frame held what its publisher wrote (see
+    /// [`Taken::worked`]).
+    pub intact: bool,
+}
+
+impl Taken {
+    /// Frame `seq` of `phase`, taken now, `latency_ns` after its commit.
+    pub(crate) fn new(seq: u64, phase: u64, latency_ns: u64, now: u64) -> Self {
+        Self {
+            seq,
+            phase,
+            latency_ns,
+            now,
+            bytes: 0,
+            intact: true,
+        }
+    }
+
+    /// Does the case's work on `payload`, the frame this was taken from,
+    /// still held; records whether it was intact.
+    pub(crate) fn worked(mut self, consumer: &mut Consumer, payload: &[u8]) -> Self {
+        self.intact = consumer.consume(payload, self.seq);
+        self
+    }
+}
+
+/// The header of a frame about to be published, and with a consumer
+/// workload the whole frame's pattern (written first, so that the send
+/// time is stamped last).
+pub(crate) fn stamp(payload: &mut [u8], seq: u64, phase: u64, work: Work) {
+    if work != Work::Handoff {
+        crate::work::fill(payload, seq);
+    }
+    put_header(&mut payload[..HEADER], seq, phase);
 }
 
 /// A subscriber's run, the same for every peer: takes frames with `take`
@@ -85,6 +123,9 @@ pub(crate) fn receive(idx: usize, mut take: impl FnMut() -> Res<Option<Taken>>) 
     let mut rec = Recorder::default();
     while let Some(t) = take()? {
         rec.count_bytes(t.phase, t.bytes);
+        if !t.intact {
+            rec.count_damaged();
+        }
         if rec.observe(t.seq, t.phase, t.latency_ns, t.now) {
             break;
         }
@@ -93,7 +134,8 @@ pub(crate) fn receive(idx: usize, mut take: impl FnMut() -> Res<Option<Taken>>) 
 }
 
 /// The publisher's run, the same for every peer: warm-up, paced latency
-/// frames, unpaced throughput frames, end marker.
+/// frames, throughput frames (flat out, or paced at a frame rate), end
+/// marker.
 pub(crate) fn publish(spec: &ChildSpec, mut sink: impl Sink) -> Res<String> {
     let c = &spec.case;
     sink.wait_subscribers(c.subscribers)?;
@@ -128,14 +170,30 @@ pub(crate) fn publish(spec: &ChildSpec, mut sink: impl Sink) -> Res<String> {
     )?;
     std::thread::sleep(Duration::from_millis(20));
     let meter = PubMeter::start();
-    let end = Instant::now() + Duration::from_millis(c.phases.throughput_ms);
-    let mut frames = 0;
-    while Instant::now() < end {
-        seq += 1;
-        sink.publish(seq, PHASE_THROUGHPUT)?;
-        frames += 1;
-    }
+    let interval = c.phases.throughput_interval_us;
+    let frames = if interval > 0 {
+        let frames = c.phases.throughput_ms * 1000 / interval;
+        paced(
+            &mut sink,
+            frames,
+            Duration::from_micros(interval),
+            PHASE_THROUGHPUT,
+        )?;
+        frames
+    } else {
+        let end = Instant::now() + Duration::from_millis(c.phases.throughput_ms);
+        let mut frames = 0;
+        while Instant::now() < end {
+            seq += 1;
+            sink.publish(seq, PHASE_THROUGHPUT)?;
+            frames += 1;
+        }
+        frames
+    };
     let line = meter.report(frames);
+    // A paced stream's last frame gets its interval too: the end marker
+    // must not overtake it at a newest-only subscriber.
+    std::thread::sleep(Duration::from_micros(interval));
     sink.publish(seq + 1, PHASE_END)?;
     sink.finish();
     Ok(line)
@@ -157,6 +215,7 @@ pub(crate) fn ring_options(c: &Case) -> cuframes::PublisherOptions {
 
 pub(crate) struct CuframesPub {
     publisher: cuframes::Publisher,
+    work: Work,
 }
 
 impl CuframesPub {
@@ -166,7 +225,10 @@ impl CuframesPub {
         let publisher = cuframes::Publisher::create(&spec.key, layout, ring_options(c))
             .map_err(err("create"))?;
         ready();
-        Ok(Self { publisher })
+        Ok(Self {
+            publisher,
+            work: c.work,
+        })
     }
 }
 
@@ -177,7 +239,7 @@ impl Sink for CuframesPub {
 
     fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
         let mut lease = self.publisher.loan().map_err(err("loan"))?;
-        put_header(&mut lease.data_mut()[..HEADER], seq, phase);
+        stamp(lease.data_mut(), seq, phase, self.work);
         lease.commit(phase as i64).map_err(err("commit"))?;
         Ok(())
     }
@@ -193,6 +255,7 @@ fn cuframes_sub(spec: &ChildSpec) -> Res<String> {
     let mut sub = cuframes::Subscriber::connect(&spec.key, &name, c.mode.cuframes(), options)
         .map_err(err("connect"))?;
     let closed = |e: &cuframes::Error| e.code() == cuframes::ErrorCode::Closed;
+    let mut consumer = Consumer::new(c.work, c.workload);
     receive(spec.idx, || {
         let frame = match c.wake {
             Wake::Spin => loop {
@@ -212,14 +275,9 @@ fn cuframes_sub(spec: &ChildSpec) -> Res<String> {
         let now = now_ns();
         let (seq, _, phase) = get_header(frame.data());
         let latency_ns = now.saturating_sub(frame.commit_ns());
+        let taken = Taken::new(seq, phase, latency_ns, now).worked(&mut consumer, frame.data());
         frame.release();
-        Ok(Some(Taken {
-            seq,
-            phase,
-            latency_ns,
-            now,
-            bytes: 0,
-        }))
+        Ok(Some(taken))
     })
 }
 
@@ -311,6 +369,7 @@ pub(crate) fn connect_socket(key: &str) -> Res<std::os::unix::net::UnixStream> {
 pub(crate) struct SocketPub {
     fanout: Fanout,
     frame: Vec<u8>,
+    work: Work,
 }
 
 impl SocketPub {
@@ -321,6 +380,7 @@ impl SocketPub {
             fanout,
             // The frame the publisher has made; each send copies it.
             frame: vec![16u8; spec.case.workload.bytes()],
+            work: spec.case.work,
         })
     }
 }
@@ -331,7 +391,7 @@ impl Sink for SocketPub {
     }
 
     fn publish(&mut self, seq: u64, phase: u64) -> Res<()> {
-        put_header(&mut self.frame[..HEADER], seq, phase);
+        stamp(&mut self.frame, seq, phase, self.work);
         self.fanout.send_all(&self.frame)
     }
 
@@ -343,9 +403,10 @@ impl Sink for SocketPub {
 fn socket_sub(spec: &ChildSpec) -> Res<String> {
     let mut stream = connect_socket(&spec.key)?;
     let mut buf = vec![0u8; spec.case.workload.bytes()];
+    let mut consumer = Consumer::new(spec.case.work, spec.case.workload);
     receive(spec.idx, || {
         stream.read_exact(&mut buf).map_err(err("read"))?;
-        Ok(Some(sent_header(&buf)))
+        Ok(Some(sent_header(&buf).worked(&mut consumer, &buf)))
     })
 }
 
@@ -353,13 +414,7 @@ fn socket_sub(spec: &ChildSpec) -> Res<String> {
 pub(crate) fn sent_header(buf: &[u8]) -> Taken {
     let now = now_ns();
     let (seq, sent, phase) = get_header(buf);
-    Taken {
-        seq,
-        phase,
-        latency_ns: now.saturating_sub(sent),
-        now,
-        bytes: 0,
-    }
+    Taken::new(seq, phase, now.saturating_sub(sent), now)
 }
 
 // ---------------------------------------------------------------- iceoryx2
@@ -440,25 +495,22 @@ mod iox {
             .map_err(err("iceoryx2 notifier"))?;
         ready();
         let bytes = c.workload.bytes();
+        let work = c.work;
         let block = c.wake == Wake::Block;
         let sink = IoxPub {
             count: Box::new(|| service.dynamic_config().number_of_subscribers()),
             send: Box::new(|seq, phase| {
-                let mut sample = publisher
+                let sample = publisher
                     .loan_slice_uninit(bytes)
                     .map_err(err("iceoryx2 loan"))?;
-                let head = &mut sample.payload_mut()[..HEADER];
-                let mut h = [0u8; HEADER];
-                put_header(&mut h, seq, phase);
-                for (d, s) in head.iter_mut().zip(h) {
-                    d.write(s);
-                }
                 // SAFETY: the sample lies in a shared-memory segment whose
                 // bytes are always initialized: zero-filled by the kernel
-                // when mapped, an earlier frame after that. The header was
-                // just written; like a zero-copy producer, the rest of the
-                // frame is left in place (cuframes' publisher does the same).
-                let sample = unsafe { sample.assume_init() };
+                // when mapped, an earlier frame after that. Like a
+                // zero-copy producer, the publisher writes the header (and
+                // the pattern of a consumer row) and leaves the rest of the
+                // frame in place (cuframes' publisher does the same).
+                let mut sample = unsafe { sample.assume_init() };
+                stamp(sample.payload_mut(), seq, phase, work);
                 sample.send().map_err(err("iceoryx2 send"))?;
                 if block {
                     notifier.notify().map_err(err("iceoryx2 notify"))?;
@@ -514,9 +566,13 @@ mod iox {
             .listener_builder()
             .create()
             .map_err(err("iceoryx2 listener"))?;
+        let mut consumer = Consumer::new(c.work, c.workload);
         let report = receive(spec.idx, || loop {
             match subscriber.receive().map_err(err("iceoryx2 receive"))? {
-                Some(sample) => return Ok(Some(sent_header(sample.payload()))),
+                Some(sample) => {
+                    let payload = sample.payload();
+                    return Ok(Some(sent_header(payload).worked(&mut consumer, payload)));
+                }
                 None => match c.wake {
                     Wake::Spin => std::hint::spin_loop(),
                     Wake::Block => {

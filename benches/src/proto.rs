@@ -95,18 +95,29 @@ pub struct Recorder {
     end_ns: u64,
     first_cpu: u64,
     last_seq: u64,
+    last_phase: u64,
     lost: u64,
+    damaged: u64,
     bytes: u64,
 }
 
 impl Recorder {
     /// Records one frame received at `now`, `latency_ns` after its commit;
     /// true for the end marker.
+    /// Frames missed between measured frames count as lost (not those of
+    /// the warm-up, nor those a newest-only reader skips before the end
+    /// marker).
     pub fn observe(&mut self, seq: u64, phase: u64, latency_ns: u64, now: u64) -> bool {
-        if self.last_seq != 0 && seq > self.last_seq + 1 {
+        let measured = |p| p == PHASE_LATENCY || p == PHASE_THROUGHPUT;
+        if self.last_seq != 0
+            && seq > self.last_seq + 1
+            && measured(phase)
+            && measured(self.last_phase)
+        {
             self.lost += seq - self.last_seq - 1;
         }
         self.last_seq = seq;
+        self.last_phase = phase;
         match phase {
             PHASE_LATENCY => self.latency.push(latency_ns),
             PHASE_THROUGHPUT => {
@@ -134,6 +145,11 @@ impl Recorder {
         }
     }
 
+    /// Counts a frame that did not hold what its publisher wrote.
+    pub fn count_damaged(&mut self) {
+        self.damaged += 1;
+    }
+
     /// The `result` line of subscriber `idx`.
     pub fn report(mut self, idx: usize) -> String {
         let cpu = cpu_ns().saturating_sub(self.first_cpu);
@@ -151,7 +167,7 @@ impl Recorder {
         let mut s = String::new();
         let _ = write!(
             s,
-            "result role=sub idx={idx} p50={} p99={} p999={} max={} samples={} frames={} fps={fps:.3} cpu_ns={} rss_kib={rss} shmem_kib={shmem} lost={} bytes={}",
+            "result role=sub idx={idx} p50={} p99={} p999={} max={} samples={} frames={} fps={fps:.3} cpu_ns={} rss_kib={rss} shmem_kib={shmem} lost={} damaged={} bytes={}",
             quantile(lat, 0.5),
             quantile(lat, 0.99),
             quantile(lat, 0.999),
@@ -160,6 +176,7 @@ impl Recorder {
             self.frames,
             cpu / self.frames.max(1),
             self.lost,
+            self.damaged,
             self.bytes
         );
         s
@@ -210,17 +227,23 @@ mod tests {
     #[test]
     fn recorder_counts_phases_and_gaps() {
         let mut r = Recorder::default();
-        assert!(!r.observe(1, PHASE_LATENCY, 10, 100));
-        assert!(!r.observe(2, PHASE_LATENCY, 30, 200));
-        assert!(!r.observe(5, PHASE_THROUGHPUT, 0, 300));
-        assert!(!r.observe(6, PHASE_THROUGHPUT, 0, 400));
-        assert!(r.observe(7, PHASE_END, 0, 500));
+        assert!(!r.observe(1, PHASE_WARMUP, 0, 50));
+        assert!(!r.observe(3, PHASE_LATENCY, 10, 100));
+        assert!(!r.observe(4, PHASE_LATENCY, 30, 200));
+        assert!(!r.observe(7, PHASE_THROUGHPUT, 0, 300));
+        assert!(!r.observe(8, PHASE_THROUGHPUT, 0, 400));
+        r.count_damaged();
+        assert!(r.observe(11, PHASE_END, 0, 500));
         let line = r.report(3);
         let kv = parse_kv(line.strip_prefix("result ").unwrap());
         assert_eq!(kv["idx"], "3");
         assert_eq!(kv["samples"], "2");
         assert_eq!(kv["frames"], "2");
-        assert_eq!(kv["lost"], "2");
+        assert_eq!(
+            kv["lost"], "2",
+            "only gaps between measured frames are losses"
+        );
+        assert_eq!(kv["damaged"], "1");
         assert_eq!(kv["p50"], "30");
         assert_eq!(kv["max"], "30");
     }

@@ -1,10 +1,8 @@
-//! Physical reference points: how long one copy of a frame takes on this
-//! machine, and how long a futex wake-up takes.
+//! Physical reference points: how long one copy of a frame, and one read
+//! of every byte of it, take on this machine (the handoff floors are in
+//! [`floor`](crate::floor)).
 
 use crate::proto::quantile;
-use rustix::thread::futex;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// One reference measurement.
@@ -45,58 +43,45 @@ pub fn memcpy(bytes: usize, rounds: usize, label: &str) -> Reference {
         p50_ns: p50,
         p99_ns: quantile(&t, 0.99),
         p999_ns: quantile(&t, 0.999),
-        note: format!("{:.1} GB/s", bytes as f64 / p50 as f64),
+        note: format!("{:.1} GB/s", gbps(bytes, p50)),
     }
 }
 
-/// Waits until `word` holds `want`, sleeping on the futex.
-fn wait_for(word: &AtomicU32, want: u32) {
-    loop {
-        let v = word.load(Ordering::Acquire);
-        if v == want || v == STOP {
-            return;
-        }
-        let _ = futex::wait(word, futex::Flags::PRIVATE, v, None);
+/// Times reading every byte (a [`checksum`](crate::work::checksum)) of
+/// frames of `bytes`, `rounds` of them, going round `frames` distinct
+/// buffers as a subscriber goes round a ring (more than the last-level
+/// cache holds, so that reads come from memory): the read bandwidth one
+/// core gets, the ceiling of a consumer that reads each frame once.
+pub fn read(bytes: usize, frames: usize, rounds: usize, label: &str) -> Reference {
+    let bufs: Vec<Vec<u8>> = (0..frames).map(|i| vec![i as u8; bytes]).collect();
+    for b in &bufs {
+        std::hint::black_box(crate::work::checksum(b));
     }
-}
-
-const STOP: u32 = 3;
-
-/// Futex ping-pong between two threads: each side sleeps on a futex until
-/// the other sets the word and wakes it. Reports half of each round trip
-/// (one wake-up, one context switch in).
-pub fn futex_ping_pong(rounds: usize) -> Reference {
-    let word = Arc::new(AtomicU32::new(0));
-    let peer = word.clone();
-    let echo = std::thread::spawn(move || loop {
-        wait_for(&peer, 1);
-        if peer.load(Ordering::Acquire) == STOP {
-            return;
-        }
-        peer.store(2, Ordering::Release);
-        let _ = futex::wake(&peer, futex::Flags::PRIVATE, 1);
-    });
-    let mut t = Vec::with_capacity(rounds);
-    for i in 0..rounds + 100 {
-        let start = Instant::now();
-        word.store(1, Ordering::Release);
-        let _ = futex::wake(&word, futex::Flags::PRIVATE, 1);
-        wait_for(&word, 2);
-        if i >= 100 {
-            t.push(start.elapsed().as_nanos() as u64 / 2);
-        }
-    }
-    word.store(STOP, Ordering::Release);
-    let _ = futex::wake(&word, futex::Flags::PRIVATE, 1);
-    let _ = echo.join();
+    let mut t: Vec<u64> = (0..rounds)
+        .map(|i| {
+            let b = &bufs[i % frames];
+            let start = Instant::now();
+            std::hint::black_box(crate::work::checksum(std::hint::black_box(b)));
+            start.elapsed().as_nanos() as u64
+        })
+        .collect();
     t.sort_unstable();
+    let p50 = quantile(&t, 0.5).max(1);
     Reference {
-        name: "futex ping-pong, one way".into(),
-        p50_ns: quantile(&t, 0.5),
+        name: format!("read {label} ({bytes} B)"),
+        p50_ns: p50,
         p99_ns: quantile(&t, 0.99),
         p999_ns: quantile(&t, 0.999),
-        note: format!("{rounds} round trips between two threads"),
+        note: format!(
+            "{:.1} GB/s, one core, {frames} frames in turn",
+            gbps(bytes, p50)
+        ),
     }
+}
+
+/// Bytes per nanosecond is gigabytes per second.
+pub fn gbps(bytes: usize, ns: u64) -> f64 {
+    bytes as f64 / ns.max(1) as f64
 }
 
 #[cfg(test)]
@@ -107,7 +92,7 @@ mod tests {
     fn references_run() {
         let m = memcpy(4096, 10, "page");
         assert!(m.p50_ns > 0 && m.name.contains("4096"));
-        let f = futex_ping_pong(20);
-        assert!(f.p50_ns > 0);
+        let r = read(1 << 16, 4, 20, "64 KiB");
+        assert!(r.p50_ns > 0 && r.note.contains("GB/s"));
     }
 }

@@ -346,8 +346,40 @@ pub struct Phases {
     pub latency_frames: u64,
     /// Interval between them, microseconds.
     pub latency_interval_us: u64,
-    /// Length of the unpaced throughput phase, milliseconds.
+    /// Length of the throughput phase, milliseconds.
     pub throughput_ms: u64,
+    /// Interval between throughput frames, microseconds: 0 for flat out;
+    /// a frame rate for the real-time rows (a camera: it never waits, a
+    /// frame a subscriber misses is dropped).
+    pub throughput_interval_us: u64,
+}
+
+/// What each subscriber does with a frame while it holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Reads the header only: the handoff alone.
+    Handoff,
+    /// Checksums every byte (and checks it: the publisher writes a known
+    /// pattern over the whole frame).
+    Checksum,
+    /// Converts NV12 to packed RGB24 into its own buffer.
+    Rgb,
+}
+
+impl Work {
+    /// Name in the table and CSV.
+    pub fn name(self) -> &'static str {
+        match self {
+            Work::Handoff => "-",
+            Work::Checksum => "sum",
+            Work::Rgb => "rgb",
+        }
+    }
+    fn by_name(s: &str) -> Option<Self> {
+        [Work::Handoff, Work::Checksum, Work::Rgb]
+            .into_iter()
+            .find(|w| w.name() == s)
+    }
 }
 
 /// One measured configuration.
@@ -361,6 +393,8 @@ pub struct Case {
     pub mode: Mode,
     /// Payload.
     pub workload: Workload,
+    /// What subscribers do with each frame.
+    pub work: Work,
     /// Subscriber processes.
     pub subscribers: usize,
     /// Phase lengths.
@@ -396,15 +430,17 @@ impl ChildSpec {
     pub fn encode(&self) -> String {
         let c = &self.case;
         format!(
-            "peer={} wake={} mode={} workload={} subs={} lat_frames={} lat_interval_us={} tput_ms={} key={} role={} idx={}",
+            "peer={} wake={} mode={} workload={} work={} subs={} lat_frames={} lat_interval_us={} tput_ms={} tput_interval_us={} key={} role={} idx={}",
             c.peer.name(),
             c.wake.name(),
             c.mode.name(),
             c.workload.name,
+            c.work.name(),
             c.subscribers,
             c.phases.latency_frames,
             c.phases.latency_interval_us,
             c.phases.throughput_ms,
+            c.phases.throughput_interval_us,
             self.key,
             self.role,
             self.idx
@@ -423,11 +459,13 @@ impl ChildSpec {
             wake: Wake::by_name(get("wake")?).ok_or("child spec: unknown wake")?,
             mode: Mode::by_name(get("mode")?).ok_or("child spec: unknown mode")?,
             workload: Workload::by_name(get("workload")?).ok_or("child spec: unknown workload")?,
+            work: Work::by_name(get("work")?).ok_or("child spec: unknown work")?,
             subscribers: num("subs")? as usize,
             phases: Phases {
                 latency_frames: num("lat_frames")?,
                 latency_interval_us: num("lat_interval_us")?,
                 throughput_ms: num("tput_ms")?,
+                throughput_interval_us: num("tput_interval_us")?,
             },
         };
         Ok(Self {
@@ -471,11 +509,13 @@ mod tests {
                 wake: Wake::Spin,
                 mode: Mode::Newest,
                 workload: Workload::HD,
+                work: Work::Rgb,
                 subscribers: 4,
                 phases: Phases {
                     latency_frames: 10,
                     latency_interval_us: 200,
                     throughput_ms: 300,
+                    throughput_interval_us: 16_667,
                 },
             },
             key: "bench-1-2".into(),
