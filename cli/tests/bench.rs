@@ -90,6 +90,39 @@ fn smoke_run_writes_csv_and_svg() {
     }
     assert!(rows.iter().all(|r| r["status"] != "failed"), "{csv}");
     assert!(rows.iter().any(|r| r["status"] == "reference"), "{csv}");
+    // The floors, measured between two processes, and compared with.
+    for floor in [
+        "ref: busy-poll floor",
+        "ref: blocking floor",
+        "ref: cache-line ping-pong",
+    ] {
+        let r = rows
+            .iter()
+            .find(|r| r["peer"].starts_with(floor))
+            .unwrap_or_else(|| panic!("{floor} missing:\n{csv}"));
+        assert!(r["p50_ns"].parse::<u64>().unwrap() > 0, "{r:?}");
+    }
+    for r in rows
+        .iter()
+        .filter(|r| r["peer"] == "cuframes" && r["status"] == "ok" && r["work"] == "-")
+    {
+        assert!(r["floor_ns"].parse::<u64>().unwrap() > 0, "{r:?}");
+        assert!(r["versus"].ends_with('x'), "{r:?}");
+    }
+    // Consumer rows: every byte checksummed and checked, nothing damaged,
+    // compared with one core's read bandwidth.
+    let sums: Vec<_> = rows
+        .iter()
+        .filter(|r| r["work"] == "sum" && r["status"] == "ok")
+        .collect();
+    for peer in ["cuframes", "unix-socket"] {
+        assert!(sums.iter().any(|r| r["peer"] == peer), "{peer}:\n{csv}");
+    }
+    for r in sums {
+        assert_eq!(r["damaged"], "0", "{r:?}");
+        assert!(r["read_gbps"].parse::<f64>().unwrap() > 0.0, "{r:?}");
+        assert!(r["versus"].ends_with('%'), "{r:?}");
+    }
 
     let svg = std::fs::read_to_string(out.join("bench.svg")).unwrap();
     assert!(svg.contains("<svg"));
