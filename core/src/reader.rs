@@ -70,6 +70,9 @@ impl<H: RingRef> ReadGrant<H> {
         if rec.state.load(Acquire) != record::word(token.generation, record::ACTIVE) {
             return Err(ReadError::Evicted);
         }
+        if r.nothing_new(rec, token) {
+            return Err(ReadError::WouldBlock);
+        }
         // Reserve the hold before probing, in one step (threads may share a
         // subscription): a probe in flight counts against `max_held`, so no
         // record ever has more lease bits set than its `max_held`, which is
@@ -224,6 +227,27 @@ impl<H: RingRef> core::fmt::Debug for ReadGrant<H> {
 pub(crate) const MAX_RETRIES: usize = 64;
 
 impl Ring<'_> {
+    /// True when a read by `token` (whose record is `rec`) would find
+    /// nothing and report nothing: the stream is open, the subscriber is
+    /// below its hold limit, and no frame is newer than its last
+    /// (NEWEST_ONLY) or at its cursor (QUEUE). Loads only: a spinning
+    /// subscriber polls millions of times a second, and the full read
+    /// starts with two read-modify-writes. Packet rings, an evicted
+    /// cursor and every other case take the full read.
+    pub(crate) fn nothing_new(&self, rec: &SubscriberRecord, token: &RecordToken) -> bool {
+        if self.is_packets() || rec.held.load(Relaxed) >= token.max_held || self.is_closed() {
+            return false;
+        }
+        let (head, _) = self.head();
+        match token.mode {
+            Mode::NewestOnly => head <= rec.last_seq.load(Relaxed),
+            Mode::Queue => {
+                let want = rec.cursor.load(SeqCst);
+                want & EVICTED == 0 && want > head
+            }
+        }
+    }
+
     /// Sets `bit` on `slot` and keeps it only if the slot is not being
     /// written and still holds `seq`. A slot that visibly fails either test
     /// is skipped without setting the bit, so a stale lookup rarely costs
