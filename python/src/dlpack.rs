@@ -7,6 +7,7 @@ use crate::holds::{Holds, Pin, Via};
 use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use std::borrow::Cow;
 use std::ffi::{c_void, CStr};
 use std::sync::{Arc, Weak};
 
@@ -440,7 +441,7 @@ pub struct Track {
     /// The frame's seq.
     pub seq: u64,
     /// The call that made the view (`"frame.y"`, `"frame.dlpack_y()"`).
-    pub origin: String,
+    pub origin: Cow<'static, str>,
     /// Whether the frame's own numpy property imports it.
     pub numpy: bool,
 }
@@ -483,6 +484,21 @@ impl DLPackView {
             owner,
             track: Some(track),
             _pin: pin,
+        }
+    }
+
+    /// What an array made of this view must keep alive: for a
+    /// subscriber's frame a new hold, named as a numpy property's or a
+    /// DLPack consumer's array (as `track` says).
+    fn array_owner(&self) -> Owner {
+        match &self.track {
+            None => self.owner.clone(),
+            Some(t) => t.holds.pin(
+                t.seq,
+                Via::Export { numpy: t.numpy },
+                t.origin.clone(),
+                self.owner.clone(),
+            ),
         }
     }
 
@@ -550,7 +566,8 @@ impl DLPackView {
     }
 }
 
-/// `numpy.from_dlpack(view)`: a zero-copy array.
+/// A zero-copy numpy array of `view`: made directly (see `numpy.rs`), or
+/// where numpy's C API cannot be used, `numpy.from_dlpack(view)`.
 pub fn to_numpy<'py>(py: Python<'py>, view: DLPackView) -> PyResult<Bound<'py, PyAny>> {
     if view.spec.device.device_type != DEVICE_CPU {
         return Err(crate::errors::raise(
@@ -558,6 +575,9 @@ pub fn to_numpy<'py>(py: Python<'py>, view: DLPackView) -> PyResult<Bound<'py, P
             "the frame is in GPU memory: numpy cannot view it; use \
              torch.from_dlpack(frame.plane(i)) or cupy.from_dlpack(...)",
         ));
+    }
+    if let Some(array) = crate::numpy::array(py, &view.spec, || view.array_owner()) {
+        return array;
     }
     let read_only = view.spec.read_only;
     let view = Bound::new(py, view)?;

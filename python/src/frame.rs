@@ -12,6 +12,7 @@ use cuframes::{ErrorCode, Frame};
 use cuframes_cuda::{CudaFrame, RawStream};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 impl Keep for Frame {}
@@ -45,7 +46,7 @@ impl Item for Held {
 
 impl Held {
     /// The ring-level frame (its seq, layout, timestamps).
-    fn host(&self) -> &Frame {
+    pub fn host(&self) -> &Frame {
         match self {
             Held::Host(f) => f,
             Held::Cuda(f) => <CudaFrame as AsRef<Frame>>::as_ref(f),
@@ -147,8 +148,8 @@ impl PyFrame {
     fn view(
         &self,
         spec: Option<TensorSpec>,
-        what: &str,
-        origin: &str,
+        what: impl FnOnce() -> String,
+        origin: impl Into<Cow<'static, str>>,
         visible: bool,
         numpy: bool,
     ) -> PyResult<DLPackView> {
@@ -157,15 +158,16 @@ impl PyFrame {
             raise(
                 ErrorCode::InvalidArgument,
                 &format!(
-                    "{} frames have no {what}",
-                    self.meta.slot.format.name().to_uppercase()
+                    "{} frames have no {}",
+                    self.meta.slot.format.name().to_uppercase(),
+                    what()
                 ),
             )
         })?;
         let track = Track {
             holds: self.held.holds().clone(),
             seq: self.meta.seq,
-            origin: origin.to_owned(),
+            origin: origin.into(),
             numpy,
         };
         Ok(DLPackView::tracked(spec, owner, track, visible))
@@ -175,13 +177,13 @@ impl PyFrame {
     fn plane_view(
         &self,
         i: usize,
-        origin: &str,
+        origin: impl Into<Cow<'static, str>>,
         visible: bool,
         numpy: bool,
     ) -> PyResult<DLPackView> {
         self.view(
             self.meta.slot.plane(i),
-            &format!("plane {i}"),
+            || format!("plane {i}"),
             origin,
             visible,
             numpy,
@@ -189,10 +191,10 @@ impl PyFrame {
     }
 
     /// A view of the whole picture as one array.
-    fn whole_view(&self, origin: &str, numpy: bool) -> PyResult<DLPackView> {
+    fn whole_view(&self, origin: &'static str, numpy: bool) -> PyResult<DLPackView> {
         self.view(
             self.meta.slot.whole(),
-            "single-array view",
+            || "single-array view".to_owned(),
             origin,
             false,
             numpy,
@@ -360,7 +362,7 @@ impl PyFrame {
     /// Plane `i` as an object with the DLPack protocol (for
     /// `torch.from_dlpack`, `cupy.from_dlpack`, `numpy.from_dlpack`).
     fn plane(&self, i: usize) -> PyResult<DLPackView> {
-        self.plane_view(i, &format!("frame.plane({i})"), true, false)
+        self.plane_view(i, format!("frame.plane({i})"), true, false)
     }
 
     /// The luma (or only) plane as a read-only numpy array, no copy.
@@ -383,7 +385,7 @@ impl PyFrame {
         (0..n)
             .map(|i| {
                 let origin = format!("frame.planes[{i}]");
-                dlpack::to_numpy(py, self.plane_view(i, &origin, false, true)?)
+                dlpack::to_numpy(py, self.plane_view(i, origin, false, true)?)
             })
             .collect()
     }

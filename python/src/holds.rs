@@ -12,6 +12,7 @@ use crate::errors::raise;
 use cuframes::ErrorCode;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -44,7 +45,7 @@ pub struct Pin {
     /// What it is.
     via: Via,
     /// The call that made it (`"frame.y"`, `"frame.dlpack_y()"`).
-    origin: String,
+    origin: Cow<'static, str>,
     /// The exported capsule while it exists (null before and after): set
     /// at export, cleared by the capsule's destructor. Read and written
     /// with the GIL held only.
@@ -91,7 +92,7 @@ impl Pin {
                 // `origin` is what was exported: a capsule-returning call
                 // (`frame.dlpack_y()`) or an object with `__dlpack__`.
                 let capsule_call = if origin.ends_with(')') && !origin.starts_with("frame.plane") {
-                    origin.clone()
+                    origin.to_string()
                 } else {
                     format!("{origin}.__dlpack__()")
                 };
@@ -118,7 +119,13 @@ pub struct Holds {
 
 impl Holds {
     /// A new holder of frame (or packet) `seq`, kept alive through `owner`.
-    pub fn pin(&self, seq: u64, via: Via, origin: impl Into<String>, owner: Owner) -> Arc<Pin> {
+    pub fn pin(
+        &self,
+        seq: u64,
+        via: Via,
+        origin: impl Into<Cow<'static, str>>,
+        owner: Owner,
+    ) -> Arc<Pin> {
         let pin = Arc::new(Pin {
             seq,
             via,
@@ -222,7 +229,7 @@ impl<T: Item> Holding<T> {
 
     /// The held item and a new holder of it (`via`, made by `origin`), or
     /// `CuframesReleasedError`.
-    pub fn pin(&self, via: Via, origin: &str) -> PyResult<(T, Arc<Pin>)> {
+    pub fn pin(&self, via: Via, origin: &'static str) -> PyResult<(T, Arc<Pin>)> {
         let item = self.get()?;
         let pin = self.holds.pin(self.seq, via, origin, item.owner());
         Ok((item, pin))

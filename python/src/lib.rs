@@ -8,6 +8,7 @@ mod errors;
 mod frame;
 mod holds;
 mod logging;
+mod numpy;
 mod packets;
 mod planes;
 mod publisher;
