@@ -109,6 +109,15 @@ impl Handle for Reader {
         self.host().stats()
     }
 
+    fn stamp(item: &Held) -> Option<Stamp> {
+        let f = item.host();
+        Some(Stamp {
+            seq: f.seq(),
+            pts_ns: f.pts_ns(),
+            commit_ns: f.commit_ns(),
+        })
+    }
+
     fn monitor(&self) -> Option<Monitor> {
         Some(self.host().monitor())
     }
@@ -159,6 +168,27 @@ fn hold_budget_message(key: &str, asked: u32, defaulted: bool) -> String {
     )
 }
 
+/// What a subscriber's own counters record of a frame it hands out.
+pub struct Stamp {
+    /// The frame's seq.
+    seq: u64,
+    /// Its pts.
+    pts_ns: i64,
+    /// Its commit time.
+    commit_ns: u64,
+}
+
+/// What a take without waiting found.
+enum Ready<T> {
+    /// An item, or the error the take ended with.
+    Taken(cuframes::Result<T>),
+    /// Nothing ready yet.
+    Empty,
+    /// The handle is in use by another thread's take, or the subscriber is
+    /// closing or closed: the take must go the usual way (GIL released).
+    Busy,
+}
+
 /// A std subscriber of either kind (a frame [`Reader`], a
 /// `cuframes::PacketSubscriber`), as a [`Session`] drives it, with the
 /// words its messages use.
@@ -184,6 +214,11 @@ pub trait Handle: Send {
     fn try_next(&mut self) -> cuframes::Result<Option<Self::Item>>;
     /// The counters, shared ones read now.
     fn stats(&self) -> SubscriberStats;
+    /// What the handle's own counters record of an item it handed out,
+    /// where the session may count it without [`stats`](Self::stats).
+    fn stamp(_item: &Self::Item) -> Option<Stamp> {
+        None
+    }
     /// Reads the shared counters while a wait holds the handle, where the
     /// handle offers that.
     fn monitor(&self) -> Option<Monitor> {
@@ -377,15 +412,16 @@ impl<H: Handle> Session<H> {
     }
 
     /// Runs `f` on the open handle (GIL released), then refreshes the
-    /// local counters. The error stays a Rust error: it becomes a Python
-    /// exception only once the lock is dropped and the GIL is back (taking
-    /// the GIL while holding the lock could deadlock against a thread that
-    /// holds the GIL and wants the lock).
+    /// local counters; returns what `f` did with the counters as of then.
+    /// The error stays a Rust error: it becomes a Python exception only
+    /// once the lock is dropped and the GIL is back (taking the GIL while
+    /// holding the lock could deadlock against a thread that holds the GIL
+    /// and wants the lock).
     fn with_sub<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut H, &AtomicBool) -> cuframes::Result<T> + Send,
-    ) -> cuframes::Result<T> {
+    ) -> cuframes::Result<(T, SubscriberStats)> {
         py.detach(|| {
             let mut guard = self.sub.lock().unwrap_or_else(|p| p.into_inner());
             if self.closing.load(Ordering::Acquire) {
@@ -398,12 +434,72 @@ impl<H: Handle> Session<H> {
                 ));
             };
             let r = f(sub, &self.closing);
-            *self.local.lock().unwrap_or_else(|p| p.into_inner()) = sub.stats();
+            let stats = self.refresh(sub);
             if self.closing.load(Ordering::Acquire) {
                 guard.take();
             }
-            r
+            r.map(|t| (t, stats))
         })
+    }
+
+    /// Stores the handle's counters as the local ones and returns them.
+    fn refresh(&self, sub: &H) -> SubscriberStats {
+        let stats = sub.stats();
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = stats;
+        stats
+    }
+
+    /// The next item if one is ready now, taken with the GIL held (giving
+    /// it up and taking it back costs more than a ready take), with its
+    /// latency. Nothing here blocks: the handle's lock is only tried, and
+    /// a take without waiting is a few atomic operations on the ring.
+    fn take_ready(&self) -> Ready<(H::Item, u64)> {
+        let mut guard = match self.sub.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ready::Busy,
+        };
+        if self.closing.load(Ordering::Acquire) {
+            return Ready::Busy;
+        }
+        let Some(sub) = guard.as_mut() else {
+            return Ready::Busy;
+        };
+        match sub.try_next() {
+            Ok(None) => Ready::Empty,
+            Ok(Some(item)) => {
+                let latency = match H::stamp(&item) {
+                    Some(stamp) => self.count(&stamp),
+                    None => self.refresh(sub).last_latency_ns,
+                };
+                Ready::Taken(Ok((item, latency)))
+            }
+            Err(e) => {
+                self.refresh(sub);
+                Ready::Taken(Err(e))
+            }
+        }
+    }
+
+    /// Counts an item just taken (`stamp`) in the local counters as the
+    /// handle counted it in its own (`cuframes::Subscriber` counts a gap
+    /// when a seq does not follow the last one; the latency runs from the
+    /// commit to the handout), and returns its latency. This keeps the
+    /// local counters what [`refresh`](Self::refresh) would make them
+    /// without its scan of every subscriber record of the ring, the
+    /// dearest part of a take that does not wait. The shared counters
+    /// (drops, occupancy) are read when asked for, as ever.
+    fn count(&self, stamp: &Stamp) -> u64 {
+        let latency = cuframes::now_ns().saturating_sub(stamp.commit_ns);
+        let mut s = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        if s.last_seq != 0 && stamp.seq != s.last_seq + 1 {
+            s.gap_count += 1;
+        }
+        s.frames_received += 1;
+        s.last_seq = stamp.seq;
+        s.last_frame_pts_ns = stamp.pts_ns;
+        s.last_latency_ns = latency;
+        latency
     }
 
     /// Every counter: read now unless a wait holds the handle; then as of
@@ -436,19 +532,28 @@ impl<H: Handle> Session<H> {
         timeout_ms: u64,
         count_timeout: bool,
     ) -> PyResult<(H::Item, u64)> {
-        let timeout = Duration::from_millis(timeout_ms);
-        let got = self.with_sub(py, |sub, closing| {
-            let item = sub.next(timeout, || closing.load(Ordering::Acquire))?;
-            Ok((item, sub.stats().last_latency_ns))
-        });
+        let got = match self.take_ready() {
+            Ready::Taken(got) => got,
+            Ready::Empty | Ready::Busy => {
+                let timeout = Duration::from_millis(timeout_ms);
+                self.with_sub(py, |sub, closing| {
+                    sub.next(timeout, || closing.load(Ordering::Acquire))
+                })
+                .map(|(item, stats)| (item, stats.last_latency_ns))
+            }
+        };
         got.map_err(|e| self.error(py, e, count_timeout))
     }
 
     /// The next item if one is ready now, with its latency.
     pub fn try_take(&self, py: Python<'_>) -> PyResult<Option<(H::Item, u64)>> {
-        let got = self.with_sub(py, |sub, _| {
-            Ok(sub.try_next()?.map(|i| (i, sub.stats().last_latency_ns)))
-        });
+        let got = match self.take_ready() {
+            Ready::Taken(got) => got.map(Some),
+            Ready::Empty => Ok(None),
+            Ready::Busy => self
+                .with_sub(py, |sub, _| sub.try_next())
+                .map(|(item, stats)| item.map(|i| (i, stats.last_latency_ns))),
+        };
         got.map_err(|e| self.error(py, e, false))
     }
 
