@@ -139,7 +139,7 @@ impl PyFrame {
 
     /// The metadata, or `CuframesReleasedError`.
     fn meta(&self) -> PyResult<&Meta> {
-        self.held.get().map(|_| &self.meta)
+        self.held.check().map(|()| &self.meta)
     }
 
     /// A view of `spec` (`what` names it in errors); `origin` names the

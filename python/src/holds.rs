@@ -215,16 +215,29 @@ impl<T: Item> Holding<T> {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|(item, _)| item.clone());
-        item.ok_or_else(|| {
-            raise(
-                ErrorCode::Released,
-                &format!(
-                    "{} {} was released (views made before release() stay valid)",
-                    T::NOUN,
-                    self.seq
-                ),
-            )
-        })
+        item.ok_or_else(|| self.released_error())
+    }
+
+    /// `Ok` until released, else `CuframesReleasedError` (as [`get`](Self::get),
+    /// without cloning the item).
+    pub fn check(&self) -> PyResult<()> {
+        if self.released() {
+            Err(self.released_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The error of an accessor called after `release()`.
+    fn released_error(&self) -> PyErr {
+        raise(
+            ErrorCode::Released,
+            &format!(
+                "{} {} was released (views made before release() stay valid)",
+                T::NOUN,
+                self.seq
+            ),
+        )
     }
 
     /// The held item and a new holder of it (`via`, made by `origin`), or
