@@ -70,7 +70,7 @@ impl<H: RingRef> ReadGrant<H> {
         if rec.state.load(Acquire) != record::word(token.generation, record::ACTIVE) {
             return Err(ReadError::Evicted);
         }
-        if r.nothing_new(rec, token) {
+        if r.nothing_new(token) {
             return Err(ReadError::WouldBlock);
         }
         // Reserve the hold before probing, in one step (threads may share a
@@ -227,15 +227,42 @@ impl<H: RingRef> core::fmt::Debug for ReadGrant<H> {
 pub(crate) const MAX_RETRIES: usize = 64;
 
 impl Ring<'_> {
-    /// True when a read by `token` (whose record is `rec`) would find
-    /// nothing and report nothing: the stream is open, the subscriber is
-    /// below its hold limit, and no frame is newer than its last
-    /// (NEWEST_ONLY) or at its cursor (QUEUE). Loads only: a spinning
-    /// subscriber polls millions of times a second, and the full read
-    /// starts with two read-modify-writes. Packet rings, an evicted
-    /// cursor and every other case take the full read.
-    pub(crate) fn nothing_new(&self, rec: &SubscriberRecord, token: &RecordToken) -> bool {
-        if self.is_packets() || rec.held.load(Relaxed) >= token.max_held || self.is_closed() {
+    /// True when a read by `token` would find nothing and report nothing:
+    /// its record is its own and active, the stream is open, it is below
+    /// its hold limit, and no frame is newer than its last (NEWEST_ONLY) or
+    /// at its cursor (QUEUE). Loads only: a busy-poll subscriber polls
+    /// millions of times a second, and a read starts with two
+    /// read-modify-writes. Packet rings, an evicted cursor and every other
+    /// case say false and take the full read, which reports them.
+    ///
+    /// ```
+    /// # use cuframes_core::*;
+    /// # let ctl = ControlBlock::new();
+    /// # let slots: Vec<SlotHeader> = (0..3).map(|_| SlotHeader::new()).collect();
+    /// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+    /// # let subs: Vec<SubscriberRecord> = (0..1).map(|_| SubscriberRecord::new()).collect();
+    /// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+    /// let mut writer = Writer::new(&ring);
+    /// let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 1, start_time: 0, pid_ns: 0, heartbeat_ns: 0, name: b"s" };
+    /// let sub = Subscription::register(&ring, &req).unwrap();
+    /// assert!(ring.nothing_new(sub.token()));
+    /// writer.try_loan().unwrap().commit(0, 0);
+    /// assert!(!ring.nothing_new(sub.token()));
+    /// let frame = sub.try_read().unwrap();
+    /// // Holding its one frame: a read would report the hold limit.
+    /// assert!(!ring.nothing_new(sub.token()));
+    /// drop(frame);
+    /// assert!(ring.nothing_new(sub.token()));
+    /// ```
+    pub fn nothing_new(&self, token: &RecordToken) -> bool {
+        let Some(rec) = self.subs.get(token.index as usize) else {
+            return false;
+        };
+        if self.is_packets()
+            || rec.state.load(Acquire) != record::word(token.generation, record::ACTIVE)
+            || rec.held.load(Relaxed) >= token.max_held
+            || self.is_closed()
+        {
             return false;
         }
         let (head, _) = self.head();

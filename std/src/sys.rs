@@ -11,6 +11,15 @@ pub fn now_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// Monotonic nanoseconds at the kernel tick's resolution (a few ms):
+/// cheaper than [`now_ns`] (no TSC read), for intervals of tens of ms or
+/// more checked on hot paths, such as every empty poll of a busy-poll
+/// subscriber.
+pub(crate) fn coarse_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// Wall-clock nanoseconds since the Unix epoch.
 pub(crate) fn unix_ns() -> u64 {
     std::time::SystemTime::now()
