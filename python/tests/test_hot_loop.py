@@ -51,7 +51,7 @@ def test_a_held_view_never_shows_a_later_frame(key: str) -> None:
 def test_each_call_makes_its_own_view(key: str) -> None:
     with cuframes.Publisher(key, 32, 16, PixelFormat.GRAY8, slots=4) as pub:
         with cuframes.subscribe(key, "views", SubscriberMode.QUEUE) as sub:
-            previous = None
+            previous: Optional["np.ndarray[Any, Any]"] = None
             for i in range(1, 9):
                 _fill(pub, i)
                 with sub.next_frame(1000) as f:
@@ -60,7 +60,7 @@ def test_each_call_makes_its_own_view(key: str) -> None:
                     assert previous is None or a is not previous
                     previous = a  # kept across the next take, as the usual loop does
                     del a, b
-                assert int(previous[0, 0]) == i
+                assert previous is not None and int(previous[0, 0]) == i
 
 
 def test_a_view_outlives_its_frame_and_subscriber(key: str) -> None:
