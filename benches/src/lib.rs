@@ -16,6 +16,7 @@
 
 pub mod floor;
 pub mod gpu;
+pub mod memory;
 pub mod output;
 pub mod packets;
 pub mod peers;
