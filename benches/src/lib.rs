@@ -86,6 +86,9 @@ pub struct Options {
     pub peers: Vec<Peer>,
     /// Frame rows, packet rows or both.
     pub rows: Rows,
+    /// A directory on a tmpfs mounted with `huge=` (transparent huge
+    /// pages): the memory references measure a ring there too.
+    pub huge_dir: Option<PathBuf>,
 }
 
 /// Where the results went.
@@ -419,6 +422,10 @@ fn references(
                 .push((w.name, reference::gbps(w.bytes(), r.p50_ns)));
             measured.push(r);
         }
+    }
+    // First touch and huge pages of a 4K ring, where frame rows run.
+    if opts.size != Size::Smoke && cases.iter().any(|(_, (c, _))| has_floor(c)) {
+        measured.extend(memory::probe(opts.huge_dir.as_deref()));
     }
     let child = |kind, interval_us: u64, rounds| {
         floor::measure(

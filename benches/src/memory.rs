@@ -628,13 +628,7 @@ fn frame_bytes(p: &Params) -> usize {
 fn skipped_rows(p: &Params, label: &str, why: &str) -> Vec<Reference> {
     names(p, label)
         .into_iter()
-        .map(|name| Reference {
-            name,
-            p50_ns: 0,
-            p99_ns: 0,
-            p999_ns: 0,
-            note: format!("skipped: {why}"),
-        })
+        .map(|name| Reference::skipped(name, why))
         .collect()
 }
 
@@ -808,18 +802,10 @@ fn hugetlb_rows(p: &Params) -> Vec<Reference> {
             mounts.join(", ")
         }
     );
-    let one = |note: String| {
-        vec![Reference {
-            name: "hugetlbfs pages (MAP_HUGETLB)".into(),
-            p50_ns: 0,
-            p99_ns: 0,
-            p999_ns: 0,
-            note,
-        }]
-    };
+    let one = |why: String| vec![Reference::skipped("hugetlbfs pages (MAP_HUGETLB)", &why)];
     let Some(dir) = mounts.first() else {
         return one(format!(
-            "skipped: {pool}; transparent huge pages on a huge= tmpfs need no reserved pool"
+            "{pool}; transparent huge pages on a huge= tmpfs need no reserved pool"
         ));
     };
     let b = Backing {
@@ -831,7 +817,7 @@ fn hugetlb_rows(p: &Params) -> Vec<Reference> {
     let once = Params { rounds: 1, ..*p };
     match measure(&b, &once) {
         Ok(m) => rows(&once, &b, &m),
-        Err(e) => one(format!("skipped: cuframes cannot use {dir}: {e}; {pool}")),
+        Err(e) => one(format!("cuframes cannot use {dir}: {e}; {pool}")),
     }
 }
 

@@ -77,7 +77,8 @@ pub struct Row {
 }
 
 impl Row {
-    /// A reference measurement as a row.
+    /// A reference measurement as a row (`skipped`, with the reason, if it
+    /// could not be measured here).
     pub fn reference(r: &Reference) -> Self {
         Row {
             peer: format!("ref: {}", r.name),
@@ -87,8 +88,13 @@ impl Row {
             work: "-".into(),
             bytes: 0,
             subscribers: 0,
-            status: "reference".into(),
-            reason: r.note.clone(),
+            status: if r.skip_reason().is_some() {
+                "skipped"
+            } else {
+                "reference"
+            }
+            .into(),
+            reason: r.skip_reason().unwrap_or(&r.note).to_owned(),
             figures: Figures {
                 p50_ns: r.p50_ns,
                 p99_ns: r.p99_ns,
@@ -248,6 +254,9 @@ pub fn table(rows: &[Row]) -> String {
                     // The width of the columns before p50.
                     width = 43 + w
                 );
+            }
+            "skipped" if r.peer.starts_with("ref: ") => {
+                let _ = writeln!(s, "{}  skipped: {}", r.peer, r.reason);
             }
             status => {
                 let _ = writeln!(s, "{} {status}: {}", head(r), r.reason);

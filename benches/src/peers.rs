@@ -171,8 +171,8 @@ pub(crate) fn publish(spec: &ChildSpec, mut sink: impl Sink) -> Res<String> {
     std::thread::sleep(Duration::from_millis(20));
     let meter = PubMeter::start();
     let interval = c.phases.throughput_interval_us;
-    let frames = if interval > 0 {
-        let frames = c.phases.throughput_ms * 1000 / interval;
+    // Paced (a frame rate) or flat out (interval 0).
+    let frames = if let Some(frames) = (c.phases.throughput_ms * 1000).checked_div(interval) {
         paced(
             &mut sink,
             frames,

@@ -154,37 +154,38 @@ try:
     import numpy  # frame.y imports it on first use: not inside a timed phase
 except ImportError:
     pass
-mode = cuframes.SubscriberMode.NEWEST_ONLY if ARGS['mode'] == 'newest' else cuframes.SubscriberMode.QUEUE
-sub = None
-deadline = time.monotonic() + 30
-while sub is None:
-    try:
-        sub = cuframes.subscribe(ARGS['key'], 'py' + ARGS['idx'], mode=mode)
-    except Exception:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.01)
-rec = Recorder()
-while True:
-    try:
-        f = sub.next_frame(20000)
-    except Exception as e:
-        if 'closed' in (type(e).__name__ + str(e)).lower():
+
+def run():
+    mode = cuframes.SubscriberMode.NEWEST_ONLY if ARGS['mode'] == 'newest' else cuframes.SubscriberMode.QUEUE
+    sub = None
+    deadline = time.monotonic() + 30
+    while sub is None:
+        try:
+            sub = cuframes.subscribe(ARGS['key'], 'py' + ARGS['idx'], mode=mode)
+        except cuframes.CuframesError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    rec = Recorder()
+    # What a user's loop does: take a frame, read it through a numpy view,
+    # drop the view, release the frame.
+    while True:
+        try:
+            f = sub.next_frame(20000)
+        except cuframes.CuframesClosedError:
             break
-        raise
-    now = time.monotonic_ns()
-    y = f.y
-    row = y[0] if getattr(y, 'ndim', 1) > 1 else y
-    s, sent, phase = HDR.unpack(row[:24].tobytes())
-    sent = getattr(f, 'commit_ns', sent)
-    # The numpy views keep the frame held: drop them before releasing.
-    del y, row
-    f.release()
-    del f
-    if rec.observe(s, phase, now - sent, now):
-        break
-rec.report(int(ARGS['idx']))
-sub.close()
+        now = time.monotonic_ns()
+        y = f.y
+        s, _, phase = HDR.unpack(y[0, :24].tobytes())
+        sent = f.commit_ns
+        del y  # a view keeps the frame held: drop it before releasing
+        f.release()
+        if rec.observe(s, phase, now - sent, now):
+            break
+    rec.report(int(ARGS['idx']))
+    sub.close()
+
+run()
 "#;
 
 /// `torch.multiprocessing` handing CUDA tensors from a producer to one

@@ -20,6 +20,28 @@ pub struct Reference {
     pub note: String,
 }
 
+/// Prefix of the note of a reference that could not be measured here.
+const SKIPPED: &str = "skipped: ";
+
+impl Reference {
+    /// A reference that could not be measured here, and why: listed,
+    /// never left out (`p50_ns` 0).
+    pub fn skipped(name: impl Into<String>, why: &str) -> Self {
+        Self {
+            name: name.into(),
+            p50_ns: 0,
+            p99_ns: 0,
+            p999_ns: 0,
+            note: format!("{SKIPPED}{why}"),
+        }
+    }
+
+    /// Why it was not measured, if it was not.
+    pub fn skip_reason(&self) -> Option<&str> {
+        self.note.strip_prefix(SKIPPED).filter(|_| self.p50_ns == 0)
+    }
+}
+
 /// Times `rounds` copies of a `bytes`-long buffer (`memcpy` through
 /// `copy_from_slice`), each on its own, after a few untimed ones.
 pub fn memcpy(bytes: usize, rounds: usize, label: &str) -> Reference {

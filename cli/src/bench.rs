@@ -48,6 +48,12 @@ mod with_harness {
         /// Packet rows have cuframes and unix-socket.
         #[arg(long, value_delimiter = ',', value_parser = parse_peer)]
         pub peers: Vec<Peer>,
+        /// A directory on a tmpfs mounted with transparent huge pages
+        /// (`mount -t tmpfs -o huge=always,size=1g none DIR`): the memory
+        /// reference rows then measure a 4K ring there as well as in
+        /// /dev/shm (first touch, page faults, write and read time).
+        #[arg(long, value_name = "DIR")]
+        pub huge_dir: Option<PathBuf>,
         /// Runs one publisher or subscriber process of the harness.
         #[arg(long, hide = true)]
         pub child: Option<String>,
@@ -77,6 +83,7 @@ mod with_harness {
             } else {
                 Rows::default_for(size)
             },
+            huge_dir: args.huge_dir,
         };
         eprintln!(
             "cuframes bench ({size:?}, {:?}) on {}",
