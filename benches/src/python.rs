@@ -161,8 +161,11 @@ def run():
     deadline = time.monotonic() + 30
     while sub is None:
         try:
-            sub = cuframes.subscribe(ARGS['key'], 'py' + ARGS['idx'], mode=mode)
-        except cuframes.CuframesError:
+            # One frame held at a time: the loop releases each before it
+            # takes the next (the default, 2, lets a frame's views outlive
+            # the next take, and asks the ring for a slot more).
+            sub = cuframes.subscribe(ARGS['key'], 'py' + ARGS['idx'], mode=mode, max_held=1)
+        except cuframes.CuframesNotFoundError:  # the publisher is not there yet
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
