@@ -680,38 +680,23 @@ fn rows(p: &Params, b: &Backing, m: &Measured) -> Vec<Reference> {
     let ww_faults = fpf(|r| r.write_warm_faults, |r| r.write_warm.len());
     let rc_faults = fpf(|r| r.read_cold_faults, |r| r.read_cold.len());
     let rw_faults = fpf(|r| r.read_warm_faults, |r| r.read_warm.len());
-    // The first lap's cost over a warm one, per ring: the rounds' median.
-    let lap_extra = {
+    // A first lap's cost over a warm one, per ring: the rounds' median.
+    let extra = |cold: fn(&Round) -> &Vec<u64>, warm: fn(&Round) -> &Vec<u64>| {
         let mut v: Vec<u64> = m
             .rounds
             .iter()
             .map(|r| {
-                let mut warm = r.write_warm.clone();
-                warm.sort_unstable();
-                let w = quantile(&warm, 0.5);
-                r.write_cold
-                    .iter()
-                    .map(|c| c.saturating_sub(w))
-                    .sum::<u64>()
+                let mut w = warm(r).clone();
+                w.sort_unstable();
+                let w = quantile(&w, 0.5);
+                cold(r).iter().map(|c| c.saturating_sub(w)).sum::<u64>()
             })
             .collect();
         v.sort_unstable();
         quantile(&v, 0.5)
     };
-    let read_extra = {
-        let mut v: Vec<u64> = m
-            .rounds
-            .iter()
-            .map(|r| {
-                let mut warm = r.read_warm.clone();
-                warm.sort_unstable();
-                let w = quantile(&warm, 0.5);
-                r.read_cold.iter().map(|c| c.saturating_sub(w)).sum::<u64>()
-            })
-            .collect();
-        v.sort_unstable();
-        quantile(&v, 0.5)
-    };
+    let lap_extra = extra(|r| &r.write_cold, |r| &r.write_warm);
+    let read_extra = extra(|r| &r.read_cold, |r| &r.read_warm);
     let p50 = |v: &[u64]| quantile(v, 0.5);
     vec![
         row(
