@@ -129,14 +129,38 @@ impl Drop for Shared {
     }
 }
 
+/// The environment variable that tells a floor reader its page.
+const PAGE_ENV: &str = "CUFRAMES_FLOOR_PAGE";
+
+/// Tells the reader to report and leave, whichever way it waits.
+fn stop(p: &Page) {
+    p.seq.0.store(STOP, Ordering::Release);
+    p.word.0.store(u32::MAX, Ordering::Release);
+    wake_all(&p.word.0);
+}
+
 fn wake_all(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
 }
 
 /// Measures floor `kind` with publications every `interval` (ping-pong:
 /// back to back), `rounds` of them, against a reader started as
-/// `exe child_prefix "floor ..."`. The page lives in `dir`.
+/// `exe child_prefix "floor ..."`. The page lives in `dir`. A floor that
+/// could not be measured is a skipped reference with the reason.
 pub fn measure(
+    kind: Kind,
+    interval: Duration,
+    rounds: usize,
+    exe: &Path,
+    child_prefix: &[String],
+    dir: &Path,
+) -> Reference {
+    try_measure(kind, interval, rounds, exe, child_prefix, dir).unwrap_or_else(|e| {
+        Reference::skipped(name_note(kind, interval, rounds).0, &format!("failed: {e}"))
+    })
+}
+
+fn try_measure(
     kind: Kind,
     interval: Duration,
     rounds: usize,
@@ -146,19 +170,17 @@ pub fn measure(
 ) -> Result<Reference, String> {
     let path = dir.join(format!("floor-{}-{}", kind.name(), std::process::id()));
     let shared = Shared::map(&path, true)?;
-    let run = (|| -> Result<(Vec<u64>, String), String> {
-        let mut child = Command::new(exe)
-            .args(child_prefix)
-            .arg(format!(
-                "{CHILD} kind={} path={}",
-                kind.name(),
-                path.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawn the floor reader: {e}"))?;
+    let p = shared.page();
+    // The page's path goes by the environment: a spec is split on spaces.
+    let spawned = Command::new(exe)
+        .args(child_prefix)
+        .arg(format!("{CHILD} kind={}", kind.name()))
+        .env(PAGE_ENV, &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let run = |child: &mut std::process::Child| -> Result<(Vec<u64>, String), String> {
         let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         let mut line = || -> Result<String, String> {
             lines
@@ -169,7 +191,6 @@ pub fn measure(
         if line()? != "ready" {
             return Err("the floor reader did not start".into());
         }
-        let p = shared.page();
         let mut round_trips = Vec::new();
         let start = Instant::now();
         for i in 1..=rounds as u64 {
@@ -180,7 +201,7 @@ pub fn measure(
                 while p.echo.0.load(Ordering::Acquire) != i {
                     std::hint::spin_loop();
                     spins = spins.wrapping_add(1);
-                    if spins == 0 && t.elapsed() > Duration::from_secs(5) {
+                    if spins % 65_536 == 0 && t.elapsed() > Duration::from_secs(5) {
                         return Err("the floor reader stopped echoing".into());
                     }
                 }
@@ -200,17 +221,29 @@ pub fn measure(
                 }
             }
         }
-        p.seq.0.store(STOP, Ordering::Release);
-        p.word.0.store(u32::MAX, Ordering::Release);
-        wake_all(&p.word.0);
+        stop(p);
         let result = line()?;
-        let _ = child.wait();
         if kind == Kind::PingPong {
             round_trips.sort_unstable();
             return Ok((round_trips, String::new()));
         }
         Ok((Vec::new(), result))
-    })();
+    };
+    let run = spawned
+        .map_err(|e| format!("spawn the floor reader: {e}"))
+        .and_then(|mut child| {
+            let got = run(&mut child);
+            // However it went: tell the reader to stop, give it a moment,
+            // then make sure it is gone before its page is.
+            stop(p);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            got
+        });
     drop(shared);
     let _ = std::fs::remove_file(&path);
     let (mut t, result) = run?;
@@ -234,19 +267,13 @@ pub fn measure(
     ))
 }
 
-fn reference(
-    kind: Kind,
-    interval: Duration,
-    rounds: usize,
-    p50: u64,
-    p99: u64,
-    p999: u64,
-) -> Reference {
+/// A floor's row name and note.
+fn name_note(kind: Kind, interval: Duration, rounds: usize) -> (String, String) {
     let every = format!(
         "every {}",
         crate::output::human_ns(interval.as_nanos() as u64)
     );
-    let (name, note) = match kind {
+    match kind {
         Kind::Spin => (
             format!("busy-poll floor, {every}"),
             "a cache line between 2 processes, stamped and spun on".into(),
@@ -259,7 +286,18 @@ fn reference(
             "cache-line ping-pong, one way".into(),
             format!("half of {rounds} round trips, 2 processes spinning"),
         ),
-    };
+    }
+}
+
+fn reference(
+    kind: Kind,
+    interval: Duration,
+    rounds: usize,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+) -> Reference {
+    let (name, note) = name_note(kind, interval, rounds);
     Reference {
         name,
         p50_ns: p50,
@@ -269,17 +307,17 @@ fn reference(
     }
 }
 
-/// The reader process of a floor (`spec`: what follows [`CHILD`]): maps
-/// the page, says `ready`, reads publications until told to stop, prints
+/// The reader process of a floor (`spec`: what follows [`CHILD`]; the
+/// page's path in the environment): maps the page, says `ready`, reads publications until told to stop, prints
 /// `result p50=.. p99=.. p999=.. samples=..` (none for ping-pong).
 pub fn child(spec: &str) -> Result<(), String> {
     let kv = parse_kv(spec);
-    let path = kv.get("path").ok_or("floor spec lacks path")?;
+    let path = std::env::var_os(PAGE_ENV).ok_or("the floor reader was not given its page")?;
     let kind = [Kind::Spin, Kind::Futex, Kind::PingPong]
         .into_iter()
         .find(|k| kv.get("kind").map(String::as_str) == Some(k.name()))
         .ok_or("floor spec: unknown kind")?;
-    let shared = Shared::map(Path::new(path), false)?;
+    let shared = Shared::map(Path::new(&path), false)?;
     let p = shared.page();
     println!("ready");
     let _ = std::io::stdout().flush();

@@ -438,7 +438,7 @@ fn references(
         )
     };
     if cases.iter().any(|(_, (c, _))| has_floor(c)) {
-        measured.push(child(floor::Kind::PingPong, 0, pings)?);
+        measured.push(child(floor::Kind::PingPong, 0, pings));
     }
     for (_, (case, skip)) in cases {
         let kind = floor::Kind::of(case.wake);
@@ -449,7 +449,7 @@ fn references(
         {
             continue;
         }
-        let r = child(kind, interval, case.phases.latency_frames as usize)?;
+        let r = child(kind, interval, case.phases.latency_frames as usize);
         refs.floors.push((kind, interval, r.p50_ns));
         measured.push(r);
     }

@@ -36,17 +36,12 @@
 //! the notes.
 
 use crate::proto::quantile;
-use crate::reference::Reference;
+use crate::reference::{gbps, Reference};
+use crate::spec::RING_SLOTS;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// Bytes of one 4K NV12 frame (3840 x 2160, rows of 3840 bytes).
-pub const UHD_FRAME_BYTES: usize = 12_441_600;
-
-/// Slots of the probed ring (the harness's ring for one subscriber).
-pub const RING_SLOTS: u32 = 8;
 
 /// What the probe says when there is no huge-page directory to measure.
 pub const NO_HUGE_DIR: &str = "no huge-page tmpfs given: mount -t tmpfs -o huge=always,size=1g none DIR and pass --huge-dir DIR";
@@ -54,14 +49,6 @@ pub const NO_HUGE_DIR: &str = "no huge-page tmpfs given: mount -t tmpfs -o huge=
 /// The read kernel: a wrapping sum of the little-endian `u64` words of a
 /// frame, the same one every checksumming reader of the harness uses.
 pub use crate::work::checksum;
-
-/// The [`checksum`] of `len` bytes that all hold `byte`.
-fn checksum_of_fill(len: usize, byte: u8) -> u64 {
-    let b = u64::from(byte);
-    ((len / 8) as u64)
-        .wrapping_mul(b.wrapping_mul(0x0101_0101_0101_0101))
-        .wrapping_add((len % 8) as u64 * b)
-}
 
 /// The size of a probe: the frame, the ring, how many rounds.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +113,7 @@ fn probe_with(huge_dir: Option<&Path>, p: &Params) -> Vec<Reference> {
             out.extend(skipped_rows(p, "huge pages", &why));
         }
     }
-    out.extend(hugetlb_rows(p));
+    out.extend(hugetlb_rows());
     out
 }
 
@@ -558,7 +545,7 @@ fn measure_ring(
                 .next_frame(Duration::from_secs(5))
                 .map_err(|e| format!("read: {e}"))?;
             let (sum, ns, faults) = metered(|| checksum(frame.data()));
-            if sum != checksum_of_fill(frame.data().len(), frame.seq() as u8) {
+            if sum != crate::work::expected(frame.data().len(), frame.seq()) {
                 r.bad_sums += 1;
             }
             drop(frame);
@@ -580,10 +567,6 @@ fn measure_ring(
 }
 
 // ------------------------------------------------------------ rows
-
-fn gbps(bytes: usize, ns: u64) -> f64 {
-    bytes as f64 / ns.max(1) as f64
-}
 
 fn ms(ns: u64) -> String {
     format!("{:.2} ms", ns as f64 / 1e6)
@@ -755,11 +738,9 @@ fn rows(p: &Params, b: &Backing, m: &Measured) -> Vec<Reference> {
     ]
 }
 
-/// hugetlbfs pages (the reserved pool behind `MAP_HUGETLB`): the pool in
-/// `/proc/meminfo`, and a ring in the first hugetlbfs mount, if there is
-/// one: its rows if cuframes can use it (one round), else one row with
-/// why not.
-fn hugetlb_rows(p: &Params) -> Vec<Reference> {
+/// hugetlbfs pages (the reserved pool behind `MAP_HUGETLB`): what the pool
+/// and the mounts are, in one skipped row.
+fn hugetlb_rows() -> Vec<Reference> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |name: &str| {
         meminfo
@@ -787,23 +768,15 @@ fn hugetlb_rows(p: &Params) -> Vec<Reference> {
             mounts.join(", ")
         }
     );
-    let one = |why: String| vec![Reference::skipped("hugetlbfs pages (MAP_HUGETLB)", &why)];
-    let Some(dir) = mounts.first() else {
-        return one(format!(
-            "{pool}; transparent huge pages on a huge= tmpfs need no reserved pool"
-        ));
-    };
-    let b = Backing {
-        dir: PathBuf::from(dir),
-        label: "hugetlbfs pages".into(),
-        about: format!("{dir}: hugetlbfs ({pool})"),
-        advise: false,
-    };
-    let once = Params { rounds: 1, ..*p };
-    match measure(&b, &once) {
-        Ok(m) => rows(&once, &b, &m),
-        Err(e) => one(format!("cuframes cannot use {dir}: {e}; {pool}")),
-    }
+    // A ring there would take pages from a pool reserved for something
+    // else (DPDK, VMs), and a subscriber refuses a segment that the mount
+    // rounds up to its page size: listed, never measured.
+    vec![Reference::skipped(
+        "hugetlbfs pages (MAP_HUGETLB)",
+        &format!(
+            "{pool}; cuframes does not place rings on hugetlbfs (the mount rounds a segment up to its page size, which a subscriber refuses); transparent huge pages on a huge= tmpfs need no reserved pool"
+        ),
+    )]
 }
 
 #[cfg(test)]
@@ -836,7 +809,7 @@ mod tests {
             assert_eq!(checksum(b), want, "len {len}");
         }
         for len in [0, 5, 64, 1001] {
-            assert_eq!(checksum(&vec![0xab; len]), checksum_of_fill(len, 0xab));
+            assert_eq!(checksum(&vec![0xab; len]), crate::work::expected(len, 0xab));
         }
     }
 
@@ -859,7 +832,7 @@ mod tests {
         };
         assert_eq!(m.huge_pages(), None);
         assert!(mount_of(Path::new("/")).is_some());
-        assert_eq!(frame_bytes(&UHD), UHD_FRAME_BYTES);
+        assert_eq!(frame_bytes(&UHD), crate::spec::Workload::UHD.bytes());
     }
 
     #[test]

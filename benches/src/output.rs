@@ -288,7 +288,7 @@ pub fn csv(rows: &[Row]) -> String {
         let f = &r.figures;
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{},{},{},{},{:.2},{},{:.2},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{:.1},{:.1},{},{},{},{},{},{},{},{},{},{:.2},{},{}",
             csv_field(&r.peer),
             r.wake,
             r.mode,
@@ -310,7 +310,11 @@ pub fn csv(rows: &[Row]) -> String {
             f.lost,
             f.max_ns,
             r.work,
-            f.read_gbps(r.bytes, r.subscribers),
+            if f.read_ref_gbps > 0.0 {
+                format!("{:.2}", f.read_gbps(r.bytes, r.subscribers))
+            } else {
+                String::new()
+            },
             f.floor_ns,
             f.read_ref_gbps,
             versus(r),

@@ -105,6 +105,10 @@ impl Handle for Reader {
         })
     }
 
+    fn try_is_cheap(&self) -> bool {
+        matches!(self, Reader::Host(_))
+    }
+
     fn stats(&self) -> SubscriberStats {
         self.host().stats()
     }
@@ -184,8 +188,9 @@ enum Ready<T> {
     Taken(cuframes::Result<T>),
     /// Nothing ready yet.
     Empty,
-    /// The handle is in use by another thread's take, or the subscriber is
-    /// closing or closed: the take must go the usual way (GIL released).
+    /// The handle is in use by another thread's take, the subscriber is
+    /// closing or closed, or its take is not cheap (a GPU reader): the
+    /// take must go the usual way (GIL released).
     Busy,
 }
 
@@ -212,6 +217,12 @@ pub trait Handle: Send {
     fn next(&mut self, timeout: Duration, stop: impl Fn() -> bool) -> cuframes::Result<Self::Item>;
     /// The next item if one is ready.
     fn try_next(&mut self) -> cuframes::Result<Option<Self::Item>>;
+    /// Whether [`try_next`](Self::try_next) is a few atomic operations on
+    /// host memory, cheap enough to run without releasing the GIL (a GPU
+    /// reader's enters a CUDA context and orders streams: not that).
+    fn try_is_cheap(&self) -> bool {
+        true
+    }
     /// The counters, shared ones read now.
     fn stats(&self) -> SubscriberStats;
     /// What the handle's own counters record of an item it handed out,
@@ -462,7 +473,7 @@ impl<H: Handle> Session<H> {
         if self.closing.load(Ordering::Acquire) {
             return Ready::Busy;
         }
-        let Some(sub) = guard.as_mut() else {
+        let Some(sub) = guard.as_mut().filter(|s| s.try_is_cheap()) else {
             return Ready::Busy;
         };
         match sub.try_next() {

@@ -478,10 +478,13 @@ impl Subscriber {
     /// publisher lives and the segment was not replaced.
     fn check_publisher(&mut self, force: bool) -> Result<()> {
         // The coarse clock (a tick, a few ms) is enough for an interval of
-        // 100 ms, and a busy-poll subscriber asks on every empty poll.
+        // 100 ms, and a busy-poll subscriber asks on every empty poll. It
+        // may read up to a tick short: count that tick as gone, so that a
+        // check is never put off past its interval.
         let now = sys::coarse_ns();
         let interval = self.options.liveness_interval.as_nanos() as u64;
-        if !force && now.saturating_sub(self.last_liveness) < interval {
+        let elapsed = now.saturating_sub(self.last_liveness) + sys::coarse_res_ns();
+        if !force && elapsed < interval {
             return Ok(());
         }
         self.last_liveness = now;

@@ -20,6 +20,16 @@ pub(crate) fn coarse_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// The resolution of [`coarse_ns`] (a kernel tick): two readings an
+/// interval apart may differ by up to this much less.
+pub(crate) fn coarse_res_ns() -> u64 {
+    static RES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RES.get_or_init(|| {
+        let t = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    })
+}
+
 /// Wall-clock nanoseconds since the Unix epoch.
 pub(crate) fn unix_ns() -> u64 {
     std::time::SystemTime::now()
