@@ -201,7 +201,7 @@ fn try_measure(
                 while p.echo.0.load(Ordering::Acquire) != i {
                     std::hint::spin_loop();
                     spins = spins.wrapping_add(1);
-                    if spins % 65_536 == 0 && t.elapsed() > Duration::from_secs(5) {
+                    if spins.is_multiple_of(65_536) && t.elapsed() > Duration::from_secs(5) {
                         return Err("the floor reader stopped echoing".into());
                     }
                 }

@@ -144,6 +144,18 @@ fn realtime_phases(size: Size) -> Phases {
     }
 }
 
+/// A real-time row's verdict: every subscriber took every frame sent, and
+/// the publisher kept its rate, for a camera does not wait (a lossless
+/// peer that holds it back delivers every frame, late).
+fn realtime_verdict(lost: u64, fewest: u64, sent: u64, pub_fps: f64) -> &'static str {
+    let kept_pace = pub_fps >= 0.97 * REALTIME_FPS as f64;
+    if lost == 0 && fewest >= sent && sent > 0 && kept_pace {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
 /// Whether `case` is a real-time row.
 pub fn is_realtime(case: &Case) -> bool {
     case.phases.throughput_interval_us > 0
@@ -834,15 +846,7 @@ fn measure(
             .map(|s| num(s, "frames") as u64)
             .min()
             .unwrap_or(0);
-        // A camera does not wait: the publisher must have kept the rate
-        // too (a lossless peer that holds it back delivers every frame,
-        // late).
-        let kept_pace = figures.pub_fps >= 0.97 * REALTIME_FPS as f64;
-        let verdict = if figures.lost == 0 && fewest >= sent && kept_pace {
-            "PASS"
-        } else {
-            "FAIL"
-        };
+        let verdict = realtime_verdict(figures.lost, fewest, sent, figures.pub_fps);
         let note = format!(
             "{verdict}: {n} subscribers at {REALTIME_FPS} fps, each checksumming every byte: {} frames sent at {:.1} fps, the fewest any took {fewest}, {} lost",
             sent, figures.pub_fps, figures.lost
@@ -857,4 +861,64 @@ fn measure(
             .unwrap_or_default(),
     };
     Ok((figures, note))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn realtime_verdict_needs_every_frame_and_the_rate() {
+        assert_eq!(realtime_verdict(0, 300, 300, 59.9), "PASS");
+        assert_eq!(realtime_verdict(1, 300, 300, 59.9), "FAIL", "a gap");
+        assert_eq!(
+            realtime_verdict(0, 299, 300, 59.9),
+            "FAIL",
+            "the last frame missed"
+        );
+        assert_eq!(
+            realtime_verdict(0, 300, 300, 32.3),
+            "FAIL",
+            "a publisher held back"
+        );
+        assert_eq!(realtime_verdict(0, 0, 0, 60.0), "FAIL", "nothing sent");
+    }
+
+    #[test]
+    fn full_plan_has_consumer_and_realtime_rows() {
+        let plan = plan(Size::Full, Rows::Frames);
+        let realtime: Vec<_> = plan
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| is_realtime(c))
+            .map(|c| (c.peer, c.subscribers))
+            .collect();
+        for n in [1, 2, 4, 8] {
+            assert!(realtime.contains(&(Peer::Cuframes, n)), "{realtime:?}");
+        }
+        assert!(realtime.contains(&(Peer::UnixSocket, 8)));
+        for work in [Work::Checksum, Work::Rgb] {
+            for w in [Workload::HD, Workload::UHD] {
+                for n in [1, 4, 8] {
+                    assert!(plan.iter().any(|(c, _)| c.work == work
+                        && c.workload == w
+                        && c.subscribers == n
+                        && c.peer == Peer::Iceoryx2
+                        && !is_realtime(c)));
+                }
+            }
+        }
+        // A consumer is busy with its frame: its rows block.
+        assert!(plan
+            .iter()
+            .all(|(c, _)| c.work == Work::Handoff || c.wake == Wake::Block));
+        // The smallest set still has a checked consumer row.
+        assert!(plan_has_sum(Size::Smoke));
+    }
+
+    fn plan_has_sum(size: Size) -> bool {
+        plan(size, Rows::Frames)
+            .iter()
+            .any(|(c, _)| c.work == Work::Checksum && c.peer == Peer::Cuframes)
+    }
 }

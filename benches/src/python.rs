@@ -36,10 +36,12 @@ def q(xs, p):
 class Recorder:
     def __init__(self):
         self.lat = []; self.n = 0; self.t1 = 0; self.t2 = 0; self.t3 = 0; self.c1 = 0; self.last = 0; self.lost = 0
+        self.last_phase = 0
     def observe(self, seq, phase, lat, now):
-        if self.last and seq > self.last + 1:
+        # As the Rust recorder: only gaps between measured frames are losses.
+        if self.last and seq > self.last + 1 and phase in (1, 2) and self.last_phase in (1, 2):
             self.lost += seq - self.last - 1
-        self.last = seq
+        self.last = seq; self.last_phase = phase
         if phase == 1:
             self.lat.append(lat)
         elif phase == 2:
