@@ -70,7 +70,7 @@ impl<H: RingRef> ReadGrant<H> {
         if rec.state.load(Acquire) != record::word(token.generation, record::ACTIVE) {
             return Err(ReadError::Evicted);
         }
-        if r.nothing_new(token) {
+        if r.nothing_new_in(rec, token) {
             return Err(ReadError::WouldBlock);
         }
         // Reserve the hold before probing, in one step (threads may share a
@@ -258,11 +258,14 @@ impl Ring<'_> {
         let Some(rec) = self.subs.get(token.index as usize) else {
             return false;
         };
-        if self.is_packets()
-            || rec.state.load(Acquire) != record::word(token.generation, record::ACTIVE)
-            || rec.held.load(Relaxed) >= token.max_held
-            || self.is_closed()
-        {
+        rec.state.load(Acquire) == record::word(token.generation, record::ACTIVE)
+            && self.nothing_new_in(rec, token)
+    }
+
+    /// [`nothing_new`](Self::nothing_new) for a record already found to
+    /// be the token's and active.
+    fn nothing_new_in(&self, rec: &SubscriberRecord, token: &RecordToken) -> bool {
+        if self.is_packets() || rec.held.load(Relaxed) >= token.max_held || self.is_closed() {
             return false;
         }
         let (head, _) = self.head();
