@@ -59,18 +59,78 @@ pub struct ReadGrant<H: RingRef> {
     meta: crate::PacketMeta,
 }
 
+/// A frame a read holds, before it is handed out with its handle.
+struct Taken {
+    meta: crate::PacketMeta,
+    bit: u64,
+    slot: u32,
+    seq: u64,
+    pts_ns: i64,
+    commit_ns: u64,
+}
+
+impl Taken {
+    /// The grant that keeps `ring` and releases the frame when dropped.
+    fn grant<H: RingRef>(self, token: &RecordToken, ring: H) -> ReadGrant<H> {
+        ReadGrant {
+            meta: self.meta,
+            bit: self.bit,
+            record: token.index,
+            generation: token.generation,
+            slot: self.slot,
+            seq: self.seq,
+            pts_ns: self.pts_ns,
+            commit_ns: self.commit_ns,
+            ring,
+        }
+    }
+}
+
 impl<H: RingRef> ReadGrant<H> {
     /// Takes the next frame for the subscriber `token` without waiting:
     /// the newest frame (NEWEST_ONLY) or the next in sequence (QUEUE).
     /// `ring` is the handle the grant keeps; it must lead to the ring the
     /// token was registered on.
     pub fn acquire(ring: H, token: &RecordToken) -> Result<Self, ReadError> {
+        let taken = Self::take(&ring, token)?;
+        Ok(taken.grant(token, ring))
+    }
+
+    /// [`acquire`](Self::acquire) through a borrowed handle, cloned only
+    /// when there is a frame: a busy-poll subscriber's empty polls then
+    /// cost no clone of it.
+    ///
+    /// ```
+    /// # use cuframes_core::*;
+    /// # let ctl = ControlBlock::new();
+    /// # let slots: Vec<SlotHeader> = (0..3).map(|_| SlotHeader::new()).collect();
+    /// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
+    /// # let subs: Vec<SubscriberRecord> = (0..1).map(|_| SubscriberRecord::new()).collect();
+    /// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
+    /// let mut writer = Writer::new(&ring);
+    /// let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 1, start_time: 0, pid_ns: 0, heartbeat_ns: 0, name: b"s" };
+    /// let sub = Subscription::register(&ring, &req).unwrap();
+    /// let handle = &ring;
+    /// assert_eq!(ReadGrant::acquire_cloned(&handle, sub.token()).unwrap_err(), ReadError::WouldBlock);
+    /// writer.try_loan().unwrap().commit(0, 0);
+    /// assert_eq!(ReadGrant::acquire_cloned(&handle, sub.token()).unwrap().seq(), 1);
+    /// ```
+    pub fn acquire_cloned(ring: &H, token: &RecordToken) -> Result<Self, ReadError>
+    where
+        H: Clone,
+    {
+        let taken = Self::take(ring, token)?;
+        Ok(taken.grant(token, ring.clone()))
+    }
+
+    /// The read itself: holds a frame for `token` and says which.
+    fn take(ring: &H, token: &RecordToken) -> Result<Taken, ReadError> {
         let r = ring.ring();
         let rec = r.subs.get(token.index as usize).ok_or(ReadError::Corrupt)?;
         if rec.state.load(Acquire) != record::word(token.generation, record::ACTIVE) {
             return Err(ReadError::Evicted);
         }
-        if r.nothing_new_in(rec, token) {
+        if r.nothing_new(rec, token) {
             return Err(ReadError::WouldBlock);
         }
         // Reserve the hold before probing, in one step (threads may share a
@@ -128,16 +188,13 @@ impl<H: RingRef> ReadGrant<H> {
             duration_ns: s.duration_ns.load(Relaxed),
             flags: s.flags.load(Relaxed),
         };
-        Ok(Self {
+        Ok(Taken {
             meta,
             bit,
-            record: token.index,
-            generation: token.generation,
             slot,
             seq,
             pts_ns,
             commit_ns,
-            ring,
         })
     }
 
@@ -227,44 +284,15 @@ impl<H: RingRef> core::fmt::Debug for ReadGrant<H> {
 pub(crate) const MAX_RETRIES: usize = 64;
 
 impl Ring<'_> {
-    /// True when a read by `token` would find nothing and report nothing:
-    /// its record is its own and active, the stream is open, it is below
-    /// its hold limit, and no frame is newer than its last (NEWEST_ONLY) or
-    /// at its cursor (QUEUE). Loads only: a busy-poll subscriber polls
-    /// millions of times a second, and a read starts with two
-    /// read-modify-writes. Packet rings, an evicted cursor and every other
-    /// case say false and take the full read, which reports them.
-    ///
-    /// ```
-    /// # use cuframes_core::*;
-    /// # let ctl = ControlBlock::new();
-    /// # let slots: Vec<SlotHeader> = (0..3).map(|_| SlotHeader::new()).collect();
-    /// # let index: Vec<IndexEntry> = (0..8).map(|_| IndexEntry::new(0)).collect();
-    /// # let subs: Vec<SubscriberRecord> = (0..1).map(|_| SubscriberRecord::new()).collect();
-    /// let ring = Ring::new(&ctl, &slots, &index, &subs, LosslessPolicy::Block).unwrap();
-    /// let mut writer = Writer::new(&ring);
-    /// let req = Register { mode: Mode::NewestOnly, max_held: 1, pid: 1, start_time: 0, pid_ns: 0, heartbeat_ns: 0, name: b"s" };
-    /// let sub = Subscription::register(&ring, &req).unwrap();
-    /// assert!(ring.nothing_new(sub.token()));
-    /// writer.try_loan().unwrap().commit(0, 0);
-    /// assert!(!ring.nothing_new(sub.token()));
-    /// let frame = sub.try_read().unwrap();
-    /// // Holding its one frame: a read would report the hold limit.
-    /// assert!(!ring.nothing_new(sub.token()));
-    /// drop(frame);
-    /// assert!(ring.nothing_new(sub.token()));
-    /// ```
-    pub fn nothing_new(&self, token: &RecordToken) -> bool {
-        let Some(rec) = self.subs.get(token.index as usize) else {
-            return false;
-        };
-        rec.state.load(Acquire) == record::word(token.generation, record::ACTIVE)
-            && self.nothing_new_in(rec, token)
-    }
-
-    /// [`nothing_new`](Self::nothing_new) for a record already found to
-    /// be the token's and active.
-    fn nothing_new_in(&self, rec: &SubscriberRecord, token: &RecordToken) -> bool {
+    /// True when a read by `token`, whose record `rec` was found active,
+    /// would find nothing and report nothing: the stream is open, the
+    /// subscriber is below its hold limit, and no frame is newer than its
+    /// last (NEWEST_ONLY) or at its cursor (QUEUE). Loads only: a
+    /// busy-poll subscriber polls millions of times a second, and a read
+    /// goes on with two read-modify-writes. Packet rings, an evicted cursor
+    /// and every other case say false and take the full read, which
+    /// reports them.
+    fn nothing_new(&self, rec: &SubscriberRecord, token: &RecordToken) -> bool {
         if self.is_packets() || rec.held.load(Relaxed) >= token.max_held || self.is_closed() {
             return false;
         }

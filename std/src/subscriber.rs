@@ -411,11 +411,8 @@ impl Subscriber {
     }
 
     fn attempt(&mut self) -> Result<Option<Frame>> {
-        // Nothing new: no handle clone, no read-modify-write.
-        if self.inner.ring().nothing_new(self.inner.token()) {
-            return Ok(None);
-        }
-        match ReadGrant::acquire(self.inner.clone(), self.inner.token()) {
+        // The handle is cloned only into a grant: an empty poll costs none.
+        match ReadGrant::acquire_cloned(&self.inner, self.inner.token()) {
             Ok(grant) => Ok(Some(self.deliver(grant))),
             Err(ReadError::WouldBlock) => Ok(None),
             Err(e) => {
